@@ -1,0 +1,11 @@
+//! Flotilla's domain types and validation rules.
+//!
+//! This crate is pure: it must not depend on tokio, gRPC, RocksDB or any I/O, so that
+//! every other crate (and every test) can use it freely.
+
+pub mod cluster;
+pub mod error;
+pub mod keys;
+pub mod limits;
+
+pub use error::CoreError;

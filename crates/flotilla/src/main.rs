@@ -1,0 +1,41 @@
+//! The `flotilla` binary: parses the command line, sets up logging and hands over to the
+//! library crate of the chosen component. No logic lives here.
+
+mod master;
+
+use clap::{Parser, Subcommand};
+
+/// Flotilla: a highly-available container control plane.
+#[derive(Parser)]
+#[command(name = "flotilla", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a master: the replicated store (etcd v3 API) and, later, the apiserver.
+    Master(Box<master::MasterArgs>),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Master(args) => master::run(*args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flotilla: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

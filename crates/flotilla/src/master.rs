@@ -1,0 +1,193 @@
+//! `flotilla master`: flags and config file → [`flotilla_store::config::NodeConfig`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use flotilla_core::cluster::{parse_initial_cluster, Url};
+use flotilla_store::config::{ClusterState, NodeConfig};
+use serde::Deserialize;
+
+/// Flags of `flotilla master`. Every flag can also be set in the YAML file given with
+/// `--config-file` (same names, with dashes); flags given on the command line win.
+#[derive(Args, Debug, Default)]
+pub struct MasterArgs {
+    /// YAML file with any of the flags below (e.g. `name: n1`, `data-dir: /var/lib/flotilla`).
+    #[arg(long, value_name = "FILE")]
+    config_file: Option<PathBuf>,
+
+    /// This member's name; must be one of the names in --initial-cluster.
+    #[arg(long)]
+    name: Option<String>,
+
+    /// Directory for the Raft log and the key-value data (created if missing). A data dir
+    /// from another cluster or member is refused, never reset.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// URL the etcd v3 API listens on, e.g. http://127.0.0.1:2379.
+    #[arg(long, value_name = "URL")]
+    listen_client: Option<String>,
+
+    /// Client URL announced to other members and clients [default: --listen-client].
+    #[arg(long, value_name = "URL")]
+    advertise_client: Option<String>,
+
+    /// URL the peer (Raft) protocol listens on, e.g. http://127.0.0.1:2380.
+    #[arg(long, value_name = "URL")]
+    listen_peer: Option<String>,
+
+    /// Peer URL announced to other members [default: --listen-peer]. It must be this
+    /// member's URL in --initial-cluster.
+    #[arg(long, value_name = "URL")]
+    advertise_peer: Option<String>,
+
+    /// URL serving /healthz, /readyz and /metrics (Prometheus), e.g. http://127.0.0.1:2381.
+    #[arg(long, value_name = "URL")]
+    listen_metrics: Option<String>,
+
+    /// Every member at bootstrap: name=peer-url,... (e.g. n1=http://10.0.0.1:2380,n2=...).
+    #[arg(long, value_name = "NAME=URL,...")]
+    initial_cluster: Option<String>,
+
+    /// `new` to bootstrap a cluster, `existing` to join one that has already added this
+    /// member with `etcdctl member add`.
+    #[arg(long, value_name = "new|existing")]
+    initial_cluster_state: Option<String>,
+
+    /// Token that keeps clusters with the same member URLs apart [default: flotilla-cluster].
+    #[arg(long)]
+    initial_cluster_token: Option<String>,
+
+    /// Leader heartbeat interval in milliseconds [default: 100].
+    #[arg(long, value_name = "MS")]
+    heartbeat_interval: Option<u64>,
+
+    /// Election timeout in milliseconds (followers wait between this and twice this before
+    /// campaigning) [default: 500].
+    #[arg(long, value_name = "MS")]
+    election_timeout: Option<u64>,
+
+    /// Applied entries between snapshots; older log entries are purged after each
+    /// snapshot [default: 10000].
+    #[arg(long, value_name = "N")]
+    snapshot_count: Option<u64>,
+
+    /// How long a client request may wait for a leader or a commit, in milliseconds
+    /// [default: 5000].
+    #[arg(long, value_name = "MS")]
+    request_timeout: Option<u64>,
+}
+
+/// The YAML config file: the same settings as the flags.
+#[derive(Deserialize, Debug, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct FileConfig {
+    name: Option<String>,
+    data_dir: Option<PathBuf>,
+    listen_client: Option<String>,
+    advertise_client: Option<String>,
+    listen_peer: Option<String>,
+    advertise_peer: Option<String>,
+    listen_metrics: Option<String>,
+    initial_cluster: Option<String>,
+    initial_cluster_state: Option<String>,
+    initial_cluster_token: Option<String>,
+    heartbeat_interval: Option<u64>,
+    election_timeout: Option<u64>,
+    snapshot_count: Option<u64>,
+    request_timeout: Option<u64>,
+}
+
+fn url(flag: &str, v: &str) -> anyhow::Result<Url> {
+    Url::parse(v).with_context(|| format!("--{flag}"))
+}
+
+/// Merges flags over the config file and validates the result.
+pub fn config(args: MasterArgs) -> anyhow::Result<NodeConfig> {
+    let file: FileConfig = match &args.config_file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display()))?;
+            serde_yaml::from_str(&text).with_context(|| format!("invalid config file {}", p.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let name = args.name.or(file.name).context("--name is required")?;
+    let data_dir = args.data_dir.or(file.data_dir).context("--data-dir is required")?;
+    let listen_client = url("listen-client", &args.listen_client.or(file.listen_client).context("--listen-client is required")?)?;
+    let listen_peer = url("listen-peer", &args.listen_peer.or(file.listen_peer).context("--listen-peer is required")?)?;
+    let advertise_client = match args.advertise_client.or(file.advertise_client) {
+        Some(u) => url("advertise-client", &u)?,
+        None => listen_client.clone(),
+    };
+    let advertise_peer = match args.advertise_peer.or(file.advertise_peer) {
+        Some(u) => url("advertise-peer", &u)?,
+        None => listen_peer.clone(),
+    };
+    let listen_metrics = args.listen_metrics.or(file.listen_metrics).map(|u| url("listen-metrics", &u)).transpose()?;
+    let initial_cluster = parse_initial_cluster(
+        &args.initial_cluster.or(file.initial_cluster).unwrap_or_else(|| format!("{name}={advertise_peer}")),
+    )?;
+    match initial_cluster.iter().find(|m| m.name == name) {
+        None => bail!("--name {name:?} is not in --initial-cluster"),
+        Some(m) if m.peer_url != advertise_peer => bail!(
+            "--initial-cluster gives {name} the peer URL {}, but this member advertises {advertise_peer}",
+            m.peer_url
+        ),
+        Some(_) => {}
+    }
+    let initial_cluster_state = match args.initial_cluster_state.or(file.initial_cluster_state).as_deref() {
+        None | Some("new") => ClusterState::New,
+        Some("existing") => ClusterState::Existing,
+        Some(other) => bail!("--initial-cluster-state must be `new` or `existing`, not {other:?}"),
+    };
+    let heartbeat = args.heartbeat_interval.or(file.heartbeat_interval).unwrap_or(100);
+    let election = args.election_timeout.or(file.election_timeout).unwrap_or(500);
+    if heartbeat == 0 || election <= heartbeat * 2 {
+        bail!("--election-timeout ({election} ms) must be more than twice --heartbeat-interval ({heartbeat} ms)");
+    }
+    let snapshot_count = args.snapshot_count.or(file.snapshot_count).unwrap_or(10_000);
+    if snapshot_count == 0 {
+        bail!("--snapshot-count must be at least 1");
+    }
+    Ok(NodeConfig {
+        name,
+        data_dir,
+        listen_client,
+        advertise_client,
+        listen_peer,
+        advertise_peer,
+        listen_metrics,
+        initial_cluster,
+        initial_cluster_state,
+        initial_cluster_token: args
+            .initial_cluster_token
+            .or(file.initial_cluster_token)
+            .unwrap_or_else(|| "flotilla-cluster".into()),
+        heartbeat_interval: Duration::from_millis(heartbeat),
+        election_timeout: Duration::from_millis(election),
+        snapshot_count,
+        request_timeout: Duration::from_millis(args.request_timeout.or(file.request_timeout).unwrap_or(5000)),
+    })
+}
+
+/// Runs a master until SIGINT or SIGTERM.
+pub fn run(args: MasterArgs) -> anyhow::Result<()> {
+    let cfg = config(args)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let shutdown = async {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        flotilla_store::server::run(cfg, shutdown).await
+    })?;
+    Ok(())
+}

@@ -1,0 +1,32 @@
+//! Generated protobuf and gRPC code, and nothing else.
+//!
+//! * [`mvccpb`] and [`etcdserverpb`]: the etcd v3 wire-compatible subset (our own
+//!   `.proto` text under `proto/etcd`, with etcd's package names and field numbers).
+//! * [`raft`]: Flotilla's peer RPC and the replicated log's `Command` union
+//!   (`proto/flotilla/raft/v1`).
+//!
+//! Conversions into domain types live in the crates that own those types.
+#![allow(clippy::all, missing_docs)]
+
+pub mod mvccpb {
+    //! etcd's `mvccpb` package: KeyValue and Event.
+    tonic::include_proto!("mvccpb");
+}
+
+pub mod etcdserverpb {
+    //! etcd's `etcdserverpb` package: the v3 KV, Watch, Lease, Cluster and Maintenance services.
+    tonic::include_proto!("etcdserverpb");
+}
+
+pub mod flotilla {
+    //! Flotilla's own packages, nested as their protobuf package names are.
+    pub mod raft {
+        //! `flotilla.raft.*`
+        pub mod v1 {
+            //! `flotilla.raft.v1`: peer RPC between masters and the log Command union.
+            tonic::include_proto!("flotilla.raft.v1");
+        }
+    }
+}
+
+pub use flotilla::raft::v1 as raft;

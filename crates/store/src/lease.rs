@@ -1,0 +1,156 @@
+//! The leader's lease clock.
+//!
+//! Lease *records* (id, granted TTL, attached keys) are replicated state; lease *deadlines*
+//! live only in the leader's memory, as in etcd. Keep-alives reset a deadline on the
+//! leader; an expired lease is revoked by proposing a `LeaseRevoke` through the log, so
+//! every member deletes its keys at the same revision. A member that becomes leader gives
+//! every lease its full TTL again, so a failover can only lengthen a lease, never expire a
+//! live one early.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flotilla_proto::etcdserverpb as ep;
+use flotilla_proto::raft as pb;
+use openraft::ServerState;
+use tokio::time::Instant;
+
+use crate::mvcc::Mvcc;
+use crate::node::Node;
+use crate::state_machine::LeaseEvent;
+
+/// How often the leader looks for expired leases.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Deadlines by lease id; empty unless this member is the leader.
+pub struct Lessor {
+    mvcc: Arc<Mvcc>,
+    deadlines: Mutex<Option<HashMap<i64, (Instant, i64)>>>,
+}
+
+impl Lessor {
+    /// A lessor for the leases in `mvcc`, inactive until [`Lessor::promote`].
+    pub fn new(mvcc: Arc<Mvcc>) -> Arc<Lessor> {
+        Arc::new(Lessor { mvcc, deadlines: Mutex::new(None) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<HashMap<i64, (Instant, i64)>>> {
+        self.deadlines.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts the clock: every known lease gets its full TTL from now.
+    pub fn promote(&self) {
+        let now = Instant::now();
+        let leases = self.mvcc.leases().unwrap_or_default();
+        let map = leases.into_iter().map(|(id, ttl)| (id, (now + secs(ttl), ttl))).collect();
+        *self.lock() = Some(map);
+    }
+
+    /// Stops the clock (this member is no longer the leader).
+    pub fn demote(&self) {
+        *self.lock() = None;
+    }
+
+    /// Whether the clock is running here.
+    pub fn is_active(&self) -> bool {
+        self.lock().is_some()
+    }
+
+    fn on_event(&self, ev: LeaseEvent) {
+        if let Some(m) = self.lock().as_mut() {
+            match ev {
+                LeaseEvent::Granted(id, ttl) => {
+                    m.insert(id, (Instant::now() + secs(ttl), ttl));
+                }
+                LeaseEvent::Revoked(id) => {
+                    m.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Renews a lease; returns its TTL, or `None` if it is unknown (or this member is not
+    /// the leader).
+    pub fn keep_alive(&self, id: i64) -> Option<i64> {
+        let mut g = self.lock();
+        let (deadline, ttl) = g.as_mut()?.get_mut(&id)?;
+        *deadline = Instant::now() + secs(*ttl);
+        Some(*ttl)
+    }
+
+    /// `(remaining seconds, granted ttl)` of a lease, if known here.
+    pub fn time_to_live(&self, id: i64) -> Option<(i64, i64)> {
+        let g = self.lock();
+        let (deadline, ttl) = g.as_ref()?.get(&id)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        Some((left.as_secs_f64().ceil() as i64, *ttl))
+    }
+
+    /// Leases past their deadline. Each is given a second's grace before it is reported
+    /// again, so one revoke is in flight at a time.
+    fn expired(&self) -> Vec<i64> {
+        let now = Instant::now();
+        let mut g = self.lock();
+        let Some(m) = g.as_mut() else { return Vec::new() };
+        let mut out = Vec::new();
+        for (id, (deadline, _)) in m.iter_mut() {
+            if *deadline <= now {
+                out.push(*id);
+                *deadline = now + Duration::from_secs(1);
+            }
+        }
+        out
+    }
+}
+
+fn secs(ttl: i64) -> Duration {
+    Duration::from_secs(ttl.max(0) as u64)
+}
+
+/// Follows leadership and lease events, and revokes expired leases while leader.
+pub async fn run(node: Arc<Node>) {
+    let mut metrics = node.raft_metrics();
+    let mut events = node.sm.lease_events.subscribe();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let leader = metrics.borrow_and_update().state == ServerState::Leader;
+                match (leader, node.lessor.is_active()) {
+                    (true, false) => {
+                        node.lessor.promote();
+                        tracing::info!("lease clock started: every lease has its full TTL again");
+                    }
+                    (false, true) => node.lessor.demote(),
+                    _ => {}
+                }
+            }
+            ev = events.recv() => match ev {
+                Ok(ev) => node.lessor.on_event(ev),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    if node.lessor.is_active() {
+                        node.lessor.promote();
+                    }
+                }
+                Err(_) => return,
+            },
+            _ = tick.tick() => {
+                for id in node.lessor.expired() {
+                    let node = node.clone();
+                    tokio::spawn(async move {
+                        let cmd = pb::Command { kind: Some(pb::command::Kind::LeaseRevoke(ep::LeaseRevokeRequest { id })) };
+                        match node.propose_local(cmd).await {
+                            Ok(_) => tracing::info!(lease = id, "lease expired and was revoked"),
+                            Err(e) => tracing::debug!(lease = id, error = %e, "revoking an expired lease failed; will retry"),
+                        }
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Prometheus metrics for a master, rendered as text on `/metrics`.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Every metric this member exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Current Raft term.
+    pub raft_term: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// 1 when this member knows a leader.
+    pub has_leader: Gauge,
+    /// 1 when this member is the leader.
+    pub is_leader: Gauge,
+    /// Leader changes seen by this member.
+    pub leader_changes: Counter,
+    /// Index of the last applied log entry.
+    pub applied_index: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// Current MVCC revision.
+    pub revision: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// Writes proposed through this member.
+    pub proposals: Counter<u64, AtomicU64>,
+    /// Proposals that failed (no leader, timeout, ...).
+    pub proposals_failed: Counter<u64, AtomicU64>,
+    /// WAL fsync latency.
+    pub fsync_seconds: Histogram,
+    /// Log appends covered by each fsync (group-commit batch size).
+    pub fsync_batch: Histogram,
+    /// Open watches on this member.
+    pub watchers: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered under the `flotilla_` prefix.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("flotilla");
+        let mut m = Metrics {
+            registry: Registry::default(),
+            raft_term: Gauge::default(),
+            has_leader: Gauge::default(),
+            is_leader: Gauge::default(),
+            leader_changes: Counter::default(),
+            applied_index: Gauge::default(),
+            revision: Gauge::default(),
+            proposals: Counter::default(),
+            proposals_failed: Counter::default(),
+            fsync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            fsync_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            watchers: Gauge::default(),
+        };
+        registry.register("raft_term", "Current Raft term", m.raft_term.clone());
+        registry.register("has_leader", "1 when this member knows a leader", m.has_leader.clone());
+        registry.register("is_leader", "1 when this member is the leader", m.is_leader.clone());
+        registry.register("leader_changes", "Leader changes seen by this member", m.leader_changes.clone());
+        registry.register("raft_applied_index", "Index of the last applied log entry", m.applied_index.clone());
+        registry.register("mvcc_revision", "Current MVCC revision", m.revision.clone());
+        registry.register("proposals", "Writes proposed through this member", m.proposals.clone());
+        registry.register("proposals_failed", "Proposals that failed", m.proposals_failed.clone());
+        registry.register("wal_fsync_duration_seconds", "WAL fsync latency", m.fsync_seconds.clone());
+        registry.register("wal_fsync_batch_size", "Log appends made durable by one fsync", m.fsync_batch.clone());
+        registry.register("watchers", "Open watches on this member", m.watchers.clone());
+        m.registry = registry;
+        m
+    }
+
+    /// Records one group-commit fsync.
+    pub fn observe_fsync(&self, took: Duration, batch: usize) {
+        self.fsync_seconds.observe(took.as_secs_f64());
+        self.fsync_batch.observe(batch as f64);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut s, &self.registry);
+        s
+    }
+}

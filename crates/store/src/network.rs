@@ -1,0 +1,177 @@
+//! Raft peer networking, client side: openraft's `RaftNetwork` over tonic gRPC
+//! (`flotilla.raft.v1.RaftPeer`), plus a pool of peer clients used to forward requests to
+//! the leader.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use flotilla_proto::raft as pb;
+use flotilla_proto::raft::raft_peer_client::RaftPeerClient;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, SnapshotMismatch, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::SnapshotSegmentId;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::codec;
+use crate::types::{Member, NodeId, TypeConfig};
+
+/// Marker text for a snapshot-mismatch refusal carried in a gRPC status.
+pub const SNAPSHOT_MISMATCH: &str = "snapshot mismatch";
+
+/// Largest peer message (snapshot chunks and append batches stay well below it).
+pub const MAX_PEER_MESSAGE: usize = 64 << 20;
+
+/// Builds a lazily connecting channel with the timeouts a failover needs: a dead peer is
+/// noticed within seconds by HTTP/2 keepalive, not after a TCP timeout.
+pub fn channel(url: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_millis(500))
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+/// A client to one peer's `RaftPeer` service.
+pub fn peer_client(url: &str) -> Result<RaftPeerClient<Channel>, tonic::transport::Error> {
+    Ok(RaftPeerClient::new(channel(url)?)
+        .max_decoding_message_size(MAX_PEER_MESSAGE)
+        .max_encoding_message_size(MAX_PEER_MESSAGE))
+}
+
+/// Clients to peers by peer URL, created on first use and reused.
+#[derive(Default)]
+pub struct PeerPool {
+    clients: Mutex<HashMap<String, RaftPeerClient<Channel>>>,
+}
+
+impl PeerPool {
+    /// The client for `member`'s first peer URL.
+    pub fn get(&self, member: &Member) -> Option<RaftPeerClient<Channel>> {
+        let url = member.peer_urls.first()?;
+        let mut m = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = m.get(url) {
+            return Some(c.clone());
+        }
+        let c = peer_client(url).ok()?;
+        m.insert(url.clone(), c.clone());
+        Some(c)
+    }
+}
+
+/// openraft's network factory.
+pub struct Network;
+
+/// A connection to one peer, as openraft uses it.
+pub struct PeerConn {
+    target: NodeId,
+    client: Option<RaftPeerClient<Channel>>,
+    url: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConn;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerConn {
+        let url = node.peer_urls.first().cloned().unwrap_or_default();
+        PeerConn { target, client: peer_client(&url).ok(), url }
+    }
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, Member, RaftError<NodeId, E>>;
+
+fn transport_err<E: std::error::Error>(status: tonic::Status) -> RPCError<NodeId, Member, RaftError<NodeId, E>> {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            RPCError::Unreachable(Unreachable::new(&status))
+        }
+        _ => RPCError::Network(NetworkError::new(&status)),
+    }
+}
+
+impl PeerConn {
+    fn client<E: std::error::Error>(&self) -> Result<RaftPeerClient<Channel>, RPCError<NodeId, Member, RaftError<NodeId, E>>> {
+        self.client.clone().ok_or_else(|| {
+            let e = std::io::Error::other(format!("member {} has no usable peer URL {:?}", self.target, self.url));
+            RPCError::Unreachable(Unreachable::new(&e))
+        })
+    }
+}
+
+fn request<T>(msg: T, option: &RPCOption) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(option.hard_ttl());
+    r
+}
+
+fn bad_reply<E: std::error::Error>(what: &str) -> RPCError<NodeId, Member, RaftError<NodeId, E>> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(format!("malformed {what} reply: missing field"))))
+}
+
+impl RaftNetwork<TypeConfig> for PeerConn {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        let req = pb::AppendEntriesRequest {
+            vote: Some(codec::vote_to_pb(&rpc.vote)),
+            prev_log_id: codec::opt_log_id_to_pb(rpc.prev_log_id.as_ref()),
+            entries: rpc.entries.iter().map(codec::entry_to_pb).collect(),
+            leader_commit: codec::opt_log_id_to_pb(rpc.leader_commit.as_ref()),
+        };
+        let resp = self.client()?.append_entries(request(req, &option)).await.map_err(transport_err)?.into_inner();
+        use pb::append_entries_response::Result as R;
+        Ok(match resp.result.ok_or_else(|| bad_reply("append-entries"))? {
+            R::Success(_) => AppendEntriesResponse::Success,
+            R::PartialSuccess(p) => AppendEntriesResponse::PartialSuccess(codec::opt_log_id_from_pb(p.matching.as_ref())),
+            R::Conflict(_) => AppendEntriesResponse::Conflict,
+            R::HigherVote(v) => AppendEntriesResponse::HigherVote(codec::vote_from_pb(&v)),
+        })
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
+        let req = pb::InstallSnapshotRequest {
+            vote: Some(codec::vote_to_pb(&rpc.vote)),
+            meta: Some(codec::snapshot_meta_to_pb(&rpc.meta)),
+            offset: rpc.offset,
+            data: rpc.data,
+            done: rpc.done,
+        };
+        let resp = match self.client()?.install_snapshot(request(req, &option)).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::FailedPrecondition && s.message().starts_with(SNAPSHOT_MISMATCH) => {
+                let seg = |offset| SnapshotSegmentId { id: String::new(), offset };
+                let err = InstallSnapshotError::SnapshotMismatch(SnapshotMismatch { expect: seg(0), got: seg(rpc.offset) });
+                return Err(RPCError::RemoteError(RemoteError::new(self.target, RaftError::APIError(err))));
+            }
+            Err(s) => return Err(transport_err(s)),
+        };
+        Ok(InstallSnapshotResponse { vote: codec::vote_from_pb(&resp.vote.ok_or_else(|| bad_reply("install-snapshot"))?) })
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcErr> {
+        let req = pb::VoteRequest {
+            vote: Some(codec::vote_to_pb(&rpc.vote)),
+            last_log_id: codec::opt_log_id_to_pb(rpc.last_log_id.as_ref()),
+        };
+        let resp = self.client()?.vote(request(req, &option)).await.map_err(transport_err)?.into_inner();
+        Ok(VoteResponse {
+            vote: codec::vote_from_pb(&resp.vote.ok_or_else(|| bad_reply("vote"))?),
+            vote_granted: resp.vote_granted,
+            last_log_id: codec::opt_log_id_from_pb(resp.last_log_id.as_ref()),
+        })
+    }
+}

@@ -1,0 +1,592 @@
+//! A running member: opens the data dir (refusing one from another cluster), starts Raft,
+//! and offers the operations the gRPC services need: propose a command (forwarded to the
+//! leader when this member is not it), linearizable read barriers, membership changes and
+//! response headers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_core::cluster::{cluster_id, member_id};
+use flotilla_proto::etcdserverpb as ep;
+use flotilla_proto::raft as pb;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
+use tokio::sync::watch;
+
+use crate::config::{ClusterState, NodeConfig};
+use crate::error::StoreError;
+use crate::lease::Lessor;
+use crate::log_store::LogStore;
+use crate::metrics::Metrics;
+use crate::network::{Network, PeerPool};
+use crate::rocks::{Batch, Cf, Db, Sync};
+use crate::state_machine::{Shared, StateMachine};
+use crate::types::{Member, NodeId, Raft};
+
+const KEY_MEMBER_ID: &[u8] = b"member_id";
+const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
+
+/// A running member. Shared by every service through an `Arc`.
+pub struct Node {
+    /// This member's id.
+    pub id: NodeId,
+    /// The cluster's id.
+    pub cluster_id: u64,
+    /// The Raft handle.
+    pub raft: Raft,
+    /// State machine state shared with the services.
+    pub sm: Arc<Shared>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Leader-side lease clock.
+    pub lessor: Arc<Lessor>,
+    /// Clients to peers, for forwarding.
+    pub peers: PeerPool,
+    /// The configuration it was started with.
+    pub config: NodeConfig,
+    /// The member info this member publishes about itself.
+    pub me: Member,
+}
+
+fn read_u64(db: &Db, key: &[u8]) -> Result<Option<u64>, StoreError> {
+    match db.get(Cf::RaftMeta, key)? {
+        None => Ok(None),
+        Some(v) => {
+            let b: [u8; 8] = v.as_slice().try_into().map_err(|_| StoreError::Corrupt(format!("identity record {key:?} is damaged")))?;
+            Ok(Some(u64::from_be_bytes(b)))
+        }
+    }
+}
+
+fn has_any(db: &Db, cf: Cf) -> Result<bool, StoreError> {
+    let mut any = false;
+    db.scan(cf, &[], crate::rocks::Dir::Forward, |_, _| {
+        any = true;
+        Ok(false)
+    })?;
+    Ok(any)
+}
+
+/// Checks (or, for a fresh data dir, records) which cluster and member this data dir
+/// belongs to. Returns `(member_id, cluster_id)`.
+fn check_identity(db: &Db, cfg: &NodeConfig) -> Result<(u64, u64), StoreError> {
+    let me = member_id(&cfg.initial_cluster_token, &cfg.advertise_peer);
+    let flags_cluster = cluster_id(&cfg.initial_cluster_token, &cfg.initial_cluster);
+    let stored_member = read_u64(db, KEY_MEMBER_ID)?;
+    let stored_cluster = read_u64(db, KEY_CLUSTER_ID)?;
+    match (stored_member, stored_cluster) {
+        (Some(m), Some(c)) => {
+            if m != me {
+                return Err(StoreError::Corrupt(format!(
+                    "{} belongs to member {m:x}, but --initial-advertise-peer-urls {} and --initial-cluster-token {:?} make this member {me:x}",
+                    cfg.data_dir.display(),
+                    cfg.advertise_peer,
+                    cfg.initial_cluster_token
+                )));
+            }
+            if cfg.initial_cluster_state == ClusterState::New && c != flags_cluster {
+                return Err(StoreError::Corrupt(format!(
+                    "{} belongs to cluster {c:x}, but --initial-cluster and --initial-cluster-token describe cluster {flags_cluster:x}",
+                    cfg.data_dir.display()
+                )));
+            }
+            Ok((m, c))
+        }
+        (None, None) => {
+            if has_any(db, Cf::RaftLog)? || has_any(db, Cf::KvIndex)? || has_any(db, Cf::RaftMeta)? {
+                return Err(StoreError::Corrupt(format!(
+                    "{} holds Raft or key-value data but no member identity; refusing to guess",
+                    cfg.data_dir.display()
+                )));
+            }
+            // A joining member learns the real cluster id from the leader; the founding
+            // members all compute the same one from their flags.
+            let c = if cfg.initial_cluster_state == ClusterState::New { flags_cluster } else { 0 };
+            let mut b = Batch::new();
+            b.put(db, Cf::RaftMeta, KEY_MEMBER_ID, me.to_be_bytes());
+            b.put(db, Cf::RaftMeta, KEY_CLUSTER_ID, c.to_be_bytes());
+            db.write(b, Sync::Yes)?;
+            Ok((me, c))
+        }
+        _ => Err(StoreError::Corrupt(format!("{} has a partial member identity", cfg.data_dir.display()))),
+    }
+}
+
+fn raft_config(cfg: &NodeConfig) -> Result<openraft::Config, StoreError> {
+    let election = cfg.election_timeout.as_millis() as u64;
+    let c = openraft::Config {
+        cluster_name: cfg.initial_cluster_token.clone(),
+        heartbeat_interval: cfg.heartbeat_interval.as_millis() as u64,
+        election_timeout_min: election,
+        election_timeout_max: election * 2,
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_count),
+        max_in_snapshot_log_to_keep: 1000.min(cfg.snapshot_count),
+        snapshot_max_chunk_size: 4 << 20,
+        ..Default::default()
+    };
+    c.validate().map_err(|e| StoreError::InvalidArgument(format!("invalid raft timing: {e}")))
+}
+
+impl Node {
+    /// Opens the data dir and starts Raft. Does not start any server.
+    pub async fn start(cfg: NodeConfig) -> Result<Arc<Node>, StoreError> {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| StoreError::Storage(format!("cannot create data dir {}: {e}", cfg.data_dir.display())))?;
+        let db = Db::open(&cfg.data_dir.join("db"))?;
+        let (id, cluster) = check_identity(&db, &cfg)?;
+        let metrics = Arc::new(Metrics::new());
+        let log = LogStore::new(db.clone(), metrics.clone());
+        let sm = StateMachine::open(db, metrics.clone())?;
+        let shared = sm.shared();
+        let raft = Raft::new(id, Arc::new(raft_config(&cfg)?), Network, log, sm)
+            .await
+            .map_err(|e| StoreError::Fatal(e.to_string()))?;
+        let me = Member {
+            name: cfg.name.clone(),
+            peer_urls: vec![cfg.advertise_peer.to_string()],
+            client_urls: vec![cfg.advertise_client.to_string()],
+        };
+        if cfg.initial_cluster_state == ClusterState::New {
+            // Every founding member must propose the very same initial membership (they may
+            // all write it at log index 0), so it holds only what all of them know: names
+            // and peer URLs. Each member then publishes its client URLs through the log.
+            let mut nodes = BTreeMap::new();
+            for m in &cfg.initial_cluster {
+                let info = Member { name: m.name.clone(), peer_urls: vec![m.peer_url.to_string()], client_urls: vec![] };
+                nodes.insert(member_id(&cfg.initial_cluster_token, &m.peer_url), info);
+            }
+            match raft.initialize(nodes).await {
+                Ok(()) => tracing::info!(member = format!("{id:x}"), "bootstrapped a new cluster"),
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                    tracing::info!("raft state exists; resuming")
+                }
+                Err(e) => return Err(StoreError::Fatal(format!("cannot bootstrap: {e}"))),
+            }
+        }
+        let lessor = Lessor::new(shared.mvcc.clone());
+        let node = Arc::new(Node {
+            id,
+            cluster_id: cluster,
+            raft,
+            sm: shared,
+            metrics,
+            lessor,
+            peers: PeerPool::default(),
+            config: cfg,
+            me,
+        });
+        tokio::spawn(watch_raft_metrics(node.clone()));
+        tokio::spawn(crate::lease::run(node.clone()));
+        tokio::spawn(publish_self(node.clone()));
+        Ok(node)
+    }
+
+    /// The known leader, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Whether this member is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// The member info of `id` from the current membership.
+    pub fn member(&self, id: NodeId) -> Option<Member> {
+        self.raft.metrics().borrow().membership_config.membership().get_node(&id).cloned()
+    }
+
+    /// A response header at `revision`.
+    pub fn header(&self, revision: i64) -> Option<ep::ResponseHeader> {
+        Some(ep::ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.id,
+            revision,
+            raft_term: self.raft.metrics().borrow().current_term,
+        })
+    }
+
+    /// Fills in the header fields apply cannot know (cluster, member, term).
+    pub fn fix_header(&self, h: &mut Option<ep::ResponseHeader>) {
+        let rev = h.as_ref().map_or_else(|| self.sm.mvcc.revision(), |h| h.revision);
+        *h = self.header(rev);
+    }
+
+    /// Waits until a leader is known (or the request timeout passes).
+    async fn wait_leader(&self, deadline: tokio::time::Instant) -> Result<NodeId, StoreError> {
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Some(l) = rx.borrow_and_update().current_leader {
+                return Ok(l);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Err(StoreError::Stopped),
+                Err(_) => return Err(StoreError::NoLeader),
+            }
+        }
+    }
+
+    /// Waits until the known leader is no longer `old`.
+    async fn wait_leader_change(&self, old: NodeId, deadline: tokio::time::Instant) -> Result<(), StoreError> {
+        let mut rx = self.raft.metrics();
+        loop {
+            if rx.borrow_and_update().current_leader.is_some_and(|l| l != old) {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Err(StoreError::Stopped),
+                Err(_) => return Err(StoreError::NoLeader),
+            }
+        }
+    }
+
+    /// Proposes a command and returns what applying it produced. On a follower the command
+    /// is sent to the leader. A write is never sent twice: it is retried only when the
+    /// member it went to refused it without proposing it.
+    pub async fn propose(&self, cmd: pb::Command) -> Result<pb::CommandResult, StoreError> {
+        self.metrics.proposals.inc();
+        let res = self.propose_inner(cmd).await;
+        if res.is_err() {
+            self.metrics.proposals_failed.inc();
+        }
+        let result = res?;
+        if let Some(pb::command_result::Kind::Error(e)) = &result.kind {
+            return Err(StoreError::Remote { code: e.code, message: e.message.clone() });
+        }
+        Ok(result)
+    }
+
+    async fn propose_inner(&self, cmd: pb::Command) -> Result<pb::CommandResult, StoreError> {
+        let deadline = tokio::time::Instant::now() + self.config.request_timeout;
+        loop {
+            let leader = self.wait_leader(deadline).await?;
+            if leader == self.id {
+                return self.propose_local(cmd).await;
+            }
+            let member = self.member(leader).ok_or(StoreError::NoLeader)?;
+            let mut client = self.peers.get(&member).ok_or(StoreError::NoLeader)?;
+            let mut req = tonic::Request::new(pb::ProposeRequest { command: Some(cmd.clone()) });
+            req.set_timeout(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            match client.propose(req).await {
+                Ok(r) => return r.into_inner().result.ok_or_else(|| StoreError::Fatal("leader sent an empty result".into())),
+                Err(s) if s.code() == tonic::Code::FailedPrecondition && s.message() == StoreError::NotLeader.to_string() => {
+                    // Refused before proposing: safe to try the new leader.
+                    self.wait_leader_change(leader, deadline).await?;
+                }
+                Err(s) if s.code() == tonic::Code::Unavailable && s.message().contains("error trying to connect") => {
+                    // Never reached the leader: safe to retry once a new one is known.
+                    self.wait_leader_change(leader, deadline).await?;
+                }
+                Err(s) if s.code() == tonic::Code::DeadlineExceeded => return Err(StoreError::Timeout),
+                Err(s) => return Err(StoreError::Remote { code: s.code() as i32, message: s.message().to_string() }),
+            }
+        }
+    }
+
+    /// Proposes on this member, which must be the leader.
+    pub async fn propose_local(&self, cmd: pb::Command) -> Result<pb::CommandResult, StoreError> {
+        if !self.is_leader() {
+            return Err(StoreError::NotLeader);
+        }
+        let fut = self.raft.client_write(cmd);
+        match tokio::time::timeout(self.config.request_timeout, fut).await {
+            Err(_) => Err(StoreError::Timeout),
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(StoreError::Remote { code: tonic::Code::Unavailable as i32, message: "etcdserver: leader changed".into() })
+            }
+            Ok(Err(RaftError::APIError(e))) => Err(StoreError::InvalidArgument(e.to_string())),
+            Ok(Err(RaftError::Fatal(e))) => Err(StoreError::Fatal(e.to_string())),
+        }
+    }
+
+    /// Leader side of a read barrier: confirms leadership with a quorum and returns the log
+    /// index reads must wait for.
+    pub async fn read_index_local(&self) -> Result<u64, StoreError> {
+        match tokio::time::timeout(self.config.request_timeout, self.raft.get_read_log_id()).await {
+            Err(_) => Err(StoreError::Timeout),
+            Ok(Ok((read, _))) => Ok(read.map_or(0, |l| l.index)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Err(StoreError::NotLeader),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => Err(StoreError::Timeout),
+            Ok(Err(RaftError::Fatal(e))) => Err(StoreError::Fatal(e.to_string())),
+        }
+    }
+
+    /// Waits until everything committed before now is applied here: afterwards a local
+    /// read is linearizable. On a follower, the leader is asked for the read index.
+    pub async fn linearizable_barrier(&self) -> Result<(), StoreError> {
+        let deadline = tokio::time::Instant::now() + self.config.request_timeout;
+        let index = loop {
+            let leader = self.wait_leader(deadline).await?;
+            let res = if leader == self.id {
+                self.read_index_local().await
+            } else {
+                let member = self.member(leader).ok_or(StoreError::NoLeader)?;
+                let mut client = self.peers.get(&member).ok_or(StoreError::NoLeader)?;
+                let mut req = tonic::Request::new(pb::ReadIndexRequest {});
+                req.set_timeout(deadline.saturating_duration_since(tokio::time::Instant::now()));
+                match client.read_index(req).await {
+                    Ok(r) => Ok(r.into_inner().index),
+                    Err(s) if s.message() == StoreError::NotLeader.to_string() => Err(StoreError::NotLeader),
+                    Err(s) if s.code() == tonic::Code::DeadlineExceeded => Err(StoreError::Timeout),
+                    Err(_) => Err(StoreError::NotLeader),
+                }
+            };
+            match res {
+                Ok(i) => break i,
+                // Reads are safe to retry anywhere.
+                Err(StoreError::NotLeader) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(StoreError::Timeout);
+                    }
+                    let _ = tokio::time::timeout_at(deadline, self.wait_leader_change(leader, deadline)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map_err(|_| StoreError::Timeout)?;
+        Ok(())
+    }
+
+    /// Runs a membership change on the leader (this member must be it).
+    pub async fn change_member_local(&self, change: pb::member_change_request::Change) -> Result<u64, StoreError> {
+        use pb::member_change_request::Change;
+        if !self.is_leader() {
+            return Err(StoreError::NotLeader);
+        }
+        let membership = self.raft.metrics().borrow().membership_config.membership().clone();
+        let map_err = |e: RaftError<NodeId, ClientWriteError<NodeId, Member>>| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => StoreError::NotLeader,
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => StoreError::InvalidArgument(format!("etcdserver: {c}")),
+            RaftError::Fatal(f) => StoreError::Fatal(f.to_string()),
+        };
+        match change {
+            Change::Add(add) => {
+                let mut urls = Vec::new();
+                for u in &add.peer_urls {
+                    urls.push(flotilla_core::cluster::Url::parse(u).map_err(|_| StoreError::MemberBadUrls)?);
+                }
+                let first = urls.first().ok_or(StoreError::MemberBadUrls)?;
+                for (_, m) in membership.nodes() {
+                    if m.peer_urls.iter().any(|p| urls.iter().any(|u| &u.to_string() == p)) {
+                        return Err(StoreError::PeerUrlExists);
+                    }
+                }
+                let id = member_id(&self.config.initial_cluster_token, first);
+                let info = Member { name: String::new(), peer_urls: urls.iter().map(|u| u.to_string()).collect(), client_urls: vec![] };
+                self.raft.add_learner(id, info, false).await.map_err(map_err)?;
+                if !add.is_learner {
+                    // Voters are added as learners first, then promoted once caught up.
+                    self.promote_when_ready(id).await?;
+                }
+                Ok(id)
+            }
+            Change::Remove(id) => {
+                if membership.get_node(&id).is_none() {
+                    return Err(StoreError::MemberNotFound);
+                }
+                let is_voter = membership.voter_ids().any(|v| v == id);
+                if is_voter {
+                    self.raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false).await.map_err(map_err)?;
+                }
+                self.raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await.map_err(map_err)?;
+                Ok(id)
+            }
+            Change::Promote(id) => {
+                if membership.get_node(&id).is_none() {
+                    return Err(StoreError::MemberNotFound);
+                }
+                if membership.voter_ids().any(|v| v == id) {
+                    return Err(StoreError::MemberNotLearner);
+                }
+                if !self.learner_in_sync(id) {
+                    return Err(StoreError::LearnerNotReady);
+                }
+                self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true).await.map_err(map_err)?;
+                Ok(id)
+            }
+            Change::Update(u) => {
+                if membership.get_node(&u.id).is_none() {
+                    return Err(StoreError::MemberNotFound);
+                }
+                let m = u.member.as_ref().map(crate::codec::member_from_pb).unwrap_or_default();
+                self.raft.change_membership(ChangeMembers::SetNodes(BTreeMap::from([(u.id, m)])), true).await.map_err(map_err)?;
+                Ok(u.id)
+            }
+        }
+    }
+
+    fn learner_in_sync(&self, id: NodeId) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        let last = m.last_log_index.unwrap_or(0);
+        let matched = m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map_or(0, |l| l.index);
+        // etcd's rule: within 90% of the leader's log.
+        matched as f64 >= last as f64 * 0.9
+    }
+
+    async fn promote_when_ready(&self, id: NodeId) -> Result<(), StoreError> {
+        let deadline = tokio::time::Instant::now() + self.config.request_timeout;
+        let mut rx = self.raft.metrics();
+        while !self.learner_in_sync(id) {
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                return Err(StoreError::LearnerNotReady);
+            }
+        }
+        Box::pin(self.change_member_local(pb::member_change_request::Change::Promote(id))).await.map(|_| ())
+    }
+
+    /// Runs a membership change wherever the leader is.
+    pub async fn change_member(&self, change: pb::member_change_request::Change) -> Result<u64, StoreError> {
+        let deadline = tokio::time::Instant::now() + self.config.request_timeout;
+        let leader = self.wait_leader(deadline).await?;
+        if leader == self.id {
+            return self.change_member_local(change).await;
+        }
+        let member = self.member(leader).ok_or(StoreError::NoLeader)?;
+        let mut client = self.peers.get(&member).ok_or(StoreError::NoLeader)?;
+        let mut req = tonic::Request::new(pb::MemberChangeRequest { change: Some(change) });
+        req.set_timeout(self.config.request_timeout);
+        match client.change_member(req).await {
+            Ok(r) => Ok(r.into_inner().member_id),
+            Err(s) => Err(StoreError::Remote { code: s.code() as i32, message: s.message().to_string() }),
+        }
+    }
+
+    /// Hands leadership to `target` (this member must be the leader): waits until the
+    /// target has the whole log, stops heartbeats so followers' leader leases run out, and
+    /// tells the target to campaign until it wins or the request times out.
+    pub async fn move_leader_local(&self, target: NodeId) -> Result<(), StoreError> {
+        if !self.is_leader() {
+            return Err(StoreError::NotLeader);
+        }
+        if target == self.id {
+            return Ok(());
+        }
+        let m = self.raft.metrics().borrow().clone();
+        if !m.membership_config.membership().voter_ids().any(|v| v == target) {
+            return Err(StoreError::BadLeaderTransferee);
+        }
+        let member = self.member(target).ok_or(StoreError::BadLeaderTransferee)?;
+        let mut client = self.peers.get(&member).ok_or(StoreError::BadLeaderTransferee)?;
+        let deadline = tokio::time::Instant::now() + self.config.request_timeout;
+        let mut rx = self.raft.metrics();
+        loop {
+            let m = rx.borrow_and_update().clone();
+            let last = m.last_log_index.unwrap_or(0);
+            let matched = m.replication.as_ref().and_then(|r| r.get(&target).cloned().flatten()).map_or(0, |l| l.index);
+            if matched >= last {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                return Err(StoreError::Timeout);
+            }
+        }
+        let rc = self.raft.runtime_config();
+        rc.heartbeat(false);
+        rc.elect(false);
+        let result = async {
+            let mut interval = tokio::time::interval(self.config.heartbeat_interval);
+            loop {
+                tokio::select! {
+                    _ = interval.tick() => {
+                        let term = self.raft.metrics().borrow().current_term;
+                        let _ = client.timeout_now(pb::TimeoutNowRequest { term }).await;
+                    }
+                    changed = rx.changed() => {
+                        if changed.is_err() {
+                            return Err(StoreError::Stopped);
+                        }
+                        let leader = rx.borrow_and_update().current_leader;
+                        if leader.is_some_and(|l| l != self.id) {
+                            return Ok(());
+                        }
+                    }
+                    _ = tokio::time::sleep_until(deadline) => return Err(StoreError::Timeout),
+                }
+            }
+        }
+        .await;
+        let rc = self.raft.runtime_config();
+        rc.heartbeat(true);
+        rc.elect(true);
+        result
+    }
+
+    /// Hands leadership to `target`, asking the leader wherever it is.
+    pub async fn move_leader(&self, target: NodeId) -> Result<(), StoreError> {
+        let deadline = tokio::time::Instant::now() + self.config.request_timeout;
+        let leader = self.wait_leader(deadline).await?;
+        if leader == self.id {
+            return self.move_leader_local(target).await;
+        }
+        let member = self.member(leader).ok_or(StoreError::NoLeader)?;
+        let mut client = self.peers.get(&member).ok_or(StoreError::NoLeader)?;
+        let mut req = tonic::Request::new(pb::MoveLeaderRequest { target });
+        req.set_timeout(self.config.request_timeout);
+        client.move_leader(req).await.map(|_| ()).map_err(|s| StoreError::Remote { code: s.code() as i32, message: s.message().to_string() })
+    }
+
+    /// Subscribes to Raft metrics.
+    pub fn raft_metrics(&self) -> watch::Receiver<openraft::RaftMetrics<NodeId, Member>> {
+        self.raft.metrics()
+    }
+}
+
+/// Mirrors Raft metrics into Prometheus gauges.
+async fn watch_raft_metrics(node: Arc<Node>) {
+    let mut rx = node.raft.metrics();
+    let mut last_leader = None;
+    loop {
+        {
+            let m = rx.borrow_and_update();
+            node.metrics.raft_term.set(m.current_term as i64);
+            node.metrics.has_leader.set(i64::from(m.current_leader.is_some()));
+            node.metrics.is_leader.set(i64::from(m.state == ServerState::Leader));
+            if m.current_leader.is_some() && m.current_leader != last_leader {
+                node.metrics.leader_changes.inc();
+                tracing::info!(leader = ?m.current_leader.map(|l| format!("{l:x}")), term = m.current_term, "leader changed");
+            }
+            last_leader = m.current_leader;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Makes sure the membership records this member's name and client URLs (a member added at
+/// run time is recorded without them, like an unstarted etcd member).
+async fn publish_self(node: Arc<Node>) {
+    let mut rx = node.raft.metrics();
+    loop {
+        let known = rx.borrow_and_update().membership_config.membership().get_node(&node.id).cloned();
+        if let Some(m) = known {
+            if m == node.me {
+                // Keep watching: a snapshot or a later change could bring an old record back.
+            } else if rx.borrow().current_leader.is_some() {
+                let change = pb::member_change_request::Change::Update(pb::UpdateMember {
+                    id: node.id,
+                    member: Some(crate::codec::member_to_pb(&node.me)),
+                });
+                match node.change_member(change).await {
+                    Ok(_) => tracing::info!("published this member's name and client URLs"),
+                    Err(e) => tracing::debug!(error = %e, "publishing member info failed; will retry"),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Runs a master's store: binds the client, peer and HTTP listeners, starts the node and
+//! serves until asked to stop.
+
+use std::future::Future;
+
+use flotilla_core::cluster::Url;
+use flotilla_core::limits::MAX_REQUEST_BYTES;
+use flotilla_proto::etcdserverpb::cluster_server::ClusterServer;
+use flotilla_proto::etcdserverpb::kv_server::KvServer;
+use flotilla_proto::etcdserverpb::lease_server::LeaseServer;
+use flotilla_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use flotilla_proto::etcdserverpb::watch_server::WatchServer;
+use flotilla_proto::raft::raft_peer_server::RaftPeerServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::NodeConfig;
+use crate::error::StoreError;
+use crate::etcd;
+use crate::network::MAX_PEER_MESSAGE;
+use crate::node::Node;
+use crate::peer::PeerService;
+
+/// gRPC framing overhead allowed on top of the request size limit (as etcd does).
+const GRPC_OVERHEAD: usize = 512 * 1024;
+
+async fn bind(url: &Url, what: &str) -> Result<TcpListener, StoreError> {
+    TcpListener::bind(url.authority())
+        .await
+        .map_err(|e| StoreError::InvalidArgument(format!("cannot listen for {what} on {url}: {e}")))
+}
+
+/// Starts a member and serves until `shutdown` completes.
+pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StoreError> {
+    // Bind first, so a taken port fails fast with a clear message.
+    let client_l = bind(&cfg.listen_client, "clients").await?;
+    let peer_l = bind(&cfg.listen_peer, "peers").await?;
+    let http_l = match &cfg.listen_metrics {
+        Some(u) => Some(bind(u, "metrics").await?),
+        None => None,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let node = Node::start(cfg.clone()).await?;
+    tracing::info!(
+        name = %cfg.name,
+        member = format!("{:x}", node.id),
+        cluster = format!("{:x}", node.cluster_id),
+        client = %cfg.listen_client,
+        peer = %cfg.listen_peer,
+        "member started"
+    );
+
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let peer_srv = tonic::transport::Server::builder()
+        .add_service(
+            RaftPeerServer::new(PeerService::new(node.clone()))
+                .max_decoding_message_size(MAX_PEER_MESSAGE)
+                .max_encoding_message_size(MAX_PEER_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(peer_l), stopped(stop_rx.clone()));
+    let max = MAX_REQUEST_BYTES + GRPC_OVERHEAD;
+    let client_srv = tonic::transport::Server::builder()
+        .add_service(KvServer::new(etcd::kv::KvService::new(node.clone())).max_decoding_message_size(max))
+        .add_service(WatchServer::new(etcd::watch::WatchService::new(node.clone())).max_decoding_message_size(max))
+        .add_service(LeaseServer::new(etcd::lease::LeaseService::new(node.clone())).max_decoding_message_size(max))
+        .add_service(ClusterServer::new(etcd::cluster::ClusterService::new(node.clone())).max_decoding_message_size(max))
+        .add_service(
+            MaintenanceServer::new(etcd::maintenance::MaintenanceService::new(node.clone())).max_decoding_message_size(max),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(client_l), stopped(stop_rx.clone()));
+    let peer_task = tokio::spawn(peer_srv);
+    let client_task = tokio::spawn(client_srv);
+    let http_task = http_l.map(|l| tokio::spawn(crate::http::serve(l, node.clone(), stopped(stop_rx.clone()))));
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    if let Err(e) = node.raft.shutdown().await {
+        tracing::warn!(error = %e, "raft did not shut down cleanly");
+    }
+    let _ = client_task.await;
+    let _ = peer_task.await;
+    if let Some(t) = http_task {
+        let _ = t.await;
+    }
+    Ok(())
+}
