@@ -1,0 +1,221 @@
+//! Test harness: real `flotilla master` processes on loopback, driven with the stock
+//! `etcdctl` and with gRPC clients generated from our etcd protos.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use flotilla_proto::etcdserverpb as ep;
+use flotilla_proto::etcdserverpb::kv_client::KvClient;
+use flotilla_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use tonic::transport::Channel;
+
+/// A free loopback port (bound and released; the OS does not hand it out again at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// One member's addresses and process.
+pub struct Member {
+    pub name: String,
+    pub client: u16,
+    pub peer: u16,
+    pub metrics: u16,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+    pub extra_args: Vec<String>,
+}
+
+impl Member {
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client)
+    }
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client)
+    }
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer)
+    }
+}
+
+/// A cluster of real processes under a temp dir; killed when dropped.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub members: Vec<Member>,
+    pub initial_cluster: String,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_flotilla")
+}
+
+impl Cluster {
+    /// Starts `n` members with extra flags, and waits for a leader.
+    pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut members = Vec::new();
+        for i in 1..=n {
+            members.push(Member {
+                name: format!("n{i}"),
+                client: free_port(),
+                peer: free_port(),
+                metrics: free_port(),
+                data_dir: dir.path().join(format!("n{i}")),
+                log: dir.path().join(format!("n{i}.log")),
+                child: None,
+                extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            });
+        }
+        let initial_cluster = members.iter().map(|m| format!("{}={}", m.name, m.peer_url())).collect::<Vec<_>>().join(",");
+        let mut c = Cluster { dir, members, initial_cluster };
+        for i in 0..n {
+            c.spawn(i, "new");
+        }
+        c.wait_leader(Duration::from_secs(20));
+        c
+    }
+
+    /// Starts member `i`'s process.
+    pub fn spawn(&mut self, i: usize, state: &str) {
+        let m = &mut self.members[i];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&m.log).expect("log file");
+        let child = Command::new(bin())
+            .args(["master", "--name", &m.name, "--data-dir"])
+            .arg(&m.data_dir)
+            .args(["--listen-client", &m.url(), "--listen-peer", &m.peer_url()])
+            .args(["--listen-metrics", &format!("http://127.0.0.1:{}", m.metrics)])
+            .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-state", state])
+            .args(&m.extra_args)
+            .env("FLOTILLA_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn flotilla master");
+        m.child = Some(child);
+    }
+
+    /// SIGKILLs member `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Restarts member `i` (after a kill), as an existing member.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i, "new");
+    }
+
+    pub fn endpoints(&self) -> String {
+        self.members.iter().filter(|m| m.child.is_some()).map(|m| m.endpoint()).collect::<Vec<_>>().join(",")
+    }
+
+    /// Index of the member that every running member agrees is the leader, once they do.
+    pub fn wait_leader(&self, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut seen = Vec::new();
+            for m in self.members.iter().filter(|m| m.child.is_some()) {
+                seen.push(status(m).map(|s| s.leader));
+            }
+            if let Some(Some(l)) = seen.first() {
+                if *l != 0 && seen.iter().all(|s| s.as_ref() == Some(l)) {
+                    if let Some(i) = self.members.iter().position(|m| status(m).map(|s| s.header.map(|h| h.member_id)) == Some(Some(*l))) {
+                        return i;
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("no agreed leader within {within:?}: {seen:?}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// All members' logs, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for m in &self.members {
+            let text = std::fs::read_to_string(&m.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            s.push_str(&format!("--- {} ---\n{}\n", m.name, tail.into_iter().rev().collect::<Vec<_>>().join("\n")));
+        }
+        s
+    }
+
+    /// Runs the stock etcdctl against `endpoints`.
+    pub fn etcdctl(&self, endpoints: &str, args: &[&str]) -> Output {
+        etcdctl(endpoints, args)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Runs the stock etcdctl (v3 API) with a short dial timeout.
+pub fn etcdctl(endpoints: &str, args: &[&str]) -> Output {
+    Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .args(["--dial-timeout=2s", "--command-timeout=10s"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("etcdctl is installed (Debian package etcd-client)")
+}
+
+/// etcdctl's stdout, asserting success.
+pub fn etcdctl_ok(endpoints: &str, args: &[&str]) -> String {
+    let out = etcdctl(endpoints, args);
+    assert!(out.status.success(), "etcdctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One blocking Status call (tests are synchronous; each call gets its own runtime).
+pub fn status(m: &Member) -> Option<ep::StatusResponse> {
+    rt().block_on(async {
+        let ch = Channel::from_shared(m.url()).ok()?.connect_timeout(Duration::from_millis(300)).timeout(Duration::from_secs(1)).connect().await.ok()?;
+        MaintenanceClient::new(ch).status(ep::StatusRequest {}).await.ok().map(|r| r.into_inner())
+    })
+}
+
+/// A current-thread runtime for blocking on one client call.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+/// A KV client to `url` with a request timeout.
+pub async fn kv(url: &str, timeout: Duration) -> KvClient<Channel> {
+    let ch = Channel::from_shared(url.to_string())
+        .expect("url")
+        .connect_timeout(Duration::from_millis(300))
+        .timeout(timeout)
+        .connect_lazy();
+    KvClient::new(ch)
+}
+
+/// Waits (polling, bounded) until `f` holds.
+pub fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        if Instant::now() > deadline {
+            panic!("timed out after {within:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn data_dir_of(c: &Cluster, i: usize) -> &Path {
+    &c.members[i].data_dir
+}
