@@ -34,6 +34,12 @@ pub struct Metrics {
     pub fsync_batch: Histogram,
     /// Open watches on this member.
     pub watchers: Gauge,
+    /// Log index covered by the latest snapshot.
+    pub snapshot_index: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// Highest purged log index.
+    pub purged_index: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// Snapshots received from a leader and installed.
+    pub snapshots_installed: Counter,
 }
 
 impl Default for Metrics {
@@ -59,6 +65,9 @@ impl Metrics {
             fsync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             fsync_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             watchers: Gauge::default(),
+            snapshot_index: Gauge::default(),
+            purged_index: Gauge::default(),
+            snapshots_installed: Counter::default(),
         };
         registry.register("raft_term", "Current Raft term", m.raft_term.clone());
         registry.register("has_leader", "1 when this member knows a leader", m.has_leader.clone());
@@ -71,6 +80,9 @@ impl Metrics {
         registry.register("wal_fsync_duration_seconds", "WAL fsync latency", m.fsync_seconds.clone());
         registry.register("wal_fsync_batch_size", "Log appends made durable by one fsync", m.fsync_batch.clone());
         registry.register("watchers", "Open watches on this member", m.watchers.clone());
+        registry.register("raft_snapshot_index", "Log index covered by the latest snapshot", m.snapshot_index.clone());
+        registry.register("raft_purged_index", "Highest purged log index", m.purged_index.clone());
+        registry.register("snapshots_installed", "Snapshots received from a leader and installed", m.snapshots_installed.clone());
         m.registry = registry;
         m
     }

@@ -3,7 +3,8 @@
 //! the leader.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_proto::raft as pb;
@@ -67,11 +68,18 @@ impl PeerPool {
     }
 }
 
+/// gRPC metadata key carrying the sender's cluster id on Raft RPCs.
+pub const CLUSTER_HEADER: &str = "x-flotilla-cluster-id";
+
 /// openraft's network factory.
-pub struct Network;
+pub struct Network {
+    /// This member's cluster id, sent with every Raft RPC.
+    pub cluster: Arc<AtomicU64>,
+}
 
 /// A connection to one peer, as openraft uses it.
 pub struct PeerConn {
+    cluster: Arc<AtomicU64>,
     target: NodeId,
     client: Option<RaftPeerClient<Channel>>,
     url: String,
@@ -82,7 +90,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerConn {
         let url = node.peer_urls.first().cloned().unwrap_or_default();
-        PeerConn { target, client: peer_client(&url).ok(), url }
+        PeerConn { cluster: self.cluster.clone(), target, client: peer_client(&url).ok(), url }
     }
 }
 
@@ -106,10 +114,15 @@ impl PeerConn {
     }
 }
 
-fn request<T>(msg: T, option: &RPCOption) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.set_timeout(option.hard_ttl());
-    r
+impl PeerConn {
+    fn request<T>(&self, msg: T, option: &RPCOption) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.set_timeout(option.hard_ttl());
+        if let Ok(v) = self.cluster.load(Ordering::Acquire).to_string().parse() {
+            r.metadata_mut().insert(CLUSTER_HEADER, v);
+        }
+        r
+    }
 }
 
 fn bad_reply<E: std::error::Error>(what: &str) -> RPCError<NodeId, Member, RaftError<NodeId, E>> {
@@ -128,7 +141,7 @@ impl RaftNetwork<TypeConfig> for PeerConn {
             entries: rpc.entries.iter().map(codec::entry_to_pb).collect(),
             leader_commit: codec::opt_log_id_to_pb(rpc.leader_commit.as_ref()),
         };
-        let resp = self.client()?.append_entries(request(req, &option)).await.map_err(transport_err)?.into_inner();
+        let resp = self.client()?.append_entries(self.request(req, &option)).await.map_err(transport_err)?.into_inner();
         use pb::append_entries_response::Result as R;
         Ok(match resp.result.ok_or_else(|| bad_reply("append-entries"))? {
             R::Success(_) => AppendEntriesResponse::Success,
@@ -150,7 +163,7 @@ impl RaftNetwork<TypeConfig> for PeerConn {
             data: rpc.data,
             done: rpc.done,
         };
-        let resp = match self.client()?.install_snapshot(request(req, &option)).await {
+        let resp = match self.client()?.install_snapshot(self.request(req, &option)).await {
             Ok(r) => r.into_inner(),
             Err(s) if s.code() == tonic::Code::FailedPrecondition && s.message().starts_with(SNAPSHOT_MISMATCH) => {
                 let seg = |offset| SnapshotSegmentId { id: String::new(), offset };
@@ -167,7 +180,7 @@ impl RaftNetwork<TypeConfig> for PeerConn {
             vote: Some(codec::vote_to_pb(&rpc.vote)),
             last_log_id: codec::opt_log_id_to_pb(rpc.last_log_id.as_ref()),
         };
-        let resp = self.client()?.vote(request(req, &option)).await.map_err(transport_err)?.into_inner();
+        let resp = self.client()?.vote(self.request(req, &option)).await.map_err(transport_err)?.into_inner();
         Ok(VoteResponse {
             vote: codec::vote_from_pb(&resp.vote.ok_or_else(|| bad_reply("vote"))?),
             vote_granted: resp.vote_granted,

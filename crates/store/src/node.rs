@@ -4,6 +4,7 @@
 //! response headers.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,8 +32,9 @@ const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
 pub struct Node {
     /// This member's id.
     pub id: NodeId,
-    /// The cluster's id.
-    pub cluster_id: u64,
+    /// The cluster's id (0 until a joining member hears from the leader).
+    cluster: Arc<AtomicU64>,
+    db: Db,
     /// The Raft handle.
     pub raft: Raft,
     /// State machine state shared with the services.
@@ -138,9 +140,11 @@ impl Node {
         let (id, cluster) = check_identity(&db, &cfg)?;
         let metrics = Arc::new(Metrics::new());
         let log = LogStore::new(db.clone(), metrics.clone());
-        let sm = StateMachine::open(db, metrics.clone())?;
+        let sm = StateMachine::open(db.clone(), metrics.clone())?;
         let shared = sm.shared();
-        let raft = Raft::new(id, Arc::new(raft_config(&cfg)?), Network, log, sm)
+        let cluster = Arc::new(AtomicU64::new(cluster));
+        let network = Network { cluster: cluster.clone() };
+        let raft = Raft::new(id, Arc::new(raft_config(&cfg)?), network, log, sm)
             .await
             .map_err(|e| StoreError::Fatal(e.to_string()))?;
         let me = Member {
@@ -168,7 +172,8 @@ impl Node {
         let lessor = Lessor::new(shared.mvcc.clone());
         let node = Arc::new(Node {
             id,
-            cluster_id: cluster,
+            cluster,
+            db,
             raft,
             sm: shared,
             metrics,
@@ -181,6 +186,31 @@ impl Node {
         tokio::spawn(crate::lease::run(node.clone()));
         tokio::spawn(publish_self(node.clone()));
         Ok(node)
+    }
+
+    /// The cluster's id; 0 while a joining member has not yet heard from the leader.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster.load(Ordering::Acquire)
+    }
+
+    /// Checks the cluster id a peer sent. A joining member adopts the first one it hears
+    /// (and records it); a mismatch means the peer belongs to another cluster.
+    pub fn check_peer_cluster(&self, theirs: u64) -> Result<(), StoreError> {
+        let mine = self.cluster_id();
+        if theirs == 0 || theirs == mine {
+            return Ok(());
+        }
+        if mine != 0 {
+            return Err(StoreError::InvalidArgument(format!(
+                "peer belongs to cluster {theirs:x}, this member to cluster {mine:x}"
+            )));
+        }
+        let mut b = Batch::new();
+        b.put(&self.db, Cf::RaftMeta, KEY_CLUSTER_ID, theirs.to_be_bytes());
+        self.db.write(b, Sync::Yes)?;
+        self.cluster.store(theirs, Ordering::Release);
+        tracing::info!(cluster = format!("{theirs:x}"), "joined cluster");
+        Ok(())
     }
 
     /// The known leader, if any.
@@ -201,7 +231,7 @@ impl Node {
     /// A response header at `revision`.
     pub fn header(&self, revision: i64) -> Option<ep::ResponseHeader> {
         Some(ep::ResponseHeader {
-            cluster_id: self.cluster_id,
+            cluster_id: self.cluster_id(),
             member_id: self.id,
             revision,
             raft_term: self.raft.metrics().borrow().current_term,
@@ -551,6 +581,8 @@ async fn watch_raft_metrics(node: Arc<Node>) {
             node.metrics.raft_term.set(m.current_term as i64);
             node.metrics.has_leader.set(i64::from(m.current_leader.is_some()));
             node.metrics.is_leader.set(i64::from(m.state == ServerState::Leader));
+            node.metrics.snapshot_index.set(m.snapshot.map_or(0, |l| l.index as i64));
+            node.metrics.purged_index.set(m.purged.map_or(0, |l| l.index as i64));
             if m.current_leader.is_some() && m.current_leader != last_leader {
                 node.metrics.leader_changes.inc();
                 tracing::info!(leader = ?m.current_leader.map(|l| format!("{l:x}")), term = m.current_term, "leader changed");

@@ -26,6 +26,19 @@ impl PeerService {
     }
 }
 
+impl PeerService {
+    /// Refuses Raft traffic from another cluster; lets a joining member learn its cluster.
+    fn check_cluster<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let theirs = req
+            .metadata()
+            .get(crate::network::CLUSTER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        self.node.check_peer_cluster(theirs).map_err(|e| Status::permission_denied(e.to_string()))
+    }
+}
+
 fn invalid(what: &str) -> Status {
     Status::invalid_argument(format!("peer request is missing {what}"))
 }
@@ -37,6 +50,7 @@ fn fatal<E: std::fmt::Display>(e: E) -> Status {
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
     async fn append_entries(&self, req: Request<pb::AppendEntriesRequest>) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        self.check_cluster(&req)?;
         let r = req.into_inner();
         let mut entries = Vec::with_capacity(r.entries.len());
         for e in r.entries {
@@ -62,6 +76,7 @@ impl RaftPeer for PeerService {
     }
 
     async fn vote(&self, req: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
+        self.check_cluster(&req)?;
         let r = req.into_inner();
         let rpc = VoteRequest {
             vote: codec::vote_from_pb(r.vote.as_ref().ok_or_else(|| invalid("vote"))?),
@@ -79,6 +94,7 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<pb::InstallSnapshotRequest>,
     ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
+        self.check_cluster(&req)?;
         let r = req.into_inner();
         let rpc = InstallSnapshotRequest {
             vote: codec::vote_from_pb(r.vote.as_ref().ok_or_else(|| invalid("vote"))?),

@@ -44,7 +44,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     tracing::info!(
         name = %cfg.name,
         member = format!("{:x}", node.id),
-        cluster = format!("{:x}", node.cluster_id),
+        cluster = format!("{:x}", node.cluster_id()),
         client = %cfg.listen_client,
         peer = %cfg.listen_peer,
         "member started"

@@ -248,6 +248,8 @@ impl StateMachine {
         *s.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), data));
         s.hub.resync_all();
         s.metrics.revision.set(s.mvcc.revision());
+        s.metrics.snapshots_installed.inc();
+        tracing::info!(last_log_id = ?meta.last_log_id, revision = s.mvcc.revision(), "installed a snapshot from the leader");
         Ok(())
     }
 }

@@ -219,3 +219,37 @@ pub fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
 pub fn data_dir_of(c: &Cluster, i: usize) -> &Path {
     &c.members[i].data_dir
 }
+
+/// Reads one metric's value from member `m`'s /metrics endpoint (plain HTTP/1.0 GET).
+pub fn metric(m: &Member, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", m.metrics)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Puts `key=value` through member url; `Ok` only when acknowledged.
+pub async fn put(url: &str, key: &str, value: &str) -> Result<ep::PutResponse, tonic::Status> {
+    let mut c = kv(url, Duration::from_secs(3)).await;
+    c.put(ep::PutRequest { key: key.into(), value: value.into(), ..Default::default() }).await.map(|r| r.into_inner())
+}
+
+/// Serializable (local) read of every key under `prefix` from member url.
+pub async fn local_range(url: &str, prefix: &str) -> Result<Vec<(String, String)>, tonic::Status> {
+    let mut c = kv(url, Duration::from_secs(3)).await;
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    let r = c
+        .range(ep::RangeRequest { key: prefix.into(), range_end: end, serializable: true, ..Default::default() })
+        .await?
+        .into_inner();
+    Ok(r.kvs.into_iter().map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), String::from_utf8_lossy(&kv.value).into_owned())).collect())
+}
