@@ -17,7 +17,8 @@ use common::*;
 fn killing_the_leader_during_writes_loses_no_acknowledged_write() {
     let mut c = Cluster::start(3, &[]);
     let urls: Vec<String> = c.members.iter().map(|m| m.url()).collect();
-    let acked: Arc<Mutex<BTreeMap<String, (String, Instant)>>> = Arc::default();
+    // key -> (value, when the write was sent, when it was acknowledged)
+    let acked: Arc<Mutex<BTreeMap<String, (String, Instant, Instant)>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let mut writers = Vec::new();
@@ -28,8 +29,9 @@ fn killing_the_leader_during_writes_loses_no_acknowledged_write() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let key = format!("/acked/{w}/{n:06}");
                 let value = format!("v{w}-{n}");
+                let sent = Instant::now();
                 if put(&urls[(w + n as usize) % urls.len()], &key, &value).await.is_ok() {
-                    acked.lock().expect("lock").insert(key, (value, Instant::now()));
+                    acked.lock().expect("lock").insert(key, (value, sent, Instant::now()));
                 }
                 n += 1;
             }
@@ -37,17 +39,25 @@ fn killing_the_leader_during_writes_loses_no_acknowledged_write() {
     }
     eventually(Duration::from_secs(10), "writes are being acknowledged", || acked.lock().expect("lock").len() > 200);
     let leader = c.wait_leader(Duration::from_secs(5));
-    let killed_at = Instant::now();
     c.kill(leader);
+    // The process is gone (reaped) from here on.
+    let killed_at = Instant::now();
     let before_kill = acked.lock().expect("lock").len();
     eventually(Duration::from_secs(10), "writes are acknowledged again after the kill", || {
-        acked.lock().expect("lock").values().filter(|(_, t)| *t > killed_at).count() > 200
+        acked.lock().expect("lock").values().filter(|(_, sent, _)| *sent > killed_at).count() > 200
     });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for w in writers {
         rt.block_on(w).expect("writer");
     }
-    let first_after = acked.lock().expect("lock").values().map(|(_, t)| *t).filter(|t| *t > killed_at).min().expect("acks after kill");
+    let first_after = acked
+        .lock()
+        .expect("lock")
+        .values()
+        .filter(|(_, sent, _)| *sent > killed_at)
+        .map(|(_, _, ack)| *ack)
+        .min()
+        .expect("acks after kill");
     let failover = first_after - killed_at;
     eprintln!("failover: kill -9 of the leader -> first acknowledged write: {failover:?} ({before_kill} writes acked before)");
     assert!(failover < Duration::from_secs(5), "failover took {failover:?}");
@@ -61,7 +71,7 @@ fn killing_the_leader_during_writes_loses_no_acknowledged_write() {
         let mut got = BTreeMap::new();
         eventually(Duration::from_secs(20), &format!("member {i} has every acknowledged write"), || {
             got = rt.block_on(local_range(&url, "/acked/")).unwrap_or_default().into_iter().collect();
-            acked.iter().all(|(k, (v, _))| got.get(k) == Some(v))
+            acked.iter().all(|(k, (v, _, _))| got.get(k) == Some(v))
         });
     }
 }

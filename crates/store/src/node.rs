@@ -413,10 +413,12 @@ impl Node {
                 }
                 let id = member_id(&self.config.initial_cluster_token, first);
                 let info = Member { name: String::new(), peer_urls: urls.iter().map(|u| u.to_string()).collect(), client_urls: vec![] };
-                self.raft.add_learner(id, info, false).await.map_err(map_err)?;
-                if !add.is_learner {
-                    // Voters are added as learners first, then promoted once caught up.
-                    self.promote_when_ready(id).await?;
+                if add.is_learner {
+                    self.raft.add_learner(id, info, false).await.map_err(map_err)?;
+                } else {
+                    // As in etcd, a voter counts from the moment it is added, started or not:
+                    // the operator starts it next, with --initial-cluster-state existing.
+                    self.raft.change_membership(ChangeMembers::AddVoters(BTreeMap::from([(id, info)])), false).await.map_err(map_err)?;
                 }
                 Ok(id)
             }
@@ -461,17 +463,6 @@ impl Node {
         let matched = m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map_or(0, |l| l.index);
         // etcd's rule: within 90% of the leader's log.
         matched as f64 >= last as f64 * 0.9
-    }
-
-    async fn promote_when_ready(&self, id: NodeId) -> Result<(), StoreError> {
-        let deadline = tokio::time::Instant::now() + self.config.request_timeout;
-        let mut rx = self.raft.metrics();
-        while !self.learner_in_sync(id) {
-            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
-                return Err(StoreError::LearnerNotReady);
-            }
-        }
-        Box::pin(self.change_member_local(pb::member_change_request::Change::Promote(id))).await.map(|_| ())
     }
 
     /// Runs a membership change wherever the leader is.

@@ -1,0 +1,55 @@
+//! Membership changes with the stock etcdctl: add a member at run time, start it with
+//! `--initial-cluster-state existing`, then remove another.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// `etcdctl member add` + starting the new member: it joins, learns the cluster id,
+/// publishes its client URL, and serves the data; `member remove` then shrinks the cluster,
+/// which keeps taking writes.
+#[test]
+fn adding_and_removing_a_member() {
+    let mut c = Cluster::start(3, &[]);
+    etcdctl_ok(&c.endpoints(), &["put", "before", "1"]);
+    let n4 = Member {
+        name: "n4".into(),
+        client: free_port(),
+        peer: free_port(),
+        metrics: free_port(),
+        data_dir: c.dir.path().join("n4"),
+        log: c.dir.path().join("n4.log"),
+        child: None,
+        extra_args: vec![],
+    };
+    let out = etcdctl_ok(&c.endpoints(), &["member", "add", "n4", &format!("--peer-urls={}", n4.peer_url())]);
+    assert!(out.contains("added to cluster"), "{out}");
+    c.initial_cluster = format!("{},n4={}", c.initial_cluster, n4.peer_url());
+    c.members.push(n4);
+    c.spawn(3, "existing");
+    eventually(Duration::from_secs(20), "n4 is a started voter with its client URL", || {
+        let list = etcdctl_ok(&c.endpoints(), &["member", "list"]);
+        list.lines().any(|l| l.contains(", n4, ") && l.contains(&c.members[3].url()) && l.ends_with("false"))
+    });
+    let n4_ep = c.members[3].endpoint();
+    assert_eq!(etcdctl_ok(&n4_ep, &["get", "before", "--print-value-only", "--consistency=s"]).trim(), "1");
+    etcdctl_ok(&n4_ep, &["put", "via-n4", "yes"]);
+    let st = status(&c.members[3]).expect("status");
+    let st0 = status(&c.members[0]).expect("status");
+    assert_eq!(st.header.map(|h| h.cluster_id), st0.header.map(|h| h.cluster_id), "n4 learned the cluster id");
+
+    // Remove a follower (not the leader).
+    let leader = c.wait_leader(Duration::from_secs(5));
+    let victim = (0..3).find(|i| *i != leader).expect("a follower");
+    let id = format!("{:x}", status(&c.members[victim]).and_then(|s| s.header).map(|h| h.member_id).expect("id"));
+    let out = etcdctl_ok(&c.members[leader].endpoint(), &["member", "remove", &id]);
+    assert!(out.contains("removed from cluster"), "{out}");
+    c.kill(victim);
+    let list = etcdctl_ok(&c.members[leader].endpoint(), &["member", "list"]);
+    assert_eq!(list.lines().count(), 3, "{list}");
+    assert!(!list.contains(&id), "{list}");
+    etcdctl_ok(&c.endpoints(), &["put", "after-remove", "ok"]);
+    assert_eq!(etcdctl_ok(&n4_ep, &["get", "after-remove", "--print-value-only"]).trim(), "ok");
+}
