@@ -9,9 +9,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        .compile_protos(
-            &[etcd.join("kv.proto"), etcd.join("rpc.proto"), raft.join("raft.proto")],
-            &[etcd, raft],
-        )?;
+        .compile_protos(&[etcd.join("kv.proto"), etcd.join("rpc.proto"), raft.join("raft.proto")], &[etcd, raft])?;
     Ok(())
 }

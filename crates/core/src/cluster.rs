@@ -17,9 +17,8 @@ impl Url {
     /// Parses `http://host:port`. `https` is refused until TLS is supported.
     pub fn parse(s: &str) -> Result<Url, CoreError> {
         let bad = |reason: &str| CoreError::InvalidUrl { url: s.to_string(), reason: reason.into() };
-        let rest = s
-            .strip_prefix("http://")
-            .ok_or_else(|| bad("must start with http:// (TLS is not supported yet)"))?;
+        let rest =
+            s.strip_prefix("http://").ok_or_else(|| bad("must start with http:// (TLS is not supported yet)"))?;
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains('/') || rest.contains('?') {
             return Err(bad("must not have a path or query"));
@@ -92,10 +91,7 @@ pub fn parse_initial_cluster(s: &str) -> Result<Vec<InitialMember>, CoreError> {
         out.push(InitialMember { name: name.to_string(), peer_url });
     }
     if out.is_empty() {
-        return Err(CoreError::InvalidInitialCluster {
-            entry: s.to_string(),
-            reason: "no members given".into(),
-        });
+        return Err(CoreError::InvalidInitialCluster { entry: s.to_string(), reason: "no members given".into() });
     }
     Ok(out)
 }

@@ -36,9 +36,7 @@ impl KeyRange {
     pub fn contains(&self, k: &[u8]) -> bool {
         match self {
             KeyRange::Single(s) => s.as_slice() == k,
-            KeyRange::Range { start, end } => {
-                k >= start.as_slice() && end.as_deref().is_none_or(|e| k < e)
-            }
+            KeyRange::Range { start, end } => k >= start.as_slice() && end.as_deref().is_none_or(|e| k < e),
         }
     }
 

@@ -108,14 +108,16 @@ fn url(flag: &str, v: &str) -> anyhow::Result<Url> {
 pub fn config(args: MasterArgs) -> anyhow::Result<NodeConfig> {
     let file: FileConfig = match &args.config_file {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display()))?;
             serde_yaml::from_str(&text).with_context(|| format!("invalid config file {}", p.display()))?
         }
         None => FileConfig::default(),
     };
     let name = args.name.or(file.name).context("--name is required")?;
     let data_dir = args.data_dir.or(file.data_dir).context("--data-dir is required")?;
-    let listen_client = url("listen-client", &args.listen_client.or(file.listen_client).context("--listen-client is required")?)?;
+    let listen_client =
+        url("listen-client", &args.listen_client.or(file.listen_client).context("--listen-client is required")?)?;
     let listen_peer = url("listen-peer", &args.listen_peer.or(file.listen_peer).context("--listen-peer is required")?)?;
     let advertise_client = match args.advertise_client.or(file.advertise_client) {
         Some(u) => url("advertise-client", &u)?,
@@ -175,7 +177,8 @@ pub fn config(args: MasterArgs) -> anyhow::Result<NodeConfig> {
 /// Runs a master until SIGINT or SIGTERM.
 pub fn run(args: MasterArgs) -> anyhow::Result<()> {
     let cfg = config(args)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     rt.block_on(async move {
         let shutdown = async {
             let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -13,7 +13,13 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 async fn revision(c: &mut KvClient<Channel>) -> i64 {
-    c.range(ep::RangeRequest { key: "any".into(), ..Default::default() }).await.expect("range").into_inner().header.expect("header").revision
+    c.range(ep::RangeRequest { key: "any".into(), ..Default::default() })
+        .await
+        .expect("range")
+        .into_inner()
+        .header
+        .expect("header")
+        .revision
 }
 
 fn expect_err<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, msg: &str) {
@@ -35,7 +41,8 @@ fn malformed_requests_get_etcd_errors_and_write_nothing() {
 
         expect_err(kv.put(ep::PutRequest::default()).await, Code::InvalidArgument, "etcdserver: key is not provided");
         expect_err(
-            kv.put(ep::PutRequest { key: "big".into(), value: vec![b'x'; 1536 * 1024 + 1], ..Default::default() }).await,
+            kv.put(ep::PutRequest { key: "big".into(), value: vec![b'x'; 1536 * 1024 + 1], ..Default::default() })
+                .await,
             Code::InvalidArgument,
             "etcdserver: request is too large",
         );
@@ -45,7 +52,10 @@ fn malformed_requests_get_etcd_errors_and_write_nothing() {
             "etcdserver: requested lease not found",
         );
         let op = |i: usize| ep::RequestOp {
-            request: Some(ep::request_op::Request::RequestPut(ep::PutRequest { key: format!("t{i}").into(), ..Default::default() })),
+            request: Some(ep::request_op::Request::RequestPut(ep::PutRequest {
+                key: format!("t{i}").into(),
+                ..Default::default()
+            })),
         };
         expect_err(
             kv.txn(ep::TxnRequest { success: (0..129).map(op).collect(), ..Default::default() }).await,
@@ -74,7 +84,8 @@ fn malformed_requests_get_etcd_errors_and_write_nothing() {
             "etcdserver: mvcc: required revision has been compacted",
         );
         assert_eq!(revision(&mut kv).await, before, "nothing was written");
-        let got = kv.range(ep::RangeRequest { key: "k".into(), ..Default::default() }).await.expect("range").into_inner();
+        let got =
+            kv.range(ep::RangeRequest { key: "k".into(), ..Default::default() }).await.expect("range").into_inner();
         assert_eq!(got.kvs[0].value, b"v2");
     });
 }
@@ -127,7 +138,8 @@ fn data_dir_of_another_cluster_or_damaged_is_refused() {
     let client_url = format!("http://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
     let cluster = format!("solo={peer_url}");
-    let base = ["--name", "solo", "--listen-client", &client_url, "--listen-peer", &peer_url, "--initial-cluster", &cluster];
+    let base =
+        ["--name", "solo", "--listen-client", &client_url, "--listen-peer", &peer_url, "--initial-cluster", &cluster];
     let data_s = data.to_str().expect("utf8 path");
     // Create the data dir with one write, then stop the member.
     let mut child = Command::new(bin()).arg("master").args(base).args(["--data-dir", data_s]).spawn().expect("spawn");
@@ -159,9 +171,40 @@ fn bad_flags_are_refused_with_a_clear_message() {
     let data = dir.path().join("never");
     let d = data.to_str().expect("utf8");
     let cases: &[(&[&str], &str)] = &[
-        (&["--name", "a", "--data-dir", d, "--listen-client", "http://127.0.0.1:1", "--listen-peer", "127.0.0.1:2"], "must start with http://"),
-        (&["--name", "a", "--data-dir", d, "--listen-client", "http://127.0.0.1:1", "--listen-peer", "http://127.0.0.1:2", "--initial-cluster", "b=http://127.0.0.1:2"], "is not in --initial-cluster"),
-        (&["--name", "a", "--data-dir", d, "--listen-client", "http://127.0.0.1:1", "--listen-peer", "http://127.0.0.1:2", "--initial-cluster-state", "old"], "must be `new` or `existing`"),
+        (
+            &["--name", "a", "--data-dir", d, "--listen-client", "http://127.0.0.1:1", "--listen-peer", "127.0.0.1:2"],
+            "must start with http://",
+        ),
+        (
+            &[
+                "--name",
+                "a",
+                "--data-dir",
+                d,
+                "--listen-client",
+                "http://127.0.0.1:1",
+                "--listen-peer",
+                "http://127.0.0.1:2",
+                "--initial-cluster",
+                "b=http://127.0.0.1:2",
+            ],
+            "is not in --initial-cluster",
+        ),
+        (
+            &[
+                "--name",
+                "a",
+                "--data-dir",
+                d,
+                "--listen-client",
+                "http://127.0.0.1:1",
+                "--listen-peer",
+                "http://127.0.0.1:2",
+                "--initial-cluster-state",
+                "old",
+            ],
+            "must be `new` or `existing`",
+        ),
         (&["--data-dir", d], "--name is required"),
     ];
     for (args, want) in cases {

@@ -21,10 +21,16 @@ fn etcdctl_kv_commands_work_against_every_member() {
     for m in &c.members {
         let ep = m.endpoint();
         let out = etcdctl_ok(&ep, &["get", "/k/", "--prefix"]);
-        assert_eq!(out.lines().collect::<Vec<_>>(), vec!["/k/0", "v0", "/k/1", "v1", "/k/2", "v2"], "member {}", m.name);
+        assert_eq!(
+            out.lines().collect::<Vec<_>>(),
+            vec!["/k/0", "v0", "/k/1", "v1", "/k/2", "v2"],
+            "member {}",
+            m.name
+        );
         let out = etcdctl_ok(&ep, &["get", "/k/", "--prefix", "--limit", "2", "--keys-only"]);
         assert_eq!(out.split_whitespace().collect::<Vec<_>>(), vec!["/k/0", "/k/1"]);
-        let json: serde_json::Value = serde_json::from_str(&etcdctl_ok(&ep, &["get", "/k/1", "-w", "json"])).expect("json");
+        let json: serde_json::Value =
+            serde_json::from_str(&etcdctl_ok(&ep, &["get", "/k/1", "-w", "json"])).expect("json");
         assert_eq!(json["count"], 1);
         assert_eq!(json["kvs"][0]["version"], 1);
         assert!(json["header"]["cluster_id"].as_u64().unwrap_or(0) != 0, "{json}");
@@ -46,7 +52,12 @@ fn etcdctl_kv_commands_work_against_every_member() {
             .spawn()
             .expect("etcdctl");
         use std::io::Write;
-        child.stdin.take().expect("stdin").write_all(b"value(\"cas\") = \"1\"\n\nput cas 2\n\nput lost yes\n\n").expect("write");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"value(\"cas\") = \"1\"\n\nput cas 2\n\nput lost yes\n\n")
+            .expect("write");
         let mut out = String::new();
         child.stdout.take().expect("stdout").read_to_string(&mut out).expect("read");
         assert!(child.wait().expect("wait").success());

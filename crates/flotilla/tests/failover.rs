@@ -59,7 +59,9 @@ fn killing_the_leader_during_writes_loses_no_acknowledged_write() {
         .min()
         .expect("acks after kill");
     let failover = first_after - killed_at;
-    eprintln!("failover: kill -9 of the leader -> first acknowledged write: {failover:?} ({before_kill} writes acked before)");
+    eprintln!(
+        "failover: kill -9 of the leader -> first acknowledged write: {failover:?} ({before_kill} writes acked before)"
+    );
     assert!(failover < Duration::from_secs(5), "failover took {failover:?}");
     let new_leader = c.wait_leader(Duration::from_secs(5));
     assert_ne!(new_leader, leader);

@@ -30,7 +30,11 @@ async fn watch_from(url: &str, key: &str, range_end: &str, start: i64) -> tonic:
 async fn events_until(s: &mut tonic::Streaming<ep::WatchResponse>, until: i64) -> Vec<i64> {
     let mut revs = Vec::new();
     while revs.last().is_none_or(|r| *r < until) {
-        let resp = tokio::time::timeout(Duration::from_secs(10), s.next()).await.expect("event in time").expect("stream open").expect("ok");
+        let resp = tokio::time::timeout(Duration::from_secs(10), s.next())
+            .await
+            .expect("event in time")
+            .expect("stream open")
+            .expect("ok");
         assert!(!resp.canceled, "watch canceled: {}", resp.cancel_reason);
         revs.extend(resp.events.iter().filter_map(|e| e.kv.as_ref().map(|kv| kv.mod_revision)));
     }
@@ -46,7 +50,14 @@ fn watch_resumed_on_another_member_sees_exactly_the_events_after_r() {
     rt.block_on(async {
         let mut revs = Vec::new();
         for i in 0..20 {
-            revs.push(put(&c.members[i % 3].url(), &format!("/w/{i}"), "x").await.expect("put").header.expect("header").revision);
+            revs.push(
+                put(&c.members[i % 3].url(), &format!("/w/{i}"), "x")
+                    .await
+                    .expect("put")
+                    .header
+                    .expect("header")
+                    .revision,
+            );
         }
         let r = revs[9];
         let mut a = watch_from(&c.members[0].url(), "/w/", "/w0", 1).await;
@@ -59,7 +70,9 @@ fn watch_resumed_on_another_member_sees_exactly_the_events_after_r() {
         // Ten more writes arrive live while B replays.
         let mut more = Vec::new();
         for i in 20..30 {
-            more.push(put(&c.members[2].url(), &format!("/w/{i}"), "y").await.expect("put").header.expect("header").revision);
+            more.push(
+                put(&c.members[2].url(), &format!("/w/{i}"), "y").await.expect("put").header.expect("header").revision,
+            );
         }
         let want: Vec<i64> = revs[10..].iter().chain(more.iter()).copied().collect();
         let seen_b = events_until(&mut b, *want.last().expect("want")).await;
@@ -78,9 +91,12 @@ fn lease_outlives_leader_failover_then_expires_on_time() {
     let ttl = 4;
     let id = rt.block_on(async {
         let ch = Channel::from_shared(c.members[other].url()).expect("url").connect().await.expect("connect");
-        let g = LeaseClient::new(ch).lease_grant(ep::LeaseGrantRequest { ttl, id: 0 }).await.expect("grant").into_inner();
+        let g =
+            LeaseClient::new(ch).lease_grant(ep::LeaseGrantRequest { ttl, id: 0 }).await.expect("grant").into_inner();
         let mut kvc = kv(&c.members[other].url(), Duration::from_secs(3)).await;
-        kvc.put(ep::PutRequest { key: "leased".into(), value: "v".into(), lease: g.id, ..Default::default() }).await.expect("put");
+        kvc.put(ep::PutRequest { key: "leased".into(), value: "v".into(), lease: g.id, ..Default::default() })
+            .await
+            .expect("put");
         g.id
     });
     std::thread::sleep(Duration::from_secs(2));
@@ -92,8 +108,14 @@ fn lease_outlives_leader_failover_then_expires_on_time() {
     // which comes after the kill.
     let ep = c.members[new_leader].endpoint();
     std::thread::sleep((killed + Duration::from_millis(3000)).saturating_duration_since(Instant::now()));
-    assert_eq!(etcdctl_ok(&ep, &["get", "leased", "--print-value-only"]).trim(), "v", "lease expired early after failover");
-    eventually(Duration::from_secs(ttl as u64 + 3), "the lease expires once not kept alive", || etcdctl_ok(&ep, &["get", "leased"]).is_empty());
+    assert_eq!(
+        etcdctl_ok(&ep, &["get", "leased", "--print-value-only"]).trim(),
+        "v",
+        "lease expired early after failover"
+    );
+    eventually(Duration::from_secs(ttl as u64 + 3), "the lease expires once not kept alive", || {
+        etcdctl_ok(&ep, &["get", "leased"]).is_empty()
+    });
     let took = killed.elapsed();
     assert!(took >= Duration::from_secs(ttl as u64), "expired {took:?} after the kill, before a full TTL of {ttl} s");
     let out = etcdctl_ok(&ep, &["lease", "timetolive", &format!("{id:x}")]);

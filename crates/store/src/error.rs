@@ -108,12 +108,13 @@ impl StoreError {
     pub fn code(&self) -> Code {
         use StoreError::*;
         match self {
-            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
-            | RequestTooLarge | MemberBadUrls | InvalidArgument(_) => Code::InvalidArgument,
+            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey | RequestTooLarge
+            | MemberBadUrls | InvalidArgument(_) => Code::InvalidArgument,
             Compacted { .. } | FutureRevision | LeaseTtlTooLarge => Code::OutOfRange,
             LeaseNotFound | MemberNotFound => Code::NotFound,
-            LeaseExists | PeerUrlExists | MemberNotLearner | LearnerNotReady | BadLeaderTransferee
-            | NotLeader => Code::FailedPrecondition,
+            LeaseExists | PeerUrlExists | MemberNotLearner | LearnerNotReady | BadLeaderTransferee | NotLeader => {
+                Code::FailedPrecondition
+            }
             NoLeader | Timeout | Stopped | Fatal(_) => Code::Unavailable,
             Remote { code, .. } => Code::from_i32(*code),
             Corrupt(_) => Code::DataLoss,

@@ -92,7 +92,9 @@ impl Lessor {
     fn expired(&self) -> Vec<i64> {
         let now = Instant::now();
         let mut g = self.lock();
-        let Some(m) = g.as_mut() else { return Vec::new() };
+        let Some(m) = g.as_mut() else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
         for (id, (deadline, _)) in m.iter_mut() {
             if *deadline <= now {

@@ -111,7 +111,9 @@ impl LogStore {
         };
         let mut out = Vec::new();
         self.db.scan(Cf::RaftLog, &index_key(start), Dir::Forward, |k, v| {
-            let idx = u64::from_be_bytes(k.try_into().map_err(|_| StoreError::Corrupt("raft log key is not 8 bytes".into()))?);
+            let idx = u64::from_be_bytes(
+                k.try_into().map_err(|_| StoreError::Corrupt("raft log key is not 8 bytes".into()))?,
+            );
             if !range.contains(&idx) {
                 return Ok(false);
             }

@@ -82,7 +82,11 @@ impl Metrics {
         registry.register("watchers", "Open watches on this member", m.watchers.clone());
         registry.register("raft_snapshot_index", "Log index covered by the latest snapshot", m.snapshot_index.clone());
         registry.register("raft_purged_index", "Highest purged log index", m.purged_index.clone());
-        registry.register("snapshots_installed", "Snapshots received from a leader and installed", m.snapshots_installed.clone());
+        registry.register(
+            "snapshots_installed",
+            "Snapshots received from a leader and installed",
+            m.snapshots_installed.clone(),
+        );
         m.registry = registry;
         m
     }

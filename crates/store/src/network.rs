@@ -106,7 +106,9 @@ fn transport_err<E: std::error::Error>(status: tonic::Status) -> RPCError<NodeId
 }
 
 impl PeerConn {
-    fn client<E: std::error::Error>(&self) -> Result<RaftPeerClient<Channel>, RPCError<NodeId, Member, RaftError<NodeId, E>>> {
+    fn client<E: std::error::Error>(
+        &self,
+    ) -> Result<RaftPeerClient<Channel>, RPCError<NodeId, Member, RaftError<NodeId, E>>> {
         self.client.clone().ok_or_else(|| {
             let e = std::io::Error::other(format!("member {} has no usable peer URL {:?}", self.target, self.url));
             RPCError::Unreachable(Unreachable::new(&e))
@@ -145,7 +147,9 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         use pb::append_entries_response::Result as R;
         Ok(match resp.result.ok_or_else(|| bad_reply("append-entries"))? {
             R::Success(_) => AppendEntriesResponse::Success,
-            R::PartialSuccess(p) => AppendEntriesResponse::PartialSuccess(codec::opt_log_id_from_pb(p.matching.as_ref())),
+            R::PartialSuccess(p) => {
+                AppendEntriesResponse::PartialSuccess(codec::opt_log_id_from_pb(p.matching.as_ref()))
+            }
             R::Conflict(_) => AppendEntriesResponse::Conflict,
             R::HigherVote(v) => AppendEntriesResponse::HigherVote(codec::vote_from_pb(&v)),
         })
@@ -167,12 +171,15 @@ impl RaftNetwork<TypeConfig> for PeerConn {
             Ok(r) => r.into_inner(),
             Err(s) if s.code() == tonic::Code::FailedPrecondition && s.message().starts_with(SNAPSHOT_MISMATCH) => {
                 let seg = |offset| SnapshotSegmentId { id: String::new(), offset };
-                let err = InstallSnapshotError::SnapshotMismatch(SnapshotMismatch { expect: seg(0), got: seg(rpc.offset) });
+                let err =
+                    InstallSnapshotError::SnapshotMismatch(SnapshotMismatch { expect: seg(0), got: seg(rpc.offset) });
                 return Err(RPCError::RemoteError(RemoteError::new(self.target, RaftError::APIError(err))));
             }
             Err(s) => return Err(transport_err(s)),
         };
-        Ok(InstallSnapshotResponse { vote: codec::vote_from_pb(&resp.vote.ok_or_else(|| bad_reply("install-snapshot"))?) })
+        Ok(InstallSnapshotResponse {
+            vote: codec::vote_from_pb(&resp.vote.ok_or_else(|| bad_reply("install-snapshot"))?),
+        })
     }
 
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcErr> {

@@ -55,7 +55,10 @@ fn read_u64(db: &Db, key: &[u8]) -> Result<Option<u64>, StoreError> {
     match db.get(Cf::RaftMeta, key)? {
         None => Ok(None),
         Some(v) => {
-            let b: [u8; 8] = v.as_slice().try_into().map_err(|_| StoreError::Corrupt(format!("identity record {key:?} is damaged")))?;
+            let b: [u8; 8] = v
+                .as_slice()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt(format!("identity record {key:?} is damaged")))?;
             Ok(Some(u64::from_be_bytes(b)))
         }
     }
@@ -158,7 +161,8 @@ impl Node {
             // and peer URLs. Each member then publishes its client URLs through the log.
             let mut nodes = BTreeMap::new();
             for m in &cfg.initial_cluster {
-                let info = Member { name: m.name.clone(), peer_urls: vec![m.peer_url.to_string()], client_urls: vec![] };
+                let info =
+                    Member { name: m.name.clone(), peer_urls: vec![m.peer_url.to_string()], client_urls: vec![] };
                 nodes.insert(member_id(&cfg.initial_cluster_token, &m.peer_url), info);
             }
             match raft.initialize(nodes).await {
@@ -302,8 +306,13 @@ impl Node {
             let mut req = tonic::Request::new(pb::ProposeRequest { command: Some(cmd.clone()) });
             req.set_timeout(deadline.saturating_duration_since(tokio::time::Instant::now()));
             match client.propose(req).await {
-                Ok(r) => return r.into_inner().result.ok_or_else(|| StoreError::Fatal("leader sent an empty result".into())),
-                Err(s) if s.code() == tonic::Code::FailedPrecondition && s.message() == StoreError::NotLeader.to_string() => {
+                Ok(r) => {
+                    return r.into_inner().result.ok_or_else(|| StoreError::Fatal("leader sent an empty result".into()))
+                }
+                Err(s)
+                    if s.code() == tonic::Code::FailedPrecondition
+                        && s.message() == StoreError::NotLeader.to_string() =>
+                {
                     // Refused before proposing: safe to try the new leader.
                     self.wait_leader_change(leader, deadline).await?;
                 }
@@ -326,9 +335,10 @@ impl Node {
         match tokio::time::timeout(self.config.request_timeout, fut).await {
             Err(_) => Err(StoreError::Timeout),
             Ok(Ok(resp)) => Ok(resp.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                Err(StoreError::Remote { code: tonic::Code::Unavailable as i32, message: "etcdserver: leader changed".into() })
-            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(StoreError::Remote {
+                code: tonic::Code::Unavailable as i32,
+                message: "etcdserver: leader changed".into(),
+            }),
             Ok(Err(RaftError::APIError(e))) => Err(StoreError::InvalidArgument(e.to_string())),
             Ok(Err(RaftError::Fatal(e))) => Err(StoreError::Fatal(e.to_string())),
         }
@@ -396,7 +406,9 @@ impl Node {
         let membership = self.raft.metrics().borrow().membership_config.membership().clone();
         let map_err = |e: RaftError<NodeId, ClientWriteError<NodeId, Member>>| match e {
             RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => StoreError::NotLeader,
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => StoreError::InvalidArgument(format!("etcdserver: {c}")),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+                StoreError::InvalidArgument(format!("etcdserver: {c}"))
+            }
             RaftError::Fatal(f) => StoreError::Fatal(f.to_string()),
         };
         match change {
@@ -412,13 +424,20 @@ impl Node {
                     }
                 }
                 let id = member_id(&self.config.initial_cluster_token, first);
-                let info = Member { name: String::new(), peer_urls: urls.iter().map(|u| u.to_string()).collect(), client_urls: vec![] };
+                let info = Member {
+                    name: String::new(),
+                    peer_urls: urls.iter().map(|u| u.to_string()).collect(),
+                    client_urls: vec![],
+                };
                 if add.is_learner {
                     self.raft.add_learner(id, info, false).await.map_err(map_err)?;
                 } else {
                     // As in etcd, a voter counts from the moment it is added, started or not:
                     // the operator starts it next, with --initial-cluster-state existing.
-                    self.raft.change_membership(ChangeMembers::AddVoters(BTreeMap::from([(id, info)])), false).await.map_err(map_err)?;
+                    self.raft
+                        .change_membership(ChangeMembers::AddVoters(BTreeMap::from([(id, info)])), false)
+                        .await
+                        .map_err(map_err)?;
                 }
                 Ok(id)
             }
@@ -428,9 +447,15 @@ impl Node {
                 }
                 let is_voter = membership.voter_ids().any(|v| v == id);
                 if is_voter {
-                    self.raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false).await.map_err(map_err)?;
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                        .await
+                        .map_err(map_err)?;
                 }
-                self.raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await.map_err(map_err)?;
+                self.raft
+                    .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                    .await
+                    .map_err(map_err)?;
                 Ok(id)
             }
             Change::Promote(id) => {
@@ -443,7 +468,10 @@ impl Node {
                 if !self.learner_in_sync(id) {
                     return Err(StoreError::LearnerNotReady);
                 }
-                self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true).await.map_err(map_err)?;
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+                    .await
+                    .map_err(map_err)?;
                 Ok(id)
             }
             Change::Update(u) => {
@@ -451,7 +479,10 @@ impl Node {
                     return Err(StoreError::MemberNotFound);
                 }
                 let m = u.member.as_ref().map(crate::codec::member_from_pb).unwrap_or_default();
-                self.raft.change_membership(ChangeMembers::SetNodes(BTreeMap::from([(u.id, m)])), true).await.map_err(map_err)?;
+                self.raft
+                    .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(u.id, m)])), true)
+                    .await
+                    .map_err(map_err)?;
                 Ok(u.id)
             }
         }
@@ -553,7 +584,11 @@ impl Node {
         let mut client = self.peers.get(&member).ok_or(StoreError::NoLeader)?;
         let mut req = tonic::Request::new(pb::MoveLeaderRequest { target });
         req.set_timeout(self.config.request_timeout);
-        client.move_leader(req).await.map(|_| ()).map_err(|s| StoreError::Remote { code: s.code() as i32, message: s.message().to_string() })
+        client
+            .move_leader(req)
+            .await
+            .map(|_| ())
+            .map_err(|s| StoreError::Remote { code: s.code() as i32, message: s.message().to_string() })
     }
 
     /// Subscribes to Raft metrics.
@@ -602,7 +637,9 @@ async fn publish_self(node: Arc<Node>) {
                 });
                 match node.change_member(change).await {
                     Ok(_) => tracing::info!("published this member's name and client URLs"),
-                    Err(e) => tracing::debug!(error = %e, "publishing member info failed; will retry"),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "publishing member info failed; will retry")
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;

@@ -49,7 +49,10 @@ fn fatal<E: std::fmt::Display>(e: E) -> Status {
 
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
-    async fn append_entries(&self, req: Request<pb::AppendEntriesRequest>) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+    async fn append_entries(
+        &self,
+        req: Request<pb::AppendEntriesRequest>,
+    ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         self.check_cluster(&req)?;
         let r = req.into_inner();
         let mut entries = Vec::with_capacity(r.entries.len());
@@ -112,7 +115,10 @@ impl RaftPeer for PeerService {
         }
     }
 
-    async fn timeout_now(&self, _req: Request<pb::TimeoutNowRequest>) -> Result<Response<pb::TimeoutNowResponse>, Status> {
+    async fn timeout_now(
+        &self,
+        _req: Request<pb::TimeoutNowRequest>,
+    ) -> Result<Response<pb::TimeoutNowResponse>, Status> {
         self.node.raft.trigger().elect().await.map_err(fatal)?;
         Ok(Response::new(pb::TimeoutNowResponse {}))
     }
@@ -149,13 +155,19 @@ impl RaftPeer for PeerService {
         Ok(Response::new(r))
     }
 
-    async fn change_member(&self, req: Request<pb::MemberChangeRequest>) -> Result<Response<pb::MemberChangeResponse>, Status> {
+    async fn change_member(
+        &self,
+        req: Request<pb::MemberChangeRequest>,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
         let change = req.into_inner().change.ok_or_else(|| invalid("change"))?;
         let member_id = self.node.change_member_local(change).await?;
         Ok(Response::new(pb::MemberChangeResponse { member_id }))
     }
 
-    async fn move_leader(&self, req: Request<pb::MoveLeaderRequest>) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+    async fn move_leader(
+        &self,
+        req: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
         self.node.move_leader_local(req.into_inner().target).await?;
         Ok(Response::new(pb::MoveLeaderResponse {}))
     }

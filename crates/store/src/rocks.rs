@@ -31,8 +31,7 @@ pub enum Cf {
 
 impl Cf {
     /// Every column family, in a fixed order.
-    pub const ALL: [Cf; 7] =
-        [Cf::RaftLog, Cf::RaftMeta, Cf::KvIndex, Cf::KvRev, Cf::Lease, Cf::LeaseKeys, Cf::SmMeta];
+    pub const ALL: [Cf; 7] = [Cf::RaftLog, Cf::RaftMeta, Cf::KvIndex, Cf::KvRev, Cf::Lease, Cf::LeaseKeys, Cf::SmMeta];
 
     /// The column families that make up the state machine (what a snapshot carries).
     pub const STATE_MACHINE: [Cf; 5] = [Cf::KvIndex, Cf::KvRev, Cf::Lease, Cf::LeaseKeys, Cf::SmMeta];
@@ -189,7 +188,9 @@ impl Db {
             Dir::Reverse => it.seek_for_prev(from),
         }
         while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
             if !f(k, v)? {
                 return Ok(());
             }
@@ -222,13 +223,19 @@ pub struct View<'a> {
 
 impl View<'_> {
     /// Visits every `(key, value)` of `cf` in order, as of the view.
-    pub fn for_each(&self, cf: Cf, mut f: impl FnMut(&[u8], &[u8]) -> Result<(), StoreError>) -> Result<(), StoreError> {
+    pub fn for_each(
+        &self,
+        cf: Cf,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let mut ro = rocksdb::ReadOptions::default();
         ro.set_snapshot(&self.snap);
         let mut it = self.db.inner.raw_iterator_cf_opt(self.db.cf(cf), ro);
         it.seek_to_first();
         while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
             f(k, v)?;
             it.next();
         }

@@ -65,9 +65,12 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         .add_service(KvServer::new(etcd::kv::KvService::new(node.clone())).max_decoding_message_size(max))
         .add_service(WatchServer::new(etcd::watch::WatchService::new(node.clone())).max_decoding_message_size(max))
         .add_service(LeaseServer::new(etcd::lease::LeaseService::new(node.clone())).max_decoding_message_size(max))
-        .add_service(ClusterServer::new(etcd::cluster::ClusterService::new(node.clone())).max_decoding_message_size(max))
         .add_service(
-            MaintenanceServer::new(etcd::maintenance::MaintenanceService::new(node.clone())).max_decoding_message_size(max),
+            ClusterServer::new(etcd::cluster::ClusterService::new(node.clone())).max_decoding_message_size(max),
+        )
+        .add_service(
+            MaintenanceServer::new(etcd::maintenance::MaintenanceService::new(node.clone()))
+                .max_decoding_message_size(max),
         )
         .serve_with_incoming_shutdown(TcpListenerStream::new(client_l), stopped(stop_rx.clone()));
     let peer_task = tokio::spawn(peer_srv);

@@ -101,7 +101,10 @@ fn get_varint(data: &[u8], pos: &mut usize) -> Result<u64, StoreError> {
 
 fn get_bytes<'a>(data: &'a [u8], pos: &mut usize) -> Result<&'a [u8], StoreError> {
     let n = get_varint(data, pos)? as usize;
-    let end = pos.checked_add(n).filter(|e| *e <= data.len()).ok_or_else(|| StoreError::Corrupt("snapshot truncated".into()))?;
+    let end = pos
+        .checked_add(n)
+        .filter(|e| *e <= data.len())
+        .ok_or_else(|| StoreError::Corrupt("snapshot truncated".into()))?;
     let s = &data[*pos..end];
     *pos = end;
     Ok(s)
@@ -183,7 +186,10 @@ impl StateMachine {
     fn build(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
         let s = &self.shared;
         let view = s.db.view();
-        let applied = view.get(Cf::SmMeta, META_APPLIED)?.map(|b| codec::decode_disk::<pb::LogId>("last_applied", &b)).transpose()?;
+        let applied = view
+            .get(Cf::SmMeta, META_APPLIED)?
+            .map(|b| codec::decode_disk::<pb::LogId>("last_applied", &b))
+            .transpose()?;
         let membership = view
             .get(Cf::SmMeta, META_MEMBERSHIP)?
             .map(|b| codec::decode_disk::<pb::StoredMembership>("membership", &b))
@@ -241,7 +247,12 @@ impl StateMachine {
         if let Some(l) = &meta.last_log_id {
             batch.put(&s.db, Cf::SmMeta, META_APPLIED, codec::log_id_to_pb(l).encode_to_vec());
         }
-        batch.put(&s.db, Cf::SmMeta, META_MEMBERSHIP, codec::stored_membership_to_pb(&meta.last_membership).encode_to_vec());
+        batch.put(
+            &s.db,
+            Cf::SmMeta,
+            META_MEMBERSHIP,
+            codec::stored_membership_to_pb(&meta.last_membership).encode_to_vec(),
+        );
         s.db.write(batch, Sync::Yes)?;
         s.mvcc.reload()?;
         *s.applied.lock().unwrap_or_else(|p| p.into_inner()) = (meta.last_log_id, meta.last_membership.clone());
@@ -291,7 +302,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         self.install(meta, snapshot.into_inner())?;
         Ok(())
     }

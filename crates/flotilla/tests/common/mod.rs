@@ -70,7 +70,8 @@ impl Cluster {
                 extra_args: extra.iter().map(|s| s.to_string()).collect(),
             });
         }
-        let initial_cluster = members.iter().map(|m| format!("{}={}", m.name, m.peer_url())).collect::<Vec<_>>().join(",");
+        let initial_cluster =
+            members.iter().map(|m| format!("{}={}", m.name, m.peer_url())).collect::<Vec<_>>().join(",");
         let mut c = Cluster { dir, members, initial_cluster };
         for i in 0..n {
             c.spawn(i, "new");
@@ -126,7 +127,11 @@ impl Cluster {
             }
             if let Some(Some(l)) = seen.first() {
                 if *l != 0 && seen.iter().all(|s| s.as_ref() == Some(l)) {
-                    if let Some(i) = self.members.iter().position(|m| status(m).map(|s| s.header.map(|h| h.member_id)) == Some(Some(*l))) {
+                    if let Some(i) = self
+                        .members
+                        .iter()
+                        .position(|m| status(m).map(|s| s.header.map(|h| h.member_id)) == Some(Some(*l)))
+                    {
                         return i;
                     }
                 }
@@ -185,7 +190,13 @@ pub fn etcdctl_ok(endpoints: &str, args: &[&str]) -> String {
 /// One blocking Status call (tests are synchronous; each call gets its own runtime).
 pub fn status(m: &Member) -> Option<ep::StatusResponse> {
     rt().block_on(async {
-        let ch = Channel::from_shared(m.url()).ok()?.connect_timeout(Duration::from_millis(300)).timeout(Duration::from_secs(1)).connect().await.ok()?;
+        let ch = Channel::from_shared(m.url())
+            .ok()?
+            .connect_timeout(Duration::from_millis(300))
+            .timeout(Duration::from_secs(1))
+            .connect()
+            .await
+            .ok()?;
         MaintenanceClient::new(ch).status(ep::StatusRequest {}).await.ok().map(|r| r.into_inner())
     })
 }
@@ -251,5 +262,8 @@ pub async fn local_range(url: &str, prefix: &str) -> Result<Vec<(String, String)
         .range(ep::RangeRequest { key: prefix.into(), range_end: end, serializable: true, ..Default::default() })
         .await?
         .into_inner();
-    Ok(r.kvs.into_iter().map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), String::from_utf8_lossy(&kv.value).into_owned())).collect())
+    Ok(r.kvs
+        .into_iter()
+        .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), String::from_utf8_lossy(&kv.value).into_owned()))
+        .collect())
 }

@@ -63,21 +63,40 @@ impl Cluster for ClusterService {
         if r.peer_ur_ls.is_empty() {
             return Err(StoreError::MemberBadUrls.into());
         }
-        let change = pb::member_change_request::Change::Add(pb::AddMember { peer_urls: r.peer_ur_ls.clone(), is_learner: r.is_learner });
+        let change = pb::member_change_request::Change::Add(pb::AddMember {
+            peer_urls: r.peer_ur_ls.clone(),
+            is_learner: r.is_learner,
+        });
         let id = self.node.change_member(change).await?;
         self.await_local(|ms| ms.iter().any(|m| m.id == id)).await;
-        let member = ep::Member { id, name: String::new(), peer_ur_ls: r.peer_ur_ls, client_ur_ls: vec![], is_learner: r.is_learner };
-        Ok(Response::new(ep::MemberAddResponse { header: self.header(), member: Some(member), members: self.members() }))
+        let member = ep::Member {
+            id,
+            name: String::new(),
+            peer_ur_ls: r.peer_ur_ls,
+            client_ur_ls: vec![],
+            is_learner: r.is_learner,
+        };
+        Ok(Response::new(ep::MemberAddResponse {
+            header: self.header(),
+            member: Some(member),
+            members: self.members(),
+        }))
     }
 
-    async fn member_remove(&self, req: Request<ep::MemberRemoveRequest>) -> Result<Response<ep::MemberRemoveResponse>, Status> {
+    async fn member_remove(
+        &self,
+        req: Request<ep::MemberRemoveRequest>,
+    ) -> Result<Response<ep::MemberRemoveResponse>, Status> {
         let id = req.into_inner().id;
         self.node.change_member(pb::member_change_request::Change::Remove(id)).await?;
         self.await_local(|ms| ms.iter().all(|m| m.id != id)).await;
         Ok(Response::new(ep::MemberRemoveResponse { header: self.header(), members: self.members() }))
     }
 
-    async fn member_update(&self, req: Request<ep::MemberUpdateRequest>) -> Result<Response<ep::MemberUpdateResponse>, Status> {
+    async fn member_update(
+        &self,
+        req: Request<ep::MemberUpdateRequest>,
+    ) -> Result<Response<ep::MemberUpdateResponse>, Status> {
         let r = req.into_inner();
         let current = self.node.member(r.id).ok_or(StoreError::MemberNotFound)?;
         for u in &r.peer_ur_ls {
@@ -85,16 +104,25 @@ impl Cluster for ClusterService {
         }
         let updated = pb::Member { name: current.name, peer_urls: r.peer_ur_ls, client_urls: current.client_urls };
         self.node
-            .change_member(pb::member_change_request::Change::Update(pb::UpdateMember { id: r.id, member: Some(updated) }))
+            .change_member(pb::member_change_request::Change::Update(pb::UpdateMember {
+                id: r.id,
+                member: Some(updated),
+            }))
             .await?;
         Ok(Response::new(ep::MemberUpdateResponse { header: self.header(), members: self.members() }))
     }
 
-    async fn member_list(&self, _req: Request<ep::MemberListRequest>) -> Result<Response<ep::MemberListResponse>, Status> {
+    async fn member_list(
+        &self,
+        _req: Request<ep::MemberListRequest>,
+    ) -> Result<Response<ep::MemberListResponse>, Status> {
         Ok(Response::new(ep::MemberListResponse { header: self.header(), members: self.members() }))
     }
 
-    async fn member_promote(&self, req: Request<ep::MemberPromoteRequest>) -> Result<Response<ep::MemberPromoteResponse>, Status> {
+    async fn member_promote(
+        &self,
+        req: Request<ep::MemberPromoteRequest>,
+    ) -> Result<Response<ep::MemberPromoteResponse>, Status> {
         let id = req.into_inner().id;
         self.node.change_member(pb::member_change_request::Change::Promote(id)).await?;
         self.await_local(|ms| ms.iter().any(|m| m.id == id && !m.is_learner)).await;

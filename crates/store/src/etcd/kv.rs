@@ -58,7 +58,10 @@ impl Kv for KvService {
         }
     }
 
-    async fn delete_range(&self, req: Request<ep::DeleteRangeRequest>) -> Result<Response<ep::DeleteRangeResponse>, Status> {
+    async fn delete_range(
+        &self,
+        req: Request<ep::DeleteRangeRequest>,
+    ) -> Result<Response<ep::DeleteRangeResponse>, Status> {
         let d = req.into_inner();
         validate::size(&d)?;
         validate::delete_range(&d)?;
@@ -87,7 +90,9 @@ impl Kv for KvService {
                     self.node.fix_header(&mut r.header);
                     Ok(Response::new(r))
                 }
-                Some(pb::command_result::Kind::Error(e)) => Err(StoreError::Remote { code: e.code, message: e.message }.into()),
+                Some(pb::command_result::Kind::Error(e)) => {
+                    Err(StoreError::Remote { code: e.code, message: e.message }.into())
+                }
                 _ => Err(unexpected()),
             };
         }

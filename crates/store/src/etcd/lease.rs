@@ -40,7 +40,10 @@ async fn keep_alive(node: &Node, id: i64) -> Result<i64, StoreError> {
     let mut client = node.peers.get(&member).ok_or(StoreError::NoLeader)?;
     let mut req = tonic::Request::new(pb::LeaseKeepAliveRequest { id });
     req.set_timeout(node.config.request_timeout);
-    let r = client.lease_keep_alive(req).await.map_err(|s| StoreError::Remote { code: s.code() as i32, message: s.message().into() })?;
+    let r = client
+        .lease_keep_alive(req)
+        .await
+        .map_err(|s| StoreError::Remote { code: s.code() as i32, message: s.message().into() })?;
     Ok(r.into_inner().ttl)
 }
 
@@ -64,7 +67,10 @@ async fn time_to_live(node: &Node, id: i64) -> Result<Option<(i64, i64)>, StoreE
 
 #[tonic::async_trait]
 impl Lease for LeaseService {
-    async fn lease_grant(&self, req: Request<ep::LeaseGrantRequest>) -> Result<Response<ep::LeaseGrantResponse>, Status> {
+    async fn lease_grant(
+        &self,
+        req: Request<ep::LeaseGrantRequest>,
+    ) -> Result<Response<ep::LeaseGrantResponse>, Status> {
         let r = req.into_inner();
         if r.ttl > MAX_LEASE_TTL_SECS {
             return Err(StoreError::LeaseTtlTooLarge.into());
@@ -83,7 +89,9 @@ impl Lease for LeaseService {
                     return Ok(Response::new(g));
                 }
                 // A randomly chosen id collided: choose another.
-                Err(StoreError::Remote { message, .. }) if r.id == 0 && attempts < 3 && message == StoreError::LeaseExists.to_string() => {
+                Err(StoreError::Remote { message, .. })
+                    if r.id == 0 && attempts < 3 && message == StoreError::LeaseExists.to_string() =>
+                {
                     attempts += 1;
                 }
                 Err(e) => return Err(e.into()),
@@ -92,7 +100,10 @@ impl Lease for LeaseService {
         }
     }
 
-    async fn lease_revoke(&self, req: Request<ep::LeaseRevokeRequest>) -> Result<Response<ep::LeaseRevokeResponse>, Status> {
+    async fn lease_revoke(
+        &self,
+        req: Request<ep::LeaseRevokeRequest>,
+    ) -> Result<Response<ep::LeaseRevokeResponse>, Status> {
         let r = req.into_inner();
         let cmd = pb::Command { kind: Some(pb::command::Kind::LeaseRevoke(r)) };
         match self.node.propose(cmd).await? {
@@ -116,7 +127,9 @@ impl Lease for LeaseService {
         tokio::spawn(async move {
             while let Some(Ok(msg)) = inbound.next().await {
                 let resp = match keep_alive(&node, msg.id).await {
-                    Ok(ttl) => Ok(ep::LeaseKeepAliveResponse { header: node.header(node.sm.mvcc.revision()), id: msg.id, ttl }),
+                    Ok(ttl) => {
+                        Ok(ep::LeaseKeepAliveResponse { header: node.header(node.sm.mvcc.revision()), id: msg.id, ttl })
+                    }
                     Err(e) => Err(Status::from(e)),
                 };
                 let stop = resp.is_err();
@@ -135,7 +148,13 @@ impl Lease for LeaseService {
         let r = req.into_inner();
         let header = self.node.header(self.node.sm.mvcc.revision());
         let Some((ttl, granted_ttl)) = time_to_live(&self.node, r.id).await? else {
-            return Ok(Response::new(ep::LeaseTimeToLiveResponse { header, id: r.id, ttl: -1, granted_ttl: 0, keys: vec![] }));
+            return Ok(Response::new(ep::LeaseTimeToLiveResponse {
+                header,
+                id: r.id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: vec![],
+            }));
         };
         let keys = if r.keys {
             self.node.linearizable_barrier().await?;
@@ -146,7 +165,10 @@ impl Lease for LeaseService {
         Ok(Response::new(ep::LeaseTimeToLiveResponse { header, id: r.id, ttl, granted_ttl, keys }))
     }
 
-    async fn lease_leases(&self, _req: Request<ep::LeaseLeasesRequest>) -> Result<Response<ep::LeaseLeasesResponse>, Status> {
+    async fn lease_leases(
+        &self,
+        _req: Request<ep::LeaseLeasesRequest>,
+    ) -> Result<Response<ep::LeaseLeasesResponse>, Status> {
         self.node.linearizable_barrier().await?;
         let leases = self.node.sm.mvcc.leases()?.into_iter().map(|(id, _)| ep::LeaseStatus { id }).collect();
         Ok(Response::new(ep::LeaseLeasesResponse { header: self.node.header(self.node.sm.mvcc.revision()), leases }))

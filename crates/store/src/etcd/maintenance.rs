@@ -53,7 +53,10 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn defragment(&self, _req: Request<ep::DefragmentRequest>) -> Result<Response<ep::DefragmentResponse>, Status> {
+    async fn defragment(
+        &self,
+        _req: Request<ep::DefragmentRequest>,
+    ) -> Result<Response<ep::DefragmentResponse>, Status> {
         Ok(Response::new(ep::DefragmentResponse { header: self.header() }))
     }
 
@@ -82,7 +85,10 @@ impl Maintenance for MaintenanceService {
         ))
     }
 
-    async fn move_leader(&self, req: Request<ep::MoveLeaderRequest>) -> Result<Response<ep::MoveLeaderResponse>, Status> {
+    async fn move_leader(
+        &self,
+        req: Request<ep::MoveLeaderRequest>,
+    ) -> Result<Response<ep::MoveLeaderResponse>, Status> {
         self.node.move_leader(req.into_inner().target_id).await?;
         Ok(Response::new(ep::MoveLeaderResponse { header: self.header() }))
     }

@@ -148,7 +148,11 @@ mod tests {
         let t = ep::TxnRequest { success: vec![put_op(b"a"), put_op(b"a")], ..Default::default() };
         assert_eq!(txn(&t), Err(StoreError::DuplicateKey));
         let del = ep::RequestOp {
-            request: Some(Request::RequestDeleteRange(ep::DeleteRangeRequest { key: b"a".to_vec(), range_end: b"b".to_vec(), ..Default::default() })),
+            request: Some(Request::RequestDeleteRange(ep::DeleteRangeRequest {
+                key: b"a".to_vec(),
+                range_end: b"b".to_vec(),
+                ..Default::default()
+            })),
         };
         let t = ep::TxnRequest { success: vec![put_op(b"aa"), del], ..Default::default() };
         assert_eq!(txn(&t), Err(StoreError::DuplicateKey));
@@ -159,7 +163,10 @@ mod tests {
 
     #[test]
     fn txn_with_too_many_ops_is_refused() {
-        let t = ep::TxnRequest { success: (0..=MAX_TXN_OPS).map(|i| put_op(format!("k{i}").as_bytes())).collect(), ..Default::default() };
+        let t = ep::TxnRequest {
+            success: (0..=MAX_TXN_OPS).map(|i| put_op(format!("k{i}").as_bytes())).collect(),
+            ..Default::default()
+        };
         assert_eq!(txn(&t), Err(StoreError::TooManyOps));
     }
 

@@ -153,8 +153,19 @@ impl Watch for WatchService {
                         };
                         let header = node.header(node.sm.mvcc.revision());
                         if c.key.is_empty() || watches.contains_key(&id) {
-                            let reason = if c.key.is_empty() { "etcdserver: key is not provided" } else { "etcdserver: duplicate watch id" };
-                            let resp = ep::WatchResponse { header, watch_id: -1, created: true, canceled: true, cancel_reason: reason.into(), ..Default::default() };
+                            let reason = if c.key.is_empty() {
+                                "etcdserver: key is not provided"
+                            } else {
+                                "etcdserver: duplicate watch id"
+                            };
+                            let resp = ep::WatchResponse {
+                                header,
+                                watch_id: -1,
+                                created: true,
+                                canceled: true,
+                                cancel_reason: reason.into(),
+                                ..Default::default()
+                            };
                             if tx.send(Ok(resp)).await.is_err() {
                                 break;
                             }
@@ -191,7 +202,11 @@ impl Watch for WatchService {
                         }
                     }
                     Some(RequestUnion::ProgressRequest(_)) => {
-                        let resp = ep::WatchResponse { header: node.header(node.sm.mvcc.revision()), watch_id: -1, ..Default::default() };
+                        let resp = ep::WatchResponse {
+                            header: node.header(node.sm.mvcc.revision()),
+                            watch_id: -1,
+                            ..Default::default()
+                        };
                         if tx.send(Ok(resp)).await.is_err() {
                             break;
                         }

@@ -52,7 +52,8 @@ fn read_i64(db: &Db, key: &[u8]) -> Result<Option<i64>, StoreError> {
     match db.get(Cf::SmMeta, key)? {
         None => Ok(None),
         Some(v) => {
-            let b: [u8; 8] = v.as_slice().try_into().map_err(|_| StoreError::Corrupt(format!("meta {key:?} is not 8 bytes")))?;
+            let b: [u8; 8] =
+                v.as_slice().try_into().map_err(|_| StoreError::Corrupt(format!("meta {key:?} is not 8 bytes")))?;
             Ok(Some(i64::from_be_bytes(b)))
         }
     }
@@ -148,12 +149,7 @@ impl Mvcc {
     }
 
     /// Visits the live values in `range` at `rev`, in key order, until `f` returns false.
-    pub fn scan_at(
-        &self,
-        range: &KeyRange,
-        rev: i64,
-        mut f: impl FnMut(KeyValue) -> bool,
-    ) -> Result<(), StoreError> {
+    pub fn scan_at(&self, range: &KeyRange, rev: i64, mut f: impl FnMut(KeyValue) -> bool) -> Result<(), StoreError> {
         if let KeyRange::Single(k) = range {
             if let Some(kv) = self.get_at(k, rev)? {
                 f(kv);
@@ -165,26 +161,32 @@ impl Mvcc {
         }
         let mut current: Option<Vec<u8>> = None;
         let mut done_with_current = false;
-        self.db.scan(Cf::KvIndex, &encoding::escape(range.start())[..range_seek_len(range.start())], Dir::Forward, |k, v| {
-            let (key, r) = encoding::parse_index_key(k).ok_or_else(|| StoreError::Corrupt("malformed MVCC index key".into()))?;
-            if !range.contains(&key) {
-                // Keys come in order: past the end means done; before the start cannot happen.
-                return Ok(key.as_slice() < range.start());
-            }
-            if current.as_deref() != Some(key.as_slice()) {
-                current = Some(key);
-                done_with_current = false;
-            }
-            if done_with_current || r > rev {
-                return Ok(true);
-            }
-            done_with_current = true;
-            let (kind, kv) = decode_record(v)?;
-            if kind == PUT {
-                return Ok(f(kv));
-            }
-            Ok(true)
-        })
+        self.db.scan(
+            Cf::KvIndex,
+            &encoding::escape(range.start())[..range_seek_len(range.start())],
+            Dir::Forward,
+            |k, v| {
+                let (key, r) = encoding::parse_index_key(k)
+                    .ok_or_else(|| StoreError::Corrupt("malformed MVCC index key".into()))?;
+                if !range.contains(&key) {
+                    // Keys come in order: past the end means done; before the start cannot happen.
+                    return Ok(key.as_slice() < range.start());
+                }
+                if current.as_deref() != Some(key.as_slice()) {
+                    current = Some(key);
+                    done_with_current = false;
+                }
+                if done_with_current || r > rev {
+                    return Ok(true);
+                }
+                done_with_current = true;
+                let (kind, kv) = decode_record(v)?;
+                if kind == PUT {
+                    return Ok(f(kv));
+                }
+                Ok(true)
+            },
+        )
     }
 
     /// Serves a Range request (the header carries only the revision read at).
@@ -203,7 +205,8 @@ impl Mvcc {
     pub fn events_between(&self, from: i64, to: i64, range: &KeyRange) -> Result<Vec<Event>, StoreError> {
         let mut changes = Vec::new();
         self.db.scan(Cf::KvRev, &encoding::rev_key(from, 0), Dir::Forward, |k, v| {
-            let (rev, _) = encoding::parse_rev_key(k).ok_or_else(|| StoreError::Corrupt("malformed MVCC history key".into()))?;
+            let (rev, _) =
+                encoding::parse_rev_key(k).ok_or_else(|| StoreError::Corrupt("malformed MVCC history key".into()))?;
             if rev > to {
                 return Ok(false);
             }
@@ -215,7 +218,9 @@ impl Mvcc {
         })?;
         let mut events = Vec::with_capacity(changes.len());
         for (rev, key) in changes {
-            let Some((kind, kv)) = self.record_at(&key, rev)? else { continue };
+            let Some((kind, kv)) = self.record_at(&key, rev)? else {
+                continue;
+            };
             let prev_kv = self.get_at(&key, rev - 1)?;
             let ty = if kind == PUT { EventType::Put } else { EventType::Delete };
             events.push(Event { r#type: ty as i32, kv: Some(kv), prev_kv });
@@ -228,7 +233,8 @@ impl Mvcc {
         match self.db.get(Cf::Lease, encoding::lease_key(id))? {
             None => Ok(None),
             Some(v) => {
-                let b: [u8; 8] = v.as_slice().try_into().map_err(|_| StoreError::Corrupt("lease record is not 8 bytes".into()))?;
+                let b: [u8; 8] =
+                    v.as_slice().try_into().map_err(|_| StoreError::Corrupt("lease record is not 8 bytes".into()))?;
                 Ok(Some(i64::from_be_bytes(b)))
             }
         }
@@ -238,8 +244,12 @@ impl Mvcc {
     pub fn leases(&self) -> Result<Vec<(i64, i64)>, StoreError> {
         let mut out = Vec::new();
         self.db.scan(Cf::Lease, &[], Dir::Forward, |k, v| {
-            let id = u64::from_be_bytes(k.try_into().map_err(|_| StoreError::Corrupt("lease key is not 8 bytes".into()))?) as i64;
-            let ttl = i64::from_be_bytes(v.try_into().map_err(|_| StoreError::Corrupt("lease record is not 8 bytes".into()))?);
+            let id =
+                u64::from_be_bytes(k.try_into().map_err(|_| StoreError::Corrupt("lease key is not 8 bytes".into()))?)
+                    as i64;
+            let ttl = i64::from_be_bytes(
+                v.try_into().map_err(|_| StoreError::Corrupt("lease record is not 8 bytes".into()))?,
+            );
             out.push((id, ttl));
             Ok(true)
         })?;
@@ -264,7 +274,8 @@ impl Mvcc {
     pub fn hash_kv(&self, rev: i64) -> Result<u32, StoreError> {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         self.db.scan(Cf::KvIndex, &[], Dir::Forward, |k, v| {
-            let (_, r) = encoding::parse_index_key(k).ok_or_else(|| StoreError::Corrupt("malformed MVCC index key".into()))?;
+            let (_, r) =
+                encoding::parse_index_key(k).ok_or_else(|| StoreError::Corrupt("malformed MVCC index key".into()))?;
             if r <= rev {
                 for b in k.iter().chain(v.iter()) {
                     h ^= u64::from(*b);
@@ -311,10 +322,20 @@ impl Mvcc {
                 let compact = tx.compact;
                 let events = std::mem::take(&mut tx.events);
                 *batch = std::mem::take(&mut tx.batch);
-                Ok(Applied { result: pb::CommandResult { kind: Some(kind) }, events, revision, compact_revision: compact })
+                Ok(Applied {
+                    result: pb::CommandResult { kind: Some(kind) },
+                    events,
+                    revision,
+                    compact_revision: compact,
+                })
             }
             Err(e) if e.is_fatal() => Err(e),
-            Err(e) => Ok(Applied { result: error_result(e), events: vec![], revision: base, compact_revision: self.compact_revision() }),
+            Err(e) => Ok(Applied {
+                result: error_result(e),
+                events: vec![],
+                revision: base,
+                compact_revision: self.compact_revision(),
+            }),
         }
     }
 }
@@ -559,7 +580,8 @@ impl Tx<'_> {
         let db = &self.m.db;
         let mut history = Vec::new();
         db.scan(Cf::KvRev, &encoding::rev_key(old, 0), Dir::Forward, |k, v| {
-            let (rev, sub) = encoding::parse_rev_key(k).ok_or_else(|| StoreError::Corrupt("malformed MVCC history key".into()))?;
+            let (rev, sub) =
+                encoding::parse_rev_key(k).ok_or_else(|| StoreError::Corrupt("malformed MVCC history key".into()))?;
             if rev >= new {
                 return Ok(false);
             }

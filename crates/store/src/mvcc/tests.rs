@@ -161,7 +161,13 @@ impl Model {
 // ------------------------------------------------------------------ generators ----
 
 fn key() -> impl Strategy<Value = Vec<u8>> {
-    prop_oneof![Just(b"a".to_vec()), Just(b"a\0".to_vec()), Just(b"ab".to_vec()), Just(b"b".to_vec()), Just(b"c".to_vec())]
+    prop_oneof![
+        Just(b"a".to_vec()),
+        Just(b"a\0".to_vec()),
+        Just(b"ab".to_vec()),
+        Just(b"b".to_vec()),
+        Just(b"c".to_vec())
+    ]
 }
 
 fn range_end() -> impl Strategy<Value = Vec<u8>> {
@@ -174,7 +180,11 @@ fn put() -> impl Strategy<Value = ep::PutRequest> {
 }
 
 fn delete() -> impl Strategy<Value = ep::DeleteRangeRequest> {
-    (key(), range_end(), any::<bool>()).prop_map(|(key, range_end, prev_kv)| ep::DeleteRangeRequest { key, range_end, prev_kv })
+    (key(), range_end(), any::<bool>()).prop_map(|(key, range_end, prev_kv)| ep::DeleteRangeRequest {
+        key,
+        range_end,
+        prev_kv,
+    })
 }
 
 fn range(max_rev: i64) -> impl Strategy<Value = ep::RangeRequest> {
@@ -204,8 +214,8 @@ fn op() -> impl Strategy<Value = ep::RequestOp> {
 }
 
 fn txn() -> impl Strategy<Value = ep::TxnRequest> {
-    (key(), range_end(), 0i64..3, proptest::collection::vec(op(), 0..4), proptest::collection::vec(op(), 0..4)).prop_map(
-        |(key, range_end, version, success, failure)| ep::TxnRequest {
+    (key(), range_end(), 0i64..3, proptest::collection::vec(op(), 0..4), proptest::collection::vec(op(), 0..4))
+        .prop_map(|(key, range_end, version, success, failure)| ep::TxnRequest {
             compare: vec![ep::Compare {
                 key,
                 range_end,
@@ -215,8 +225,7 @@ fn txn() -> impl Strategy<Value = ep::TxnRequest> {
             }],
             success,
             failure,
-        },
-    )
+        })
 }
 
 #[derive(Debug, Clone)]
@@ -306,7 +315,13 @@ fn mvcc_state_survives_reopen() {
     {
         let db = Db::open(dir.path()).expect("open");
         let m = Mvcc::open(db.clone()).expect("mvcc");
-        let put = pb::Command { kind: Some(pb::command::Kind::Put(ep::PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() })) };
+        let put = pb::Command {
+            kind: Some(pb::command::Kind::Put(ep::PutRequest {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })),
+        };
         apply_real(&m, &db, &put);
         apply_real(&m, &db, &put);
         assert_eq!(m.revision(), 3);
@@ -326,9 +341,14 @@ fn lease_revoke_deletes_attached_keys() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Db::open(dir.path()).expect("open");
     let m = Mvcc::open(db.clone()).expect("mvcc");
-    let put = |k: &[u8], lease| pb::Command { kind: Some(Kind::Put(ep::PutRequest { key: k.to_vec(), value: b"v".to_vec(), lease, ..Default::default() })) };
+    let put = |k: &[u8], lease| pb::Command {
+        kind: Some(Kind::Put(ep::PutRequest { key: k.to_vec(), value: b"v".to_vec(), lease, ..Default::default() })),
+    };
     let r = apply_real(&m, &db, &put(b"x", 7));
-    assert!(matches!(r.kind, Some(pb::command_result::Kind::Error(ref e)) if e.message == "etcdserver: requested lease not found"), "{r:?}");
+    assert!(
+        matches!(r.kind, Some(pb::command_result::Kind::Error(ref e)) if e.message == "etcdserver: requested lease not found"),
+        "{r:?}"
+    );
     assert_eq!(m.revision(), 1, "nothing written");
     apply_real(&m, &db, &pb::Command { kind: Some(Kind::LeaseGrant(ep::LeaseGrantRequest { id: 7, ttl: 10 })) });
     apply_real(&m, &db, &put(b"x", 7));
