@@ -53,3 +53,38 @@ fn adding_and_removing_a_member() {
     etcdctl_ok(&c.endpoints(), &["put", "after-remove", "ok"]);
     assert_eq!(etcdctl_ok(&n4_ep, &["get", "after-remove", "--print-value-only"]).trim(), "ok");
 }
+
+/// `member add --learner` adds a non-voting member; once started and caught up,
+/// `member promote` makes it a voter. Promoting a voter is refused with etcd's error.
+#[test]
+fn learner_is_added_then_promoted() {
+    let mut c = Cluster::start(3, &[]);
+    let n4 = Member {
+        name: "n4".into(),
+        client: free_port(),
+        peer: free_port(),
+        metrics: free_port(),
+        data_dir: c.dir.path().join("n4"),
+        log: c.dir.path().join("n4.log"),
+        child: None,
+        extra_args: vec![],
+    };
+    let out = etcdctl_ok(&c.endpoints(), &["member", "add", "n4", "--learner", &format!("--peer-urls={}", n4.peer_url())]);
+    assert!(out.contains("added to cluster"), "{out}");
+    c.initial_cluster = format!("{},n4={}", c.initial_cluster, n4.peer_url());
+    c.members.push(n4);
+    c.spawn(3, "existing");
+    let line = |c: &Cluster| {
+        etcdctl_ok(&c.members[0].endpoint(), &["member", "list"]).lines().find(|l| l.contains(", n4, ")).map(str::to_string)
+    };
+    eventually(Duration::from_secs(20), "n4 started as a learner", || line(&c).is_some_and(|l| l.ends_with("true")));
+    let id = line(&c).and_then(|l| l.split(',').next().map(str::to_string)).expect("n4 id");
+    let st = status(&c.members[3]).expect("status");
+    assert!(st.is_learner);
+    eventually(Duration::from_secs(20), "promote succeeds once n4 is in sync", || {
+        etcdctl(&c.endpoints(), &["member", "promote", &id]).status.success()
+    });
+    assert!(line(&c).is_some_and(|l| l.ends_with("false")), "n4 is a voter now");
+    let again = etcdctl(&c.endpoints(), &["member", "promote", &id]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("can only promote a learner member"));
+}
