@@ -57,7 +57,7 @@ pub struct MasterArgs {
     initial_cluster_state: Option<String>,
 
     /// Token that keeps clusters with the same member URLs apart [default: flotilla-cluster].
-    #[arg(long)]
+    #[arg(long, value_name = "TOKEN")]
     initial_cluster_token: Option<String>,
 
     /// Leader heartbeat interval in milliseconds [default: 100].

@@ -84,7 +84,7 @@ fn check_identity(db: &Db, cfg: &NodeConfig) -> Result<(u64, u64), StoreError> {
         (Some(m), Some(c)) => {
             if m != me {
                 return Err(StoreError::Corrupt(format!(
-                    "{} belongs to member {m:x}, but --initial-advertise-peer-urls {} and --initial-cluster-token {:?} make this member {me:x}",
+                    "{} belongs to member {m:x}, but --advertise-peer {} and --initial-cluster-token {:?} make this member {me:x}",
                     cfg.data_dir.display(),
                     cfg.advertise_peer,
                     cfg.initial_cluster_token
