@@ -69,13 +69,17 @@ fn learner_is_added_then_promoted() {
         child: None,
         extra_args: vec![],
     };
-    let out = etcdctl_ok(&c.endpoints(), &["member", "add", "n4", "--learner", &format!("--peer-urls={}", n4.peer_url())]);
+    let out =
+        etcdctl_ok(&c.endpoints(), &["member", "add", "n4", "--learner", &format!("--peer-urls={}", n4.peer_url())]);
     assert!(out.contains("added to cluster"), "{out}");
     c.initial_cluster = format!("{},n4={}", c.initial_cluster, n4.peer_url());
     c.members.push(n4);
     c.spawn(3, "existing");
     let line = |c: &Cluster| {
-        etcdctl_ok(&c.members[0].endpoint(), &["member", "list"]).lines().find(|l| l.contains(", n4, ")).map(str::to_string)
+        etcdctl_ok(&c.members[0].endpoint(), &["member", "list"])
+            .lines()
+            .find(|l| l.contains(", n4, "))
+            .map(str::to_string)
     };
     eventually(Duration::from_secs(20), "n4 started as a learner", || line(&c).is_some_and(|l| l.ends_with("true")));
     let id = line(&c).and_then(|l| l.split(',').next().map(str::to_string)).expect("n4 id");

@@ -16,6 +16,7 @@ use flotilla_proto::raft as pb;
 use openraft::ServerState;
 use tokio::time::Instant;
 
+use crate::error::StoreError;
 use crate::mvcc::Mvcc;
 use crate::node::Node;
 use crate::state_machine::LeaseEvent;
@@ -23,10 +24,19 @@ use crate::state_machine::LeaseEvent;
 /// How often the leader looks for expired leases.
 const TICK: Duration = Duration::from_millis(200);
 
-/// Deadlines by lease id; empty unless this member is the leader.
+/// One lease's clock on the leader.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    deadline: Instant,
+    ttl: i64,
+    /// Expired and being revoked: keep-alives no longer renew it.
+    revoking: bool,
+}
+
+/// Deadlines by lease id; `None` unless this member is the leader.
 pub struct Lessor {
     mvcc: Arc<Mvcc>,
-    deadlines: Mutex<Option<HashMap<i64, (Instant, i64)>>>,
+    deadlines: Mutex<Option<HashMap<i64, Clock>>>,
 }
 
 impl Lessor {
@@ -35,7 +45,7 @@ impl Lessor {
         Arc::new(Lessor { mvcc, deadlines: Mutex::new(None) })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<HashMap<i64, (Instant, i64)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<HashMap<i64, Clock>>> {
         self.deadlines.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -43,7 +53,10 @@ impl Lessor {
     pub fn promote(&self) {
         let now = Instant::now();
         let leases = self.mvcc.leases().unwrap_or_default();
-        let map = leases.into_iter().map(|(id, ttl)| (id, (now + secs(ttl), ttl))).collect();
+        let map = leases
+            .into_iter()
+            .map(|(id, ttl)| (id, Clock { deadline: now + secs(ttl), ttl, revoking: false }))
+            .collect();
         *self.lock() = Some(map);
     }
 
@@ -61,7 +74,7 @@ impl Lessor {
         if let Some(m) = self.lock().as_mut() {
             match ev {
                 LeaseEvent::Granted(id, ttl) => {
-                    m.insert(id, (Instant::now() + secs(ttl), ttl));
+                    m.insert(id, Clock { deadline: Instant::now() + secs(ttl), ttl, revoking: false });
                 }
                 LeaseEvent::Revoked(id) => {
                     m.remove(&id);
@@ -70,21 +83,27 @@ impl Lessor {
         }
     }
 
-    /// Renews a lease; returns its TTL, or `None` if it is unknown (or this member is not
-    /// the leader).
+    /// Renews a lease; returns its TTL, or `None` if it is unknown, already expired (its
+    /// revoke is under way), or this member is not the leader.
     pub fn keep_alive(&self, id: i64) -> Option<i64> {
         let mut g = self.lock();
-        let (deadline, ttl) = g.as_mut()?.get_mut(&id)?;
-        *deadline = Instant::now() + secs(*ttl);
-        Some(*ttl)
+        let c = g.as_mut()?.get_mut(&id)?;
+        if c.revoking {
+            return None;
+        }
+        c.deadline = Instant::now() + secs(c.ttl);
+        Some(c.ttl)
     }
 
-    /// `(remaining seconds, granted ttl)` of a lease, if known here.
+    /// `(remaining seconds, granted ttl)` of a lease, if known here and not expired.
     pub fn time_to_live(&self, id: i64) -> Option<(i64, i64)> {
         let g = self.lock();
-        let (deadline, ttl) = g.as_ref()?.get(&id)?;
-        let left = deadline.saturating_duration_since(Instant::now());
-        Some((left.as_secs_f64().ceil() as i64, *ttl))
+        let c = g.as_ref()?.get(&id)?;
+        if c.revoking {
+            return None;
+        }
+        let left = c.deadline.saturating_duration_since(Instant::now());
+        Some((left.as_secs_f64().ceil() as i64, c.ttl))
     }
 
     /// Leases past their deadline. Each is given a second's grace before it is reported
@@ -96,14 +115,35 @@ impl Lessor {
             return Vec::new();
         };
         let mut out = Vec::new();
-        for (id, (deadline, _)) in m.iter_mut() {
-            if *deadline <= now {
+        for (id, c) in m.iter_mut() {
+            if c.deadline <= now {
                 out.push(*id);
-                *deadline = now + Duration::from_secs(1);
+                c.revoking = true;
+                c.deadline = now + Duration::from_secs(1);
             }
         }
         out
     }
+}
+
+/// Renews lease `id` on this member, which must be the leader: leadership is confirmed
+/// with a quorum first, so a deposed leader cannot keep leases alive. `Ok(0)` if the lease
+/// is unknown or expired.
+pub async fn keep_alive_local(node: &Node, id: i64) -> Result<i64, StoreError> {
+    if !node.lessor.is_active() {
+        return Err(StoreError::NotLeader);
+    }
+    node.read_index_local().await?;
+    Ok(node.lessor.keep_alive(id).unwrap_or(0))
+}
+
+/// `(remaining, granted)` TTL of lease `id` on this member, which must be the leader.
+pub async fn time_to_live_local(node: &Node, id: i64) -> Result<Option<(i64, i64)>, StoreError> {
+    if !node.lessor.is_active() {
+        return Err(StoreError::NotLeader);
+    }
+    node.read_index_local().await?;
+    Ok(node.lessor.time_to_live(id))
 }
 
 fn secs(ttl: i64) -> Duration {
@@ -125,6 +165,12 @@ pub async fn run(node: Arc<Node>) {
                 let leader = metrics.borrow_and_update().state == ServerState::Leader;
                 match (leader, node.lessor.is_active()) {
                     (true, false) => {
+                        // Apply everything committed before reading the leases, so a lease
+                        // granted just before the failover is not missed.
+                        if let Err(e) = node.linearizable_barrier().await {
+                            tracing::warn!(error = %e, "cannot confirm leadership; lease clock not started");
+                            continue;
+                        }
                         node.lessor.promote();
                         tracing::info!("lease clock started: every lease has its full TTL again");
                     }
@@ -154,5 +200,37 @@ pub async fn run(node: Arc<Node>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_proto::etcdserverpb as ep;
+    use flotilla_proto::raft as pb;
+
+    use super::*;
+    use crate::rocks::{Batch, Db, Sync};
+
+    /// Once a lease's deadline has passed and its revoke is under way, a keep-alive no
+    /// longer renews it (the client is told it is gone instead of being told it holds it).
+    #[test]
+    fn expired_lease_cannot_be_kept_alive_while_its_revoke_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(dir.path()).expect("open");
+        let mvcc = Arc::new(Mvcc::open(db.clone()).expect("mvcc"));
+        for (id, ttl) in [(1, 0), (2, 60)] {
+            let cmd = pb::Command { kind: Some(pb::command::Kind::LeaseGrant(ep::LeaseGrantRequest { id, ttl })) };
+            let mut b = Batch::new();
+            mvcc.apply(&cmd, &mut b).expect("grant");
+            db.write(b, Sync::No).expect("write");
+        }
+        let lessor = Lessor::new(mvcc);
+        assert_eq!(lessor.keep_alive(2), None, "inactive before promotion");
+        lessor.promote();
+        assert_eq!(lessor.expired(), vec![1]);
+        assert_eq!(lessor.keep_alive(1), None);
+        assert_eq!(lessor.time_to_live(1), None);
+        assert_eq!(lessor.keep_alive(2), Some(60));
+        assert_eq!(lessor.expired(), Vec::<i64>::new(), "one revoke at a time");
     }
 }

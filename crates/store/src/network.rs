@@ -10,7 +10,8 @@ use std::time::Duration;
 use flotilla_proto::raft as pb;
 use flotilla_proto::raft::raft_peer_client::RaftPeerClient;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, SnapshotMismatch, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, SnapshotMismatch,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -46,6 +47,17 @@ pub fn peer_client(url: &str) -> Result<RaftPeerClient<Channel>, tonic::transpor
     Ok(RaftPeerClient::new(channel(url)?)
         .max_decoding_message_size(MAX_PEER_MESSAGE)
         .max_encoding_message_size(MAX_PEER_MESSAGE))
+}
+
+/// Whether a failed call certainly never reached the peer (the connection could not be
+/// opened), so that even a write may be sent elsewhere. tonic reports connection failures
+/// as UNAVAILABLE with hyper-util's connector message; anything else may have been
+/// delivered.
+pub fn never_sent(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable
+        && ["tcp connect error", "tcp open error", "tcp connect timeout", "dns error"]
+            .iter()
+            .any(|m| status.message().starts_with(m))
 }
 
 /// Clients to peers by peer URL, created on first use and reused.
@@ -143,6 +155,10 @@ impl RaftNetwork<TypeConfig> for PeerConn {
             entries: rpc.entries.iter().map(codec::entry_to_pb).collect(),
             leader_commit: codec::opt_log_id_to_pb(rpc.leader_commit.as_ref()),
         };
+        if prost::Message::encoded_len(&req) > MAX_PEER_MESSAGE && req.entries.len() > 1 {
+            // openraft retries with at most this many entries.
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(req.entries.len() as u64 / 2)));
+        }
         let resp = self.client()?.append_entries(self.request(req, &option)).await.map_err(transport_err)?.into_inner();
         use pb::append_entries_response::Result as R;
         Ok(match resp.result.ok_or_else(|| bad_reply("append-entries"))? {
@@ -193,5 +209,20 @@ impl RaftNetwork<TypeConfig> for PeerConn {
             vote_granted: resp.vote_granted,
             last_log_id: codec::opt_log_id_from_pb(resp.last_log_id.as_ref()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A call to a port nobody listens on is recognised as never sent (so a forwarded write
+    /// may safely go to the next leader); this pins the transport's error text.
+    #[tokio::test]
+    async fn call_to_closed_port_is_recognised_as_never_sent() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+        let mut c = peer_client(&format!("http://127.0.0.1:{port}")).expect("client");
+        let err = c.read_index(pb::ReadIndexRequest {}).await.expect_err("nobody listens");
+        assert!(never_sent(&err), "{err:?}");
     }
 }

@@ -129,6 +129,9 @@ fn raft_config(cfg: &NodeConfig) -> Result<openraft::Config, StoreError> {
         snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_count),
         max_in_snapshot_log_to_keep: 1000.min(cfg.snapshot_count),
         snapshot_max_chunk_size: 4 << 20,
+        // Entries can be up to 1.5 MiB each: keep one AppendEntries well under the peer
+        // message limit.
+        max_payload_entries: 32,
         ..Default::default()
     };
     c.validate().map_err(|e| StoreError::InvalidArgument(format!("invalid raft timing: {e}")))
@@ -316,7 +319,7 @@ impl Node {
                     // Refused before proposing: safe to try the new leader.
                     self.wait_leader_change(leader, deadline).await?;
                 }
-                Err(s) if s.code() == tonic::Code::Unavailable && s.message().contains("error trying to connect") => {
+                Err(s) if crate::network::never_sent(&s) => {
                     // Never reached the leader: safe to retry once a new one is known.
                     self.wait_leader_change(leader, deadline).await?;
                 }
@@ -542,10 +545,21 @@ impl Node {
                 return Err(StoreError::Timeout);
             }
         }
+        // Heartbeats and elections come back on however this ends, even if the caller
+        // gives up and drops the future.
+        struct Restore<'a>(&'a Raft);
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                let rc = self.0.runtime_config();
+                rc.heartbeat(true);
+                rc.elect(true);
+            }
+        }
         let rc = self.raft.runtime_config();
         rc.heartbeat(false);
         rc.elect(false);
-        let result = async {
+        let _restore = Restore(&self.raft);
+        async {
             let mut interval = tokio::time::interval(self.config.heartbeat_interval);
             loop {
                 tokio::select! {
@@ -566,11 +580,7 @@ impl Node {
                 }
             }
         }
-        .await;
-        let rc = self.raft.runtime_config();
-        rc.heartbeat(true);
-        rc.elect(true);
-        result
+        .await
     }
 
     /// Hands leadership to `target`, asking the leader wherever it is.

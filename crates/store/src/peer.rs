@@ -10,7 +10,6 @@ use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapsho
 use tonic::{Request, Response, Status};
 
 use crate::codec;
-use crate::error::StoreError;
 use crate::network::SNAPSHOT_MISMATCH;
 use crate::node::Node;
 
@@ -134,10 +133,7 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<pb::LeaseKeepAliveRequest>,
     ) -> Result<Response<pb::LeaseKeepAliveResponse>, Status> {
-        if !self.node.lessor.is_active() {
-            return Err(StoreError::NotLeader.into());
-        }
-        let ttl = self.node.lessor.keep_alive(req.into_inner().id).unwrap_or(0);
+        let ttl = crate::lease::keep_alive_local(&self.node, req.into_inner().id).await?;
         Ok(Response::new(pb::LeaseKeepAliveResponse { ttl }))
     }
 
@@ -145,10 +141,7 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
-        if !self.node.lessor.is_active() {
-            return Err(StoreError::NotLeader.into());
-        }
-        let r = match self.node.lessor.time_to_live(req.into_inner().id) {
+        let r = match crate::lease::time_to_live_local(&self.node, req.into_inner().id).await? {
             Some((ttl, granted_ttl)) => pb::LeaseTimeToLiveResponse { found: true, ttl, granted_ttl },
             None => pb::LeaseTimeToLiveResponse { found: false, ttl: -1, granted_ttl: 0 },
         };

@@ -157,6 +157,9 @@ impl StateMachine {
                 {
                     let _ = s.lease_events.send(LeaseEvent::Revoked(r.id));
                 }
+                // Readers must see a higher compact revision before any history is deleted,
+                // so a read that raced the deletion reports "compacted", never a partial result.
+                s.mvcc.raise_compact(applied.compact_revision);
                 result = applied.result;
                 published = Some((applied.revision, applied.compact_revision, applied.events));
             }
@@ -216,7 +219,13 @@ impl StateMachine {
                 None => format!("empty-{}", std::process::id()),
             },
         };
-        *s.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), data.clone()));
+        {
+            // A build that started before a snapshot was installed must not replace it.
+            let mut cur = s.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+            if cur.as_ref().is_none_or(|(m, _)| m.last_log_id <= meta.last_log_id) {
+                *cur = Some((meta.clone(), data.clone()));
+            }
+        }
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 

@@ -21,8 +21,9 @@ use crate::mvcc::Mvcc;
 
 /// Live event batches buffered per watcher before it is dropped back to catch-up.
 pub const LIVE_BUFFER: usize = 64;
-/// Revisions read from history per catch-up step.
-pub const CATCH_UP_REVISIONS: i64 = 1000;
+/// History records read per catch-up step (whole revisions, so a step may read a little
+/// more); each step yields to the runtime.
+pub const CATCH_UP_CHANGES: usize = 256;
 
 /// Events of one revision, shared by every watcher that sees them.
 pub type EventBatch = Arc<Vec<Event>>;
@@ -139,9 +140,15 @@ impl Cursor {
                 if self.next < compact {
                     return Ok(Next::Compacted(compact));
                 }
-                let to = current.min(self.next + CATCH_UP_REVISIONS - 1);
-                let events = mvcc.events_between(self.next, to, &self.range)?;
+                let (events, to) = mvcc.events_between(self.next, current, &self.range, CATCH_UP_CHANGES)?;
+                // History read while a compaction passed it may be partial.
+                let compact = mvcc.compact_revision();
+                if self.next < compact {
+                    return Ok(Next::Compacted(compact));
+                }
                 self.next = to + 1;
+                // A long catch-up must not hold a runtime thread.
+                tokio::task::yield_now().await;
                 if events.is_empty() {
                     continue;
                 }

@@ -33,7 +33,7 @@ impl LeaseService {
 /// Renews lease `id` on the leader; `Ok(0)` if the lease is unknown.
 async fn keep_alive(node: &Node, id: i64) -> Result<i64, StoreError> {
     if node.lessor.is_active() {
-        return Ok(node.lessor.keep_alive(id).unwrap_or(0));
+        return crate::lease::keep_alive_local(node, id).await;
     }
     let leader = node.leader().ok_or(StoreError::NoLeader)?;
     let member = node.member(leader).ok_or(StoreError::NoLeader)?;
@@ -50,7 +50,7 @@ async fn keep_alive(node: &Node, id: i64) -> Result<i64, StoreError> {
 /// `(remaining, granted)` of lease `id` from the leader, or `None` if unknown.
 async fn time_to_live(node: &Node, id: i64) -> Result<Option<(i64, i64)>, StoreError> {
     if node.lessor.is_active() {
-        return Ok(node.lessor.time_to_live(id));
+        return crate::lease::time_to_live_local(node, id).await;
     }
     let leader = node.leader().ok_or(StoreError::NoLeader)?;
     let member = node.member(leader).ok_or(StoreError::NoLeader)?;

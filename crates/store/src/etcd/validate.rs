@@ -1,6 +1,8 @@
 //! Request validation for the etcd API: what etcd refuses before proposing, we refuse too,
 //! with the same error.
 
+use std::collections::BTreeSet;
+
 use flotilla_core::keys::KeyRange;
 use flotilla_core::limits::{MAX_REQUEST_BYTES, MAX_TXN_OPS};
 use flotilla_proto::etcdserverpb as ep;
@@ -69,49 +71,76 @@ fn compare(c: &ep::Compare) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Checks a Txn request (recursively), including that no key is written twice on one
-/// branch.
+/// Checks a Txn request (recursively), including that no key is written twice by one
+/// execution path: the rule of etcd's `checkIntervals`.
 pub fn txn(t: &ep::TxnRequest) -> Result<(), StoreError> {
+    shape(t)?;
+    intervals(&t.success)?;
+    intervals(&t.failure)?;
+    Ok(())
+}
+
+/// Sizes and per-request rules, recursively.
+fn shape(t: &ep::TxnRequest) -> Result<(), StoreError> {
+    use ep::request_op::Request;
     if t.compare.len() > MAX_TXN_OPS || t.success.len() > MAX_TXN_OPS || t.failure.len() > MAX_TXN_OPS {
         return Err(StoreError::TooManyOps);
     }
     for c in &t.compare {
         compare(c)?;
     }
-    for branch in [&t.success, &t.failure] {
-        let mut puts: Vec<Vec<u8>> = Vec::new();
-        let mut deletes: Vec<KeyRange> = Vec::new();
-        for op in branch {
-            ops(op, &mut puts, &mut deletes)?;
-        }
-        puts.sort();
-        if puts.windows(2).any(|w| w[0] == w[1]) {
-            return Err(StoreError::DuplicateKey);
-        }
-        if puts.iter().any(|k| deletes.iter().any(|d| d.contains(k))) {
-            return Err(StoreError::DuplicateKey);
+    for op in t.success.iter().chain(t.failure.iter()) {
+        match &op.request {
+            None => return Err(StoreError::InvalidArgument("etcdserver: txn operation has no request".into())),
+            Some(Request::RequestRange(r)) => range(r)?,
+            Some(Request::RequestPut(p)) => put(p)?,
+            Some(Request::RequestDeleteRange(d)) => delete_range(d)?,
+            Some(Request::RequestTxn(inner)) => shape(inner)?,
         }
     }
     Ok(())
 }
 
-fn ops(op: &ep::RequestOp, puts: &mut Vec<Vec<u8>>, deletes: &mut Vec<KeyRange>) -> Result<(), StoreError> {
+/// The keys put and the ranges deleted by one list of operations (nested transactions
+/// included), refusing a key that is written twice on one path. The two branches of a
+/// nested transaction may put the same key: only one of them runs.
+fn intervals(ops: &[ep::RequestOp]) -> Result<(BTreeSet<Vec<u8>>, Vec<KeyRange>), StoreError> {
     use ep::request_op::Request;
-    match &op.request {
-        None => Err(StoreError::InvalidArgument("etcdserver: txn operation has no request".into())),
-        Some(Request::RequestRange(r)) => range(r),
-        Some(Request::RequestPut(p)) => {
-            put(p)?;
-            puts.push(p.key.clone());
-            Ok(())
+    let mut dels: Vec<KeyRange> = ops
+        .iter()
+        .filter_map(|op| match &op.request {
+            Some(Request::RequestDeleteRange(d)) => Some(KeyRange::from_etcd(&d.key, &d.range_end)),
+            _ => None,
+        })
+        .collect();
+    let mut puts: BTreeSet<Vec<u8>> = BTreeSet::new();
+    let deleted = |dels: &[KeyRange], k: &[u8]| dels.iter().any(|d| d.contains(k));
+    for op in ops {
+        let Some(Request::RequestTxn(inner)) = &op.request else { continue };
+        let (puts_then, dels_then) = intervals(&inner.success)?;
+        let (puts_else, dels_else) = intervals(&inner.failure)?;
+        for k in &puts_then {
+            if puts.contains(k) || deleted(&dels, k) {
+                return Err(StoreError::DuplicateKey);
+            }
         }
-        Some(Request::RequestDeleteRange(d)) => {
-            delete_range(d)?;
-            deletes.push(KeyRange::from_etcd(&d.key, &d.range_end));
-            Ok(())
+        for k in &puts_else {
+            if (puts.contains(k) && !puts_then.contains(k)) || deleted(&dels, k) {
+                return Err(StoreError::DuplicateKey);
+            }
         }
-        Some(Request::RequestTxn(t)) => txn(t),
+        puts.extend(puts_then);
+        puts.extend(puts_else);
+        dels.extend(dels_then);
+        dels.extend(dels_else);
     }
+    for op in ops {
+        let Some(Request::RequestPut(p)) = &op.request else { continue };
+        if !puts.insert(p.key.clone()) || deleted(&dels, &p.key) {
+            return Err(StoreError::DuplicateKey);
+        }
+    }
+    Ok((puts, dels))
 }
 
 /// Whether a Txn only reads (then it is served without going through the log).
@@ -159,6 +188,32 @@ mod tests {
         // The two branches are separate.
         let t = ep::TxnRequest { success: vec![put_op(b"a")], failure: vec![put_op(b"a")], ..Default::default() };
         assert_eq!(txn(&t), Ok(()));
+    }
+
+    #[test]
+    fn nested_txn_writing_a_key_of_the_outer_txn_is_refused() {
+        let nested = |ops: Vec<ep::RequestOp>| ep::RequestOp {
+            request: Some(Request::RequestTxn(ep::TxnRequest { success: ops, ..Default::default() })),
+        };
+        let t = ep::TxnRequest { success: vec![put_op(b"a"), nested(vec![put_op(b"a")])], ..Default::default() };
+        assert_eq!(txn(&t), Err(StoreError::DuplicateKey));
+        let del = ep::RequestOp {
+            request: Some(Request::RequestDeleteRange(ep::DeleteRangeRequest {
+                key: b"a".to_vec(),
+                ..Default::default()
+            })),
+        };
+        let t = ep::TxnRequest { success: vec![del, nested(vec![put_op(b"a")])], ..Default::default() };
+        assert_eq!(txn(&t), Err(StoreError::DuplicateKey));
+        // Then and else of one nested txn may both put a key: only one runs.
+        let both = ep::RequestOp {
+            request: Some(Request::RequestTxn(ep::TxnRequest {
+                success: vec![put_op(b"b")],
+                failure: vec![put_op(b"b")],
+                ..Default::default()
+            })),
+        };
+        assert_eq!(txn(&ep::TxnRequest { success: vec![both], ..Default::default() }), Ok(()));
     }
 
     #[test]

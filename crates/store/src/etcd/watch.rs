@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,8 +20,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::error::StoreError;
 use crate::node::Node;
-use crate::watch::Next;
+use crate::watch::{Cursor, Next};
 
 /// Responses queued per stream before watch tasks wait for the client.
 const OUTBOUND: usize = 128;
@@ -43,16 +45,15 @@ type Out = mpsc::Sender<Result<ep::WatchResponse, Status>>;
 
 struct Spec {
     id: i64,
-    range: KeyRange,
-    start: i64,
     prev_kv: bool,
     no_put: bool,
     no_delete: bool,
     progress_notify: bool,
 }
 
-async fn run_watch(node: Arc<Node>, spec: Spec, out: Out) {
-    let mut cursor = node.sm.hub.watch(spec.range.clone(), spec.start);
+/// Runs one watch. `delivered` is the revision up to which every event has been queued
+/// for the client (what a progress notification may claim).
+async fn run_watch(node: Arc<Node>, spec: Spec, mut cursor: Cursor, delivered: Arc<AtomicI64>, out: Out) {
     let mut progress = tokio::time::interval(PROGRESS_INTERVAL);
     progress.tick().await;
     node.metrics.watchers.inc();
@@ -61,14 +62,14 @@ async fn run_watch(node: Arc<Node>, spec: Spec, out: Out) {
         let next = tokio::select! {
             n = cursor.next() => n,
             _ = progress.tick(), if spec.progress_notify => {
-                let resp = ep::WatchResponse { header: node.header(node.sm.mvcc.revision()), watch_id: spec.id, ..Default::default() };
+                let resp = ep::WatchResponse { header: node.header(cursor.next_revision() - 1), watch_id: spec.id, ..Default::default() };
                 if out.send(Ok(resp)).await.is_err() {
                     return;
                 }
                 continue;
             }
         };
-        let resp = match next {
+        match next {
             Ok(Next::Events(mut events, rev)) => {
                 events.retain(|e| {
                     let put = e.r#type == EventType::Put as i32;
@@ -79,11 +80,15 @@ async fn run_watch(node: Arc<Node>, spec: Spec, out: Out) {
                         e.prev_kv = None;
                     }
                 }
-                if events.is_empty() {
-                    continue;
+                if !events.is_empty() {
+                    progress.reset();
+                    let resp =
+                        ep::WatchResponse { header: node.header(rev), watch_id: spec.id, events, ..Default::default() };
+                    if out.send(Ok(resp)).await.is_err() {
+                        return;
+                    }
                 }
-                progress.reset();
-                ep::WatchResponse { header: node.header(rev), watch_id: spec.id, events, ..Default::default() }
+                delivered.store(rev, Ordering::Release);
             }
             Ok(Next::Compacted(compact)) => {
                 let resp = ep::WatchResponse {
@@ -91,7 +96,7 @@ async fn run_watch(node: Arc<Node>, spec: Spec, out: Out) {
                     watch_id: spec.id,
                     canceled: true,
                     compact_revision: compact,
-                    cancel_reason: "etcdserver: mvcc: required revision has been compacted".into(),
+                    cancel_reason: StoreError::Compacted { compact_revision: compact }.to_string(),
                     ..Default::default()
                 };
                 let _ = out.send(Ok(resp)).await;
@@ -108,9 +113,6 @@ async fn run_watch(node: Arc<Node>, spec: Spec, out: Out) {
                 let _ = out.send(Ok(resp)).await;
                 return;
             }
-        };
-        if out.send(Ok(resp)).await.is_err() {
-            return;
         }
     }
 }
@@ -135,14 +137,14 @@ impl Watch for WatchService {
         let (tx, rx) = mpsc::channel(OUTBOUND);
         let node = self.node.clone();
         tokio::spawn(async move {
-            let mut watches: HashMap<i64, tokio::task::JoinHandle<()>> = HashMap::new();
+            let mut watches: HashMap<i64, (tokio::task::JoinHandle<()>, Arc<AtomicI64>)> = HashMap::new();
             let mut next_id: i64 = 0;
             while let Some(msg) = inbound.next().await {
                 let Ok(msg) = msg else { break };
                 use ep::watch_request::RequestUnion;
                 match msg.request_union {
                     Some(RequestUnion::CreateRequest(c)) => {
-                        watches.retain(|_, h| !h.is_finished());
+                        watches.retain(|_, (h, _)| !h.is_finished());
                         let id = if c.watch_id != 0 {
                             c.watch_id
                         } else {
@@ -151,7 +153,6 @@ impl Watch for WatchService {
                             }
                             next_id
                         };
-                        let header = node.header(node.sm.mvcc.revision());
                         if c.key.is_empty() || watches.contains_key(&id) {
                             let reason = if c.key.is_empty() {
                                 "etcdserver: key is not provided"
@@ -159,7 +160,7 @@ impl Watch for WatchService {
                                 "etcdserver: duplicate watch id"
                             };
                             let resp = ep::WatchResponse {
-                                header,
+                                header: node.header(node.sm.mvcc.revision()),
                                 watch_id: -1,
                                 created: true,
                                 canceled: true,
@@ -172,10 +173,13 @@ impl Watch for WatchService {
                             continue;
                         }
                         use ep::watch_create_request::FilterType;
+                        // The cursor fixes its start revision now, before the client hears
+                        // "created": a write the client makes after that is always seen.
+                        let cursor = node.sm.hub.watch(KeyRange::from_etcd(&c.key, &c.range_end), c.start_revision);
+                        let header = node.header(cursor.next_revision() - 1);
+                        let delivered = Arc::new(AtomicI64::new(cursor.next_revision() - 1));
                         let spec = Spec {
                             id,
-                            range: KeyRange::from_etcd(&c.key, &c.range_end),
-                            start: c.start_revision,
                             prev_kv: c.prev_kv,
                             no_put: c.filters.contains(&(FilterType::Noput as i32)),
                             no_delete: c.filters.contains(&(FilterType::Nodelete as i32)),
@@ -185,10 +189,11 @@ impl Watch for WatchService {
                         if tx.send(Ok(created)).await.is_err() {
                             break;
                         }
-                        watches.insert(id, tokio::spawn(run_watch(node.clone(), spec, tx.clone())));
+                        let task = tokio::spawn(run_watch(node.clone(), spec, cursor, delivered.clone(), tx.clone()));
+                        watches.insert(id, (task, delivered));
                     }
                     Some(RequestUnion::CancelRequest(c)) => {
-                        if let Some(h) = watches.remove(&c.watch_id) {
+                        if let Some((h, _)) = watches.remove(&c.watch_id) {
                             h.abort();
                             let resp = ep::WatchResponse {
                                 header: node.header(node.sm.mvcc.revision()),
@@ -214,7 +219,7 @@ impl Watch for WatchService {
                     None => {}
                 }
             }
-            for (_, h) in watches {
+            for (_, (h, _)) in watches {
                 h.abort();
             }
         });

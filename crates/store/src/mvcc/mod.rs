@@ -106,6 +106,11 @@ impl Mvcc {
         self.revision.store(revision, Ordering::Release);
     }
 
+    /// Raises the compact revision ahead of writing the batch that compacts to it.
+    pub fn raise_compact(&self, compact: i64) {
+        self.compact.fetch_max(compact, Ordering::AcqRel);
+    }
+
     /// Reloads revisions from disk (after a snapshot was installed).
     pub fn reload(&self) -> Result<(), StoreError> {
         let revision = read_i64(&self.db, META_REVISION)?.unwrap_or(1);
@@ -198,18 +203,41 @@ impl Mvcc {
             kvs.push(kv);
             true
         })?;
+        // A compaction past `rev` that ran during the scan may have removed versions it
+        // needed: report the read as compacted rather than return a partial result.
+        let compact = self.compact_revision();
+        if rev < compact {
+            return Err(StoreError::Compacted { compact_revision: compact });
+        }
         Ok(finish_range(req, kvs, rev))
     }
 
-    /// Events with revisions in `[from, to]`, in order, each with its previous value.
-    pub fn events_between(&self, from: i64, to: i64, range: &KeyRange) -> Result<Vec<Event>, StoreError> {
+    /// Events with revisions in `[from, to]`, in order, each with its previous value, but
+    /// at most about `max_changes` history records: returns the events and the revision up
+    /// to which they are complete (a revision's events are never split).
+    pub fn events_between(
+        &self,
+        from: i64,
+        to: i64,
+        range: &KeyRange,
+        max_changes: usize,
+    ) -> Result<(Vec<Event>, i64), StoreError> {
         let mut changes = Vec::new();
+        let mut scanned = 0usize;
+        let mut covered = to;
+        let mut last_rev = from - 1;
         self.db.scan(Cf::KvRev, &encoding::rev_key(from, 0), Dir::Forward, |k, v| {
             let (rev, _) =
                 encoding::parse_rev_key(k).ok_or_else(|| StoreError::Corrupt("malformed MVCC history key".into()))?;
             if rev > to {
                 return Ok(false);
             }
+            if rev != last_rev && scanned >= max_changes {
+                covered = last_rev;
+                return Ok(false);
+            }
+            last_rev = rev;
+            scanned += 1;
             let key = v.get(1..).unwrap_or_default();
             if range.contains(key) {
                 changes.push((rev, key.to_vec()));
@@ -218,14 +246,12 @@ impl Mvcc {
         })?;
         let mut events = Vec::with_capacity(changes.len());
         for (rev, key) in changes {
-            let Some((kind, kv)) = self.record_at(&key, rev)? else {
-                continue;
-            };
+            let Some((kind, kv)) = self.record_at(&key, rev)? else { continue };
             let prev_kv = self.get_at(&key, rev - 1)?;
             let ty = if kind == PUT { EventType::Put } else { EventType::Delete };
             events.push(Event { r#type: ty as i32, kv: Some(kv), prev_kv });
         }
-        Ok(events)
+        Ok((events, covered))
     }
 
     /// Whether lease `id` exists.
@@ -542,9 +568,15 @@ impl Tx<'_> {
         Ok(kvs.iter().all(check))
     }
 
+    /// Runs a transaction. As in etcd, every compare on the path that will run (nested
+    /// ones included) is evaluated first, against the state before the transaction.
     fn txn(&mut self, req: &ep::TxnRequest) -> Result<ep::TxnResponse, StoreError> {
-        use ep::request_op::Request;
-        use ep::response_op::Response;
+        let mut path = Vec::new();
+        self.compare_path(req, &mut path)?;
+        self.exec_txn(req, &mut path.into_iter())
+    }
+
+    fn compare_path(&self, req: &ep::TxnRequest, path: &mut Vec<bool>) -> Result<(), StoreError> {
         let mut succeeded = true;
         for c in &req.compare {
             if !self.compare(c)? {
@@ -552,6 +584,24 @@ impl Tx<'_> {
                 break;
             }
         }
+        path.push(succeeded);
+        for op in if succeeded { &req.success } else { &req.failure } {
+            if let Some(ep::request_op::Request::RequestTxn(inner)) = &op.request {
+                self.compare_path(inner, path)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn exec_txn(
+        &mut self,
+        req: &ep::TxnRequest,
+        path: &mut impl Iterator<Item = bool>,
+    ) -> Result<ep::TxnResponse, StoreError> {
+        use ep::request_op::Request;
+        use ep::response_op::Response;
+        let succeeded =
+            path.next().ok_or_else(|| StoreError::InvalidArgument("txn compare path ended early".into()))?;
         let ops = if succeeded { &req.success } else { &req.failure };
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
@@ -559,7 +609,7 @@ impl Tx<'_> {
                 Some(Request::RequestRange(r)) => Response::ResponseRange(self.range(r)?),
                 Some(Request::RequestPut(p)) => Response::ResponsePut(self.put(p)?),
                 Some(Request::RequestDeleteRange(d)) => Response::ResponseDeleteRange(self.delete_range(d)?),
-                Some(Request::RequestTxn(t)) => Response::ResponseTxn(self.txn(t)?),
+                Some(Request::RequestTxn(t)) => Response::ResponseTxn(self.exec_txn(t, path)?),
                 None => return Err(StoreError::InvalidArgument("txn operation has no request".into())),
             };
             responses.push(ep::ResponseOp { response: Some(r) });

@@ -290,7 +290,8 @@ proptest! {
         // Every revision still readable replays as the model's state transitions.
         let all = KeyRange::from_etcd(&[0], &[0]);
         let from = model.compact.max(2);
-        let events = real.events_between(from, model.rev, &all).expect("events");
+        let (events, covered) = real.events_between(from, model.rev, &all, usize::MAX).expect("events");
+        prop_assert_eq!(covered, model.rev);
         let mut by_rev: BTreeMap<i64, Vec<Vec<u8>>> = BTreeMap::new();
         for e in &events {
             let kv = e.kv.as_ref().expect("event kv");
