@@ -14,16 +14,7 @@ use common::*;
 fn adding_and_removing_a_member() {
     let mut c = Cluster::start(3, &[]);
     etcdctl_ok(&c.endpoints(), &["put", "before", "1"]);
-    let n4 = Member {
-        name: "n4".into(),
-        client: free_port(),
-        peer: free_port(),
-        metrics: free_port(),
-        data_dir: c.dir.path().join("n4"),
-        log: c.dir.path().join("n4.log"),
-        child: None,
-        extra_args: vec![],
-    };
+    let n4 = c.new_member("n4");
     let out = etcdctl_ok(&c.endpoints(), &["member", "add", "n4", &format!("--peer-urls={}", n4.peer_url())]);
     assert!(out.contains("added to cluster"), "{out}");
     c.initial_cluster = format!("{},n4={}", c.initial_cluster, n4.peer_url());
@@ -59,16 +50,7 @@ fn adding_and_removing_a_member() {
 #[test]
 fn learner_is_added_then_promoted() {
     let mut c = Cluster::start(3, &[]);
-    let n4 = Member {
-        name: "n4".into(),
-        client: free_port(),
-        peer: free_port(),
-        metrics: free_port(),
-        data_dir: c.dir.path().join("n4"),
-        log: c.dir.path().join("n4.log"),
-        child: None,
-        extra_args: vec![],
-    };
+    let n4 = c.new_member("n4");
     let out =
         etcdctl_ok(&c.endpoints(), &["member", "add", "n4", "--learner", &format!("--peer-urls={}", n4.peer_url())]);
     assert!(out.contains("added to cluster"), "{out}");

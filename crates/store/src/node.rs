@@ -235,6 +235,15 @@ impl Node {
         self.raft.metrics().borrow().membership_config.membership().get_node(&id).cloned()
     }
 
+    /// A client to the peer service of member `id` (normally the leader).
+    pub fn peer_client(
+        &self,
+        id: NodeId,
+    ) -> Result<flotilla_proto::raft::raft_peer_client::RaftPeerClient<tonic::transport::Channel>, StoreError> {
+        let member = self.member(id).ok_or(StoreError::NoLeader)?;
+        self.peers.get(&member).ok_or(StoreError::NoLeader)
+    }
+
     /// A response header at `revision`.
     pub fn header(&self, revision: i64) -> Option<ep::ResponseHeader> {
         Some(ep::ResponseHeader {
@@ -304,8 +313,7 @@ impl Node {
             if leader == self.id {
                 return self.propose_local(cmd).await;
             }
-            let member = self.member(leader).ok_or(StoreError::NoLeader)?;
-            let mut client = self.peers.get(&member).ok_or(StoreError::NoLeader)?;
+            let mut client = self.peer_client(leader)?;
             let mut req = tonic::Request::new(pb::ProposeRequest { command: Some(cmd.clone()) });
             req.set_timeout(deadline.saturating_duration_since(tokio::time::Instant::now()));
             match client.propose(req).await {
@@ -368,8 +376,7 @@ impl Node {
             let res = if leader == self.id {
                 self.read_index_local().await
             } else {
-                let member = self.member(leader).ok_or(StoreError::NoLeader)?;
-                let mut client = self.peers.get(&member).ok_or(StoreError::NoLeader)?;
+                let mut client = self.peer_client(leader)?;
                 let mut req = tonic::Request::new(pb::ReadIndexRequest {});
                 req.set_timeout(deadline.saturating_duration_since(tokio::time::Instant::now()));
                 match client.read_index(req).await {
@@ -506,8 +513,7 @@ impl Node {
         if leader == self.id {
             return self.change_member_local(change).await;
         }
-        let member = self.member(leader).ok_or(StoreError::NoLeader)?;
-        let mut client = self.peers.get(&member).ok_or(StoreError::NoLeader)?;
+        let mut client = self.peer_client(leader)?;
         let mut req = tonic::Request::new(pb::MemberChangeRequest { change: Some(change) });
         req.set_timeout(self.config.request_timeout);
         match client.change_member(req).await {
@@ -590,8 +596,7 @@ impl Node {
         if leader == self.id {
             return self.move_leader_local(target).await;
         }
-        let member = self.member(leader).ok_or(StoreError::NoLeader)?;
-        let mut client = self.peers.get(&member).ok_or(StoreError::NoLeader)?;
+        let mut client = self.peer_client(leader)?;
         let mut req = tonic::Request::new(pb::MoveLeaderRequest { target });
         req.set_timeout(self.config.request_timeout);
         client

@@ -54,6 +54,21 @@ pub fn bin() -> &'static str {
 }
 
 impl Cluster {
+    /// A new member `name` with fresh ports and a data dir under the cluster's temp dir
+    /// (not started, not yet in `members`).
+    pub fn new_member(&self, name: &str) -> Member {
+        Member {
+            name: name.into(),
+            client: free_port(),
+            peer: free_port(),
+            metrics: free_port(),
+            data_dir: self.dir.path().join(name),
+            log: self.dir.path().join(format!("{name}.log")),
+            child: None,
+            extra_args: vec![],
+        }
+    }
+
     /// Starts `n` members with extra flags, and waits for a leader.
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");

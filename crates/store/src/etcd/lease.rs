@@ -35,9 +35,7 @@ async fn keep_alive(node: &Node, id: i64) -> Result<i64, StoreError> {
     if node.lessor.is_active() {
         return crate::lease::keep_alive_local(node, id).await;
     }
-    let leader = node.leader().ok_or(StoreError::NoLeader)?;
-    let member = node.member(leader).ok_or(StoreError::NoLeader)?;
-    let mut client = node.peers.get(&member).ok_or(StoreError::NoLeader)?;
+    let mut client = node.peer_client(node.leader().ok_or(StoreError::NoLeader)?)?;
     let mut req = tonic::Request::new(pb::LeaseKeepAliveRequest { id });
     req.set_timeout(node.config.request_timeout);
     let r = client
@@ -52,9 +50,7 @@ async fn time_to_live(node: &Node, id: i64) -> Result<Option<(i64, i64)>, StoreE
     if node.lessor.is_active() {
         return crate::lease::time_to_live_local(node, id).await;
     }
-    let leader = node.leader().ok_or(StoreError::NoLeader)?;
-    let member = node.member(leader).ok_or(StoreError::NoLeader)?;
-    let mut client = node.peers.get(&member).ok_or(StoreError::NoLeader)?;
+    let mut client = node.peer_client(node.leader().ok_or(StoreError::NoLeader)?)?;
     let mut req = tonic::Request::new(pb::LeaseTimeToLiveRequest { id });
     req.set_timeout(node.config.request_timeout);
     let r = client
