@@ -1,4 +1,4 @@
-//! Crash safety and failover: SIGKILL of the leader under load, restarts, full-cluster
+//! Crash safety and failover: SIGKILL of the leader or a follower under load, restarts, full-cluster
 //! restart, and catch-up of a lagging member by snapshot.
 
 mod common;
@@ -15,6 +15,23 @@ use common::*;
 /// acknowledged write is reported.
 #[test]
 fn killing_the_leader_during_writes_loses_no_acknowledged_write() {
+    kill_during_writes(Victim::Leader);
+}
+
+/// The same with a follower SIGKILLed mid-run: writes go on without a pause worth the
+/// name, and nothing acknowledged is lost.
+#[test]
+fn killing_a_follower_during_writes_loses_no_acknowledged_write() {
+    kill_during_writes(Victim::Follower);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Victim {
+    Leader,
+    Follower,
+}
+
+fn kill_during_writes(victim: Victim) {
     let mut c = Cluster::start(3, &[]);
     let urls: Vec<String> = c.members.iter().map(|m| m.url()).collect();
     // key -> (value, when the write was sent, when it was acknowledged)
@@ -39,7 +56,8 @@ fn killing_the_leader_during_writes_loses_no_acknowledged_write() {
     }
     eventually(Duration::from_secs(10), "writes are being acknowledged", || acked.lock().expect("lock").len() > 200);
     let leader = c.wait_leader(Duration::from_secs(5));
-    c.kill(leader);
+    let target = if victim == Victim::Leader { leader } else { (leader + 1) % 3 };
+    c.kill(target);
     // The process is gone (reaped) from here on.
     let killed_at = Instant::now();
     let before_kill = acked.lock().expect("lock").len();
@@ -59,14 +77,15 @@ fn killing_the_leader_during_writes_loses_no_acknowledged_write() {
         .min()
         .expect("acks after kill");
     let failover = first_after - killed_at;
-    eprintln!(
-        "failover: kill -9 of the leader -> first acknowledged write: {failover:?} ({before_kill} writes acked before)"
-    );
+    let what = if victim == Victim::Leader { "leader" } else { "follower" };
+    eprintln!("failover: kill -9 of the {what} -> first acknowledged write: {failover:?} ({before_kill} acked before)");
     assert!(failover < Duration::from_secs(5), "failover took {failover:?}");
     let new_leader = c.wait_leader(Duration::from_secs(5));
-    assert_ne!(new_leader, leader);
+    if victim == Victim::Leader {
+        assert_ne!(new_leader, leader);
+    }
 
-    c.restart(leader);
+    c.restart(target);
     let acked = acked.lock().expect("lock").clone();
     for (i, m) in c.members.iter().enumerate() {
         let url = m.url();

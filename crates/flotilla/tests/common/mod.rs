@@ -42,11 +42,16 @@ impl Member {
     }
 }
 
+/// Clusters in one test binary run one at a time: on a two-core machine, two clusters
+/// under load would turn timing assertions (failover, lease expiry) into noise.
+static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A cluster of real processes under a temp dir; killed when dropped.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub members: Vec<Member>,
     pub initial_cluster: String,
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 pub fn bin() -> &'static str {
@@ -71,6 +76,7 @@ impl Cluster {
 
     /// Starts `n` members with extra flags, and waits for a leader.
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        let turn = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().expect("tempdir");
         let mut members = Vec::new();
         for i in 1..=n {
@@ -87,7 +93,7 @@ impl Cluster {
         }
         let initial_cluster =
             members.iter().map(|m| format!("{}={}", m.name, m.peer_url())).collect::<Vec<_>>().join(",");
-        let mut c = Cluster { dir, members, initial_cluster };
+        let mut c = Cluster { dir, members, initial_cluster, _turn: turn };
         for i in 0..n {
             c.spawn(i, "new");
         }
