@@ -160,6 +160,7 @@ fn etcdctl_watch_replays_history_then_follows() {
         reader.is_finished()
     });
     let _ = child.kill();
+    let _ = child.wait();
     let out = reader.join().expect("reader");
     assert!(out.starts_with("PUT\nw\n1\nPUT\nw\n1\nw\n2\nPUT\nw\n2\nw\n3"), "{out}");
 }

@@ -25,6 +25,9 @@ fn killing_a_follower_during_writes_loses_no_acknowledged_write() {
     kill_during_writes(Victim::Follower);
 }
 
+/// key -> (value, when the write was sent, when it was acknowledged)
+type Acked = BTreeMap<String, (String, Instant, Instant)>;
+
 #[derive(Clone, Copy, PartialEq)]
 enum Victim {
     Leader,
@@ -34,8 +37,7 @@ enum Victim {
 fn kill_during_writes(victim: Victim) {
     let mut c = Cluster::start(3, &[]);
     let urls: Vec<String> = c.members.iter().map(|m| m.url()).collect();
-    // key -> (value, when the write was sent, when it was acknowledged)
-    let acked: Arc<Mutex<BTreeMap<String, (String, Instant, Instant)>>> = Arc::default();
+    let acked: Arc<Mutex<Acked>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let mut writers = Vec::new();

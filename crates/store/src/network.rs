@@ -118,6 +118,8 @@ fn transport_err<E: std::error::Error>(status: tonic::Status) -> RPCError<NodeId
 }
 
 impl PeerConn {
+    // openraft's RPC error type is large by design; it is built only on failures.
+    #[allow(clippy::result_large_err)]
     fn client<E: std::error::Error>(
         &self,
     ) -> Result<RaftPeerClient<Channel>, RPCError<NodeId, Member, RaftError<NodeId, E>>> {

@@ -25,6 +25,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Roc
 /// Every case of openraft's storage suite passes on the RocksDB log store and state
 /// machine (vote, log state, append/truncate/purge, apply, snapshot build and install).
 #[test]
+#[allow(clippy::result_large_err)]
 fn rocksdb_log_store_passes_openraft_suite() -> Result<(), StorageError> {
     Suite::test_all(RocksBuilder)?;
     Ok(())

@@ -206,9 +206,9 @@ fn range(max_rev: i64) -> impl Strategy<Value = ep::RangeRequest> {
 fn op() -> impl Strategy<Value = ep::RequestOp> {
     use ep::request_op::Request;
     prop_oneof![
-        put().prop_map(|p| Request::RequestPut(p)),
-        delete().prop_map(|d| Request::RequestDeleteRange(d)),
-        range(1).prop_map(|r| Request::RequestRange(r)),
+        put().prop_map(Request::RequestPut),
+        delete().prop_map(Request::RequestDeleteRange),
+        range(1).prop_map(Request::RequestRange),
     ]
     .prop_map(|r| ep::RequestOp { request: Some(r) })
 }
