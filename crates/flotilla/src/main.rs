@@ -1,6 +1,7 @@
 //! The `flotilla` binary: parses the command line, sets up logging and hands over to the
 //! library crate of the chosen component. No logic lives here.
 
+mod bench;
 mod master;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +18,8 @@ struct Cli {
 enum Command {
     /// Run a master: the replicated store (etcd v3 API) and, later, the apiserver.
     Master(Box<master::MasterArgs>),
+    /// Load-test an etcd v3 endpoint (Flotilla or etcd), or compare the two.
+    Bench(Box<bench::BenchArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -31,6 +34,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let result = match cli.command {
         Command::Master(args) => master::run(*args),
+        Command::Bench(args) => bench::run(*args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

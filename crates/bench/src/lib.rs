@@ -1,0 +1,14 @@
+//! `flotilla bench`: a load generator that speaks the etcd v3 gRPC API, so the very same
+//! binary drives an etcd cluster and a Flotilla cluster; and `compare`, which runs the
+//! same workload matrix against both on one machine.
+//!
+//! This crate talks to servers only over gRPC; it must not depend on the store.
+
+pub mod compare;
+pub mod error;
+pub mod report;
+pub mod workload;
+
+pub use error::BenchError;
+pub use report::Report;
+pub use workload::{Common, Consistency, Workload};

@@ -1,0 +1,157 @@
+//! `flotilla bench`: flags → [`flotilla_bench`].
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use flotilla_bench::{Common, Consistency, Workload};
+
+/// Flags shared by every workload, named like etcd's benchmark tool's.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Comma-separated endpoints (host:port or http://host:port).
+    #[arg(long, default_value = "127.0.0.1:2379", global = true)]
+    endpoints: String,
+    /// gRPC connections, spread over the endpoints.
+    #[arg(long, default_value_t = 1, global = true)]
+    conns: usize,
+    /// Concurrent clients, spread over the connections.
+    #[arg(long, default_value_t = 1, global = true)]
+    clients: usize,
+    /// Stop after this many requests (default 10000 unless --duration is given).
+    #[arg(long, global = true)]
+    total: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECONDS", global = true)]
+    duration: Option<f64>,
+    /// Key size in bytes.
+    #[arg(long, default_value_t = 32, global = true)]
+    key_size: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 256, global = true)]
+    val_size: usize,
+    /// Number of distinct keys (for range and txn, the keys prefilled and read).
+    #[arg(long, default_value_t = 10000, global = true)]
+    key_space_size: u64,
+    /// Write keys in sequence instead of at random.
+    #[arg(long, global = true)]
+    sequential_keys: bool,
+    /// Print the report as JSON on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    workload: WorkloadArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum WorkloadArgs {
+    /// Puts.
+    Put,
+    /// Single-key ranges over a prefilled key space.
+    Range {
+        /// l = linearizable, s = serializable.
+        #[arg(long, default_value = "l", value_parser = ["l", "s"])]
+        consistency: String,
+    },
+    /// Read then compare-and-swap on mod_revision, over --key-space-size hot keys.
+    Txn,
+    /// Watchers on one key; puts carry their send time; reports put → event latency.
+    Watch {
+        /// Number of watchers (spread over --conns streams).
+        #[arg(long, default_value_t = 100)]
+        watchers: usize,
+    },
+    /// Steady writes; kills the leader with --kill-cmd; reports time to the first
+    /// acknowledged write after the kill and the longest gap with none.
+    Failover {
+        /// Shell command that kills a member; `{endpoint}` is replaced by the leader's
+        /// endpoint as given in --endpoints.
+        #[arg(long)]
+        kill_cmd: String,
+        /// Seconds from the start to the kill.
+        #[arg(long, default_value_t = 2.0)]
+        kill_after: f64,
+        /// Writes per second across all clients (0 = as fast as possible).
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+    },
+    /// Run the workload matrix against a 3-member etcd and a 3-member Flotilla on this
+    /// machine and print both with their ratio (see bench/compare).
+    Compare(CompareArgs),
+}
+
+/// Flags of `flotilla bench compare`.
+#[derive(Args, Debug)]
+struct CompareArgs {
+    /// The etcd server binary (Debian package etcd-server).
+    #[arg(long, default_value = "etcd")]
+    etcd_bin: std::path::PathBuf,
+    /// The flotilla binary to benchmark [default: this one].
+    #[arg(long)]
+    flotilla_bin: Option<std::path::PathBuf>,
+    /// Directory for compare.txt, compare.json and throughput.png.
+    #[arg(long, default_value = "bench-results")]
+    out_dir: std::path::PathBuf,
+    /// A short run (under two minutes): one round, short phases, 100k keys for memory.
+    #[arg(long)]
+    quick: bool,
+    /// Rounds of A B alternation.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Keep the clusters' data dirs and logs.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// Runs the chosen workload and prints its report.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    if let WorkloadArgs::Compare(c) = args.workload {
+        let flotilla_bin = match c.flotilla_bin {
+            Some(b) => b,
+            None => std::env::current_exe().context("cannot find this binary; give --flotilla-bin")?,
+        };
+        let cfg = flotilla_bench::compare::CompareConfig {
+            etcd_bin: c.etcd_bin,
+            flotilla_bin,
+            out_dir: c.out_dir,
+            quick: c.quick,
+            rounds: c.rounds,
+            keep: c.keep,
+        };
+        return rt.block_on(flotilla_bench::compare::run(cfg)).map_err(Into::into);
+    }
+    let duration = args.duration.map(Duration::from_secs_f64);
+    let common = Common {
+        endpoints: args.endpoints.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+        conns: args.conns,
+        clients: args.clients,
+        total: if duration.is_none() && args.total.is_none() { Some(10_000) } else { args.total },
+        duration,
+        key_size: args.key_size,
+        val_size: args.val_size,
+        key_space_size: args.key_space_size,
+        sequential_keys: args.sequential_keys,
+        progress: !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let workload = match args.workload {
+        WorkloadArgs::Put => Workload::Put,
+        WorkloadArgs::Range { consistency } => {
+            Workload::Range(if consistency == "s" { Consistency::Serializable } else { Consistency::Linearizable })
+        }
+        WorkloadArgs::Txn => Workload::Txn,
+        WorkloadArgs::Watch { watchers } => Workload::Watch { watchers },
+        WorkloadArgs::Failover { kill_cmd, kill_after, rate } => {
+            Workload::Failover { kill_cmd, kill_after: Duration::from_secs_f64(kill_after), rate }
+        }
+        WorkloadArgs::Compare(_) => unreachable!("handled above"),
+    };
+    let report = rt.block_on(flotilla_bench::workload::run(&common, &workload))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
+}
