@@ -143,9 +143,7 @@ impl Cluster {
         loop {
             let mut all = true;
             for e in self.endpoints() {
-                if find_leader(std::slice::from_ref(&e)).await.is_err() {
-                    all = false;
-                }
+                all &= workload::answers(&e).await;
             }
             if all && find_leader(&self.endpoints()).await.is_ok() {
                 return Ok(());
@@ -250,8 +248,8 @@ pub async fn run(cfg: CompareConfig) -> Result<(), BenchError> {
     let failover_tries = if cfg.quick { 2 } else { 5 };
     let memory_keys: u64 = if cfg.quick { 100_000 } else { 1_000_000 };
     eprintln!("compare: data dirs and logs under {}", work.display());
-    let mut etcd = Cluster::start(System::Etcd, &cfg.etcd_bin, work.join("etcd"), 23790)?;
-    let mut flot = Cluster::start(System::Flotilla, &cfg.flotilla_bin, work.join("flotilla"), 33790)?;
+    let mut etcd = Cluster::start(System::Etcd, &cfg.etcd_bin, work.join("etcd"), 21790)?;
+    let mut flot = Cluster::start(System::Flotilla, &cfg.flotilla_bin, work.join("flotilla"), 22790)?;
     etcd.wait_ready(Duration::from_secs(30)).await?;
     flot.wait_ready(Duration::from_secs(30)).await?;
     let mut m = Matrix { figures: Vec::new(), reports: Vec::new() };

@@ -451,6 +451,14 @@ async fn watch(c: &Common, watchers: usize, chans: &[Channel]) -> Result<Report,
     Ok(report)
 }
 
+/// Whether `endpoint` answers a Status call.
+pub async fn answers(endpoint: &str) -> bool {
+    match connect(endpoint).await {
+        Ok(ch) => MaintenanceClient::new(ch).status(ep::StatusRequest {}).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
 /// The endpoint (as given) of the current leader.
 pub async fn find_leader(endpoints: &[String]) -> Result<String, BenchError> {
     let mut statuses = Vec::new();

@@ -49,6 +49,27 @@ pub struct Node {
     pub config: NodeConfig,
     /// The member info this member publishes about itself.
     pub me: Member,
+    /// Waiting read-index requests, served in rounds by [`read_index_rounds`].
+    reads: tokio::sync::mpsc::UnboundedSender<ReadWaiter>,
+}
+
+type ReadWaiter = tokio::sync::oneshot::Sender<Result<u64, StoreError>>;
+
+/// Serves read-index requests in rounds: every request that arrived while a round ran is
+/// answered by the next round, which starts after it arrived.
+async fn read_index_rounds(node: std::sync::Weak<Node>, mut rx: tokio::sync::mpsc::UnboundedReceiver<ReadWaiter>) {
+    while let Some(first) = rx.recv().await {
+        let mut waiting = vec![first];
+        while let Ok(w) = rx.try_recv() {
+            waiting.push(w);
+        }
+        let Some(node) = node.upgrade() else { return };
+        let r = node.read_index_round().await;
+        drop(node);
+        for w in waiting {
+            let _ = w.send(r.clone());
+        }
+    }
 }
 
 fn read_u64(db: &Db, key: &[u8]) -> Result<Option<u64>, StoreError> {
@@ -177,6 +198,7 @@ impl Node {
             }
         }
         let lessor = Lessor::new(shared.mvcc.clone());
+        let (reads, reads_rx) = tokio::sync::mpsc::unbounded_channel();
         let node = Arc::new(Node {
             id,
             cluster,
@@ -188,7 +210,9 @@ impl Node {
             peers: PeerPool::default(),
             config: cfg,
             me,
+            reads,
         });
+        tokio::spawn(read_index_rounds(Arc::downgrade(&node), reads_rx));
         tokio::spawn(watch_raft_metrics(node.clone()));
         tokio::spawn(crate::lease::run(node.clone()));
         tokio::spawn(publish_self(node.clone()));
@@ -260,12 +284,19 @@ impl Node {
         *h = self.header(rev);
     }
 
-    /// Waits until a leader is known (or the request timeout passes).
+    /// Waits until a leader is known and reachable from here: this member, or one whose
+    /// peer URL the membership records (or the request timeout passes).
     async fn wait_leader(&self, deadline: tokio::time::Instant) -> Result<NodeId, StoreError> {
         let mut rx = self.raft.metrics();
         loop {
-            if let Some(l) = rx.borrow_and_update().current_leader {
-                return Ok(l);
+            {
+                let m = rx.borrow_and_update();
+                if let Some(l) = m.current_leader {
+                    let known = m.membership_config.membership().get_node(&l).is_some_and(|n| !n.peer_urls.is_empty());
+                    if l == self.id || known {
+                        return Ok(l);
+                    }
+                }
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => continue,
@@ -367,11 +398,23 @@ impl Node {
         }
     }
 
-    /// Waits until everything committed before now is applied here: afterwards a local
-    /// read is linearizable. On a follower, the leader is asked for the read index.
-    pub async fn linearizable_barrier(&self) -> Result<(), StoreError> {
+    /// A read index obtained after this call started: the log index a linearizable read
+    /// must wait for. Concurrent callers share one round (one quorum check on the leader,
+    /// one RPC from a follower), as etcd's read loop does.
+    pub async fn read_index(&self) -> Result<u64, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.reads.send(tx).map_err(|_| StoreError::Stopped)?;
+        match tokio::time::timeout(self.config.request_timeout, rx).await {
+            Err(_) => Err(StoreError::Timeout),
+            Ok(Err(_)) => Err(StoreError::Stopped),
+            Ok(Ok(r)) => r,
+        }
+    }
+
+    /// One round of the read-index protocol, from here (leader) or via the leader.
+    async fn read_index_round(&self) -> Result<u64, StoreError> {
         let deadline = tokio::time::Instant::now() + self.config.request_timeout;
-        let index = loop {
+        loop {
             let leader = self.wait_leader(deadline).await?;
             let res = if leader == self.id {
                 self.read_index_local().await
@@ -381,26 +424,32 @@ impl Node {
                 req.set_timeout(deadline.saturating_duration_since(tokio::time::Instant::now()));
                 match client.read_index(req).await {
                     Ok(r) => Ok(r.into_inner().index),
-                    Err(s) if s.message() == StoreError::NotLeader.to_string() => Err(StoreError::NotLeader),
                     Err(s) if s.code() == tonic::Code::DeadlineExceeded => Err(StoreError::Timeout),
+                    // Not the leader any more, or unreachable: reads are safe to retry.
                     Err(_) => Err(StoreError::NotLeader),
                 }
             };
             match res {
-                Ok(i) => break i,
-                // Reads are safe to retry anywhere.
                 Err(StoreError::NotLeader) => {
                     if tokio::time::Instant::now() >= deadline {
                         return Err(StoreError::Timeout);
                     }
                     let _ = tokio::time::timeout_at(deadline, self.wait_leader_change(leader, deadline)).await;
                 }
-                Err(e) => return Err(e),
+                other => return other,
             }
-        };
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        }
+    }
+
+    /// Waits until everything committed before now is applied here: afterwards a local
+    /// read is linearizable.
+    pub async fn linearizable_barrier(&self) -> Result<(), StoreError> {
+        let index = self.read_index().await?;
+        if self.sm.applied().0.is_some_and(|l| l.index >= index) {
+            return Ok(());
+        }
         self.raft
-            .wait(Some(left))
+            .wait(Some(self.config.request_timeout))
             .applied_index_at_least(Some(index), "linearizable read")
             .await
             .map_err(|_| StoreError::Timeout)?;

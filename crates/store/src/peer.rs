@@ -166,7 +166,11 @@ impl RaftPeer for PeerService {
     }
 
     async fn read_index(&self, _req: Request<pb::ReadIndexRequest>) -> Result<Response<pb::ReadIndexResponse>, Status> {
-        let index = self.node.read_index_local().await?;
+        // Only the leader answers (a follower's round would ask the leader itself).
+        if !self.node.is_leader() {
+            return Err(crate::error::StoreError::NotLeader.into());
+        }
+        let index = self.node.read_index().await?;
         Ok(Response::new(pb::ReadIndexResponse { index }))
     }
 }
