@@ -55,6 +55,13 @@ pub struct Node {
 
 type ReadWaiter = tokio::sync::oneshot::Sender<Result<u64, StoreError>>;
 
+/// A leader as seen at one moment: who, and in which term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Leadership {
+    id: NodeId,
+    term: u64,
+}
+
 /// Serves read-index requests in rounds: every request that arrived while a round ran is
 /// answered by the next round, which starts after it arrived.
 async fn read_index_rounds(node: std::sync::Weak<Node>, mut rx: tokio::sync::mpsc::UnboundedReceiver<ReadWaiter>) {
@@ -286,7 +293,7 @@ impl Node {
 
     /// Waits until a leader is known and reachable from here: this member, or one whose
     /// peer URL the membership records (or the request timeout passes).
-    async fn wait_leader(&self, deadline: tokio::time::Instant) -> Result<NodeId, StoreError> {
+    async fn wait_leader(&self, deadline: tokio::time::Instant) -> Result<Leadership, StoreError> {
         let mut rx = self.raft.metrics();
         loop {
             {
@@ -294,7 +301,7 @@ impl Node {
                 if let Some(l) = m.current_leader {
                     let known = m.membership_config.membership().get_node(&l).is_some_and(|n| !n.peer_urls.is_empty());
                     if l == self.id || known {
-                        return Ok(l);
+                        return Ok(Leadership { id: l, term: m.current_term });
                     }
                 }
             }
@@ -306,12 +313,16 @@ impl Node {
         }
     }
 
-    /// Waits until the known leader is no longer `old`.
-    async fn wait_leader_change(&self, old: NodeId, deadline: tokio::time::Instant) -> Result<(), StoreError> {
+    /// Waits until this member sees a leadership other than `old`: another leader, or the
+    /// same member elected again in a later term.
+    async fn wait_leader_change(&self, old: Leadership, deadline: tokio::time::Instant) -> Result<(), StoreError> {
         let mut rx = self.raft.metrics();
         loop {
-            if rx.borrow_and_update().current_leader.is_some_and(|l| l != old) {
-                return Ok(());
+            {
+                let m = rx.borrow_and_update();
+                if m.current_leader.is_some_and(|l| l != old.id || m.current_term > old.term) {
+                    return Ok(());
+                }
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => continue,
@@ -341,10 +352,10 @@ impl Node {
         let deadline = tokio::time::Instant::now() + self.config.request_timeout;
         loop {
             let leader = self.wait_leader(deadline).await?;
-            if leader == self.id {
+            if leader.id == self.id {
                 return self.propose_local(cmd).await;
             }
-            let mut client = self.peer_client(leader)?;
+            let mut client = self.peer_client(leader.id)?;
             let mut req = tonic::Request::new(pb::ProposeRequest { command: Some(cmd.clone()) });
             req.set_timeout(deadline.saturating_duration_since(tokio::time::Instant::now()));
             match client.propose(req).await {
@@ -389,7 +400,10 @@ impl Node {
     /// Leader side of a read barrier: confirms leadership with a quorum and returns the log
     /// index reads must wait for.
     pub async fn read_index_local(&self) -> Result<u64, StoreError> {
-        match tokio::time::timeout(self.config.request_timeout, self.raft.get_read_log_id()).await {
+        // A leader that cannot confirm itself within two election timeouts has most likely
+        // been deposed; the caller retries with whoever leads then.
+        let round = (self.config.election_timeout * 4).min(self.config.request_timeout);
+        match tokio::time::timeout(round, self.raft.get_read_log_id()).await {
             Err(_) => Err(StoreError::Timeout),
             Ok(Ok((read, _))) => Ok(read.map_or(0, |l| l.index)),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Err(StoreError::NotLeader),
@@ -416,10 +430,10 @@ impl Node {
         let deadline = tokio::time::Instant::now() + self.config.request_timeout;
         loop {
             let leader = self.wait_leader(deadline).await?;
-            let res = if leader == self.id {
+            let res = if leader.id == self.id {
                 self.read_index_local().await
             } else {
-                let mut client = self.peer_client(leader)?;
+                let mut client = self.peer_client(leader.id)?;
                 let mut req = tonic::Request::new(pb::ReadIndexRequest {});
                 req.set_timeout(deadline.saturating_duration_since(tokio::time::Instant::now()));
                 match client.read_index(req).await {
@@ -434,8 +448,11 @@ impl Node {
                     if tokio::time::Instant::now() >= deadline {
                         return Err(StoreError::Timeout);
                     }
-                    let _ = tokio::time::timeout_at(deadline, self.wait_leader_change(leader, deadline)).await;
+                    let _ = self.wait_leader_change(leader, deadline).await;
                 }
+                // A quorum check that did not finish in time: leadership may have moved
+                // without this member noticing yet; try again while time is left.
+                Err(StoreError::Timeout) if tokio::time::Instant::now() < deadline => {}
                 other => return other,
             }
         }
@@ -559,10 +576,10 @@ impl Node {
     pub async fn change_member(&self, change: pb::member_change_request::Change) -> Result<u64, StoreError> {
         let deadline = tokio::time::Instant::now() + self.config.request_timeout;
         let leader = self.wait_leader(deadline).await?;
-        if leader == self.id {
+        if leader.id == self.id {
             return self.change_member_local(change).await;
         }
-        let mut client = self.peer_client(leader)?;
+        let mut client = self.peer_client(leader.id)?;
         let mut req = tonic::Request::new(pb::MemberChangeRequest { change: Some(change) });
         req.set_timeout(self.config.request_timeout);
         match client.change_member(req).await {
@@ -642,10 +659,10 @@ impl Node {
     pub async fn move_leader(&self, target: NodeId) -> Result<(), StoreError> {
         let deadline = tokio::time::Instant::now() + self.config.request_timeout;
         let leader = self.wait_leader(deadline).await?;
-        if leader == self.id {
+        if leader.id == self.id {
             return self.move_leader_local(target).await;
         }
-        let mut client = self.peer_client(leader)?;
+        let mut client = self.peer_client(leader.id)?;
         let mut req = tonic::Request::new(pb::MoveLeaderRequest { target });
         req.set_timeout(self.config.request_timeout);
         client
