@@ -149,3 +149,43 @@ fn member_down_past_snapshot_and_purge_catches_up_by_snapshot() {
     let installed = metric(&c.members[lagging], "flotilla_snapshots_installed_total").unwrap_or(0.0);
     assert!(installed >= 1.0, "the member caught up by snapshot (installed {installed})");
 }
+
+/// A follower that was down while large values were written catches up through
+/// AppendEntries batches that would exceed the peer message limit if sent whole
+/// (openraft is told PayloadTooLarge and splits them).
+#[test]
+fn lagging_member_catches_up_through_large_entries() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_leader(Duration::from_secs(5));
+    let lagging = (leader + 1) % 3;
+    c.kill(lagging);
+    let rt = common::rt();
+    let url = c.members[leader].url();
+    let big = "x".repeat(1400 * 1024);
+    for i in 0..60 {
+        rt.block_on(put(&url, &format!("/big/{i:02}"), &big)).expect("put");
+    }
+    c.spawn(lagging, "new");
+    let lag_url = c.members[lagging].url();
+    // One key at a time: 60 values together exceed a client's default 4 MiB message.
+    c.eventually(Duration::from_secs(60), "the lagging member has every large value", || {
+        rt.block_on(async {
+            let mut kv = kv(&lag_url, Duration::from_secs(3)).await;
+            for i in 0..60 {
+                let req = flotilla_proto::etcdserverpb::RangeRequest {
+                    key: format!("/big/{i:02}").into_bytes(),
+                    serializable: true,
+                    ..Default::default()
+                };
+                let ok = kv
+                    .range(req)
+                    .await
+                    .is_ok_and(|r| r.get_ref().kvs.first().is_some_and(|kv| kv.value.len() == big.len()));
+                if !ok {
+                    return false;
+                }
+            }
+            true
+        })
+    });
+}

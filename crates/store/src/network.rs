@@ -24,11 +24,22 @@ use tonic::transport::{Channel, Endpoint};
 use crate::codec;
 use crate::types::{Member, NodeId, TypeConfig};
 
+/// HTTP/2 flow-control window per stream, for peer and client connections.
+pub const H2_STREAM_WINDOW: u32 = 8 << 20;
+/// HTTP/2 flow-control window per connection.
+pub const H2_CONNECTION_WINDOW: u32 = 32 << 20;
+
 /// Marker text for a snapshot-mismatch refusal carried in a gRPC status.
 pub const SNAPSHOT_MISMATCH: &str = "snapshot mismatch";
 
 /// Largest peer message (snapshot chunks and append batches stay well below it).
 pub const MAX_PEER_MESSAGE: usize = 64 << 20;
+
+/// Largest AppendEntries batch, in bytes, unless it is a single entry. openraft 0.9 gives an
+/// AppendEntries one heartbeat interval to complete (transfer and the follower's fsync);
+/// a bigger batch would time out again and again and a lagging follower would never catch
+/// up, so larger batches are refused with PayloadTooLarge and openraft sends fewer entries.
+pub const MAX_APPEND_BYTES: usize = 2 << 20;
 
 /// Builds a lazily connecting channel with the timeouts a failover needs: a dead peer is
 /// noticed within seconds by HTTP/2 keepalive, not after a TCP timeout.
@@ -39,6 +50,10 @@ pub fn channel(url: &str) -> Result<Channel, tonic::transport::Error> {
         .keep_alive_timeout(Duration::from_secs(2))
         .keep_alive_while_idle(true)
         .tcp_nodelay(true)
+        // Large HTTP/2 windows: a 1.5 MiB entry should cross in one go, not in 64 KiB
+        // steps each waiting for a window update.
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .connect_lazy())
 }
 
@@ -157,9 +172,11 @@ impl RaftNetwork<TypeConfig> for PeerConn {
             entries: rpc.entries.iter().map(codec::entry_to_pb).collect(),
             leader_commit: codec::opt_log_id_to_pb(rpc.leader_commit.as_ref()),
         };
-        if prost::Message::encoded_len(&req) > MAX_PEER_MESSAGE && req.entries.len() > 1 {
+        let size = prost::Message::encoded_len(&req);
+        if size > MAX_APPEND_BYTES && req.entries.len() > 1 {
             // openraft retries with at most this many entries.
-            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(req.entries.len() as u64 / 2)));
+            let fit = (req.entries.len() * MAX_APPEND_BYTES / size).clamp(1, req.entries.len() - 1);
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit as u64)));
         }
         let resp = self.client()?.append_entries(self.request(req, &option)).await.map_err(transport_err)?.into_inner();
         use pb::append_entries_response::Result as R;

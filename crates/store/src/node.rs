@@ -157,9 +157,9 @@ fn raft_config(cfg: &NodeConfig) -> Result<openraft::Config, StoreError> {
         snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_count),
         max_in_snapshot_log_to_keep: 1000.min(cfg.snapshot_count),
         snapshot_max_chunk_size: 4 << 20,
-        // Entries can be up to 1.5 MiB each: keep one AppendEntries well under the peer
-        // message limit.
-        max_payload_entries: 32,
+        // Many small entries per AppendEntries; a batch of large ones that would exceed
+        // the peer message limit is refused with PayloadTooLarge and split by openraft.
+        max_payload_entries: 256,
         ..Default::default()
     };
     c.validate().map_err(|e| StoreError::InvalidArgument(format!("invalid raft timing: {e}")))

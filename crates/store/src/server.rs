@@ -17,7 +17,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::config::NodeConfig;
 use crate::error::StoreError;
 use crate::etcd;
-use crate::network::MAX_PEER_MESSAGE;
+use crate::network::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, MAX_PEER_MESSAGE};
 use crate::node::Node;
 use crate::peer::PeerService;
 
@@ -65,6 +65,8 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         let _ = rx.wait_for(|s| *s).await;
     };
     let peer_srv = tonic::transport::Server::builder()
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .add_service(
             RaftPeerServer::new(PeerService::new(node.clone()))
                 .max_decoding_message_size(MAX_PEER_MESSAGE)
@@ -73,6 +75,8 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         .serve_with_incoming_shutdown(incoming(peer_l), stopped(stop_rx.clone()));
     let max = MAX_REQUEST_BYTES + GRPC_OVERHEAD;
     let client_srv = tonic::transport::Server::builder()
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .add_service(KvServer::new(etcd::kv::KvService::new(node.clone())).max_decoding_message_size(max))
         .add_service(WatchServer::new(etcd::watch::WatchService::new(node.clone())).max_decoding_message_size(max))
         .add_service(LeaseServer::new(etcd::lease::LeaseService::new(node.clone())).max_decoding_message_size(max))

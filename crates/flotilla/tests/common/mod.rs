@@ -164,6 +164,17 @@ impl Cluster {
         }
     }
 
+    /// Like [`eventually`], but a timeout shows the members' logs.
+    pub fn eventually(&self, within: Duration, what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + within;
+        while !f() {
+            if Instant::now() > deadline {
+                panic!("timed out after {within:?} waiting for: {what}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// All members' logs, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();
