@@ -51,6 +51,92 @@ pub struct Node {
     pub me: Member,
     /// Waiting read-index requests, served in rounds by [`read_index_rounds`].
     reads: tokio::sync::mpsc::UnboundedSender<ReadWaiter>,
+    /// Writes waiting to be proposed together, see [`propose_batches`].
+    proposals: tokio::sync::mpsc::UnboundedSender<(pb::Command, ProposalWaiter)>,
+}
+
+type ProposalWaiter = tokio::sync::oneshot::Sender<Result<pb::CommandResult, StoreError>>;
+
+/// Most commands in one batch entry.
+const MAX_BATCH_COMMANDS: usize = 512;
+/// Most encoded bytes of commands in one batch entry (a larger command goes alone).
+const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Batch entries proposed and not yet applied at once.
+const MAX_BATCHES_IN_FLIGHT: usize = 2;
+
+/// Whether a command may share a log entry with others: writes to keys do; compaction and
+/// lease changes, which read state another command of the batch could change, go alone.
+fn batchable(cmd: &pb::Command) -> bool {
+    use pb::command::Kind;
+    matches!(cmd.kind, Some(Kind::Put(_) | Kind::DeleteRange(_) | Kind::Txn(_)))
+}
+
+/// Group commit for the leader: openraft 0.9 appends (and fsyncs) one entry per proposal,
+/// one at a time, so proposals that arrive together are put in one batch entry, applied
+/// in order with a revision each. While `MAX_BATCHES_IN_FLIGHT` entries are in flight,
+/// new writes wait and join the next one.
+async fn propose_batches(
+    node: std::sync::Weak<Node>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(pb::Command, ProposalWaiter)>,
+) {
+    use prost::Message;
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut carry: Option<(pb::Command, ProposalWaiter)> = None;
+    loop {
+        let first = match carry.take() {
+            Some(c) => c,
+            None => match rx.recv().await {
+                Some(c) => c,
+                None => return,
+            },
+        };
+        while in_flight.len() >= MAX_BATCHES_IN_FLIGHT {
+            in_flight.join_next().await;
+        }
+        let mut bytes = first.0.encoded_len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_COMMANDS {
+            let Ok(next) = rx.try_recv() else { break };
+            let len = next.0.encoded_len();
+            if bytes + len > MAX_BATCH_BYTES {
+                carry = Some(next);
+                break;
+            }
+            bytes += len;
+            batch.push(next);
+        }
+        let Some(node) = node.upgrade() else { return };
+        in_flight.spawn(async move {
+            if batch.len() == 1 {
+                if let Some((cmd, tx)) = batch.pop() {
+                    let _ = tx.send(node.client_write(cmd).await);
+                }
+                return;
+            }
+            let (commands, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let cmd = pb::Command { kind: Some(pb::command::Kind::Batch(pb::CommandBatch { commands })) };
+            match node.client_write(cmd).await {
+                Ok(pb::CommandResult { kind: Some(pb::command_result::Kind::Batch(b)) })
+                    if b.results.len() == waiters.len() =>
+                {
+                    for (tx, r) in waiters.into_iter().zip(b.results) {
+                        let _ = tx.send(Ok(r));
+                    }
+                }
+                Ok(other) => {
+                    let e = StoreError::Fatal(format!("a batch entry applied to an unexpected result: {other:?}"));
+                    for tx in waiters {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
+                Err(e) => {
+                    for tx in waiters {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
 }
 
 type ReadWaiter = tokio::sync::oneshot::Sender<Result<u64, StoreError>>;
@@ -206,6 +292,7 @@ impl Node {
         }
         let lessor = Lessor::new(shared.mvcc.clone());
         let (reads, reads_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (proposals, proposals_rx) = tokio::sync::mpsc::unbounded_channel();
         let node = Arc::new(Node {
             id,
             cluster,
@@ -218,8 +305,10 @@ impl Node {
             config: cfg,
             me,
             reads,
+            proposals,
         });
         tokio::spawn(read_index_rounds(Arc::downgrade(&node), reads_rx));
+        tokio::spawn(propose_batches(Arc::downgrade(&node), proposals_rx));
         tokio::spawn(watch_raft_metrics(node.clone()));
         tokio::spawn(crate::lease::run(node.clone()));
         tokio::spawn(publish_self(node.clone()));
@@ -384,6 +473,20 @@ impl Node {
         if !self.is_leader() {
             return Err(StoreError::NotLeader);
         }
+        if batchable(&cmd) {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.proposals.send((cmd, tx)).map_err(|_| StoreError::Stopped)?;
+            return match tokio::time::timeout(self.config.request_timeout, rx).await {
+                Err(_) => Err(StoreError::Timeout),
+                Ok(Err(_)) => Err(StoreError::Stopped),
+                Ok(Ok(r)) => r,
+            };
+        }
+        self.client_write(cmd).await
+    }
+
+    /// Appends one entry through Raft and waits for its result.
+    async fn client_write(&self, cmd: pb::Command) -> Result<pb::CommandResult, StoreError> {
         let fut = self.raft.client_write(cmd);
         match tokio::time::timeout(self.config.request_timeout, fut).await {
             Err(_) => Err(StoreError::Timeout),

@@ -76,10 +76,19 @@ impl std::fmt::Debug for Db {
     }
 }
 
-/// A set of writes applied atomically by [`Db::write`].
+/// One recorded write.
+enum Op {
+    Put(Cf, Vec<u8>, Vec<u8>),
+    Delete(Cf, Vec<u8>),
+    DeleteRange(Cf, Vec<u8>, Vec<u8>),
+}
+
+/// A set of writes applied atomically by [`Db::write`]. Writes are recorded and turned into
+/// one RocksDB write batch at write time, so a caller can roll back to an earlier point
+/// ([`Batch::mark`], [`Batch::rollback`]).
 #[derive(Default)]
 pub struct Batch {
-    inner: rocksdb::WriteBatch,
+    ops: Vec<Op>,
 }
 
 impl Batch {
@@ -88,24 +97,36 @@ impl Batch {
         Batch::default()
     }
     /// Adds a put.
-    pub fn put(&mut self, db: &Db, cf: Cf, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
-        self.inner.put_cf(db.cf(cf), key, value);
+    pub fn put(&mut self, _db: &Db, cf: Cf, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.ops.push(Op::Put(cf, key.as_ref().to_vec(), value.as_ref().to_vec()));
     }
     /// Adds a delete.
-    pub fn delete(&mut self, db: &Db, cf: Cf, key: impl AsRef<[u8]>) {
-        self.inner.delete_cf(db.cf(cf), key);
+    pub fn delete(&mut self, _db: &Db, cf: Cf, key: impl AsRef<[u8]>) {
+        self.ops.push(Op::Delete(cf, key.as_ref().to_vec()));
     }
     /// Adds a delete of every key in `[from, to)`.
-    pub fn delete_range(&mut self, db: &Db, cf: Cf, from: impl AsRef<[u8]>, to: impl AsRef<[u8]>) {
-        self.inner.delete_range_cf(db.cf(cf), from.as_ref(), to.as_ref());
+    pub fn delete_range(&mut self, _db: &Db, cf: Cf, from: impl AsRef<[u8]>, to: impl AsRef<[u8]>) {
+        self.ops.push(Op::DeleteRange(cf, from.as_ref().to_vec(), to.as_ref().to_vec()));
     }
     /// Number of operations in the batch.
     pub fn len(&self) -> usize {
-        self.inner.len()
+        self.ops.len()
     }
     /// Whether the batch is empty.
     pub fn is_empty(&self) -> bool {
-        self.inner.is_empty()
+        self.ops.is_empty()
+    }
+    /// A point to roll back to.
+    pub fn mark(&self) -> usize {
+        self.ops.len()
+    }
+    /// Forgets every write added since `mark`.
+    pub fn rollback(&mut self, mark: usize) {
+        self.ops.truncate(mark);
+    }
+    /// Adds every write of `other`, after this batch's.
+    pub fn append(&mut self, mut other: Batch) {
+        self.ops.append(&mut other.ops);
     }
 }
 
@@ -163,9 +184,17 @@ impl Db {
 
     /// Applies a batch atomically.
     pub fn write(&self, batch: Batch, sync: Sync) -> Result<(), StoreError> {
+        let mut wb = rocksdb::WriteBatch::default();
+        for op in &batch.ops {
+            match op {
+                Op::Put(cf, k, v) => wb.put_cf(self.cf(*cf), k, v),
+                Op::Delete(cf, k) => wb.delete_cf(self.cf(*cf), k),
+                Op::DeleteRange(cf, from, to) => wb.delete_range_cf(self.cf(*cf), from, to),
+            }
+        }
         let mut wo = rocksdb::WriteOptions::default();
         wo.set_sync(sync == Sync::Yes);
-        self.inner.write_opt(batch.inner, &wo).map_err(|e| storage_err("write", e))
+        self.inner.write_opt(wb, &wo).map_err(|e| storage_err("write", e))
     }
 
     /// fsyncs the write-ahead log: every write that returned before this call is durable

@@ -13,9 +13,18 @@ use flotilla_proto::etcdserverpb::kv_client::KvClient;
 use flotilla_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use tonic::transport::Channel;
 
-/// A free loopback port (bound and released; the OS does not hand it out again at once).
+/// A free loopback port below the ephemeral range (32768 and up on Linux), so that the
+/// many outgoing connections of a test cannot take it while its member is down for a
+/// restart.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    use rand::Rng;
+    let mut rng = rand::rng();
+    loop {
+        let port = rng.random_range(12_000..32_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// One member's addresses and process.

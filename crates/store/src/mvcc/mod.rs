@@ -316,7 +316,6 @@ impl Mvcc {
     /// Applies one command into `batch` (nothing is written until the caller writes it).
     /// A request error leaves the batch untouched and is returned inside the result.
     pub fn apply(&self, cmd: &pb::Command, batch: &mut Batch) -> Result<Applied, StoreError> {
-        use pb::command::Kind;
         use pb::command_result::Kind as R;
         let base = self.revision();
         let mut tx = Tx {
@@ -326,43 +325,26 @@ impl Mvcc {
             rev: base + 1,
             sub: 0,
             overlay: BTreeMap::new(),
+            undo: Vec::new(),
             events: Vec::new(),
             compact: self.compact_revision(),
         };
-        let out = match &cmd.kind {
-            None => Ok(R::None(pb::Blank {})),
-            Some(Kind::Put(p)) => tx.put(p).map(R::Put),
-            Some(Kind::DeleteRange(d)) => tx.delete_range(d).map(R::DeleteRange),
-            Some(Kind::Txn(t)) => tx.txn(t).map(R::Txn),
-            Some(Kind::Compaction(c)) => tx.compact(c).map(R::Compaction),
-            Some(Kind::LeaseGrant(g)) => tx.lease_grant(g).map(R::LeaseGrant),
-            Some(Kind::LeaseRevoke(r)) => tx.lease_revoke(r).map(R::LeaseRevoke),
-            Some(Kind::LeaseCheckpoint(_)) => Ok(R::None(pb::Blank {})),
-        };
-        match out {
-            Ok(kind) => {
-                let revision = if tx.sub > 0 { tx.rev } else { base };
-                if tx.sub > 0 {
-                    tx.batch.put(&self.db, Cf::SmMeta, META_REVISION, revision.to_be_bytes());
+        let result = match &cmd.kind {
+            Some(pb::command::Kind::Batch(b)) => {
+                let mut results = Vec::with_capacity(b.commands.len());
+                for c in &b.commands {
+                    results.push(tx.apply_guarded(c)?);
                 }
-                let compact = tx.compact;
-                let events = std::mem::take(&mut tx.events);
-                *batch = std::mem::take(&mut tx.batch);
-                Ok(Applied {
-                    result: pb::CommandResult { kind: Some(kind) },
-                    events,
-                    revision,
-                    compact_revision: compact,
-                })
+                pb::CommandResult { kind: Some(R::Batch(pb::CommandResultBatch { results })) }
             }
-            Err(e) if e.is_fatal() => Err(e),
-            Err(e) => Ok(Applied {
-                result: error_result(e),
-                events: vec![],
-                revision: base,
-                compact_revision: self.compact_revision(),
-            }),
+            _ => tx.apply_guarded(cmd)?,
+        };
+        let revision = tx.base;
+        if revision != base {
+            tx.batch.put(&self.db, Cf::SmMeta, META_REVISION, revision.to_be_bytes());
         }
+        *batch = std::mem::take(&mut tx.batch);
+        Ok(Applied { result, events: std::mem::take(&mut tx.events), revision, compact_revision: tx.compact })
     }
 }
 
@@ -428,11 +410,66 @@ struct Tx<'a> {
     rev: i64,
     sub: i64,
     overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
+    /// Overlay entries as they were before each change, to roll a failed command back.
+    undo: Vec<(Vec<u8>, Option<Option<KeyValue>>)>,
     events: Vec<Event>,
     compact: i64,
 }
 
 impl Tx<'_> {
+    /// Applies one command of the entry. A request error rolls back everything the command
+    /// wrote (earlier commands of a batch stay) and becomes its result; only storage
+    /// errors abort the entry.
+    fn apply_guarded(&mut self, cmd: &pb::Command) -> Result<pb::CommandResult, StoreError> {
+        use pb::command::Kind;
+        use pb::command_result::Kind as R;
+        let (batch_mark, undo_mark, events_mark, compact) =
+            (self.batch.mark(), self.undo.len(), self.events.len(), self.compact);
+        let out = match &cmd.kind {
+            None => Ok(R::None(pb::Blank {})),
+            Some(Kind::Put(p)) => self.put(p).map(R::Put),
+            Some(Kind::DeleteRange(d)) => self.delete_range(d).map(R::DeleteRange),
+            Some(Kind::Txn(t)) => self.txn(t).map(R::Txn),
+            Some(Kind::Compaction(c)) => self.compact(c).map(R::Compaction),
+            Some(Kind::LeaseGrant(g)) => self.lease_grant(g).map(R::LeaseGrant),
+            Some(Kind::LeaseRevoke(r)) => self.lease_revoke(r).map(R::LeaseRevoke),
+            Some(Kind::LeaseCheckpoint(_)) => Ok(R::None(pb::Blank {})),
+            Some(Kind::Batch(_)) => Err(StoreError::InvalidArgument("a command batch cannot be nested".into())),
+        };
+        match out {
+            Ok(kind) => {
+                if self.sub > 0 {
+                    // The command's revision is taken; the next command gets the next one.
+                    self.base = self.rev;
+                    self.rev += 1;
+                    self.sub = 0;
+                }
+                Ok(pb::CommandResult { kind: Some(kind) })
+            }
+            Err(e) if e.is_fatal() => Err(e),
+            Err(e) => {
+                self.batch.rollback(batch_mark);
+                while self.undo.len() > undo_mark {
+                    let Some((key, before)) = self.undo.pop() else { break };
+                    match before {
+                        Some(v) => self.overlay.insert(key, v),
+                        None => self.overlay.remove(&key),
+                    };
+                }
+                self.events.truncate(events_mark);
+                self.compact = compact;
+                self.sub = 0;
+                Ok(error_result(e))
+            }
+        }
+    }
+
+    /// Records `key`'s state within this entry (None = deleted), remembering the old one.
+    fn set_overlay(&mut self, key: Vec<u8>, value: Option<KeyValue>) {
+        let before = self.overlay.insert(key.clone(), value);
+        self.undo.push((key, before));
+    }
+
     fn latest(&self, key: &[u8]) -> Result<Option<KeyValue>, StoreError> {
         match self.overlay.get(key) {
             Some(v) => Ok(v.clone()),
@@ -497,7 +534,7 @@ impl Tx<'_> {
         if lease != 0 {
             self.batch.put(db, Cf::LeaseKeys, encoding::lease_keys_key(lease, &kv.key), []);
         }
-        self.overlay.insert(kv.key.clone(), Some(kv.clone()));
+        self.set_overlay(kv.key.clone(), Some(kv.clone()));
         self.events.push(Event { r#type: EventType::Put as i32, kv: Some(kv), prev_kv: prev.clone() });
         Ok(ep::PutResponse { header: header(self.rev), prev_kv: if req.prev_kv { prev } else { None } })
     }
@@ -509,7 +546,7 @@ impl Tx<'_> {
             if old.lease != 0 {
                 self.batch.delete(&self.m.db, Cf::LeaseKeys, encoding::lease_keys_key(old.lease, &old.key));
             }
-            self.overlay.insert(old.key.clone(), None);
+            self.set_overlay(old.key.clone(), None);
             self.events.push(Event { r#type: EventType::Delete as i32, kv: Some(tomb), prev_kv: Some(old.clone()) });
         }
     }
