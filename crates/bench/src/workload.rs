@@ -345,9 +345,9 @@ async fn watch(c: &Common, watchers: usize, chans: &[Channel]) -> Result<Report,
     let received = Arc::new(AtomicU64::new(0));
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(streams);
     let stop = Arc::new(AtomicBool::new(false));
-    for s in 0..streams {
+    for (s, ch) in chans.iter().take(streams).enumerate() {
         let n = watchers / streams + usize::from(s < watchers % streams);
-        let ch = chans[s].clone();
+        let ch = ch.clone();
         let (received, ready_tx, stop) = (received.clone(), ready_tx.clone(), stop.clone());
         stream_tasks.push(tokio::spawn(async move {
             let mut rec = Recorder::new();

@@ -260,7 +260,7 @@ impl Node {
         let (id, cluster) = check_identity(&db, &cfg)?;
         let metrics = Arc::new(Metrics::new());
         let log = LogStore::new(db.clone(), metrics.clone());
-        let sm = StateMachine::open(db.clone(), metrics.clone())?;
+        let sm = StateMachine::open(db.clone(), metrics.clone(), cfg.data_dir.join("snapshots"))?;
         let shared = sm.shared();
         let cluster = Arc::new(AtomicU64::new(cluster));
         let network = Network { cluster: cluster.clone() };

@@ -60,6 +60,9 @@ impl Cf {
     }
 }
 
+/// Memory for memtables, across all column families.
+const MEMTABLE_BUDGET: usize = 64 << 20;
+
 fn storage_err(what: &str, e: rocksdb::Error) -> StoreError {
     StoreError::Storage(format!("{what}: {e}"))
 }
@@ -157,6 +160,10 @@ impl Db {
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.set_max_background_jobs(2);
         opts.set_bytes_per_sync(1 << 20);
+        // Seven column families would each grow a 64 MiB memtable by default; cap them
+        // together, and flush the write-ahead log's oldest family when it grows.
+        opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
+        opts.set_max_total_wal_size(MEMTABLE_BUDGET as u64 * 2);
         // Corruption in the WAL's tail is tolerated only at the point of a torn final write;
         // anything else fails the open (never a silent reset).
         opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
@@ -164,6 +171,7 @@ impl Db {
         let cfs = Cf::ALL.iter().map(|cf| {
             let mut o = rocksdb::Options::default();
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            o.set_write_buffer_size(MEMTABLE_BUDGET / 4);
             rocksdb::ColumnFamilyDescriptor::new(cf.name(), o)
         });
         let db = rocksdb::DB::open_cf_descriptors(&opts, path, cfs)

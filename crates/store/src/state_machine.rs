@@ -3,10 +3,12 @@
 //! installs snapshots.
 //!
 //! A snapshot is every record of the state-machine column families, read from one
-//! consistent RocksDB view, as a stream of `(family tag, key, value)` records. Installing
-//! one replaces the state machine in a single atomic batch.
+//! consistent RocksDB view, as a stream of `(family tag, key, value)` records written to a
+//! file under `<data-dir>/snapshots` (so a large store is never held in memory to be
+//! snapshotted or sent). Installing one replaces the state machine in a single atomic batch.
 
-use std::io::Cursor;
+use std::io::Write;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use flotilla_proto::raft as pb;
@@ -36,7 +38,12 @@ pub struct Shared {
     /// Metrics.
     pub metrics: Arc<Metrics>,
     applied: Mutex<(Option<LogId>, StoredMembership)>,
-    snapshot: Mutex<Option<(SnapshotMeta, Vec<u8>)>>,
+    /// Metadata of the snapshot in `snap_dir/current`, if one was built or installed since
+    /// start.
+    snapshot: Mutex<Option<SnapshotMeta>>,
+    snap_dir: PathBuf,
+    /// Files being received, removed once a snapshot is installed.
+    receiving: Mutex<Vec<PathBuf>>,
     /// Called with every applied lease grant/revoke, so the leader's lease clock follows.
     pub lease_events: tokio::sync::broadcast::Sender<LeaseEvent>,
 }
@@ -115,7 +122,9 @@ const SNAPSHOT_MAGIC: &[u8] = b"FLOTSNAP1";
 
 impl StateMachine {
     /// Opens the state machine stored in `db`.
-    pub fn open(db: Db, metrics: Arc<Metrics>) -> Result<StateMachine, StoreError> {
+    pub fn open(db: Db, metrics: Arc<Metrics>, snap_dir: PathBuf) -> Result<StateMachine, StoreError> {
+        std::fs::create_dir_all(&snap_dir)
+            .map_err(|e| StoreError::Storage(format!("cannot create {}: {e}", snap_dir.display())))?;
         let mvcc = Arc::new(Mvcc::open(db.clone())?);
         let hub = WatchHub::new(mvcc.clone());
         let applied = load_applied(&db)?;
@@ -129,6 +138,8 @@ impl StateMachine {
                 metrics,
                 applied: Mutex::new(applied),
                 snapshot: Mutex::new(None),
+                snap_dir,
+                receiving: Mutex::new(Vec::new()),
                 lease_events,
             }),
         })
@@ -197,17 +208,23 @@ impl StateMachine {
             .get(Cf::SmMeta, META_MEMBERSHIP)?
             .map(|b| codec::decode_disk::<pb::StoredMembership>("membership", &b))
             .transpose()?;
-        let mut data = SNAPSHOT_MAGIC.to_vec();
+        let io = |e: std::io::Error| StoreError::Storage(format!("writing a snapshot: {e}"));
+        let building = s.snap_dir.join(format!("building-{}", std::process::id()));
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&building).map_err(io)?);
+        out.write_all(SNAPSHOT_MAGIC).map_err(io)?;
+        let mut record = Vec::new();
         for cf in Cf::STATE_MACHINE {
             view.for_each(cf, |k, v| {
-                data.push(cf.tag());
-                put_varint(&mut data, k.len() as u64);
-                data.extend_from_slice(k);
-                put_varint(&mut data, v.len() as u64);
-                data.extend_from_slice(v);
-                Ok(())
+                record.clear();
+                record.push(cf.tag());
+                put_varint(&mut record, k.len() as u64);
+                record.extend_from_slice(k);
+                put_varint(&mut record, v.len() as u64);
+                record.extend_from_slice(v);
+                out.write_all(&record).map_err(io)
             })?;
         }
+        out.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
         let last_log_id = applied.map(|l| codec::log_id_from_pb(&l));
         let meta = SnapshotMeta {
             last_log_id,
@@ -222,15 +239,34 @@ impl StateMachine {
         {
             // A build that started before a snapshot was installed must not replace it.
             let mut cur = s.snapshot.lock().unwrap_or_else(|p| p.into_inner());
-            if cur.as_ref().is_none_or(|(m, _)| m.last_log_id <= meta.last_log_id) {
-                *cur = Some((meta.clone(), data.clone()));
+            if cur.as_ref().is_none_or(|m| m.last_log_id <= meta.last_log_id) {
+                std::fs::rename(&building, self.current_path()).map_err(io)?;
+                *cur = Some(meta.clone());
+            } else {
+                let _ = std::fs::remove_file(&building);
+                return self.current().and_then(|c| c.ok_or_else(|| StoreError::Storage("snapshot vanished".into())));
             }
         }
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        self.current().and_then(|c| c.ok_or_else(|| StoreError::Storage("snapshot vanished".into())))
     }
 
-    fn install(&self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), StoreError> {
+    fn current_path(&self) -> PathBuf {
+        self.shared.snap_dir.join("current")
+    }
+
+    /// The current snapshot with its data file opened at the start.
+    fn current(&self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
+        let Some(meta) = self.shared.snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return Ok(None);
+        };
+        let file = std::fs::File::open(self.current_path())
+            .map_err(|e| StoreError::Storage(format!("opening the current snapshot: {e}")))?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(file)) }))
+    }
+
+    fn install(&self, meta: &SnapshotMeta, path: &std::path::Path) -> Result<(), StoreError> {
         let s = &self.shared;
+        let data = std::fs::read(path).map_err(|e| StoreError::Storage(format!("reading a received snapshot: {e}")))?;
         if !data.starts_with(SNAPSHOT_MAGIC) {
             return Err(StoreError::Corrupt("snapshot stream has no Flotilla header".into()));
         }
@@ -265,7 +301,9 @@ impl StateMachine {
         s.db.write(batch, Sync::Yes)?;
         s.mvcc.reload()?;
         *s.applied.lock().unwrap_or_else(|p| p.into_inner()) = (meta.last_log_id, meta.last_membership.clone());
-        *s.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), data));
+        std::fs::rename(path, self.current_path())
+            .map_err(|e| StoreError::Storage(format!("keeping the installed snapshot: {e}")))?;
+        *s.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(meta.clone());
         s.hub.resync_all();
         s.metrics.revision.set(s.mvcc.revision());
         s.metrics.snapshots_installed.inc();
@@ -307,21 +345,47 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let path = self.shared.snap_dir.join(format!("receiving-{n}"));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| StoreError::Storage(format!("cannot create {}: {e}", path.display())))?;
+        self.shared.receiving.lock().unwrap_or_else(|p| p.into_inner()).push(path);
+        Ok(Box::new(tokio::fs::File::from_std(file)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        self.install(meta, snapshot.into_inner())?;
+        use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+        // The data may be in a file we created (chunks written to it) or handed over whole;
+        // copy it into a file of ours either way, then install from that.
+        let mut file = *snapshot;
+        let io = |e: std::io::Error| StoreError::Storage(format!("reading a received snapshot: {e}"));
+        file.flush().await.map_err(io)?;
+        file.seek(std::io::SeekFrom::Start(0)).await.map_err(io)?;
+        let mut data = Vec::new();
+        file.read_to_end(&mut data).await.map_err(io)?;
+        let path = self.shared.snap_dir.join("installing");
+        std::fs::write(&path, &data).map_err(io)?;
+        for p in self.shared.receiving.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            let _ = std::fs::remove_file(p);
+        }
+        let me = self.clone();
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || me.install(&meta, &path))
+            .await
+            .map_err(|e| StoreError::Fatal(format!("snapshot install task failed: {e}")))??;
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let cur = self.shared.snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        Ok(cur.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        Ok(self.current()?)
     }
 }

@@ -1,8 +1,6 @@
 //! openraft's type configuration for Flotilla: what a log entry carries, what apply returns,
 //! and what the cluster knows about each member.
 
-use std::io::Cursor;
-
 use flotilla_proto::raft as pb;
 
 /// A member's id, as in etcd: a non-zero 64-bit number.
@@ -33,7 +31,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = Member,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -17,7 +17,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Roc
         let db = Db::open(dir.path()).expect("open db");
         let metrics = Arc::new(Metrics::new());
         let log = LogStore::new(db.clone(), metrics.clone());
-        let sm = StateMachine::open(db, metrics).expect("open state machine");
+        let sm = StateMachine::open(db, metrics, dir.path().join("snapshots")).expect("open state machine");
         Ok((dir, log, sm))
     }
 }
