@@ -65,7 +65,7 @@ pub struct MasterArgs {
     heartbeat_interval: Option<u64>,
 
     /// Election timeout in milliseconds (followers wait between this and twice this before
-    /// campaigning) [default: 500].
+    /// campaigning) [default: 300].
     #[arg(long, value_name = "MS")]
     election_timeout: Option<u64>,
 
@@ -145,7 +145,7 @@ pub fn config(args: MasterArgs) -> anyhow::Result<NodeConfig> {
         Some(other) => bail!("--initial-cluster-state must be `new` or `existing`, not {other:?}"),
     };
     let heartbeat = args.heartbeat_interval.or(file.heartbeat_interval).unwrap_or(100);
-    let election = args.election_timeout.or(file.election_timeout).unwrap_or(500);
+    let election = args.election_timeout.or(file.election_timeout).unwrap_or(300);
     if heartbeat == 0 || election <= heartbeat * 2 {
         bail!("--election-timeout ({election} ms) must be more than twice --heartbeat-interval ({heartbeat} ms)");
     }

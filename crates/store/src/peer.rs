@@ -65,6 +65,13 @@ impl RaftPeer for PeerService {
             leader_commit: codec::opt_log_id_from_pb(r.leader_commit.as_ref()),
         };
         let resp = self.node.raft.append_entries(rpc).await.map_err(fatal)?;
+        if matches!(
+            resp,
+            AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_) | AppendEntriesResponse::Conflict
+        ) {
+            // Accepted from the current leader: it is alive.
+            self.node.heard_from_leader();
+        }
         use pb::append_entries_response::Result as R;
         let result = match resp {
             AppendEntriesResponse::Success => R::Success(pb::Blank {}),
