@@ -151,7 +151,9 @@ type ReadWaiter = tokio::sync::oneshot::Sender<Result<u64, StoreError>>;
 /// followers do not all campaign at once: about two election timeouts in all.
 async fn election_assist(node: std::sync::Weak<Node>) {
     use rand::Rng;
-    let jitter = |et: std::time::Duration| et.mul_f64(rand::rng().random_range(0.0..0.5));
+    // At least a quarter of an election timeout: a member chosen by move-leader, which is
+    // told to campaign every 20 ms once heartbeats stop, goes first.
+    let jitter = |et: std::time::Duration| et.mul_f64(rand::rng().random_range(0.25..0.5));
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut delay: Option<std::time::Duration> = None;
@@ -781,7 +783,8 @@ impl Node {
         rc.elect(false);
         let _restore = Restore(&self.raft);
         async {
-            let mut interval = tokio::time::interval(self.config.heartbeat_interval);
+            // Often, so the target campaigns as soon as the followers' leases run out.
+            let mut interval = tokio::time::interval(std::time::Duration::from_millis(20));
             loop {
                 tokio::select! {
                     _ = interval.tick() => {
