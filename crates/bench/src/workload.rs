@@ -343,12 +343,13 @@ async fn watch(c: &Common, watchers: usize, chans: &[Channel]) -> Result<Report,
     let streams = chans.len().min(watchers);
     let mut stream_tasks = Vec::new();
     let received = Arc::new(AtomicU64::new(0));
+    let arrived = Arc::new(tokio::sync::Notify::new());
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(streams);
     let stop = Arc::new(AtomicBool::new(false));
     for (s, ch) in chans.iter().take(streams).enumerate() {
         let n = watchers / streams + usize::from(s < watchers % streams);
         let ch = ch.clone();
-        let (received, ready_tx, stop) = (received.clone(), ready_tx.clone(), stop.clone());
+        let (received, ready_tx, stop, arrived) = (received.clone(), ready_tx.clone(), stop.clone(), arrived.clone());
         stream_tasks.push(tokio::spawn(async move {
             let mut rec = Recorder::new();
             let creates: Vec<ep::WatchRequest> = (0..n)
@@ -394,6 +395,7 @@ async fn watch(c: &Common, watchers: usize, chans: &[Channel]) -> Result<Report,
                             if let Some(sent) = sent {
                                 rec.ok(Duration::from_nanos(now.saturating_sub(sent) as u64));
                                 received.fetch_add(1, Ordering::Relaxed);
+                                arrived.notify_one();
                             }
                         }
                     }
@@ -436,7 +438,7 @@ async fn watch(c: &Common, watchers: usize, chans: &[Channel]) -> Result<Report,
     let want = puts_ok.load(Ordering::Relaxed) * watchers as u64;
     let deadline = Instant::now() + Duration::from_secs(10);
     while received.load(Ordering::Relaxed) < want && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let _ = tokio::time::timeout_at(deadline.into(), arrived.notified()).await;
     }
     let took = start.elapsed();
     stop.store(true, Ordering::Relaxed);

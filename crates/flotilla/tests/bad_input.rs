@@ -170,44 +170,27 @@ fn bad_flags_are_refused_with_a_clear_message() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("never");
     let d = data.to_str().expect("utf8");
-    let cases: &[(&[&str], &str)] = &[
-        (
-            &["--name", "a", "--data-dir", d, "--listen-client", "http://127.0.0.1:1", "--listen-peer", "127.0.0.1:2"],
-            "must start with http://",
-        ),
-        (
-            &[
-                "--name",
-                "a",
-                "--data-dir",
-                d,
-                "--listen-client",
-                "http://127.0.0.1:1",
-                "--listen-peer",
-                "http://127.0.0.1:2",
-                "--initial-cluster",
-                "b=http://127.0.0.1:2",
-            ],
-            "is not in --initial-cluster",
-        ),
-        (
-            &[
-                "--name",
-                "a",
-                "--data-dir",
-                d,
-                "--listen-client",
-                "http://127.0.0.1:1",
-                "--listen-peer",
-                "http://127.0.0.1:2",
-                "--initial-cluster-state",
-                "old",
-            ],
-            "must be `new` or `existing`",
-        ),
-        (&["--data-dir", d], "--name is required"),
+    // A valid member's flags, each case changing one thing.
+    let valid = [
+        "--name",
+        "a",
+        "--data-dir",
+        d,
+        "--listen-client",
+        "http://127.0.0.1:1",
+        "--listen-peer",
+        "http://127.0.0.1:2",
     ];
-    for (args, want) in cases {
+    let with = |extra: &[&'static str]| -> Vec<&str> { valid.iter().copied().chain(extra.iter().copied()).collect() };
+    let mut bad_peer = with(&[]);
+    bad_peer[7] = "127.0.0.1:2";
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (bad_peer, "must start with http://"),
+        (with(&["--initial-cluster", "b=http://127.0.0.1:2"]), "is not in --initial-cluster"),
+        (with(&["--initial-cluster-state", "old"]), "must be `new` or `existing`"),
+        (vec!["--data-dir", d], "--name is required"),
+    ];
+    for (args, want) in &cases {
         let out = start_once(args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);

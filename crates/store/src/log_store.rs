@@ -148,7 +148,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let mut b = Batch::new();
-        b.put(&self.db, Cf::RaftMeta, KEY_VOTE, codec::vote_to_pb(vote).encode_to_vec());
+        b.put(Cf::RaftMeta, KEY_VOTE, codec::vote_to_pb(vote).encode_to_vec());
         self.db.write(b, Sync::Yes)?;
         Ok(())
     }
@@ -160,8 +160,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let mut b = Batch::new();
         match committed {
-            Some(c) => b.put(&self.db, Cf::RaftMeta, KEY_COMMITTED, codec::log_id_to_pb(&c).encode_to_vec()),
-            None => b.delete(&self.db, Cf::RaftMeta, KEY_COMMITTED),
+            Some(c) => b.put(Cf::RaftMeta, KEY_COMMITTED, codec::log_id_to_pb(&c).encode_to_vec()),
+            None => b.delete(Cf::RaftMeta, KEY_COMMITTED),
         }
         // Not synced: the committed index is a hint to re-apply sooner at restart.
         self.db.write(b, Sync::No)?;
@@ -179,7 +179,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut b = Batch::new();
         for e in entries {
-            b.put(&self.db, Cf::RaftLog, index_key(e.log_id.index), codec::entry_to_pb(&e).encode_to_vec());
+            b.put(Cf::RaftLog, index_key(e.log_id.index), codec::entry_to_pb(&e).encode_to_vec());
         }
         self.db.write(b, Sync::No)?;
         self.flusher
@@ -193,16 +193,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut b = Batch::new();
-        b.delete_range(&self.db, Cf::RaftLog, index_key(log_id.index), index_key(u64::MAX));
-        b.delete(&self.db, Cf::RaftLog, index_key(u64::MAX));
+        b.delete_range(Cf::RaftLog, index_key(log_id.index), index_key(u64::MAX));
+        b.delete(Cf::RaftLog, index_key(u64::MAX));
         self.db.write(b, Sync::No)?;
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut b = Batch::new();
-        b.put(&self.db, Cf::RaftMeta, KEY_PURGED, codec::log_id_to_pb(&log_id).encode_to_vec());
-        b.delete_range(&self.db, Cf::RaftLog, index_key(0), index_key(log_id.index.saturating_add(1)));
+        b.put(Cf::RaftMeta, KEY_PURGED, codec::log_id_to_pb(&log_id).encode_to_vec());
+        b.delete_range(Cf::RaftLog, index_key(0), index_key(log_id.index.saturating_add(1)));
         self.db.write(b, Sync::No)?;
         Ok(())
     }

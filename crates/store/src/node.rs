@@ -264,8 +264,8 @@ fn check_identity(db: &Db, cfg: &NodeConfig) -> Result<(u64, u64), StoreError> {
             // members all compute the same one from their flags.
             let c = if cfg.initial_cluster_state == ClusterState::New { flags_cluster } else { 0 };
             let mut b = Batch::new();
-            b.put(db, Cf::RaftMeta, KEY_MEMBER_ID, me.to_be_bytes());
-            b.put(db, Cf::RaftMeta, KEY_CLUSTER_ID, c.to_be_bytes());
+            b.put(Cf::RaftMeta, KEY_MEMBER_ID, me.to_be_bytes());
+            b.put(Cf::RaftMeta, KEY_CLUSTER_ID, c.to_be_bytes());
             db.write(b, Sync::Yes)?;
             Ok((me, c))
         }
@@ -376,7 +376,7 @@ impl Node {
             )));
         }
         let mut b = Batch::new();
-        b.put(&self.db, Cf::RaftMeta, KEY_CLUSTER_ID, theirs.to_be_bytes());
+        b.put(Cf::RaftMeta, KEY_CLUSTER_ID, theirs.to_be_bytes());
         self.db.write(b, Sync::Yes)?;
         self.cluster.store(theirs, Ordering::Release);
         tracing::info!(cluster = format!("{theirs:x}"), "joined cluster");

@@ -100,15 +100,15 @@ impl Batch {
         Batch::default()
     }
     /// Adds a put.
-    pub fn put(&mut self, _db: &Db, cf: Cf, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+    pub fn put(&mut self, cf: Cf, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
         self.ops.push(Op::Put(cf, key.as_ref().to_vec(), value.as_ref().to_vec()));
     }
     /// Adds a delete.
-    pub fn delete(&mut self, _db: &Db, cf: Cf, key: impl AsRef<[u8]>) {
+    pub fn delete(&mut self, cf: Cf, key: impl AsRef<[u8]>) {
         self.ops.push(Op::Delete(cf, key.as_ref().to_vec()));
     }
     /// Adds a delete of every key in `[from, to)`.
-    pub fn delete_range(&mut self, _db: &Db, cf: Cf, from: impl AsRef<[u8]>, to: impl AsRef<[u8]>) {
+    pub fn delete_range(&mut self, cf: Cf, from: impl AsRef<[u8]>, to: impl AsRef<[u8]>) {
         self.ops.push(Op::DeleteRange(cf, from.as_ref().to_vec(), to.as_ref().to_vec()));
     }
     /// Number of operations in the batch.

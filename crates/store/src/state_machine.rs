@@ -176,11 +176,11 @@ impl StateMachine {
             }
             EntryPayload::Membership(m) => {
                 let sm = StoredMembership::new(Some(entry.log_id), m.clone());
-                batch.put(&s.db, Cf::SmMeta, META_MEMBERSHIP, codec::stored_membership_to_pb(&sm).encode_to_vec());
+                batch.put(Cf::SmMeta, META_MEMBERSHIP, codec::stored_membership_to_pb(&sm).encode_to_vec());
                 new_membership = Some(sm);
             }
         }
-        batch.put(&s.db, Cf::SmMeta, META_APPLIED, codec::log_id_to_pb(&entry.log_id).encode_to_vec());
+        batch.put(Cf::SmMeta, META_APPLIED, codec::log_id_to_pb(&entry.log_id).encode_to_vec());
         s.db.write(batch, Sync::No)?;
         {
             let mut a = s.applied.lock().unwrap_or_else(|p| p.into_inner());
@@ -264,16 +264,17 @@ impl StateMachine {
         Ok(Some(Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(file)) }))
     }
 
-    fn install(&self, meta: &SnapshotMeta, path: &std::path::Path) -> Result<(), StoreError> {
+    /// Replaces the state machine with the snapshot in `data`, then keeps `data` as the
+    /// current snapshot file.
+    fn install(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StoreError> {
         let s = &self.shared;
-        let data = std::fs::read(path).map_err(|e| StoreError::Storage(format!("reading a received snapshot: {e}")))?;
         if !data.starts_with(SNAPSHOT_MAGIC) {
             return Err(StoreError::Corrupt("snapshot stream has no Flotilla header".into()));
         }
         let mut batch = Batch::new();
         for cf in Cf::STATE_MACHINE {
             s.db.scan(cf, &[], crate::rocks::Dir::Forward, |k, _| {
-                batch.delete(&s.db, cf, k);
+                batch.delete(cf, k);
                 Ok(true)
             })?;
         }
@@ -284,25 +285,22 @@ impl StateMachine {
             let cf = Cf::from_tag(tag)
                 .filter(|c| Cf::STATE_MACHINE.contains(c))
                 .ok_or_else(|| StoreError::Corrupt(format!("snapshot names unknown column family {tag}")))?;
-            let k = get_bytes(&data, &mut pos)?;
-            let v = get_bytes(&data, &mut pos)?;
-            batch.put(&s.db, cf, k, v);
+            let k = get_bytes(data, &mut pos)?;
+            let v = get_bytes(data, &mut pos)?;
+            batch.put(cf, k, v);
         }
         // The snapshot's own meta is authoritative for applied/membership.
         if let Some(l) = &meta.last_log_id {
-            batch.put(&s.db, Cf::SmMeta, META_APPLIED, codec::log_id_to_pb(l).encode_to_vec());
+            batch.put(Cf::SmMeta, META_APPLIED, codec::log_id_to_pb(l).encode_to_vec());
         }
-        batch.put(
-            &s.db,
-            Cf::SmMeta,
-            META_MEMBERSHIP,
-            codec::stored_membership_to_pb(&meta.last_membership).encode_to_vec(),
-        );
+        batch.put(Cf::SmMeta, META_MEMBERSHIP, codec::stored_membership_to_pb(&meta.last_membership).encode_to_vec());
         s.db.write(batch, Sync::Yes)?;
         s.mvcc.reload()?;
         *s.applied.lock().unwrap_or_else(|p| p.into_inner()) = (meta.last_log_id, meta.last_membership.clone());
-        std::fs::rename(path, self.current_path())
-            .map_err(|e| StoreError::Storage(format!("keeping the installed snapshot: {e}")))?;
+        let keep = |e: std::io::Error| StoreError::Storage(format!("keeping the installed snapshot: {e}"));
+        let installing = s.snap_dir.join("installing");
+        std::fs::write(&installing, data).map_err(keep)?;
+        std::fs::rename(&installing, self.current_path()).map_err(keep)?;
         *s.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(meta.clone());
         s.hub.resync_all();
         s.metrics.revision.set(s.mvcc.revision());
@@ -364,22 +362,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
         use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-        // The data may be in a file we created (chunks written to it) or handed over whole;
-        // copy it into a file of ours either way, then install from that.
+        // The data may be in a file we created (chunks written to it) or one handed over
+        // whole: read it from the start either way.
         let mut file = *snapshot;
         let io = |e: std::io::Error| StoreError::Storage(format!("reading a received snapshot: {e}"));
         file.flush().await.map_err(io)?;
         file.seek(std::io::SeekFrom::Start(0)).await.map_err(io)?;
         let mut data = Vec::new();
         file.read_to_end(&mut data).await.map_err(io)?;
-        let path = self.shared.snap_dir.join("installing");
-        std::fs::write(&path, &data).map_err(io)?;
         for p in self.shared.receiving.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
             let _ = std::fs::remove_file(p);
         }
         let me = self.clone();
         let meta = meta.clone();
-        tokio::task::spawn_blocking(move || me.install(&meta, &path))
+        tokio::task::spawn_blocking(move || me.install(&meta, &data))
             .await
             .map_err(|e| StoreError::Fatal(format!("snapshot install task failed: {e}")))??;
         Ok(())

@@ -180,6 +180,14 @@ mod tests {
     use super::*;
     use crate::rocks::{Batch, Db, Sync};
 
+    fn store() -> (tempfile::TempDir, Db, Arc<Mvcc>, Arc<WatchHub>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(dir.path()).expect("open");
+        let mvcc = Arc::new(Mvcc::open(db.clone()).expect("mvcc"));
+        let hub = WatchHub::new(mvcc.clone());
+        (dir, db, mvcc, hub)
+    }
+
     fn put(m: &Mvcc, db: &Db, hub: &WatchHub, key: &str) {
         let cmd = pb::Command {
             kind: Some(pb::command::Kind::Put(ep::PutRequest {
@@ -199,10 +207,7 @@ mod tests {
     /// again it gets every revision, in order, exactly once, from disk.
     #[tokio::test]
     async fn slow_watcher_is_demoted_to_disk_and_misses_nothing() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = Db::open(dir.path()).expect("open");
-        let mvcc = Arc::new(Mvcc::open(db.clone()).expect("mvcc"));
-        let hub = WatchHub::new(mvcc.clone());
+        let (_dir, db, mvcc, hub) = store();
         let mut cursor = hub.watch(KeyRange::from_etcd(b"k", b"\0"), 0);
         put(&mvcc, &db, &hub, "k0");
         let Next::Events(first, _) = cursor.next().await.expect("next") else { panic!("events expected") };
@@ -229,10 +234,7 @@ mod tests {
     /// Events outside a watcher's range never reach it.
     #[tokio::test]
     async fn watcher_sees_only_its_range() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = Db::open(dir.path()).expect("open");
-        let mvcc = Arc::new(Mvcc::open(db.clone()).expect("mvcc"));
-        let hub = WatchHub::new(mvcc.clone());
+        let (_dir, db, mvcc, hub) = store();
         let mut cursor = hub.watch(KeyRange::from_etcd(b"b", b""), 1);
         put(&mvcc, &db, &hub, "a");
         put(&mvcc, &db, &hub, "b");

@@ -341,7 +341,7 @@ impl Mvcc {
         };
         let revision = tx.base;
         if revision != base {
-            tx.batch.put(&self.db, Cf::SmMeta, META_REVISION, revision.to_be_bytes());
+            tx.batch.put(Cf::SmMeta, META_REVISION, revision.to_be_bytes());
         }
         *batch = std::mem::take(&mut tx.batch);
         Ok(Applied { result, events: std::mem::take(&mut tx.events), revision, compact_revision: tx.compact })
@@ -495,12 +495,11 @@ impl Tx<'_> {
     }
 
     fn write(&mut self, kind: u8, kv: &KeyValue) {
-        let db = &self.m.db;
-        self.batch.put(db, Cf::KvIndex, encoding::index_key(&kv.key, self.rev), encode_record(kind, kv));
+        self.batch.put(Cf::KvIndex, encoding::index_key(&kv.key, self.rev), encode_record(kind, kv));
         let mut hist = Vec::with_capacity(kv.key.len() + 1);
         hist.push(kind);
         hist.extend_from_slice(&kv.key);
-        self.batch.put(db, Cf::KvRev, encoding::rev_key(self.rev, self.sub), hist);
+        self.batch.put(Cf::KvRev, encoding::rev_key(self.rev, self.sub), hist);
         self.sub += 1;
     }
 
@@ -527,12 +526,11 @@ impl Tx<'_> {
             lease,
         };
         self.write(PUT, &kv);
-        let db = &self.m.db;
         if let Some(p) = prev.as_ref().filter(|p| p.lease != 0 && p.lease != lease) {
-            self.batch.delete(db, Cf::LeaseKeys, encoding::lease_keys_key(p.lease, &kv.key));
+            self.batch.delete(Cf::LeaseKeys, encoding::lease_keys_key(p.lease, &kv.key));
         }
         if lease != 0 {
-            self.batch.put(db, Cf::LeaseKeys, encoding::lease_keys_key(lease, &kv.key), []);
+            self.batch.put(Cf::LeaseKeys, encoding::lease_keys_key(lease, &kv.key), []);
         }
         self.set_overlay(kv.key.clone(), Some(kv.clone()));
         self.events.push(Event { r#type: EventType::Put as i32, kv: Some(kv), prev_kv: prev.clone() });
@@ -544,7 +542,7 @@ impl Tx<'_> {
             let tomb = KeyValue { key: old.key.clone(), mod_revision: self.rev, ..Default::default() };
             self.write(TOMBSTONE, &tomb);
             if old.lease != 0 {
-                self.batch.delete(&self.m.db, Cf::LeaseKeys, encoding::lease_keys_key(old.lease, &old.key));
+                self.batch.delete(Cf::LeaseKeys, encoding::lease_keys_key(old.lease, &old.key));
             }
             self.set_overlay(old.key.clone(), None);
             self.events.push(Event { r#type: EventType::Delete as i32, kv: Some(tomb), prev_kv: Some(old.clone()) });
@@ -681,7 +679,7 @@ impl Tx<'_> {
         // right after the newest version in the index.
         let mut keys: Vec<Vec<u8>> = Vec::new();
         for (rev, sub, key) in history {
-            self.batch.delete(db, Cf::KvRev, encoding::rev_key(rev, sub));
+            self.batch.delete(Cf::KvRev, encoding::rev_key(rev, sub));
             keys.push(key);
         }
         keys.sort();
@@ -704,10 +702,10 @@ impl Tx<'_> {
                 Ok(true)
             })?;
             for k in doomed {
-                self.batch.delete(db, Cf::KvIndex, k);
+                self.batch.delete(Cf::KvIndex, k);
             }
         }
-        self.batch.put(db, Cf::SmMeta, META_COMPACT, new.to_be_bytes());
+        self.batch.put(Cf::SmMeta, META_COMPACT, new.to_be_bytes());
         self.compact = new;
         Ok(ep::CompactionResponse { header: header(self.base) })
     }
@@ -722,7 +720,7 @@ impl Tx<'_> {
         if self.m.lease_ttl(req.id)?.is_some() {
             return Err(StoreError::LeaseExists);
         }
-        self.batch.put(&self.m.db, Cf::Lease, encoding::lease_key(req.id), req.ttl.to_be_bytes());
+        self.batch.put(Cf::Lease, encoding::lease_key(req.id), req.ttl.to_be_bytes());
         Ok(ep::LeaseGrantResponse { header: header(self.base), id: req.id, ttl: req.ttl, error: String::new() })
     }
 
@@ -737,11 +735,10 @@ impl Tx<'_> {
             }
         }
         self.delete_keys(victims);
-        let db = &self.m.db;
         let from = encoding::lease_key(req.id);
         let to = encoding::lease_key(req.id.saturating_add(1));
-        self.batch.delete_range(db, Cf::LeaseKeys, from, to);
-        self.batch.delete(db, Cf::Lease, from);
+        self.batch.delete_range(Cf::LeaseKeys, from, to);
+        self.batch.delete(Cf::Lease, from);
         let rev = if self.sub > 0 { self.rev } else { self.base };
         Ok(ep::LeaseRevokeResponse { header: header(rev) })
     }
