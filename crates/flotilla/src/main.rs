@@ -6,6 +6,13 @@ mod master;
 
 use clap::{Parser, Subcommand};
 
+/// jemalloc instead of the system allocator: the store allocates and frees many small,
+/// short-lived buffers per request from several threads, where glibc malloc cost ~15% of
+/// a member's CPU under load (see docs/benchmarks.md).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Flotilla: a highly-available container control plane.
 #[derive(Parser)]
 #[command(name = "flotilla", version, about, long_about = None)]

@@ -172,7 +172,7 @@ impl StateMachine {
                 // so a read that raced the deletion reports "compacted", never a partial result.
                 s.mvcc.raise_compact(applied.compact_revision);
                 result = applied.result;
-                published = Some((applied.revision, applied.compact_revision, applied.events));
+                published = Some((applied.revision, applied.compact_revision, applied.events, applied.written));
             }
             EntryPayload::Membership(m) => {
                 let sm = StoredMembership::new(Some(entry.log_id), m.clone());
@@ -189,7 +189,8 @@ impl StateMachine {
                 a.1 = m;
             }
         }
-        if let Some((rev, compact, events)) = published {
+        if let Some((rev, compact, events, written)) = published {
+            s.mvcc.remember(written);
             s.hub.publish(rev, compact, events);
             s.metrics.revision.set(rev);
         }

@@ -199,6 +199,7 @@ mod tests {
         let mut b = Batch::new();
         let a = m.apply(&cmd, &mut b).expect("apply");
         db.write(b, Sync::No).expect("write");
+        m.remember(a.written);
         hub.publish(a.revision, a.compact_revision, a.events);
     }
 

@@ -84,7 +84,7 @@ impl Kv for KvService {
             }
             // Evaluated against the local state, nothing written: the batch is discarded.
             let cmd = pb::Command { kind: Some(pb::command::Kind::Txn(t)) };
-            let applied = self.node.sm.mvcc.apply(&cmd, &mut crate::rocks::Batch::new())?;
+            let applied = self.node.sm.mvcc.evaluate_read_only(&cmd)?;
             return match applied.result.kind {
                 Some(pb::command_result::Kind::Txn(mut r)) => {
                     self.node.fix_header(&mut r.header);

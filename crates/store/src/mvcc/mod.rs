@@ -11,6 +11,7 @@
 //! in-memory revision reached R.
 
 pub mod encoding;
+pub mod latest;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -25,6 +26,7 @@ use prost::Message;
 use crate::error::StoreError;
 use crate::rocks::{Batch, Cf, Db, Dir};
 use encoding::{PUT, TOMBSTONE};
+use latest::{LatestCache, Record};
 
 const META_REVISION: &[u8] = b"revision";
 const META_COMPACT: &[u8] = b"compact_revision";
@@ -34,6 +36,7 @@ pub struct Mvcc {
     db: Db,
     revision: AtomicI64,
     compact: AtomicI64,
+    latest: LatestCache,
 }
 
 /// What applying one command produced.
@@ -46,6 +49,9 @@ pub struct Applied {
     pub revision: i64,
     /// Compact revision after the command.
     pub compact_revision: i64,
+    /// The records written, in order: hand them to [`Mvcc::remember`] once the batch is
+    /// written.
+    pub written: Vec<Record>,
 }
 
 fn read_i64(db: &Db, key: &[u8]) -> Result<Option<i64>, StoreError> {
@@ -85,9 +91,19 @@ fn error_result(e: StoreError) -> pb::CommandResult {
 impl Mvcc {
     /// Loads the MVCC state from `db` (a fresh store starts at revision 1, like etcd).
     pub fn open(db: Db) -> Result<Mvcc, StoreError> {
+        Mvcc::open_with_cache(db, latest::DEFAULT_BYTES)
+    }
+
+    /// [`Mvcc::open`] with a given budget in bytes for the cache of newest records.
+    pub fn open_with_cache(db: Db, cache_bytes: usize) -> Result<Mvcc, StoreError> {
         let revision = read_i64(&db, META_REVISION)?.unwrap_or(1);
         let compact = read_i64(&db, META_COMPACT)?.unwrap_or(0);
-        Ok(Mvcc { db, revision: AtomicI64::new(revision), compact: AtomicI64::new(compact) })
+        Ok(Mvcc {
+            db,
+            revision: AtomicI64::new(revision),
+            compact: AtomicI64::new(compact),
+            latest: LatestCache::new(cache_bytes),
+        })
     }
 
     /// The current (last applied) revision.
@@ -111,8 +127,17 @@ impl Mvcc {
         self.compact.fetch_max(compact, Ordering::AcqRel);
     }
 
+    /// Records that a written batch made these the newest records of their keys. Call
+    /// after the batch is written and before its revision is published.
+    pub fn remember(&self, written: Vec<Record>) {
+        for rec in written {
+            self.latest.store(rec);
+        }
+    }
+
     /// Reloads revisions from disk (after a snapshot was installed).
     pub fn reload(&self) -> Result<(), StoreError> {
+        self.latest.clear();
         let revision = read_i64(&self.db, META_REVISION)?.unwrap_or(1);
         let compact = read_i64(&self.db, META_COMPACT)?.unwrap_or(0);
         self.publish(revision, compact);
@@ -136,7 +161,15 @@ impl Mvcc {
     }
 
     /// The record of `key` at or below `rev`: `(kind, kv)`.
-    fn record_at(&self, key: &[u8], rev: i64) -> Result<Option<(u8, KeyValue)>, StoreError> {
+    fn record_at(&self, key: &[u8], rev: i64) -> Result<Option<Record>, StoreError> {
+        if let Some(rec) = self.latest.visible_at(key, rev) {
+            return Ok(Some(rec));
+        }
+        self.record_on_disk(key, rev)
+    }
+
+    /// [`Mvcc::record_at`] from RocksDB alone.
+    fn record_on_disk(&self, key: &[u8], rev: i64) -> Result<Option<Record>, StoreError> {
         let prefix = encoding::escape(key);
         let mut found = None;
         self.db.scan(Cf::KvIndex, &encoding::index_key(key, rev), Dir::Forward, |k, v| {
@@ -146,6 +179,20 @@ impl Mvcc {
             Ok(false)
         })?;
         Ok(found)
+    }
+
+    /// The newest record of `key`, for the applier (which alone may fill the cache: the
+    /// store holds exactly what it has applied). A key with no record is cached as a
+    /// tombstone at revision 0, which every reader may see.
+    fn newest(&self, key: &[u8]) -> Result<Record, StoreError> {
+        if let Some(rec) = self.latest.newest(key) {
+            return Ok(rec);
+        }
+        let rec = self
+            .record_on_disk(key, self.revision())?
+            .unwrap_or_else(|| (TOMBSTONE, KeyValue { key: key.to_vec(), ..Default::default() }));
+        self.latest.store(rec.clone());
+        Ok(rec)
     }
 
     /// The live value of `key` at `rev`, if any.
@@ -315,11 +362,25 @@ impl Mvcc {
 
     /// Applies one command into `batch` (nothing is written until the caller writes it).
     /// A request error leaves the batch untouched and is returned inside the result.
+    /// Only the state machine's applier may call this (it keeps the cache of newest records,
+    /// see [`latest`]); it must write the batch, then pass `written` to [`Mvcc::remember`],
+    /// then publish the revision.
     pub fn apply(&self, cmd: &pb::Command, batch: &mut Batch) -> Result<Applied, StoreError> {
+        self.run(cmd, batch, true)
+    }
+
+    /// Evaluates a read-only command (a transaction with no writes) against the current
+    /// revision, from any thread; nothing is written.
+    pub fn evaluate_read_only(&self, cmd: &pb::Command) -> Result<Applied, StoreError> {
+        self.run(cmd, &mut Batch::new(), false)
+    }
+
+    fn run(&self, cmd: &pb::Command, batch: &mut Batch, applier: bool) -> Result<Applied, StoreError> {
         use pb::command_result::Kind as R;
         let base = self.revision();
         let mut tx = Tx {
             m: self,
+            applier,
             batch: Batch::new(),
             base,
             rev: base + 1,
@@ -327,6 +388,7 @@ impl Mvcc {
             overlay: BTreeMap::new(),
             undo: Vec::new(),
             events: Vec::new(),
+            written: Vec::new(),
             compact: self.compact_revision(),
         };
         let result = match &cmd.kind {
@@ -344,7 +406,13 @@ impl Mvcc {
             tx.batch.put(Cf::SmMeta, META_REVISION, revision.to_be_bytes());
         }
         *batch = std::mem::take(&mut tx.batch);
-        Ok(Applied { result, events: std::mem::take(&mut tx.events), revision, compact_revision: tx.compact })
+        Ok(Applied {
+            result,
+            events: std::mem::take(&mut tx.events),
+            revision,
+            compact_revision: tx.compact,
+            written: std::mem::take(&mut tx.written),
+        })
     }
 }
 
@@ -405,6 +473,8 @@ pub fn finish_range(req: &ep::RangeRequest, mut kvs: Vec<KeyValue>, rev: i64) ->
 /// of the same transaction read them.
 struct Tx<'a> {
     m: &'a Mvcc,
+    /// Run by the applier (may fill the cache of newest records), or by a reader.
+    applier: bool,
     batch: Batch,
     base: i64,
     rev: i64,
@@ -413,6 +483,8 @@ struct Tx<'a> {
     /// Overlay entries as they were before each change, to roll a failed command back.
     undo: Vec<(Vec<u8>, Option<Option<KeyValue>>)>,
     events: Vec<Event>,
+    /// Records written so far, for the cache of newest records.
+    written: Vec<Record>,
     compact: i64,
 }
 
@@ -423,8 +495,8 @@ impl Tx<'_> {
     fn apply_guarded(&mut self, cmd: &pb::Command) -> Result<pb::CommandResult, StoreError> {
         use pb::command::Kind;
         use pb::command_result::Kind as R;
-        let (batch_mark, undo_mark, events_mark, compact) =
-            (self.batch.mark(), self.undo.len(), self.events.len(), self.compact);
+        let (batch_mark, undo_mark, events_mark, written_mark, compact) =
+            (self.batch.mark(), self.undo.len(), self.events.len(), self.written.len(), self.compact);
         let out = match &cmd.kind {
             None => Ok(R::None(pb::Blank {})),
             Some(Kind::Put(p)) => self.put(p).map(R::Put),
@@ -457,6 +529,7 @@ impl Tx<'_> {
                     };
                 }
                 self.events.truncate(events_mark);
+                self.written.truncate(written_mark);
                 self.compact = compact;
                 self.sub = 0;
                 Ok(error_result(e))
@@ -473,6 +546,7 @@ impl Tx<'_> {
     fn latest(&self, key: &[u8]) -> Result<Option<KeyValue>, StoreError> {
         match self.overlay.get(key) {
             Some(v) => Ok(v.clone()),
+            None if self.applier => Ok(Some(self.m.newest(key)?).and_then(|(kind, kv)| (kind == PUT).then_some(kv))),
             None => self.m.get_at(key, self.base),
         }
     }
@@ -500,6 +574,7 @@ impl Tx<'_> {
         hist.push(kind);
         hist.extend_from_slice(&kv.key);
         self.batch.put(Cf::KvRev, encoding::rev_key(self.rev, self.sub), hist);
+        self.written.push((kind, kv.clone()));
         self.sub += 1;
     }
 
