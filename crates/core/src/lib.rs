@@ -7,5 +7,8 @@ pub mod cluster;
 pub mod error;
 pub mod keys;
 pub mod limits;
+pub mod names;
+pub mod quantity;
+pub mod selector;
 
 pub use error::CoreError;

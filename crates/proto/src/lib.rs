@@ -2,6 +2,8 @@
 //!
 //! * [`mvccpb`] and [`etcdserverpb`]: the etcd v3 wire-compatible subset (our own
 //!   `.proto` text under `proto/etcd`, with etcd's package names and field numbers).
+//! * [`api`]: the resource API (`proto/flotilla/api/v1`), with serde derives for its JSON
+//!   form.
 //! * [`raft`]: Flotilla's peer RPC and the replicated log's `Command` union
 //!   (`proto/flotilla/raft/v1`).
 //!
@@ -20,6 +22,14 @@ pub mod etcdserverpb {
 
 pub mod flotilla {
     //! Flotilla's own packages, nested as their protobuf package names are.
+    pub mod api {
+        //! `flotilla.api.*`
+        pub mod v1 {
+            //! `flotilla.api.v1`: the resource API (objects, verbs, watch). Every message also
+            //! (de)serialises as JSON in Kubernetes' field names.
+            tonic::include_proto!("flotilla.api.v1");
+        }
+    }
     pub mod raft {
         //! `flotilla.raft.*`
         pub mod v1 {
@@ -29,4 +39,10 @@ pub mod flotilla {
     }
 }
 
+pub use flotilla::api::v1 as api;
 pub use flotilla::raft::v1 as raft;
+
+/// Whether a field holds its default value (left out of the JSON form).
+pub fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
