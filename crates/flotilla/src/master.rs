@@ -1,10 +1,12 @@
-//! `flotilla master`: flags and config file → [`flotilla_store::config::NodeConfig`].
+//! `flotilla master`: flags and config file → the store member's and the apiserver's
+//! configuration; then runs both.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use flotilla_apiserver::registry::{parse_cidr, ApiConfig};
 use flotilla_core::cluster::{parse_initial_cluster, Url};
 use flotilla_store::config::{ClusterState, NodeConfig};
 use serde::Deserialize;
@@ -78,6 +80,11 @@ pub struct MasterArgs {
     /// [default: 5000].
     #[arg(long, value_name = "MS")]
     request_timeout: Option<u64>,
+
+    /// Range the apiserver allocates Services' cluster IPs from. Every master of a cluster
+    /// must be given the same range [default: 10.96.0.0/12].
+    #[arg(long, value_name = "CIDR")]
+    service_cluster_ip_range: Option<String>,
 }
 
 /// The YAML config file: the same settings as the flags.
@@ -98,6 +105,15 @@ struct FileConfig {
     election_timeout: Option<u64>,
     snapshot_count: Option<u64>,
     request_timeout: Option<u64>,
+    service_cluster_ip_range: Option<String>,
+}
+
+/// What `flotilla master` runs: the store member and the apiserver beside it.
+pub struct MasterConfig {
+    /// The store member.
+    pub node: NodeConfig,
+    /// The apiserver.
+    pub api: ApiConfig,
 }
 
 fn url(flag: &str, v: &str) -> anyhow::Result<Url> {
@@ -105,7 +121,7 @@ fn url(flag: &str, v: &str) -> anyhow::Result<Url> {
 }
 
 /// Merges flags over the config file and validates the result.
-pub fn config(args: MasterArgs) -> anyhow::Result<NodeConfig> {
+pub fn config(args: MasterArgs) -> anyhow::Result<MasterConfig> {
     let file: FileConfig = match &args.config_file {
         Some(p) => {
             let text =
@@ -153,7 +169,11 @@ pub fn config(args: MasterArgs) -> anyhow::Result<NodeConfig> {
     if snapshot_count == 0 {
         bail!("--snapshot-count must be at least 1");
     }
-    Ok(NodeConfig {
+    let mut api = ApiConfig::default();
+    if let Some(r) = args.service_cluster_ip_range.or(file.service_cluster_ip_range) {
+        api.service_cidr = parse_cidr(&r).map_err(|e| anyhow::anyhow!("--service-cluster-ip-range: {e}"))?;
+    }
+    let node = NodeConfig {
         name,
         data_dir,
         listen_client,
@@ -171,7 +191,8 @@ pub fn config(args: MasterArgs) -> anyhow::Result<NodeConfig> {
         election_timeout: Duration::from_millis(election),
         snapshot_count,
         request_timeout: Duration::from_millis(args.request_timeout.or(file.request_timeout).unwrap_or(5000)),
-    })
+    };
+    Ok(MasterConfig { node, api })
 }
 
 /// Runs a master until SIGINT or SIGTERM.
@@ -190,7 +211,13 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
                 _ = term.recv() => {}
             }
         };
-        flotilla_store::server::run(cfg, shutdown).await
+        let api = cfg.api;
+        flotilla_store::server::run(
+            cfg.node,
+            move |node, routes| routes.add_service(flotilla_apiserver::service(node, api)),
+            shutdown,
+        )
+        .await
     })?;
     Ok(())
 }

@@ -35,9 +35,12 @@ fn etcdctl_kv_commands_work_against_every_member() {
         assert_eq!(json["kvs"][0]["version"], 1);
         assert!(json["header"]["cluster_id"].as_u64().unwrap_or(0) != 0, "{json}");
     }
-    // Past revision: /k/0 was written at revision 2, when /k/1 did not exist yet.
-    assert_eq!(etcdctl_ok(&c.endpoints(), &["get", "/k/1", "--rev", "2"]), "");
-    assert_eq!(etcdctl_ok(&c.endpoints(), &["get", "/k/0", "--rev", "2", "--print-value-only"]).trim(), "v0");
+    // Past revision: when /k/0 was written, /k/1 did not exist yet.
+    let k0: serde_json::Value =
+        serde_json::from_str(&etcdctl_ok(&c.endpoints(), &["get", "/k/0", "-w", "json"])).expect("json");
+    let rev = k0["kvs"][0]["mod_revision"].as_i64().expect("mod_revision").to_string();
+    assert_eq!(etcdctl_ok(&c.endpoints(), &["get", "/k/1", "--rev", &rev]), "");
+    assert_eq!(etcdctl_ok(&c.endpoints(), &["get", "/k/0", "--rev", &rev, "--print-value-only"]).trim(), "v0");
     // Delete.
     assert_eq!(etcdctl_ok(&c.members[1].endpoint(), &["del", "/k/", "--prefix"]).trim(), "3");
     assert_eq!(etcdctl_ok(&c.members[2].endpoint(), &["get", "/k/", "--prefix"]), "");

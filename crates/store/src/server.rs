@@ -2,6 +2,7 @@
 //! serves until asked to stop.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use flotilla_core::cluster::Url;
 use flotilla_core::limits::MAX_REQUEST_BYTES;
@@ -13,6 +14,7 @@ use flotilla_proto::etcdserverpb::watch_server::WatchServer;
 use flotilla_proto::raft::raft_peer_server::RaftPeerServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
 
 use crate::config::NodeConfig;
 use crate::error::StoreError;
@@ -41,8 +43,13 @@ async fn bind(url: &Url, what: &str) -> Result<TcpListener, StoreError> {
         .map_err(|e| StoreError::InvalidArgument(format!("cannot listen for {what} on {url}: {e}")))
 }
 
-/// Starts a member and serves until `shutdown` completes.
-pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StoreError> {
+/// Starts a member and serves until `shutdown` completes. `more` may add gRPC services
+/// (the resource API) to the client listener, next to the etcd API.
+pub async fn run(
+    cfg: NodeConfig,
+    more: impl FnOnce(Arc<Node>, Routes) -> Routes,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StoreError> {
     // Bind first, so a taken port fails fast with a clear message.
     let client_l = bind(&cfg.listen_client, "clients").await?;
     let peer_l = bind(&cfg.listen_peer, "peers").await?;
@@ -74,10 +81,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         )
         .serve_with_incoming_shutdown(incoming(peer_l), stopped(stop_rx.clone()));
     let max = MAX_REQUEST_BYTES + GRPC_OVERHEAD;
-    let client_srv = tonic::transport::Server::builder()
-        .initial_stream_window_size(H2_STREAM_WINDOW)
-        .initial_connection_window_size(H2_CONNECTION_WINDOW)
-        .add_service(KvServer::new(etcd::kv::KvService::new(node.clone())).max_decoding_message_size(max))
+    let routes = Routes::new(KvServer::new(etcd::kv::KvService::new(node.clone())).max_decoding_message_size(max))
         .add_service(WatchServer::new(etcd::watch::WatchService::new(node.clone())).max_decoding_message_size(max))
         .add_service(LeaseServer::new(etcd::lease::LeaseService::new(node.clone())).max_decoding_message_size(max))
         .add_service(
@@ -86,7 +90,15 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         .add_service(
             MaintenanceServer::new(etcd::maintenance::MaintenanceService::new(node.clone()))
                 .max_decoding_message_size(max),
-        )
+        );
+    let routes = more(node.clone(), routes);
+    let client_srv = tonic::transport::Server::builder()
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        // Dead clients (and their watches) are noticed within seconds, not at TCP timeout.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
+        .add_routes(routes)
         .serve_with_incoming_shutdown(incoming(client_l), stopped(stop_rx.clone()));
     let peer_task = tokio::spawn(peer_srv);
     let client_task = tokio::spawn(client_srv);

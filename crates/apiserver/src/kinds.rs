@@ -1,0 +1,337 @@
+//! The kinds of object the API serves, where each is stored, and what can be done to the
+//! protobuf `Object` union without knowing its kind statically.
+
+use flotilla_proto::api::{self as pb, object::Kind as O};
+
+use crate::error::ApiError;
+
+/// A kind of object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// Namespace (cluster-scoped).
+    Namespace,
+    /// Node (cluster-scoped).
+    Node,
+    /// Pod.
+    Pod,
+    /// ReplicaSet.
+    ReplicaSet,
+    /// Deployment.
+    Deployment,
+    /// Service.
+    Service,
+    /// Endpoints.
+    Endpoints,
+    /// Lease (coordination).
+    Lease,
+    /// Event.
+    Event,
+}
+
+impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 9] = [
+        Kind::Namespace,
+        Kind::Node,
+        Kind::Pod,
+        Kind::ReplicaSet,
+        Kind::Deployment,
+        Kind::Service,
+        Kind::Endpoints,
+        Kind::Lease,
+        Kind::Event,
+    ];
+
+    /// The name used in manifests and requests (`Pod`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::Node => "Node",
+            Kind::Pod => "Pod",
+            Kind::ReplicaSet => "ReplicaSet",
+            Kind::Deployment => "Deployment",
+            Kind::Service => "Service",
+            Kind::Endpoints => "Endpoints",
+            Kind::Lease => "Lease",
+            Kind::Event => "Event",
+        }
+    }
+
+    /// The plural, lower case, used in store keys and on the command line (`pods`).
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Namespace => "namespaces",
+            Kind::Node => "nodes",
+            Kind::Pod => "pods",
+            Kind::ReplicaSet => "replicasets",
+            Kind::Deployment => "deployments",
+            Kind::Service => "services",
+            Kind::Endpoints => "endpoints",
+            Kind::Lease => "leases",
+            Kind::Event => "events",
+        }
+    }
+
+    /// The `apiVersion` a manifest of this kind carries (Kubernetes' group/version).
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Kind::ReplicaSet | Kind::Deployment => "apps/v1",
+            Kind::Lease => "coordination.k8s.io/v1",
+            _ => "v1",
+        }
+    }
+
+    /// Whether objects of this kind live in a namespace.
+    pub fn namespaced(self) -> bool {
+        !matches!(self, Kind::Namespace | Kind::Node)
+    }
+
+    /// Whether the kind has a status (and so a status subresource).
+    pub fn has_status(self) -> bool {
+        !matches!(self, Kind::Endpoints | Kind::Lease | Kind::Event)
+    }
+
+    /// The kind named exactly `s` (`Pod`), as in requests and manifests.
+    pub fn parse(s: &str) -> Result<Kind, ApiError> {
+        Kind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
+            let known: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+            ApiError::BadRequest(format!("unknown kind {s:?}; known kinds: {}", known.join(", ")))
+        })
+    }
+
+    /// The kind for a name as people type it: `Pod`, `pod`, `pods`, `po`, `deploy`, ...
+    pub fn lookup(s: &str) -> Option<Kind> {
+        let l = s.to_ascii_lowercase();
+        let short = match l.as_str() {
+            "ns" => Some(Kind::Namespace),
+            "no" => Some(Kind::Node),
+            "po" => Some(Kind::Pod),
+            "rs" => Some(Kind::ReplicaSet),
+            "deploy" => Some(Kind::Deployment),
+            "svc" => Some(Kind::Service),
+            "ep" => Some(Kind::Endpoints),
+            "ev" => Some(Kind::Event),
+            _ => None,
+        };
+        short.or_else(|| {
+            Kind::ALL.into_iter().find(|k| {
+                let name = k.name().to_ascii_lowercase();
+                l == name || l == k.plural() || l.strip_suffix('s') == Some(name.as_str())
+            })
+        })
+    }
+
+    /// The kind of an object.
+    pub fn of(o: &O) -> Kind {
+        match o {
+            O::Namespace(_) => Kind::Namespace,
+            O::Node(_) => Kind::Node,
+            O::Pod(_) => Kind::Pod,
+            O::ReplicaSet(_) => Kind::ReplicaSet,
+            O::Deployment(_) => Kind::Deployment,
+            O::Service(_) => Kind::Service,
+            O::Endpoints(_) => Kind::Endpoints,
+            O::Lease(_) => Kind::Lease,
+            O::Event(_) => Kind::Event,
+        }
+    }
+
+    /// Field paths a field selector may use for this kind.
+    pub fn selectable_fields(self) -> &'static [&'static str] {
+        match self {
+            Kind::Pod => &["metadata.name", "metadata.namespace", "spec.nodeName", "status.phase"],
+            Kind::Node => &["metadata.name", "spec.unschedulable"],
+            Kind::Event => &["metadata.name", "metadata.namespace", "involvedObject.name", "involvedObject.kind"],
+            _ if self.namespaced() => &["metadata.name", "metadata.namespace"],
+            _ => &["metadata.name"],
+        }
+    }
+
+    /// Store key prefix of every object of this kind (`/registry/pods/`).
+    pub fn prefix(self) -> String {
+        format!("/registry/{}/", self.plural())
+    }
+
+    /// Store key prefix of this kind in `namespace` (all namespaces when empty).
+    pub fn prefix_in(self, namespace: &str) -> String {
+        if self.namespaced() && !namespace.is_empty() {
+            format!("/registry/{}/{namespace}/", self.plural())
+        } else {
+            self.prefix()
+        }
+    }
+
+    /// Store key of one object.
+    pub fn key(self, namespace: &str, name: &str) -> String {
+        if self.namespaced() {
+            format!("/registry/{}/{namespace}/{name}", self.plural())
+        } else {
+            format!("/registry/{}/{name}", self.plural())
+        }
+    }
+
+    /// `namespace/name` or `name`, for messages.
+    pub fn display_name(self, namespace: &str, name: &str) -> String {
+        if self.namespaced() {
+            format!("{namespace}/{name}")
+        } else {
+            name.to_string()
+        }
+    }
+}
+
+/// Runs `$body` with `$x` bound to the inner message of the object union `$o`, whatever
+/// its kind.
+#[macro_export]
+macro_rules! with_inner {
+    ($o:expr, |$x:ident| $body:expr) => {{
+        use flotilla_proto::api::object::Kind as __O;
+        match $o {
+            __O::Namespace($x) => $body,
+            __O::Node($x) => $body,
+            __O::Pod($x) => $body,
+            __O::ReplicaSet($x) => $body,
+            __O::Deployment($x) => $body,
+            __O::Service($x) => $body,
+            __O::Endpoints($x) => $body,
+            __O::Lease($x) => $body,
+            __O::Event($x) => $body,
+        }
+    }};
+}
+
+/// The object's metadata (empty if absent).
+pub fn meta(o: &O) -> &pb::ObjectMeta {
+    static EMPTY: std::sync::OnceLock<pb::ObjectMeta> = std::sync::OnceLock::new();
+    with_inner!(o, |x| x.metadata.as_ref()).unwrap_or_else(|| EMPTY.get_or_init(pb::ObjectMeta::default))
+}
+
+/// The object's metadata, created if absent.
+pub fn meta_mut(o: &mut O) -> &mut pb::ObjectMeta {
+    with_inner!(o, |x| x.metadata.get_or_insert_with(Default::default))
+}
+
+/// The protobuf encoding of the inner message (what is stored).
+pub fn encode(o: &O) -> Vec<u8> {
+    use prost::Message;
+    with_inner!(o, |x| x.encode_to_vec())
+}
+
+/// Decodes a stored object of `kind`.
+pub fn decode(kind: Kind, bytes: &[u8]) -> Result<O, ApiError> {
+    use prost::Message;
+    let bad = |e: prost::DecodeError| ApiError::Internal(format!("stored {} does not decode: {e}", kind.name()));
+    Ok(match kind {
+        Kind::Namespace => O::Namespace(pb::Namespace::decode(bytes).map_err(bad)?),
+        Kind::Node => O::Node(pb::Node::decode(bytes).map_err(bad)?),
+        Kind::Pod => O::Pod(pb::Pod::decode(bytes).map_err(bad)?),
+        Kind::ReplicaSet => O::ReplicaSet(pb::ReplicaSet::decode(bytes).map_err(bad)?),
+        Kind::Deployment => O::Deployment(pb::Deployment::decode(bytes).map_err(bad)?),
+        Kind::Service => O::Service(pb::Service::decode(bytes).map_err(bad)?),
+        Kind::Endpoints => O::Endpoints(pb::Endpoints::decode(bytes).map_err(bad)?),
+        Kind::Lease => O::Lease(pb::Lease::decode(bytes).map_err(bad)?),
+        Kind::Event => O::Event(pb::Event::decode(bytes).map_err(bad)?),
+    })
+}
+
+/// The JSON form of the inner message (Kubernetes field names, empty fields left out).
+pub fn to_json(o: &O) -> serde_json::Value {
+    with_inner!(o, |x| serde_json::to_value(x)).unwrap_or(serde_json::Value::Null)
+}
+
+/// Decodes the JSON form of an object of `kind`; an unknown field or a wrong type is an
+/// `Invalid` error naming its path.
+pub fn from_json(kind: Kind, v: serde_json::Value) -> Result<O, ApiError> {
+    fn de<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, ApiError> {
+        serde_path_to_error::deserialize(v).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { "object".to_string() } else { path };
+            ApiError::invalid(field, e.into_inner().to_string())
+        })
+    }
+    Ok(match kind {
+        Kind::Namespace => O::Namespace(de(v)?),
+        Kind::Node => O::Node(de(v)?),
+        Kind::Pod => O::Pod(de(v)?),
+        Kind::ReplicaSet => O::ReplicaSet(de(v)?),
+        Kind::Deployment => O::Deployment(de(v)?),
+        Kind::Service => O::Service(de(v)?),
+        Kind::Endpoints => O::Endpoints(de(v)?),
+        Kind::Lease => O::Lease(de(v)?),
+        Kind::Event => O::Event(de(v)?),
+    })
+}
+
+/// The encoded spec (what bumps `generation` when it changes): the spec for kinds that
+/// have one, everything but metadata otherwise.
+pub fn spec_bytes(o: &O) -> Vec<u8> {
+    use prost::Message;
+    match o {
+        O::Namespace(x) => x.spec.as_ref().map(|v| v.encode_to_vec()).unwrap_or_default(),
+        O::Node(x) => x.spec.as_ref().map(|v| v.encode_to_vec()).unwrap_or_default(),
+        O::Pod(x) => x.spec.as_ref().map(|v| v.encode_to_vec()).unwrap_or_default(),
+        O::ReplicaSet(x) => x.spec.as_ref().map(|v| v.encode_to_vec()).unwrap_or_default(),
+        O::Deployment(x) => x.spec.as_ref().map(|v| v.encode_to_vec()).unwrap_or_default(),
+        O::Service(x) => x.spec.as_ref().map(|v| v.encode_to_vec()).unwrap_or_default(),
+        O::Endpoints(x) => pb::Endpoints { metadata: None, ..x.clone() }.encode_to_vec(),
+        O::Lease(x) => x.spec.as_ref().map(|v| v.encode_to_vec()).unwrap_or_default(),
+        O::Event(x) => pb::Event { metadata: None, ..x.clone() }.encode_to_vec(),
+    }
+}
+
+/// Copies the status of `from` into `to` (same kind; kinds without status: nothing).
+pub fn copy_status(from: &O, to: &mut O) {
+    match (from, to) {
+        (O::Namespace(a), O::Namespace(b)) => b.status = a.status.clone(),
+        (O::Node(a), O::Node(b)) => b.status = a.status.clone(),
+        (O::Pod(a), O::Pod(b)) => b.status = a.status.clone(),
+        (O::ReplicaSet(a), O::ReplicaSet(b)) => b.status = a.status.clone(),
+        (O::Deployment(a), O::Deployment(b)) => b.status = a.status.clone(),
+        (O::Service(a), O::Service(b)) => b.status = a.status.clone(),
+        _ => {}
+    }
+}
+
+/// Wraps the union in the request message.
+pub fn wrap(o: O) -> pb::Object {
+    pb::Object { kind: Some(o) }
+}
+
+/// Unwraps a request's object, refusing an empty one.
+pub fn unwrap(o: Option<pb::Object>) -> Result<O, ApiError> {
+    o.and_then(|o| o.kind).ok_or_else(|| ApiError::invalid("object", "is required (one of the kinds)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_lookup_accepts_names_plurals_and_short_names() {
+        for (s, k) in [
+            ("Pod", Kind::Pod),
+            ("pods", Kind::Pod),
+            ("po", Kind::Pod),
+            ("deploy", Kind::Deployment),
+            ("deployments", Kind::Deployment),
+            ("svc", Kind::Service),
+            ("endpoints", Kind::Endpoints),
+            ("ReplicaSet", Kind::ReplicaSet),
+            ("rs", Kind::ReplicaSet),
+            ("namespace", Kind::Namespace),
+            ("leases", Kind::Lease),
+        ] {
+            assert_eq!(Kind::lookup(s), Some(k), "{s}");
+        }
+        assert_eq!(Kind::lookup("gadgets"), None);
+        assert!(Kind::parse("pod").is_err(), "requests name the kind exactly");
+    }
+
+    #[test]
+    fn keys_put_namespaced_objects_under_their_namespace() {
+        assert_eq!(Kind::Pod.key("default", "web"), "/registry/pods/default/web");
+        assert_eq!(Kind::Node.key("", "n1"), "/registry/nodes/n1");
+        assert_eq!(Kind::Pod.prefix_in(""), "/registry/pods/");
+        assert_eq!(Kind::Pod.prefix_in("kube"), "/registry/pods/kube/");
+    }
+}

@@ -1,0 +1,64 @@
+//! Flotilla's apiserver: the typed `flotilla.api.v1` resource API (Kubernetes-shaped
+//! objects and verbs) on top of the replicated store.
+//!
+//! Requests are validated and defaulted at the boundary ([`validate`], [`defaults`]);
+//! [`registry`] turns each verb into store transactions whose compares make concurrent
+//! writers safe; [`storage`] is the trait over the store. This crate does not know about
+//! RocksDB or Raft: it only sees ranges, transactions and watches.
+
+pub mod defaults;
+pub mod error;
+pub mod kinds;
+pub mod registry;
+pub mod select;
+pub mod service;
+pub mod storage;
+pub mod validate;
+
+use std::sync::Arc;
+
+pub use error::ApiError;
+pub use kinds::Kind;
+pub use registry::{ApiConfig, Registry};
+
+/// The gRPC service of the resource API, served from the store of this master process.
+pub fn service(
+    node: Arc<flotilla_store::node::Node>,
+    cfg: ApiConfig,
+) -> flotilla_proto::api::api_server::ApiServer<service::ApiService> {
+    let reg = Arc::new(Registry::new(Arc::new(storage::LocalStore::new(node)), cfg));
+    tokio::spawn(ensure_builtin_namespaces(reg.clone()));
+    flotilla_proto::api::api_server::ApiServer::new(service::ApiService::new(reg))
+        .max_decoding_message_size(registry::MAX_OBJECT_BYTES * 2)
+}
+
+/// Namespaces every cluster has, as in Kubernetes.
+pub const BUILTIN_NAMESPACES: [&str; 2] = ["default", "kube-system"];
+
+/// Creates the built-in namespaces if they are missing, retrying until the store has a
+/// leader. Every master does this; all but the first find them there.
+pub async fn ensure_builtin_namespaces(reg: Arc<Registry>) {
+    use flotilla_proto::api as pb;
+    for name in BUILTIN_NAMESPACES {
+        let mut delay = std::time::Duration::from_millis(100);
+        loop {
+            let ns = pb::object::Kind::Namespace(pb::Namespace {
+                metadata: Some(pb::ObjectMeta { name: name.into(), ..Default::default() }),
+                ..Default::default()
+            });
+            match reg.get(Kind::Namespace, "", name).await {
+                Ok(_) => break,
+                Err(ApiError::NotFound { .. }) => match reg.create(ns).await {
+                    Ok(_) | Err(ApiError::AlreadyExists { .. }) => break,
+                    Err(e) => tracing::debug!(namespace = name, error = %e, "cannot create yet"),
+                },
+                Err(e) => tracing::debug!(namespace = name, error = %e, "cannot read yet"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_secs(2));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,918 @@
+//! The verbs of the resource API over a [`Storage`]: create, get, list, update,
+//! updateStatus, patch, delete, watch and pods/binding.
+//!
+//! Every write is one store transaction whose compares make it safe against concurrent
+//! writers: create requires the key to be absent and its namespace unchanged; update,
+//! patch, delete and bind require the object's `mod_revision` to be the one read. An
+//! object's `resourceVersion` is its `mod_revision`; it is never stored in the value.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use flotilla_core::keys::prefix_end;
+use flotilla_core::limits::MAX_REQUEST_BYTES;
+use flotilla_proto::api::{self as pb, object::Kind as O};
+use flotilla_proto::etcdserverpb::{self as ep, compare, request_op};
+use flotilla_store::StoreError;
+
+use crate::error::ApiError;
+use crate::kinds::{self, meta, meta_mut, Kind};
+use crate::select::Selectors;
+use crate::storage::{Feed, Storage};
+use crate::{defaults, validate};
+
+/// Largest stored object (Kubernetes' etcd request limit).
+pub const MAX_OBJECT_BYTES: usize = MAX_REQUEST_BYTES;
+/// Attempts of a read-modify-write before giving up on a contended object.
+const MAX_RETRIES: usize = 16;
+/// Keys read per store request while listing.
+const LIST_CHUNK: i64 = 500;
+/// How often an idle watch with bookmarks allowed gets one.
+pub const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
+/// Store prefix of allocated service IPs: one key per address.
+const SERVICE_IPS: &str = "/registry/serviceips/";
+
+/// Settings of the apiserver.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Range service cluster IPs are allocated from.
+    pub service_cidr: (Ipv4Addr, u8),
+}
+
+impl Default for ApiConfig {
+    fn default() -> ApiConfig {
+        ApiConfig { service_cidr: (Ipv4Addr::new(10, 96, 0, 0), 12) }
+    }
+}
+
+/// Parses `10.96.0.0/12`.
+pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (a, p) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR like 10.96.0.0/12"))?;
+    let addr: Ipv4Addr = a.parse().map_err(|_| format!("{a:?} in {s:?} is not an IPv4 address"))?;
+    let prefix: u8 = p.parse().map_err(|_| format!("{p:?} in {s:?} is not a prefix length"))?;
+    if !(8..=30).contains(&prefix) {
+        return Err(format!("prefix length /{prefix} in {s:?} must be between /8 and /30"));
+    }
+    let mask = u32::MAX << (32 - prefix);
+    Ok((Ipv4Addr::from(u32::from(addr) & mask), prefix))
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+fn rv_string(rev: i64) -> String {
+    rev.to_string()
+}
+
+fn parse_rv(field: &str, s: &str) -> Result<i64, ApiError> {
+    s.parse::<i64>()
+        .ok()
+        .filter(|r| *r > 0)
+        .ok_or_else(|| ApiError::invalid(field, format!("{s:?} is not a resourceVersion (a positive integer)")))
+}
+
+fn cmp_mod(key: &str, rev: i64) -> ep::Compare {
+    ep::Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: compare::CompareTarget::Mod as i32,
+        key: key.as_bytes().to_vec(),
+        target_union: Some(compare::TargetUnion::ModRevision(rev)),
+        range_end: vec![],
+    }
+}
+
+fn op_put(key: &str, value: Vec<u8>) -> ep::RequestOp {
+    ep::RequestOp {
+        request: Some(request_op::Request::RequestPut(ep::PutRequest {
+            key: key.as_bytes().to_vec(),
+            value,
+            ..Default::default()
+        })),
+    }
+}
+
+fn op_delete(key: &str) -> ep::RequestOp {
+    ep::RequestOp {
+        request: Some(request_op::Request::RequestDeleteRange(ep::DeleteRangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        })),
+    }
+}
+
+fn op_delete_prefix(prefix: &str) -> ep::RequestOp {
+    ep::RequestOp {
+        request: Some(request_op::Request::RequestDeleteRange(ep::DeleteRangeRequest {
+            key: prefix.as_bytes().to_vec(),
+            range_end: prefix_end(prefix.as_bytes()),
+            ..Default::default()
+        })),
+    }
+}
+
+fn store_err(e: ApiError) -> ApiError {
+    match e {
+        ApiError::Store(StoreError::Compacted { compact_revision }) => {
+            ApiError::Expired { requested: 0, compacted: compact_revision }
+        }
+        other => other,
+    }
+}
+
+fn expired_at(requested: i64) -> impl Fn(ApiError) -> ApiError {
+    move |e| match store_err(e) {
+        ApiError::Expired { compacted, .. } => ApiError::Expired { requested, compacted },
+        other => other,
+    }
+}
+
+/// The bytes stored for `o`: its encoding without resourceVersion.
+fn stored_bytes(o: &O) -> Result<Vec<u8>, ApiError> {
+    let mut o = o.clone();
+    meta_mut(&mut o).resource_version.clear();
+    let bytes = kinds::encode(&o);
+    if bytes.len() > MAX_OBJECT_BYTES {
+        return Err(ApiError::invalid(
+            "object",
+            format!("is {} bytes encoded, more than the limit of {MAX_OBJECT_BYTES}", bytes.len()),
+        ));
+    }
+    Ok(bytes)
+}
+
+fn with_rv(mut o: O, rev: i64) -> O {
+    meta_mut(&mut o).resource_version = rv_string(rev);
+    o
+}
+
+/// A stored object and its revision.
+struct Current {
+    obj: O,
+    rev: i64,
+}
+
+/// Hex for continue tokens (opaque to clients).
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// The resource API's logic, shared by every connection.
+pub struct Registry {
+    store: Arc<dyn Storage>,
+    cfg: ApiConfig,
+}
+
+/// What a delete did.
+pub struct Deleted {
+    /// The object as deleted, or as marked for deletion.
+    pub object: O,
+    /// Whether it is gone.
+    pub gone: bool,
+}
+
+impl Registry {
+    /// A registry over `store`.
+    pub fn new(store: Arc<dyn Storage>, cfg: ApiConfig) -> Registry {
+        Registry { store, cfg }
+    }
+
+    async fn read(&self, kind: Kind, ns: &str, name: &str) -> Result<Option<Current>, ApiError> {
+        let key = kind.key(ns, name);
+        let r = self.store.range(ep::RangeRequest { key: key.into_bytes(), ..Default::default() }).await?;
+        match r.kvs.into_iter().next() {
+            None => Ok(None),
+            Some(kv) => {
+                let obj = with_rv(kinds::decode(kind, &kv.value)?, kv.mod_revision);
+                Ok(Some(Current { obj, rev: kv.mod_revision }))
+            }
+        }
+    }
+
+    async fn read_existing(&self, kind: Kind, ns: &str, name: &str) -> Result<Current, ApiError> {
+        self.read(kind, ns, name)
+            .await?
+            .ok_or_else(|| ApiError::NotFound { kind: kind.name().into(), name: kind.display_name(ns, name) })
+    }
+
+    fn check_scope(kind: Kind, ns: &str, name: &str) -> Result<(), ApiError> {
+        if name.is_empty() {
+            return Err(ApiError::invalid("name", "is required"));
+        }
+        if kind.namespaced() && ns.is_empty() {
+            return Err(ApiError::invalid("namespace", format!("is required for {}", kind.name())));
+        }
+        Ok(())
+    }
+
+    /// Creates `o`; the server sets uid, creationTimestamp, generation and defaults.
+    pub async fn create(&self, mut o: O) -> Result<O, ApiError> {
+        let kind = Kind::of(&o);
+        {
+            let m = meta_mut(&mut o);
+            if kind.namespaced() {
+                if m.namespace.is_empty() {
+                    m.namespace = "default".into();
+                }
+            } else {
+                m.namespace.clear();
+            }
+            if m.name.is_empty() && !m.generate_name.is_empty() {
+                let suffix: String = uuid::Uuid::new_v4().simple().to_string().chars().take(5).collect();
+                m.name = format!("{}{suffix}", m.generate_name);
+            }
+            m.uid = uuid::Uuid::new_v4().to_string();
+            m.creation_timestamp = now();
+            m.generation = 1;
+            m.resource_version.clear();
+            m.deletion_timestamp.clear();
+            m.deletion_grace_period_seconds = None;
+        }
+        defaults::object(&mut o);
+        if let O::Pod(p) = &mut o {
+            let st = p.status.get_or_insert_with(Default::default);
+            if st.phase.is_empty() {
+                st.phase = "Pending".into();
+            }
+        }
+        validate::object(&o)?;
+        let (ns, name) = (meta(&o).namespace.clone(), meta(&o).name.clone());
+        let key = kind.key(&ns, &name);
+        let asked_ip = matches!(&o, O::Service(s) if s.spec.as_ref().is_some_and(|x| !x.cluster_ip.is_empty()));
+        for _ in 0..MAX_RETRIES {
+            let mut compares = vec![cmp_mod(&key, 0)];
+            let mut ops = vec![];
+            if kind.namespaced() {
+                let ns_obj = self
+                    .read(Kind::Namespace, "", &ns)
+                    .await?
+                    .ok_or_else(|| ApiError::NotFound { kind: "Namespace".into(), name: ns.clone() })?;
+                if !meta(&ns_obj.obj).deletion_timestamp.is_empty() {
+                    return Err(ApiError::FailedPrecondition(format!(
+                        "namespace {ns:?} is being deleted: no new objects may be created in it"
+                    )));
+                }
+                compares.push(cmp_mod(&Kind::Namespace.key("", &ns), ns_obj.rev));
+            }
+            if let O::Service(s) = &mut o {
+                if let Some(ip_key) = self.allocate_ip(s).await? {
+                    compares.push(cmp_mod(&ip_key, 0));
+                    ops.push(op_put(&ip_key, key.as_bytes().to_vec()));
+                }
+            }
+            ops.push(op_put(&key, stored_bytes(&o)?));
+            let r = self.store.txn(ep::TxnRequest { compare: compares, success: ops, failure: vec![] }).await?;
+            if r.succeeded {
+                let rev = r.header.map_or(0, |h| h.revision);
+                return Ok(with_rv(o, rev));
+            }
+            if self.read(kind, &ns, &name).await?.is_some() {
+                return Err(ApiError::AlreadyExists { kind: kind.name().into(), name: kind.display_name(&ns, &name) });
+            }
+            // The namespace changed or the address was taken meanwhile: try again, with a
+            // new address if the server chose it.
+            if let O::Service(s) = &mut o {
+                if let Some(spec) = s.spec.as_mut().filter(|_| !asked_ip) {
+                    spec.cluster_ip.clear();
+                }
+            }
+        }
+        Err(ApiError::Store(StoreError::Timeout))
+    }
+
+    /// Chooses the service's cluster IP (or checks the one asked for); returns the key
+    /// reserving it, or None for a headless service.
+    async fn allocate_ip(&self, s: &mut pb::Service) -> Result<Option<String>, ApiError> {
+        let spec = s.spec.get_or_insert_with(Default::default);
+        if spec.cluster_ip == "None" {
+            return Ok(None);
+        }
+        let (base, prefix) = self.cfg.service_cidr;
+        let size = 1u32 << (32 - prefix);
+        let first = u32::from(base);
+        if !spec.cluster_ip.is_empty() {
+            let ip: Ipv4Addr =
+                spec.cluster_ip.parse().map_err(|_| ApiError::invalid("spec.clusterIP", "is not an IPv4 address"))?;
+            let n = u32::from(ip);
+            if n <= first || n >= first + size - 1 {
+                return Err(ApiError::invalid(
+                    "spec.clusterIP",
+                    format!("{ip} is not in the service range {base}/{prefix}"),
+                ));
+            }
+            let key = format!("{SERVICE_IPS}{ip}");
+            let taken =
+                self.store.range(ep::RangeRequest { key: key.clone().into_bytes(), ..Default::default() }).await?;
+            if !taken.kvs.is_empty() {
+                return Err(ApiError::invalid("spec.clusterIP", format!("{ip} is already allocated")));
+            }
+            return Ok(Some(key));
+        }
+        let r = self
+            .store
+            .range(ep::RangeRequest {
+                key: SERVICE_IPS.as_bytes().to_vec(),
+                range_end: prefix_end(SERVICE_IPS.as_bytes()),
+                keys_only: true,
+                ..Default::default()
+            })
+            .await?;
+        let used: BTreeSet<u32> = r
+            .kvs
+            .iter()
+            .filter_map(|kv| std::str::from_utf8(&kv.key).ok()?.strip_prefix(SERVICE_IPS)?.parse::<Ipv4Addr>().ok())
+            .map(u32::from)
+            .collect();
+        // Skip the network address, and .1 which Kubernetes keeps for its own service.
+        let free = (first + 2..first + size - 1).find(|n| !used.contains(n)).ok_or_else(|| {
+            ApiError::Exhausted(format!("no free cluster IP left in the service range {base}/{prefix}"))
+        })?;
+        let ip = Ipv4Addr::from(free);
+        spec.cluster_ip = ip.to_string();
+        Ok(Some(format!("{SERVICE_IPS}{ip}")))
+    }
+
+    /// Reads one object.
+    pub async fn get(&self, kind: Kind, ns: &str, name: &str) -> Result<O, ApiError> {
+        Self::check_scope(kind, ns, name)?;
+        Ok(self.read_existing(kind, ns, name).await?.obj)
+    }
+
+    /// Lists objects of `kind` (in `ns`, or everywhere when empty) as one snapshot.
+    pub async fn list(&self, kind: Kind, req: &pb::ListRequest) -> Result<pb::ListResponse, ApiError> {
+        let sel = Selectors::parse(kind, &req.label_selector, &req.field_selector)?;
+        if req.limit < 0 {
+            return Err(ApiError::invalid("limit", "must not be negative"));
+        }
+        let prefix = kind.prefix_in(&req.namespace);
+        let end = prefix_end(prefix.as_bytes());
+        let (mut rev, mut from) = if req.r#continue.is_empty() {
+            let rev =
+                if req.resource_version.is_empty() { 0 } else { parse_rv("resourceVersion", &req.resource_version)? };
+            (rev, prefix.as_bytes().to_vec())
+        } else {
+            let bad = || ApiError::BadRequest("continue: not a token this server issued".into());
+            let (r, k) = req.r#continue.split_once(':').ok_or_else(bad)?;
+            let from = unhex(k).ok_or_else(bad)?;
+            if !from.starts_with(prefix.as_bytes()) {
+                return Err(ApiError::BadRequest("continue: the token belongs to another list".into()));
+            }
+            (r.parse::<i64>().map_err(|_| bad())?, from)
+        };
+        let requested = rev;
+        let mut items = Vec::new();
+        let mut next: Option<Vec<u8>> = None;
+        loop {
+            let r = self
+                .store
+                .range(ep::RangeRequest {
+                    key: from.clone(),
+                    range_end: end.clone(),
+                    revision: rev,
+                    limit: LIST_CHUNK,
+                    ..Default::default()
+                })
+                .await
+                .map_err(expired_at(requested))?;
+            if rev == 0 {
+                rev = r.header.as_ref().map_or(0, |h| h.revision);
+            }
+            let n = r.kvs.len();
+            for kv in r.kvs {
+                if req.limit > 0 && items.len() as i64 == req.limit {
+                    next = Some(kv.key);
+                    break;
+                }
+                let o = with_rv(kinds::decode(kind, &kv.value)?, kv.mod_revision);
+                if sel.matches(&o) {
+                    items.push(kinds::wrap(o));
+                }
+                from = kv.key;
+                from.push(0);
+            }
+            if next.is_some() || !r.more || n == 0 {
+                break;
+            }
+        }
+        Ok(pb::ListResponse {
+            items,
+            resource_version: rv_string(rev),
+            r#continue: next.map(|k| format!("{rev}:{}", hex(&k))).unwrap_or_default(),
+            remaining_item_count: 0,
+        })
+    }
+
+    /// Replaces an object (compare-and-swap when `metadata.resourceVersion` is set).
+    /// With `status_only`, only the status is taken from `o`.
+    pub async fn update(&self, o: O, status_only: bool) -> Result<O, ApiError> {
+        let kind = Kind::of(&o);
+        if status_only && !kind.has_status() {
+            return Err(ApiError::BadRequest(format!("{} has no status", kind.name())));
+        }
+        let mut ns = meta(&o).namespace.clone();
+        if kind.namespaced() && ns.is_empty() {
+            ns = "default".into();
+        }
+        let name = meta(&o).name.clone();
+        Self::check_scope(kind, &ns, &name)?;
+        let expected = match meta(&o).resource_version.as_str() {
+            "" => None,
+            s => Some(parse_rv("metadata.resourceVersion", s)?),
+        };
+        for _ in 0..MAX_RETRIES {
+            let cur = self.read_existing(kind, &ns, &name).await?;
+            if let Some(want) = expected {
+                if want != cur.rev {
+                    return Err(self.conflict(kind, &ns, &name, want, cur.rev));
+                }
+            }
+            let merged = merge_update(&cur.obj, o.clone(), status_only)?;
+            match self.write_over(kind, &cur, merged).await? {
+                Some(done) => return Ok(done),
+                None if expected.is_some() => {
+                    let now = self.read_existing(kind, &ns, &name).await?;
+                    return Err(self.conflict(kind, &ns, &name, cur.rev, now.rev));
+                }
+                None => continue,
+            }
+        }
+        Err(ApiError::Store(StoreError::Timeout))
+    }
+
+    fn conflict(&self, kind: Kind, ns: &str, name: &str, expected: i64, current: i64) -> ApiError {
+        ApiError::Conflict {
+            kind: kind.name().into(),
+            name: kind.display_name(ns, name),
+            expected: rv_string(expected),
+            current: rv_string(current),
+        }
+    }
+
+    /// Writes `new` over `cur` if it is still current: Some(result), or None when the
+    /// object changed meanwhile. An object marked for deletion whose finalizers are all
+    /// gone is deleted instead.
+    async fn write_over(&self, kind: Kind, cur: &Current, mut new: O) -> Result<Option<O>, ApiError> {
+        defaults::object(&mut new);
+        validate::object(&new)?;
+        validate::update(&cur.obj, &new)?;
+        if kinds::spec_bytes(&new) != kinds::spec_bytes(&cur.obj) {
+            meta_mut(&mut new).generation = meta(&cur.obj).generation + 1;
+        }
+        let m = meta(&new);
+        let key = kind.key(&m.namespace, &m.name);
+        if !m.deletion_timestamp.is_empty() && m.finalizers.is_empty() && !self.waits_for_kubelet(&new) {
+            let mut ops = vec![op_delete(&key)];
+            ops.extend(self.release_ops(&cur.obj));
+            let r = self
+                .store
+                .txn(ep::TxnRequest { compare: vec![cmp_mod(&key, cur.rev)], success: ops, failure: vec![] })
+                .await?;
+            return Ok(r.succeeded.then(|| with_rv(new, r.header.map_or(0, |h| h.revision))));
+        }
+        let bytes = stored_bytes(&new)?;
+        if bytes == stored_bytes(&cur.obj)? {
+            return Ok(Some(cur.obj.clone()));
+        }
+        let r = self
+            .store
+            .txn(ep::TxnRequest {
+                compare: vec![cmp_mod(&key, cur.rev)],
+                success: vec![op_put(&key, bytes)],
+                failure: vec![],
+            })
+            .await?;
+        Ok(r.succeeded.then(|| with_rv(new, r.header.map_or(0, |h| h.revision))))
+    }
+
+    /// A pod being deleted gracefully stays until its kubelet confirms it stopped (by
+    /// deleting it with grace 0).
+    fn waits_for_kubelet(&self, o: &O) -> bool {
+        matches!(o, O::Pod(_)) && meta(o).deletion_grace_period_seconds.is_some_and(|g| g > 0)
+    }
+
+    /// Store operations that free what an object holds (a service's cluster IP).
+    fn release_ops(&self, o: &O) -> Vec<ep::RequestOp> {
+        match o {
+            O::Service(s) => match s.spec.as_ref().map(|x| x.cluster_ip.as_str()) {
+                Some(ip) if !ip.is_empty() && ip != "None" => vec![op_delete(&format!("{SERVICE_IPS}{ip}"))],
+                _ => vec![],
+            },
+            _ => vec![],
+        }
+    }
+
+    /// Applies a JSON merge patch (RFC 7386) to the object's JSON form, then updates it.
+    pub async fn patch(&self, req: &pb::PatchRequest) -> Result<O, ApiError> {
+        let kind = Kind::parse(&req.kind)?;
+        let ns = if kind.namespaced() && req.namespace.is_empty() { "default" } else { &req.namespace };
+        Self::check_scope(kind, ns, &req.name)?;
+        let patch: serde_json::Value = serde_json::from_slice(&req.merge_patch)
+            .map_err(|e| ApiError::invalid("mergePatch", format!("is not JSON: {e}")))?;
+        if !patch.is_object() {
+            return Err(ApiError::invalid("mergePatch", "must be a JSON object"));
+        }
+        let expected = patch
+            .pointer("/metadata/resourceVersion")
+            .and_then(|v| v.as_str())
+            .map(|s| parse_rv("metadata.resourceVersion", s))
+            .transpose()?;
+        for _ in 0..MAX_RETRIES {
+            let cur = self.read_existing(kind, ns, &req.name).await?;
+            if let Some(want) = expected {
+                if want != cur.rev {
+                    return Err(self.conflict(kind, ns, &req.name, want, cur.rev));
+                }
+            }
+            let mut doc = kinds::to_json(&cur.obj);
+            json_patch::merge(&mut doc, &patch);
+            let mut patched = kinds::from_json(kind, doc)?;
+            {
+                let (m, old) = (meta_mut(&mut patched), meta(&cur.obj));
+                if m.name != old.name || (kind.namespaced() && m.namespace != old.namespace) {
+                    return Err(ApiError::invalid("metadata.name", "a patch may not rename an object"));
+                }
+                m.resource_version.clear();
+            }
+            let merged = merge_update(&cur.obj, patched, req.status)?;
+            if let Some(done) = self.write_over(kind, &cur, merged).await? {
+                return Ok(done);
+            }
+            if expected.is_some() {
+                let now = self.read_existing(kind, ns, &req.name).await?;
+                return Err(self.conflict(kind, ns, &req.name, cur.rev, now.rev));
+            }
+        }
+        Err(ApiError::Store(StoreError::Timeout))
+    }
+
+    /// Deletes an object: at once, or by marking it (deletionTimestamp) when finalizers
+    /// remain or a pod on a node is given time to stop.
+    pub async fn delete(&self, req: &pb::DeleteRequest) -> Result<Deleted, ApiError> {
+        let kind = Kind::parse(&req.kind)?;
+        let ns = if kind.namespaced() && req.namespace.is_empty() { "default" } else { &req.namespace };
+        Self::check_scope(kind, ns, &req.name)?;
+        if req.grace_period_seconds.is_some_and(|g| g < 0) {
+            return Err(ApiError::invalid("gracePeriodSeconds", "must not be negative"));
+        }
+        for _ in 0..MAX_RETRIES {
+            let cur = self.read_existing(kind, ns, &req.name).await?;
+            if let Some(p) = &req.preconditions {
+                let m = meta(&cur.obj);
+                if !p.uid.is_empty() && p.uid != m.uid {
+                    return Err(ApiError::FailedPrecondition(format!(
+                        "precondition failed: uid {:?} was asked for, the object's is {:?}",
+                        p.uid, m.uid
+                    )));
+                }
+                if !p.resource_version.is_empty()
+                    && parse_rv("preconditions.resourceVersion", &p.resource_version)? != cur.rev
+                {
+                    return Err(self.conflict(
+                        kind,
+                        ns,
+                        &req.name,
+                        parse_rv("preconditions.resourceVersion", &p.resource_version)?,
+                        cur.rev,
+                    ));
+                }
+            }
+            let result = if kind == Kind::Namespace {
+                self.delete_namespace(&cur).await?
+            } else {
+                self.delete_one(kind, &cur, req.grace_period_seconds).await?
+            };
+            if let Some(d) = result {
+                return Ok(d);
+            }
+        }
+        Err(ApiError::Store(StoreError::Timeout))
+    }
+
+    async fn delete_one(&self, kind: Kind, cur: &Current, grace: Option<i64>) -> Result<Option<Deleted>, ApiError> {
+        let m = meta(&cur.obj);
+        let key = kind.key(&m.namespace, &m.name);
+        let grace = match &cur.obj {
+            O::Pod(p) if p.spec.as_ref().is_some_and(|s| !s.node_name.is_empty()) => {
+                grace.or(p.spec.as_ref().and_then(|s| s.termination_grace_period_seconds)).unwrap_or(0)
+            }
+            _ => 0,
+        };
+        if !m.finalizers.is_empty() || grace > 0 {
+            if !m.deletion_timestamp.is_empty() && (grace > 0) == m.deletion_grace_period_seconds.is_some_and(|g| g > 0)
+            {
+                return Ok(Some(Deleted { object: cur.obj.clone(), gone: false }));
+            }
+            let mut marked = cur.obj.clone();
+            let mm = meta_mut(&mut marked);
+            if mm.deletion_timestamp.is_empty() {
+                mm.deletion_timestamp = now();
+            }
+            mm.deletion_grace_period_seconds = Some(grace);
+            let r = self
+                .store
+                .txn(ep::TxnRequest {
+                    compare: vec![cmp_mod(&key, cur.rev)],
+                    success: vec![op_put(&key, stored_bytes(&marked)?)],
+                    failure: vec![],
+                })
+                .await?;
+            if !r.succeeded {
+                return Ok(None);
+            }
+            let rev = r.header.map_or(0, |h| h.revision);
+            return Ok(Some(Deleted { object: with_rv(marked, rev), gone: false }));
+        }
+        let mut ops = vec![op_delete(&key)];
+        ops.extend(self.release_ops(&cur.obj));
+        let r = self
+            .store
+            .txn(ep::TxnRequest { compare: vec![cmp_mod(&key, cur.rev)], success: ops, failure: vec![] })
+            .await?;
+        if !r.succeeded {
+            return Ok(None);
+        }
+        Ok(Some(Deleted { object: with_rv(cur.obj.clone(), r.header.map_or(0, |h| h.revision)), gone: true }))
+    }
+
+    /// Deletes a namespace and everything in it: first marks it Terminating (so no create
+    /// in it can succeed any more), then deletes its objects and itself in one transaction.
+    async fn delete_namespace(&self, cur: &Current) -> Result<Option<Deleted>, ApiError> {
+        let name = meta(&cur.obj).name.clone();
+        let key = Kind::Namespace.key("", &name);
+        let mut marked = cur.obj.clone();
+        if let O::Namespace(n) = &mut marked {
+            n.status.get_or_insert_with(Default::default).phase = "Terminating".into();
+        }
+        let mm = meta_mut(&mut marked);
+        if mm.deletion_timestamp.is_empty() {
+            mm.deletion_timestamp = now();
+        }
+        let r = self
+            .store
+            .txn(ep::TxnRequest {
+                compare: vec![cmp_mod(&key, cur.rev)],
+                success: vec![op_put(&key, stored_bytes(&marked)?)],
+                failure: vec![],
+            })
+            .await?;
+        if !r.succeeded {
+            return Ok(None);
+        }
+        let marked_rev = r.header.map_or(0, |h| h.revision);
+        // Nothing can be created in the namespace now; collect what must be released.
+        let mut ops = Vec::new();
+        let services =
+            self.list(Kind::Service, &pb::ListRequest { namespace: name.clone(), ..Default::default() }).await?;
+        for s in services.items.into_iter().filter_map(|o| o.kind) {
+            ops.extend(self.release_ops(&s));
+        }
+        for k in Kind::ALL.into_iter().filter(|k| k.namespaced()) {
+            ops.push(op_delete_prefix(&k.prefix_in(&name)));
+        }
+        if meta(&marked).finalizers.is_empty() {
+            ops.push(op_delete(&key));
+        }
+        let r = self
+            .store
+            .txn(ep::TxnRequest { compare: vec![cmp_mod(&key, marked_rev)], success: ops, failure: vec![] })
+            .await?;
+        if !r.succeeded {
+            return Ok(None);
+        }
+        let rev = r.header.map_or(0, |h| h.revision);
+        let gone = meta(&marked).finalizers.is_empty();
+        Ok(Some(Deleted { object: with_rv(marked, rev), gone }))
+    }
+
+    /// pods/binding: sets a pod's nodeName, once.
+    pub async fn bind(&self, req: &pb::BindRequest) -> Result<O, ApiError> {
+        let ns = if req.namespace.is_empty() { "default" } else { &req.namespace };
+        Self::check_scope(Kind::Pod, ns, &req.name)?;
+        flotilla_core::names::dns1123_subdomain(&req.node_name).map_err(|e| ApiError::invalid("nodeName", e))?;
+        for _ in 0..MAX_RETRIES {
+            let cur = self.read_existing(Kind::Pod, ns, &req.name).await?;
+            let O::Pod(mut pod) = cur.obj.clone() else {
+                return Err(ApiError::Internal("a pod key holds another kind".into()));
+            };
+            let m = pod.metadata.clone().unwrap_or_default();
+            if !req.uid.is_empty() && req.uid != m.uid {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "pod {ns}/{} has uid {:?}, not {:?} (it was replaced)",
+                    req.name, m.uid, req.uid
+                )));
+            }
+            if !m.deletion_timestamp.is_empty() {
+                return Err(ApiError::FailedPrecondition(format!("pod {ns}/{} is being deleted", req.name)));
+            }
+            let spec = pod.spec.get_or_insert_with(Default::default);
+            if !spec.node_name.is_empty() {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "pod {ns}/{} is already bound to node {:?}",
+                    req.name, spec.node_name
+                )));
+            }
+            spec.node_name = req.node_name.clone();
+            let key = Kind::Pod.key(ns, &req.name);
+            let new = O::Pod(pod);
+            let r = self
+                .store
+                .txn(ep::TxnRequest {
+                    compare: vec![cmp_mod(&key, cur.rev)],
+                    success: vec![op_put(&key, stored_bytes(&new)?)],
+                    failure: vec![],
+                })
+                .await?;
+            if r.succeeded {
+                return Ok(with_rv(new, r.header.map_or(0, |h| h.revision)));
+            }
+        }
+        Err(ApiError::Store(StoreError::Timeout))
+    }
+
+    /// Starts a watch; events go to `tx` until it is closed or the watch fails (the error
+    /// is sent last).
+    pub fn watch(
+        self: &Arc<Self>,
+        kind: Kind,
+        req: &pb::WatchRequest,
+        tx: tokio::sync::mpsc::Sender<Result<pb::WatchEvent, ApiError>>,
+    ) -> Result<(), ApiError> {
+        let sel = Selectors::parse(kind, &req.label_selector, &req.field_selector)?;
+        let start = match req.resource_version.as_str() {
+            "" | "0" => 0,
+            s => parse_rv("resourceVersion", s)? + 1,
+        };
+        let requested = start - 1;
+        let prefix = kind.prefix_in(&req.namespace);
+        let mut feed = self.store.watch(prefix.as_bytes(), start);
+        let bookmarks = req.allow_bookmarks;
+        let mut seen = if start == 0 { self.store.revision() } else { start - 1 };
+        // The feed is read in its own task: it is not safe to cancel mid-read, and the
+        // sender side wakes for bookmarks.
+        let (ftx, mut frx) = tokio::sync::mpsc::channel::<Result<Feed, ApiError>>(16);
+        tokio::spawn(async move {
+            loop {
+                let item = feed.next().await;
+                let stop = !matches!(item, Ok(Feed::Events(..)));
+                if ftx.send(item).await.is_err() || stop {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(BOOKMARK_EVERY);
+            tick.tick().await;
+            loop {
+                let item = tokio::select! {
+                    item = frx.recv() => item,
+                    _ = tick.tick(), if bookmarks => {
+                        let mut o = kind_template(kind);
+                        meta_mut(&mut o).resource_version = rv_string(seen);
+                        let ev = pb::WatchEvent { r#type: "BOOKMARK".into(), object: Some(kinds::wrap(o)) };
+                        if tx.send(Ok(ev)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    _ = tx.closed() => return,
+                };
+                let events = match item {
+                    None => return,
+                    Some(Err(e)) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                    Some(Ok(Feed::Compacted(c))) => {
+                        let _ = tx.send(Err(ApiError::Expired { requested, compacted: c })).await;
+                        return;
+                    }
+                    Some(Ok(Feed::Events(events, rev))) => {
+                        seen = rev;
+                        events
+                    }
+                };
+                for e in events {
+                    match translate(kind, &sel, &e) {
+                        Ok(Some(ev)) => {
+                            if tx.send(Ok(ev)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(err) => {
+                            let _ = tx.send(Err(err)).await;
+                            return;
+                        }
+                    }
+                }
+                tick.reset();
+            }
+        });
+        Ok(())
+    }
+}
+
+/// An empty object of `kind` (for bookmarks).
+fn kind_template(kind: Kind) -> O {
+    match kind {
+        Kind::Namespace => O::Namespace(Default::default()),
+        Kind::Node => O::Node(Default::default()),
+        Kind::Pod => O::Pod(Default::default()),
+        Kind::ReplicaSet => O::ReplicaSet(Default::default()),
+        Kind::Deployment => O::Deployment(Default::default()),
+        Kind::Service => O::Service(Default::default()),
+        Kind::Endpoints => O::Endpoints(Default::default()),
+        Kind::Lease => O::Lease(Default::default()),
+        Kind::Event => O::Event(Default::default()),
+    }
+}
+
+/// One store event as an API watch event, seen through the selectors: an object that
+/// starts matching is ADDED, one that stops matching is DELETED.
+fn translate(
+    kind: Kind,
+    sel: &Selectors,
+    e: &flotilla_proto::mvccpb::Event,
+) -> Result<Option<pb::WatchEvent>, ApiError> {
+    use flotilla_proto::mvccpb::event::EventType;
+    let Some(kv) = &e.kv else { return Ok(None) };
+    let prev = match &e.prev_kv {
+        Some(p) if !p.value.is_empty() => Some(kinds::decode(kind, &p.value)?),
+        _ => None,
+    };
+    let was = prev.as_ref().is_some_and(|p| sel.matches(p));
+    let ev = |t: &str, o: O| {
+        Some(pb::WatchEvent { r#type: t.into(), object: Some(kinds::wrap(with_rv(o, kv.mod_revision))) })
+    };
+    if e.r#type == EventType::Delete as i32 {
+        return Ok(if was { prev.and_then(|p| ev("DELETED", p)) } else { None });
+    }
+    let now = kinds::decode(kind, &kv.value)?;
+    let is = sel.matches(&now);
+    Ok(match (was, is) {
+        (false, true) => ev("ADDED", now),
+        (true, true) => ev("MODIFIED", now),
+        (true, false) => ev("DELETED", now),
+        (false, false) => None,
+    })
+}
+
+/// The object an update writes: for a status update, the stored object with the new
+/// status; otherwise the new object with the server-managed metadata and the status of
+/// the stored one.
+fn merge_update(cur: &O, new: O, status_only: bool) -> Result<O, ApiError> {
+    if Kind::of(cur) != Kind::of(&new) {
+        return Err(ApiError::Internal("update of a different kind".into()));
+    }
+    let old_meta = meta(cur).clone();
+    if status_only {
+        let mut out = cur.clone();
+        kinds::copy_status(&new, &mut out);
+        meta_mut(&mut out).resource_version.clear();
+        return Ok(out);
+    }
+    let mut out = new;
+    if Kind::of(cur).has_status() {
+        kinds::copy_status(cur, &mut out);
+    }
+    let m = meta_mut(&mut out);
+    m.name = old_meta.name;
+    m.namespace = old_meta.namespace;
+    m.uid = old_meta.uid;
+    m.creation_timestamp = old_meta.creation_timestamp;
+    m.generation = old_meta.generation;
+    m.deletion_timestamp = old_meta.deletion_timestamp;
+    m.deletion_grace_period_seconds = old_meta.deletion_grace_period_seconds;
+    m.generate_name = old_meta.generate_name;
+    m.resource_version.clear();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_parsing_masks_the_host_bits_and_names_the_problem() {
+        assert_eq!(parse_cidr("10.96.0.7/12"), Ok((Ipv4Addr::new(10, 96, 0, 0), 12)));
+        assert!(parse_cidr("10.96.0.0").expect_err("no prefix").contains("CIDR"));
+        assert!(parse_cidr("10.96.0.0/31").expect_err("too small").contains("/31"));
+        assert!(parse_cidr("x/12").expect_err("bad addr").contains("IPv4"));
+    }
+
+    #[test]
+    fn continue_tokens_round_trip() {
+        let k = b"/registry/pods/default/web\x00";
+        assert_eq!(unhex(&hex(k)).as_deref(), Some(&k[..]));
+        assert_eq!(unhex("zz"), None);
+    }
+}

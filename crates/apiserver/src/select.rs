@@ -1,0 +1,95 @@
+//! Selectors applied to objects: a list or watch request's label and field selectors, and
+//! a ReplicaSet's or Deployment's structured selector.
+
+use flotilla_core::selector::{FieldSelector, LabelSelector, Requirement};
+use flotilla_proto::api::{self as pb, object::Kind as O};
+
+use crate::error::ApiError;
+use crate::kinds::{meta, Kind};
+
+/// A structured selector (`matchLabels` + `matchExpressions`) as requirements.
+pub fn from_proto(s: &pb::LabelSelector) -> Result<LabelSelector, String> {
+    let mut requirements: Vec<Requirement> =
+        s.match_labels.iter().map(|(k, v)| Requirement::Equals(k.clone(), v.clone())).collect();
+    for (i, e) in s.match_expressions.iter().enumerate() {
+        let r = match e.operator.as_str() {
+            "In" => Requirement::In(e.key.clone(), e.values.clone()),
+            "NotIn" => Requirement::NotIn(e.key.clone(), e.values.clone()),
+            "Exists" => Requirement::Exists(e.key.clone()),
+            "DoesNotExist" => Requirement::DoesNotExist(e.key.clone()),
+            other => {
+                return Err(format!(
+                    "matchExpressions[{i}].operator: {other:?} is not In, NotIn, Exists or DoesNotExist"
+                ))
+            }
+        };
+        r.validate().map_err(|err| format!("matchExpressions[{i}]: {err}"))?;
+        requirements.push(r);
+    }
+    for r in &requirements {
+        r.validate()?;
+    }
+    Ok(LabelSelector { requirements })
+}
+
+/// The value of a selectable field of an object.
+fn field(o: &O, name: &str) -> Option<String> {
+    let m = meta(o);
+    match name {
+        "metadata.name" => return Some(m.name.clone()),
+        "metadata.namespace" => return Some(m.namespace.clone()),
+        _ => {}
+    }
+    match o {
+        O::Pod(p) => match name {
+            "spec.nodeName" => p.spec.as_ref().map(|s| s.node_name.clone()),
+            "status.phase" => p.status.as_ref().map(|s| s.phase.clone()),
+            _ => None,
+        },
+        O::Node(n) if name == "spec.unschedulable" => {
+            Some(n.spec.as_ref().is_some_and(|s| s.unschedulable).to_string())
+        }
+        O::Event(e) => match name {
+            "involvedObject.name" => e.involved_object.as_ref().map(|i| i.name.clone()),
+            "involvedObject.kind" => e.involved_object.as_ref().map(|i| i.kind.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A list or watch request's selectors, parsed and checked against the kind.
+#[derive(Debug, Clone, Default)]
+pub struct Selectors {
+    labels: LabelSelector,
+    fields: FieldSelector,
+}
+
+impl Selectors {
+    /// Parses both selectors; an unknown field for the kind is refused.
+    pub fn parse(kind: Kind, labels: &str, fields: &str) -> Result<Selectors, ApiError> {
+        let labels = LabelSelector::parse(labels).map_err(ApiError::BadRequest)?;
+        let fields = FieldSelector::parse(fields).map_err(ApiError::BadRequest)?;
+        for r in &fields.requirements {
+            if !kind.selectable_fields().contains(&r.field.as_str()) {
+                return Err(ApiError::BadRequest(format!(
+                    "field selector: {:?} is not a selectable field of {}; selectable: {}",
+                    r.field,
+                    kind.name(),
+                    kind.selectable_fields().join(", ")
+                )));
+            }
+        }
+        Ok(Selectors { labels, fields })
+    }
+
+    /// Whether `o` is selected.
+    pub fn matches(&self, o: &O) -> bool {
+        self.labels.matches(&meta(o).labels) && self.fields.matches(|f| field(o, f))
+    }
+
+    /// Whether everything is selected.
+    pub fn is_everything(&self) -> bool {
+        self.labels.is_empty() && self.fields.requirements.is_empty()
+    }
+}

@@ -1,0 +1,389 @@
+//! Property tests: every kind survives protobuf and JSON round trips; JSON merge patch
+//! obeys its laws; and a table of invalid objects each names its field.
+
+use std::collections::BTreeMap;
+
+use flotilla_proto::api::{self as pb, object::Kind as O};
+use proptest::prelude::*;
+use serde_json::Value;
+
+use crate::kinds::{self, Kind};
+
+fn word() -> impl Strategy<Value = String> {
+    "[a-z][a-z0-9-]{0,8}[a-z0-9]"
+}
+
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![Just(String::new()), "[ -~]{0,12}", "\\PC{0,6}"]
+}
+
+fn map() -> impl Strategy<Value = BTreeMap<String, String>> {
+    proptest::collection::btree_map(word(), text(), 0..3)
+}
+
+fn meta() -> impl Strategy<Value = Option<pb::ObjectMeta>> {
+    (
+        word(),
+        word(),
+        map(),
+        map(),
+        any::<i64>(),
+        proptest::option::of(any::<i64>()),
+        proptest::collection::vec(word(), 0..2),
+    )
+        .prop_map(|(name, namespace, labels, annotations, generation, grace, finalizers)| {
+            Some(pb::ObjectMeta {
+                name,
+                namespace,
+                labels,
+                annotations,
+                generation,
+                deletion_grace_period_seconds: grace,
+                finalizers,
+                uid: "0b7c9a5e-3f3e-4c4e-9d43-0a0b7f0e7c11".into(),
+                ..Default::default()
+            })
+        })
+}
+
+fn container() -> impl Strategy<Value = pb::Container> {
+    (word(), text(), proptest::collection::vec(text(), 0..3), any::<i32>(), map(), any::<bool>()).prop_map(
+        |(name, image, args, port, limits, probe)| pb::Container {
+            name,
+            image,
+            args,
+            ports: vec![pb::ContainerPort { container_port: port, ..Default::default() }],
+            resources: Some(pb::ResourceRequirements { limits, ..Default::default() }),
+            liveness_probe: probe.then(|| pb::Probe {
+                exec: Some(pb::ExecAction { command: vec!["true".into()] }),
+                period_seconds: port,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+}
+
+fn pod_spec() -> impl Strategy<Value = Option<pb::PodSpec>> {
+    (proptest::collection::vec(container(), 0..3), text(), map(), proptest::option::of(any::<i64>()), any::<bool>())
+        .prop_map(|(containers, node_name, node_selector, grace, tol)| {
+            Some(pb::PodSpec {
+                containers,
+                node_name,
+                node_selector,
+                termination_grace_period_seconds: grace,
+                tolerations: if tol {
+                    vec![pb::Toleration { operator: "Exists".into(), ..Default::default() }]
+                } else {
+                    vec![]
+                },
+                ..Default::default()
+            })
+        })
+}
+
+fn object() -> impl Strategy<Value = O> {
+    prop_oneof![
+        (meta(), text()).prop_map(|(metadata, phase)| O::Namespace(pb::Namespace {
+            metadata,
+            spec: None,
+            status: Some(pb::NamespaceStatus { phase })
+        })),
+        (meta(), any::<bool>(), map()).prop_map(|(metadata, unschedulable, capacity)| O::Node(pb::Node {
+            metadata,
+            spec: Some(pb::NodeSpec { unschedulable, ..Default::default() }),
+            status: Some(pb::NodeStatus { capacity, ..Default::default() }),
+        })),
+        (meta(), pod_spec(), text(), any::<i32>()).prop_map(|(metadata, spec, phase, restarts)| O::Pod(pb::Pod {
+            metadata,
+            spec,
+            status: Some(pb::PodStatus {
+                phase,
+                container_statuses: vec![pb::ContainerStatus { restart_count: restarts, ..Default::default() }],
+                ..Default::default()
+            }),
+        })),
+        (meta(), proptest::option::of(any::<i32>()), map(), pod_spec()).prop_map(
+            |(metadata, replicas, labels, spec)| {
+                O::ReplicaSet(pb::ReplicaSet {
+                    metadata,
+                    spec: Some(pb::ReplicaSetSpec {
+                        replicas,
+                        selector: Some(pb::LabelSelector { match_labels: labels, ..Default::default() }),
+                        template: Some(pb::PodTemplateSpec { metadata: None, spec }),
+                        ..Default::default()
+                    }),
+                    status: None,
+                })
+            }
+        ),
+        (meta(), proptest::option::of(any::<i32>()), text()).prop_map(|(metadata, replicas, surge)| {
+            O::Deployment(pb::Deployment {
+                metadata,
+                spec: Some(pb::DeploymentSpec {
+                    replicas,
+                    strategy: Some(pb::DeploymentStrategy {
+                        r#type: "RollingUpdate".into(),
+                        rolling_update: Some(pb::RollingUpdateDeployment { max_surge: surge, ..Default::default() }),
+                    }),
+                    ..Default::default()
+                }),
+                status: None,
+            })
+        }),
+        (meta(), map(), any::<i32>(), text()).prop_map(|(metadata, selector, port, ip)| O::Service(pb::Service {
+            metadata,
+            spec: Some(pb::ServiceSpec {
+                selector,
+                ports: vec![pb::ServicePort { port, ..Default::default() }],
+                cluster_ip: ip,
+                ..Default::default()
+            }),
+            status: None,
+        })),
+        (meta(), text()).prop_map(|(metadata, ip)| O::Endpoints(pb::Endpoints {
+            metadata,
+            subsets: vec![pb::EndpointSubset {
+                addresses: vec![pb::EndpointAddress { ip, ..Default::default() }],
+                ..Default::default()
+            }],
+        })),
+        (meta(), text(), proptest::option::of(any::<i32>())).prop_map(|(metadata, holder, d)| O::Lease(pb::Lease {
+            metadata,
+            spec: Some(pb::LeaseSpec { holder_identity: holder, lease_duration_seconds: d, ..Default::default() }),
+        })),
+        (meta(), text(), any::<i32>()).prop_map(|(metadata, reason, count)| O::Event(pb::Event {
+            metadata,
+            reason,
+            count,
+            ..Default::default()
+        })),
+    ]
+}
+
+fn json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i32>().prop_map(Value::from),
+        "[a-z]{0,4}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+            proptest::collection::btree_map("[a-c]", inner, 0..4).prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn without_nulls(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Object(m) => m.values().all(without_nulls),
+        _ => true,
+    }
+}
+
+proptest! {
+    /// Every object decodes from its protobuf encoding to itself (what the store holds).
+    #[test]
+    fn every_kind_survives_protobuf_round_trip(o in object()) {
+        let back = kinds::decode(Kind::of(&o), &kinds::encode(&o)).expect("decode");
+        prop_assert_eq!(back, o);
+    }
+
+    /// Every object decodes from its JSON form to itself (manifests, patches, -o json).
+    #[test]
+    fn every_kind_survives_json_round_trip(o in object()) {
+        let v = kinds::to_json(&o);
+        let back = kinds::from_json(Kind::of(&o), v.clone()).map_err(|e| TestCaseError::fail(format!("{e}: {v}")))?;
+        prop_assert_eq!(back, o);
+    }
+
+    /// RFC 7386 laws: an empty patch changes nothing; a patch applied twice is the same as
+    /// once; a patch without nulls leaves every key it names equal to the patch's value
+    /// (for object values, recursively merged); a null removes its key.
+    #[test]
+    fn merge_patch_laws(doc in json(), patch in json()) {
+        let mut d = doc.clone();
+        json_patch::merge(&mut d, &Value::Object(Default::default()));
+        if doc.is_object() {
+            prop_assert_eq!(&d, &doc);
+        }
+        let mut once = doc.clone();
+        json_patch::merge(&mut once, &patch);
+        let mut twice = once.clone();
+        json_patch::merge(&mut twice, &patch);
+        prop_assert_eq!(&twice, &once);
+        if let (Value::Object(p), Value::Object(r)) = (&patch, &once) {
+            for (k, v) in p {
+                if v.is_null() {
+                    prop_assert!(!r.contains_key(k), "null removes {}", k);
+                } else if !v.is_object() && without_nulls(v) {
+                    prop_assert_eq!(r.get(k), Some(v));
+                }
+            }
+        } else if !patch.is_object() {
+            prop_assert_eq!(&once, &patch, "a non-object patch replaces the document");
+        }
+    }
+}
+
+fn valid_pod() -> O {
+    O::Pod(pb::Pod {
+        metadata: Some(pb::ObjectMeta { name: "web".into(), namespace: "default".into(), ..Default::default() }),
+        spec: Some(pb::PodSpec {
+            containers: vec![pb::Container { name: "c".into(), image: "nginx".into(), ..Default::default() }],
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+fn pod_with(f: impl FnOnce(&mut pb::Pod)) -> O {
+    let mut o = valid_pod();
+    if let O::Pod(p) = &mut o {
+        f(p);
+    }
+    o
+}
+
+fn spec(p: &mut pb::Pod) -> &mut pb::PodSpec {
+    p.spec.get_or_insert_with(Default::default)
+}
+
+#[test]
+fn validation_table_names_each_field() {
+    assert!(crate::validate::object(&valid_pod()).is_ok());
+    let cases: Vec<(O, &str)> = vec![
+        (pod_with(|p| p.metadata.as_mut().expect("m").name = "-web".into()), "metadata.name"),
+        (pod_with(|p| p.metadata.as_mut().expect("m").namespace = "Prod".into()), "metadata.namespace"),
+        (pod_with(|p| spec(p).containers.clear()), "spec.containers"),
+        (pod_with(|p| spec(p).containers[0].name = "C".into()), "spec.containers[0].name"),
+        (
+            pod_with(|p| {
+                let c = spec(p).containers[0].clone();
+                spec(p).containers.push(c);
+            }),
+            "spec.containers[1].name",
+        ),
+        (
+            pod_with(|p| spec(p).containers[0].ports.push(pb::ContainerPort { container_port: 70000, ..Default::default() })),
+            "spec.containers[0].ports[0].containerPort",
+        ),
+        (
+            pod_with(|p| {
+                spec(p).containers[0].ports.push(pb::ContainerPort {
+                    container_port: 80,
+                    protocol: "SCTP".into(),
+                    ..Default::default()
+                })
+            }),
+            "spec.containers[0].ports[0].protocol",
+        ),
+        (pod_with(|p| spec(p).restart_policy = "Sometimes".into()), "spec.restartPolicy"),
+        (
+            pod_with(|p| spec(p).tolerations.push(pb::Toleration { operator: "Exists".into(), value: "x".into(), ..Default::default() })),
+            "spec.tolerations[0].value",
+        ),
+        (
+            pod_with(|p| spec(p).containers[0].liveness_probe = Some(pb::Probe::default())),
+            "spec.containers[0].livenessProbe",
+        ),
+        (pod_with(|p| spec(p).termination_grace_period_seconds = Some(-1)), "spec.terminationGracePeriodSeconds"),
+        (
+            pod_with(|p| {
+                spec(p).affinity = Some(pb::Affinity {
+                    node_affinity: Some(pb::NodeAffinity {
+                        required_during_scheduling_ignored_during_execution: Some(pb::NodeSelector {
+                            node_selector_terms: vec![pb::NodeSelectorTerm {
+                                match_expressions: vec![pb::NodeSelectorRequirement {
+                                    key: "zone".into(),
+                                    operator: "Near".into(),
+                                    values: vec![],
+                                }],
+                            }],
+                        }),
+                    }),
+                })
+            }),
+            "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator",
+        ),
+        (pod_with(|p| p.status = Some(pb::PodStatus { pod_ip: "10.0.0.300".into(), ..Default::default() })), "status.podIP"),
+    ];
+    for (o, field) in cases {
+        match crate::validate::object(&o) {
+            Err(crate::ApiError::Invalid { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: expected Invalid, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn deployment_template_must_match_its_selector() {
+    let d = O::Deployment(pb::Deployment {
+        metadata: Some(pb::ObjectMeta { name: "d".into(), namespace: "default".into(), ..Default::default() }),
+        spec: Some(pb::DeploymentSpec {
+            selector: Some(pb::LabelSelector {
+                match_labels: [("app".to_string(), "a".to_string())].into(),
+                ..Default::default()
+            }),
+            template: Some(pb::PodTemplateSpec {
+                metadata: Some(pb::ObjectMeta {
+                    labels: [("app".to_string(), "b".to_string())].into(),
+                    ..Default::default()
+                }),
+                spec: valid_pod_spec(),
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    });
+    match crate::validate::object(&d) {
+        Err(crate::ApiError::Invalid { field, .. }) => assert_eq!(field, "spec.template.metadata.labels"),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn valid_pod_spec() -> Option<pb::PodSpec> {
+    match valid_pod() {
+        O::Pod(p) => p.spec,
+        _ => None,
+    }
+}
+
+#[test]
+fn pod_update_may_change_only_images_and_add_tolerations() {
+    let old = valid_pod();
+    let image = pod_with(|p| spec(p).containers[0].image = "nginx:2".into());
+    assert!(crate::validate::update(&old, &image).is_ok());
+    let tol =
+        pod_with(|p| spec(p).tolerations.push(pb::Toleration { operator: "Exists".into(), ..Default::default() }));
+    assert!(crate::validate::update(&old, &tol).is_ok());
+    let node = pod_with(|p| spec(p).node_name = "n1".into());
+    assert!(
+        matches!(crate::validate::update(&old, &node), Err(crate::ApiError::Invalid { field, .. }) if field == "spec.nodeName")
+    );
+    let args = pod_with(|p| spec(p).containers[0].args = vec!["x".into()]);
+    assert!(
+        matches!(crate::validate::update(&old, &args), Err(crate::ApiError::Invalid { field, .. }) if field == "spec")
+    );
+}
+
+#[test]
+fn unknown_json_field_and_wrong_type_are_named_by_path() {
+    let v: Value =
+        serde_json::json!({"metadata": {"name": "x"}, "spec": {"containers": [{"name": "c", "imagee": "x"}]}});
+    match kinds::from_json(Kind::Pod, v) {
+        Err(crate::ApiError::Invalid { field, reason }) => {
+            assert_eq!(field, "spec.containers[0].imagee");
+            assert!(reason.contains("unknown field"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let v: Value = serde_json::json!({"spec": {"replicas": "three"}});
+    match kinds::from_json(Kind::Deployment, v) {
+        Err(crate::ApiError::Invalid { field, .. }) => assert_eq!(field, "spec.replicas"),
+        other => panic!("{other:?}"),
+    }
+}
