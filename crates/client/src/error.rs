@@ -1,0 +1,63 @@
+//! The client's one error type.
+
+use tonic::{Code, Status};
+
+/// What a call through the client can fail with.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error (not found, invalid, conflict, ...).
+    #[error("{}", .0.message())]
+    Api(Status),
+    /// No master could be reached within the retry budget.
+    #[error("no master reachable: {0}")]
+    Unavailable(String),
+    /// A write was sent but its outcome is unknown (the master failed before answering):
+    /// it may or may not have been applied. Read the object back before writing again.
+    #[error("the write may or may not have been applied (lost contact with the master: {0}); read the object back before retrying")]
+    Indeterminate(String),
+    /// A watch's resourceVersion was compacted away: list again (HTTP 410 in Kubernetes).
+    #[error("{0}")]
+    Expired(String),
+    /// Bad client settings (an endpoint that is not a URL, ...).
+    #[error("{0}")]
+    Config(String),
+}
+
+impl ClientError {
+    /// The gRPC code of a server error.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            ClientError::Api(s) => Some(s.code()),
+            ClientError::Expired(_) => Some(Code::OutOfRange),
+            _ => None,
+        }
+    }
+
+    /// Whether the server said the object does not exist.
+    pub fn is_not_found(&self) -> bool {
+        self.code() == Some(Code::NotFound)
+    }
+
+    /// Whether a compare-and-swap lost (the object changed since it was read).
+    pub fn is_conflict(&self) -> bool {
+        self.code() == Some(Code::Aborted)
+    }
+}
+
+/// Whether a failed call certainly never reached the server (the connection could not
+/// be opened): even a write may then be sent to another master.
+pub fn never_sent(s: &Status) -> bool {
+    s.code() == Code::Unavailable
+        && ["tcp connect error", "tcp open error", "tcp connect timeout", "dns error", "error trying to connect"]
+            .iter()
+            .any(|m| s.message().starts_with(m))
+}
+
+/// Whether a failure is about reaching the master (try another) rather than an answer.
+pub fn is_transport(s: &Status) -> bool {
+    match s.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => true,
+        Code::Unknown => s.message().contains("transport") || s.message().contains("connection"),
+        _ => false,
+    }
+}

@@ -1,0 +1,138 @@
+//! The list of masters a client may talk to, which of them are healthy, and which one is
+//! in use.
+//!
+//! Each master gets one HTTP/2 connection with keepalive pings every second (so a dead or
+//! partitioned master is noticed in about two seconds, not at a TCP timeout). A background
+//! task asks every master for its status twice a second: a master that does not answer
+//! within a second, or that knows no leader (it is cut off from the majority), is
+//! unhealthy. Calls go to the current master while it is healthy, else to the next
+//! healthy one.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use flotilla_proto::etcdserverpb::{maintenance_client::MaintenanceClient, StatusRequest};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::ClientError;
+
+/// Timing of the client; the defaults move to another master within 2 s of losing one.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Deadline of one unary call.
+    pub request_timeout: Duration,
+    /// How long a call keeps trying other masters before giving up.
+    pub retry_budget: Duration,
+    /// Interval of health checks.
+    pub health_interval: Duration,
+    /// Deadline of one health check (and of connecting).
+    pub health_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            request_timeout: Duration::from_millis(1500),
+            retry_budget: Duration::from_secs(10),
+            health_interval: Duration::from_millis(500),
+            health_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+pub(crate) struct Master {
+    pub url: String,
+    pub channel: Channel,
+    healthy: AtomicBool,
+}
+
+pub(crate) struct Pool {
+    pub masters: Vec<Master>,
+    current: AtomicUsize,
+    pub opts: Options,
+}
+
+/// `host:port` or `http://host:port` → `http://host:port`.
+fn normalize(ep: &str) -> String {
+    let ep = ep.trim();
+    if ep.contains("://") {
+        ep.to_string()
+    } else {
+        format!("http://{ep}")
+    }
+}
+
+impl Pool {
+    pub fn new(endpoints: &[String], opts: Options) -> Result<Arc<Pool>, ClientError> {
+        if endpoints.is_empty() {
+            return Err(ClientError::Config("no endpoints given".into()));
+        }
+        let mut masters = Vec::new();
+        for e in endpoints {
+            let url = normalize(e);
+            let channel = Endpoint::from_shared(url.clone())
+                .map_err(|err| ClientError::Config(format!("endpoint {e:?} is not a URL: {err}")))?
+                .connect_timeout(opts.health_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(1))
+                .keep_alive_timeout(Duration::from_secs(1))
+                .keep_alive_while_idle(true)
+                .connect_lazy();
+            masters.push(Master { url, channel, healthy: AtomicBool::new(true) });
+        }
+        let pool = Arc::new(Pool { masters, current: AtomicUsize::new(0), opts });
+        tokio::spawn(health_loop(Arc::downgrade(&pool)));
+        Ok(pool)
+    }
+
+    /// The master to use now.
+    pub fn pick(&self) -> usize {
+        let n = self.masters.len();
+        let cur = self.current.load(Ordering::Acquire) % n;
+        if self.masters[cur].healthy.load(Ordering::Acquire) {
+            return cur;
+        }
+        for step in 1..n {
+            let i = (cur + step) % n;
+            if self.masters[i].healthy.load(Ordering::Acquire) {
+                self.current.store(i, Ordering::Release);
+                return i;
+            }
+        }
+        // Nobody looks healthy: rotate, in case the checks are behind.
+        let i = (cur + 1) % n;
+        self.current.store(i, Ordering::Release);
+        i
+    }
+
+    /// A call to master `i` failed in transport: stop using it until it checks healthy.
+    pub fn mark_bad(&self, i: usize) {
+        self.masters[i].healthy.store(false, Ordering::Release);
+        let _ = self.current.compare_exchange(i, (i + 1) % self.masters.len(), Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
+async fn check(m: &Master, timeout: Duration) -> bool {
+    let mut c = MaintenanceClient::new(m.channel.clone());
+    matches!(
+        tokio::time::timeout(timeout, c.status(StatusRequest {})).await,
+        Ok(Ok(r)) if r.get_ref().leader != 0
+    )
+}
+
+async fn health_loop(pool: Weak<Pool>) {
+    loop {
+        let Some(p) = pool.upgrade() else { return };
+        let interval = p.opts.health_interval;
+        let checks = p.masters.iter().map(|m| check(m, p.opts.health_timeout));
+        let results = futures::future::join_all(checks).await;
+        for (m, ok) in p.masters.iter().zip(results) {
+            if m.healthy.swap(ok, Ordering::AcqRel) != ok {
+                tracing::debug!(master = %m.url, healthy = ok, "master health changed");
+            }
+        }
+        drop(p);
+        tokio::time::sleep(interval).await;
+    }
+}

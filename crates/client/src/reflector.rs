@@ -1,0 +1,99 @@
+//! A reflector keeps a local cache of one kind in sync: list, then watch from the list's
+//! resourceVersion (resuming across masters), and list again only when the watch's
+//! version has expired. Controllers read the cache instead of the API.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::watch;
+use tokio_stream::StreamExt;
+
+use crate::client::{Client, ListParams};
+use crate::error::ClientError;
+use crate::resource::Resource;
+use crate::watch::WatchEvent;
+
+/// The cache: objects by `namespace/name`.
+pub type Cache<T> = Arc<RwLock<BTreeMap<String, T>>>;
+
+/// A running reflector. Dropping it stops it.
+pub struct Reflector<T: Resource> {
+    cache: Cache<T>,
+    synced: watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn key<T: Resource>(o: &T) -> String {
+    format!("{}/{}", o.namespace(), o.name())
+}
+
+impl<T: Resource> Reflector<T> {
+    /// Starts keeping the objects matching `p` in a cache.
+    pub fn start(client: Client, p: ListParams) -> Reflector<T> {
+        let cache: Cache<T> = Arc::new(RwLock::new(BTreeMap::new()));
+        let (synced_tx, synced) = watch::channel(false);
+        let c = cache.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match sync::<T>(&client, &p, &c, &synced_tx).await {
+                    Err(ClientError::Expired(_)) => continue, // list again
+                    Err(e) => {
+                        tracing::warn!(kind = T::KIND, error = %e, "reflector: retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    }
+                    Ok(()) => return,
+                }
+            }
+        });
+        Reflector { cache, synced, task }
+    }
+
+    /// Waits until the first list is in the cache.
+    pub async fn wait_synced(&mut self) {
+        let _ = self.synced.wait_for(|s| *s).await;
+    }
+
+    /// The cache (read it; do not write it).
+    pub fn cache(&self) -> Cache<T> {
+        self.cache.clone()
+    }
+
+    /// A copy of every cached object.
+    pub fn snapshot(&self) -> Vec<T> {
+        self.cache.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+}
+
+impl<T: Resource> Drop for Reflector<T> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn sync<T: Resource>(
+    client: &Client,
+    p: &ListParams,
+    cache: &Cache<T>,
+    synced: &watch::Sender<bool>,
+) -> Result<(), ClientError> {
+    let list = client.list::<T>(p).await?;
+    {
+        let mut c = cache.write().unwrap_or_else(|p| p.into_inner());
+        *c = list.items.into_iter().map(|o| (key(&o), o)).collect();
+    }
+    let _ = synced.send(true);
+    let mut events = client.watch::<T>(p, &list.resource_version);
+    while let Some(ev) = events.next().await {
+        let ev = ev?;
+        let mut c = cache.write().unwrap_or_else(|p| p.into_inner());
+        match ev {
+            WatchEvent::Added(o) | WatchEvent::Modified(o) => {
+                c.insert(key(&o), o);
+            }
+            WatchEvent::Deleted(o) => {
+                c.remove(&key(&o));
+            }
+        }
+    }
+    Ok(())
+}
