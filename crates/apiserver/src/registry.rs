@@ -884,6 +884,13 @@ fn merge_update(cur: &O, new: O, status_only: bool) -> Result<O, ApiError> {
     if Kind::of(cur).has_status() {
         kinds::copy_status(cur, &mut out);
     }
+    // An update that leaves the allocated cluster IP out keeps it (as Kubernetes does).
+    if let (O::Service(old), O::Service(new)) = (cur, &mut out) {
+        let old_ip = old.spec.as_ref().map(|s| s.cluster_ip.clone()).unwrap_or_default();
+        if let Some(spec) = new.spec.as_mut().filter(|s| s.cluster_ip.is_empty()) {
+            spec.cluster_ip = old_ip;
+        }
+    }
     let m = meta_mut(&mut out);
     m.name = old_meta.name;
     m.namespace = old_meta.namespace;

@@ -23,14 +23,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a master: the replicated store (etcd v3 API) and, later, the apiserver.
+    /// Run a master: the replicated store (etcd v3 API) and the apiserver (flotilla.api.v1).
     Master(Box<master::MasterArgs>),
     /// Load-test an etcd v3 endpoint (Flotilla or etcd), or compare the two.
     Bench(Box<bench::BenchArgs>),
+    /// Manage objects and masters (the same as the `flotctl` binary).
+    Ctl(Box<flotilla_ctl::CtlArgs>),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // flotctl prints its own one-line errors and keeps logs quiet.
+    let cli = match cli.command {
+        Command::Ctl(args) => return flotilla_ctl::run(*args),
+        other => Cli { command: other },
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
@@ -42,6 +49,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Master(args) => master::run(*args),
         Command::Bench(args) => bench::run(*args),
+        Command::Ctl(_) => Ok(()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

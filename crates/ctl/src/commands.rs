@@ -1,0 +1,534 @@
+//! What each flotctl command does.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use flotilla_apiserver::kinds::{meta, meta_mut, Kind};
+use flotilla_client::{Client, ClientError, DeleteParams};
+use flotilla_proto::api::{self as pb, object::Kind as O};
+use flotilla_proto::etcdserverpb as ep;
+use serde::Deserialize;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+use crate::print;
+use crate::{manifest, ClusterCommand, Command, CtlArgs, CtlError, Output};
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    endpoints: Vec<String>,
+}
+
+/// The endpoints to use: flag, then environment, then config file, then the default.
+fn endpoints(args: &CtlArgs) -> Result<Vec<String>, CtlError> {
+    let split = |s: &str| s.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect::<Vec<_>>();
+    if let Some(e) = &args.endpoints {
+        return Ok(split(e));
+    }
+    if let Ok(e) = std::env::var("FLOTILLA_ENDPOINTS") {
+        if !e.trim().is_empty() {
+            return Ok(split(&e));
+        }
+    }
+    let path = match &args.config {
+        Some(p) => Some(p.clone()),
+        None => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".flotilla/config.yaml")).filter(|p| p.exists()),
+    };
+    if let Some(p) = path {
+        let text =
+            std::fs::read_to_string(&p).map_err(|e| CtlError::Io(format!("cannot read {}: {e}", p.display())))?;
+        let cfg: ConfigFile =
+            serde_yaml::from_str(&text).map_err(|e| CtlError::Usage(format!("config file {}: {e}", p.display())))?;
+        if cfg.endpoints.is_empty() {
+            return Err(CtlError::Usage(format!("config file {}: endpoints is empty", p.display())));
+        }
+        return Ok(cfg.endpoints);
+    }
+    Ok(vec!["127.0.0.1:2379".into()])
+}
+
+fn kind(s: &str) -> Result<Kind, CtlError> {
+    Kind::lookup(s).ok_or_else(|| {
+        CtlError::Usage(format!(
+            "unknown kind {s:?}; use one of: pods, deployments, replicasets, services, endpoints, nodes, namespaces, leases, events"
+        ))
+    })
+}
+
+fn read_file(f: &str) -> Result<String, CtlError> {
+    if f == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).map_err(|e| CtlError::Io(format!("reading stdin: {e}")))?;
+        return Ok(s);
+    }
+    std::fs::read_to_string(f).map_err(|e| CtlError::Io(format!("cannot read {f}: {e}")))
+}
+
+/// Every object of every file, all parsed before anything is sent.
+fn objects(files: &[String], ns: Option<&str>) -> Result<Vec<O>, CtlError> {
+    let mut out = Vec::new();
+    for f in files {
+        for mut o in manifest::parse(f, &read_file(f)?)? {
+            let k = Kind::of(&o);
+            if k.namespaced() {
+                let m = meta_mut(&mut o);
+                match (ns, m.namespace.is_empty()) {
+                    (Some(n), true) => m.namespace = n.to_string(),
+                    (Some(n), false) if m.namespace != n => {
+                        return Err(CtlError::Usage(format!(
+                            "{f}: {} {:?} is in namespace {:?}, not {n:?} given with -n",
+                            k.name(),
+                            m.name,
+                            m.namespace
+                        )))
+                    }
+                    (None, true) => m.namespace = "default".into(),
+                    _ => {}
+                }
+            }
+            out.push(o);
+        }
+    }
+    Ok(out)
+}
+
+fn ref_of(o: &O) -> String {
+    format!("{}/{}", Kind::of(o).plural().trim_end_matches('s'), meta(o).name)
+}
+
+/// Runs the command.
+pub async fn dispatch(args: CtlArgs) -> Result<(), CtlError> {
+    let eps = endpoints(&args)?;
+    let ns_flag = args.namespace.clone();
+    let ns = ns_flag.clone().unwrap_or_else(|| "default".into());
+    let client = Client::new(&eps)?;
+    match args.command {
+        Command::Get { kind: k, names, all_namespaces, selector, field_selector, output, watch } => {
+            let k = kind(&k)?;
+            let ns = if all_namespaces || !k.namespaced() { String::new() } else { ns };
+            get(&client, k, &ns, &names, selector, field_selector, output, watch, all_namespaces).await
+        }
+        Command::Describe { kind: k, name } => describe(&client, kind(&k)?, &ns, &name).await,
+        Command::Create { files } => {
+            for o in objects(&files, ns_flag.as_deref())? {
+                let r = ref_of(&o);
+                client.create_object(o).await.map_err(|e| CtlError::Usage(format!("{r}: {e}")))?;
+                outln!("{r} created");
+            }
+            Ok(())
+        }
+        Command::Apply { files } => {
+            for o in objects(&files, ns_flag.as_deref())? {
+                let r = ref_of(&o);
+                let what = apply(&client, o).await.map_err(|e| CtlError::Usage(format!("{r}: {e}")))?;
+                outln!("{r} {what}");
+            }
+            Ok(())
+        }
+        Command::Delete { kind: k, names, files, selector, grace_period } => {
+            let p = DeleteParams { grace_period_seconds: grace_period, ..Default::default() };
+            let mut targets: Vec<(Kind, String, String)> = Vec::new();
+            if !files.is_empty() {
+                // Last first: a namespace at the top of a file goes after what is in it.
+                for o in objects(&files, ns_flag.as_deref())?.iter().rev() {
+                    targets.push((Kind::of(o), meta(o).namespace.clone(), meta(o).name.clone()));
+                }
+            } else {
+                let k = kind(k.as_deref().ok_or_else(|| CtlError::Usage("delete needs a kind, or -f".into()))?)?;
+                let ns = if k.namespaced() { ns.clone() } else { String::new() };
+                if let Some(sel) = selector {
+                    let req = pb::ListRequest {
+                        kind: k.name().into(),
+                        namespace: ns.clone(),
+                        label_selector: sel,
+                        ..Default::default()
+                    };
+                    for o in client.list_page(req).await?.items.into_iter().filter_map(|o| o.kind) {
+                        targets.push((k, ns.clone(), meta(&o).name.clone()));
+                    }
+                } else if names.is_empty() {
+                    return Err(CtlError::Usage("delete needs names, -l SELECTOR or -f FILE".into()));
+                }
+                targets.extend(names.into_iter().map(|n| (k, ns.clone(), n)));
+            }
+            for (k, ns, name) in targets {
+                let gone = client
+                    .delete_object(k.name(), &ns, &name, &p)
+                    .await
+                    .map_err(|e| CtlError::Usage(format!("{}/{name}: {e}", k.name().to_lowercase())))?;
+                let r = format!("{}/{name}", k.name().to_lowercase());
+                outln!("{r} {}", if gone { "deleted" } else { "marked for deletion" });
+            }
+            Ok(())
+        }
+        Command::Label { kind: k, name, changes, overwrite } => {
+            set_map(&client, kind(&k)?, &ns, &name, "labels", &changes, overwrite).await
+        }
+        Command::Annotate { kind: k, name, changes, overwrite } => {
+            set_map(&client, kind(&k)?, &ns, &name, "annotations", &changes, overwrite).await
+        }
+        Command::Scale { kind: k, name, replicas } => {
+            let k = kind(&k)?;
+            if !matches!(k, Kind::Deployment | Kind::ReplicaSet) {
+                return Err(CtlError::Usage(format!(
+                    "{} cannot be scaled (deployments and replicasets can)",
+                    k.plural()
+                )));
+            }
+            if replicas < 0 {
+                return Err(CtlError::Usage("--replicas must not be negative".into()));
+            }
+            let patch = serde_json::json!({"spec": {"replicas": replicas}});
+            client.patch_object(k.name(), &ns, &name, &patch, false).await?;
+            outln!("{}/{name} scaled", k.name().to_lowercase());
+            Ok(())
+        }
+        Command::Cluster(c) => cluster(&eps, c).await,
+    }
+}
+
+/// Create, or update to match the manifest (labels, annotations and spec from the
+/// manifest; status and server fields kept). Retries a lost compare-and-swap.
+async fn apply(client: &Client, o: O) -> Result<&'static str, ClientError> {
+    let k = Kind::of(&o);
+    let (ns, name) = (meta(&o).namespace.clone(), meta(&o).name.clone());
+    for _ in 0..5 {
+        let cur = match client.get_object(k.name(), &ns, &name).await {
+            Err(e) if e.is_not_found() => {
+                return match client.create_object(o.clone()).await {
+                    Ok(_) => Ok("created"),
+                    Err(e) if e.code() == Some(tonic::Code::AlreadyExists) => continue,
+                    Err(e) => Err(e),
+                }
+            }
+            other => other?,
+        };
+        let mut new = o.clone();
+        meta_mut(&mut new).resource_version = meta(&cur).resource_version.clone();
+        let before = flotilla_apiserver::kinds::to_json(&cur);
+        match client.update_object(new).await {
+            Ok(after) => {
+                return Ok(if flotilla_apiserver::kinds::to_json(&after) == before {
+                    "unchanged"
+                } else {
+                    "configured"
+                })
+            }
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ClientError::Unavailable("the object kept changing while being applied".into()))
+}
+
+async fn set_map(
+    client: &Client,
+    k: Kind,
+    ns: &str,
+    name: &str,
+    field: &str,
+    changes: &[String],
+    overwrite: bool,
+) -> Result<(), CtlError> {
+    let ns = if k.namespaced() { ns } else { "" };
+    let cur = client.get_object(k.name(), ns, name).await?;
+    let existing = if field == "labels" { &meta(&cur).labels } else { &meta(&cur).annotations };
+    let mut patch = serde_json::Map::new();
+    for c in changes {
+        if let Some(key) = c.strip_suffix('-') {
+            patch.insert(key.to_string(), serde_json::Value::Null);
+        } else if let Some((key, value)) = c.split_once('=') {
+            if !overwrite && existing.get(key).is_some_and(|v| v != value) {
+                return Err(CtlError::Usage(format!(
+                    "{field} {key:?} already has the value {:?}; use --overwrite to change it",
+                    existing[key]
+                )));
+            }
+            patch.insert(key.to_string(), serde_json::Value::String(value.to_string()));
+        } else {
+            return Err(CtlError::Usage(format!("{c:?} is neither key=value nor key-")));
+        }
+    }
+    let mut body = serde_json::json!({"metadata": {}});
+    body["metadata"][field] = serde_json::Value::Object(patch);
+    body["metadata"]["resourceVersion"] = serde_json::Value::String(meta(&cur).resource_version.clone());
+    client.patch_object(k.name(), ns, name, &body, false).await?;
+    outln!("{}/{name} {}", k.name().to_lowercase(), if field == "labels" { "labeled" } else { "annotated" });
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn get(
+    client: &Client,
+    k: Kind,
+    ns: &str,
+    names: &[String],
+    selector: Option<String>,
+    field_selector: Option<String>,
+    output: Option<Output>,
+    watch: bool,
+    all_namespaces: bool,
+) -> Result<(), CtlError> {
+    let (items, rv) = if names.is_empty() {
+        let req = pb::ListRequest {
+            kind: k.name().into(),
+            namespace: ns.into(),
+            label_selector: selector.clone().unwrap_or_default(),
+            field_selector: field_selector.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        let mut items = Vec::new();
+        let mut req = req;
+        let rv = loop {
+            let page = client.list_page(req.clone()).await?;
+            items.extend(page.items.into_iter().filter_map(|o| o.kind));
+            if page.r#continue.is_empty() {
+                break page.resource_version;
+            }
+            req.r#continue = page.r#continue;
+        };
+        (items, rv)
+    } else {
+        let mut items = Vec::new();
+        for n in names {
+            items.push(client.get_object(k.name(), ns, n).await?);
+        }
+        (items, String::new())
+    };
+    let single = names.len() == 1;
+    match output {
+        Some(Output::Json) => {
+            let v: Vec<serde_json::Value> = items.iter().map(manifest::to_value).collect();
+            let out =
+                if single { v[0].clone() } else { serde_json::json!({"apiVersion": "v1", "kind": "List", "items": v}) };
+            outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        }
+        Some(Output::Yaml) => {
+            let v: Vec<serde_json::Value> = items.iter().map(manifest::to_value).collect();
+            let out =
+                if single { v[0].clone() } else { serde_json::json!({"apiVersion": "v1", "kind": "List", "items": v}) };
+            out!("{}", serde_yaml::to_string(&out).unwrap_or_default());
+        }
+        Some(Output::Name) => {
+            for o in &items {
+                outln!("{}", ref_of(o));
+            }
+        }
+        None | Some(Output::Wide) => {
+            let wide = output == Some(Output::Wide);
+            if items.is_empty() && !watch {
+                if ns.is_empty() {
+                    eprintln!("No resources found");
+                } else {
+                    eprintln!("No resources found in {ns} namespace.");
+                }
+                return Ok(());
+            }
+            out!("{}", render(k, &items, wide, all_namespaces, true));
+        }
+    }
+    if watch && names.is_empty() {
+        let req = pb::WatchRequest {
+            kind: k.name().into(),
+            namespace: ns.into(),
+            label_selector: selector.unwrap_or_default(),
+            field_selector: field_selector.unwrap_or_default(),
+            resource_version: rv,
+            allow_bookmarks: false,
+        };
+        watch_print(client, k, req, output == Some(Output::Wide), all_namespaces).await?;
+    }
+    Ok(())
+}
+
+fn render(k: Kind, items: &[O], wide: bool, all_namespaces: bool, with_headers: bool) -> String {
+    let now = SystemTime::now();
+    let mut headers = print::headers(k, wide);
+    let mut rows: Vec<Vec<String>> = items.iter().map(|o| print::row(o, wide, now)).collect();
+    if all_namespaces && k.namespaced() {
+        headers.insert(0, "NAMESPACE");
+        for (r, o) in rows.iter_mut().zip(items) {
+            r.insert(0, meta(o).namespace.clone());
+        }
+    }
+    let t = print::table(&headers, &rows);
+    if with_headers {
+        t
+    } else {
+        t.lines().skip(1).map(|l| format!("{l}\n")).collect()
+    }
+}
+
+async fn watch_print(client: &Client, k: Kind, req: pb::WatchRequest, wide: bool, all: bool) -> Result<(), CtlError> {
+    use flotilla_proto::api::api_client::ApiClient;
+    let mut stream = ApiClient::new(client.channel()).watch(req).await.map_err(ClientError::Api)?.into_inner();
+    while let Some(ev) = stream.next().await {
+        let ev = ev.map_err(ClientError::Api)?;
+        if let Some(o) = ev.object.and_then(|o| o.kind) {
+            if ev.r#type != "BOOKMARK" {
+                out!("{}", render(k, &[o], wide, all, false));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn describe(client: &Client, k: Kind, ns: &str, name: &str) -> Result<(), CtlError> {
+    let ns = if k.namespaced() { ns } else { "" };
+    let o = client.get_object(k.name(), ns, name).await?;
+    let m = meta(&o);
+    let fmt_map = |m: &BTreeMap<String, String>| {
+        if m.is_empty() {
+            "<none>".to_string()
+        } else {
+            m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("\n              ")
+        }
+    };
+    outln!("Name:         {}", m.name);
+    if k.namespaced() {
+        outln!("Namespace:    {}", m.namespace);
+    }
+    outln!("Kind:         {}", k.name());
+    outln!("Labels:       {}", fmt_map(&m.labels));
+    outln!("Annotations:  {}", fmt_map(&m.annotations));
+    outln!("UID:          {}", m.uid);
+    outln!("Created:      {} ({} ago)", m.creation_timestamp, print::age(&m.creation_timestamp, SystemTime::now()));
+    outln!("Version:      {} (generation {})", m.resource_version, m.generation);
+    if !m.deletion_timestamp.is_empty() {
+        outln!("Deleting:     since {}", m.deletion_timestamp);
+    }
+    if !m.finalizers.is_empty() {
+        outln!("Finalizers:   {}", m.finalizers.join(", "));
+    }
+    let mut body = flotilla_apiserver::kinds::to_json(&o);
+    if let Some(map) = body.as_object_mut() {
+        map.remove("metadata");
+    }
+    if body.as_object().is_some_and(|m| !m.is_empty()) {
+        out!("{}", serde_yaml::to_string(&body).unwrap_or_default());
+    }
+    if k != Kind::Event {
+        let req = pb::ListRequest {
+            kind: "Event".into(),
+            namespace: if k.namespaced() { ns.into() } else { String::new() },
+            field_selector: format!("involvedObject.name={name},involvedObject.kind={}", k.name()),
+            ..Default::default()
+        };
+        let events: Vec<O> = client.list_page(req).await?.items.into_iter().filter_map(|o| o.kind).collect();
+        outln!("Events:");
+        if events.is_empty() {
+            outln!("  <none>");
+        }
+        for e in events {
+            if let O::Event(e) = e {
+                let when = e.metadata.as_ref().map(|m| m.creation_timestamp.clone()).unwrap_or_default();
+                outln!("  {}  {}  {}  {}", print::age(&when, SystemTime::now()), e.r#type, e.reason, e.message);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn channel(ep: &str) -> Result<Channel, CtlError> {
+    let url = if ep.contains("://") { ep.to_string() } else { format!("http://{ep}") };
+    Channel::from_shared(url.clone()).map_err(|e| CtlError::Usage(format!("endpoint {ep:?}: {e}"))).map(|c| {
+        c.connect_timeout(std::time::Duration::from_secs(1)).timeout(std::time::Duration::from_secs(3)).connect_lazy()
+    })
+}
+
+async fn cluster(eps: &[String], c: ClusterCommand) -> Result<(), CtlError> {
+    use ep::cluster_client::ClusterClient;
+    use ep::maintenance_client::MaintenanceClient;
+    // Members from the first endpoint that answers.
+    let mut members = None;
+    let mut last_err = None;
+    for e in eps {
+        match ClusterClient::new(channel(e).await?).member_list(ep::MemberListRequest { linearizable: false }).await {
+            Ok(r) => {
+                members = Some(r.into_inner().members);
+                break;
+            }
+            Err(err) => last_err = Some(format!("{e}: {}", err.message())),
+        }
+    }
+    let members =
+        members.ok_or_else(|| CtlError::Usage(format!("no master answered ({})", last_err.unwrap_or_default())))?;
+    let name_of = |id: u64| members.iter().find(|m| m.id == id).map_or(format!("{id:x}"), |m| m.name.clone());
+    let mut statuses = Vec::new();
+    for e in eps {
+        let r = MaintenanceClient::new(channel(e).await?).status(ep::StatusRequest {}).await;
+        statuses.push((e.clone(), r.map(|r| r.into_inner())));
+    }
+    let leader = statuses.iter().find_map(|(_, s)| s.as_ref().ok().map(|s| s.leader).filter(|l| *l != 0));
+    match c {
+        ClusterCommand::Members => {
+            let rows: Vec<Vec<String>> = members
+                .iter()
+                .map(|m| {
+                    vec![
+                        format!("{:x}", m.id),
+                        m.name.clone(),
+                        m.peer_ur_ls.join(","),
+                        m.client_ur_ls.join(","),
+                        if m.is_learner { "learner".into() } else { "voter".into() },
+                        if Some(m.id) == leader { "yes".into() } else { String::new() },
+                    ]
+                })
+                .collect();
+            out!("{}", print::table(&["ID", "NAME", "PEER-URLS", "CLIENT-URLS", "ROLE", "LEADER"], &rows));
+        }
+        ClusterCommand::Status => {
+            let rows: Vec<Vec<String>> = statuses
+                .iter()
+                .map(|(e, s)| match s {
+                    Ok(s) => vec![
+                        e.clone(),
+                        s.header.as_ref().map_or(String::new(), |h| name_of(h.member_id)),
+                        if s.leader != 0 { name_of(s.leader) } else { "<none>".into() },
+                        s.header.as_ref().map_or(0, |h| h.revision).to_string(),
+                        s.raft_term.to_string(),
+                        s.raft_index.to_string(),
+                        s.raft_applied_index.to_string(),
+                        format!("{:.1} MiB", s.db_size as f64 / (1 << 20) as f64),
+                    ],
+                    Err(err) => vec![e.clone(), "<unreachable>".into(), err.message().to_string()],
+                })
+                .collect();
+            out!(
+                "{}",
+                print::table(
+                    &["ENDPOINT", "MEMBER", "LEADER", "REVISION", "TERM", "INDEX", "APPLIED", "DB-SIZE"],
+                    &rows
+                )
+            );
+        }
+        ClusterCommand::Leader => match leader {
+            Some(l) => outln!("{}", name_of(l)),
+            None => return Err(CtlError::Usage("no member knows a leader".into())),
+        },
+        ClusterCommand::MoveLeader { name } => {
+            let target = members
+                .iter()
+                .find(|m| m.name == name)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+                    CtlError::Usage(format!("no member named {name:?}; members: {}", names.join(", ")))
+                })?
+                .id;
+            let leader = leader.ok_or_else(|| CtlError::Usage("no member knows a leader".into()))?;
+            let at = members
+                .iter()
+                .find(|m| m.id == leader)
+                .and_then(|m| m.client_ur_ls.first().cloned())
+                .ok_or_else(|| CtlError::Usage("the leader has no client URL".into()))?;
+            MaintenanceClient::new(channel(&at).await?)
+                .move_leader(ep::MoveLeaderRequest { target_id: target })
+                .await?;
+            outln!("leadership moved to {name}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! `flotctl` (also `flotilla ctl`): the command line for the resource API and the cluster.
+//! It talks to the masters only through [`flotilla_client`] and the etcd v3 API, like any
+//! other client. Errors are one line on stderr and a non-zero exit code.
+
+/// `print!` that stops quietly when stdout is closed (`flotctl get pods | head`).
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if write!(std::io::stdout(), $($t)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
+/// `println!` that stops quietly when stdout is closed.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($t)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
+pub mod commands;
+pub mod manifest;
+pub mod print;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+/// What flotctl can fail with; each is one line for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// A manifest could not be read or is invalid.
+    #[error("{0}")]
+    Manifest(String),
+    /// Bad command-line usage or configuration.
+    #[error("{0}")]
+    Usage(String),
+    /// The cluster answered with an error, or could not be reached.
+    #[error("{0}")]
+    Client(#[from] flotilla_client::ClientError),
+    /// The etcd-API side of the cluster (members, status).
+    #[error("{}", .0.message())]
+    Cluster(#[from] tonic::Status),
+    /// Local I/O (reading a manifest, writing a file).
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Global flags and the command.
+#[derive(Args, Debug)]
+pub struct CtlArgs {
+    /// Masters to talk to (host:port, comma-separated) [env: FLOTILLA_ENDPOINTS; else the
+    /// config file; else 127.0.0.1:2379].
+    #[arg(long, global = true, value_name = "HOST:PORT,...")]
+    pub endpoints: Option<String>,
+
+    /// Config file with `endpoints: [host:port, ...]` [default: ~/.flotilla/config.yaml
+    /// when it exists].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Namespace [default: default].
+    #[arg(short = 'n', long, global = true)]
+    pub namespace: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output formats of `get`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// More columns.
+    Wide,
+    /// YAML manifests.
+    Yaml,
+    /// JSON.
+    Json,
+    /// kind/name only.
+    Name,
+}
+
+/// flotctl's commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List objects, or show one (`get pods`, `get pod web-0 -o yaml`, `get deploy -A -w`).
+    Get {
+        /// Kind: pod(s)/po, deployment(s)/deploy, replicaset(s)/rs, service(s)/svc,
+        /// endpoints/ep, node(s)/no, namespace(s)/ns, lease(s), event(s)/ev.
+        kind: String,
+        /// Names (all when none).
+        names: Vec<String>,
+        /// In every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// Label selector (`app=web,tier!=db,env in (a,b)`).
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
+        /// Field selector (`spec.nodeName=n1,status.phase=Running`).
+        #[arg(long)]
+        field_selector: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum)]
+        output: Option<Output>,
+        /// After listing, keep printing changes.
+        #[arg(short = 'w', long)]
+        watch: bool,
+    },
+    /// Show one object in detail, with its recent events.
+    Describe {
+        /// Kind.
+        kind: String,
+        /// Name.
+        name: String,
+    },
+    /// Create the objects of manifest files (fails on any that exists).
+    Create {
+        /// YAML or JSON manifests; several documents per file; `-` for stdin.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+    },
+    /// Create or update the objects of manifest files to match them.
+    Apply {
+        /// YAML or JSON manifests; several documents per file; `-` for stdin.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+    },
+    /// Delete objects by name, by manifest, or by label selector.
+    Delete {
+        /// Kind (omit with -f).
+        kind: Option<String>,
+        /// Names.
+        names: Vec<String>,
+        /// Delete what these manifests describe.
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<String>,
+        /// Delete every object of the kind matching this selector.
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
+        /// Seconds a running pod gets to stop (0: at once).
+        #[arg(long)]
+        grace_period: Option<i64>,
+    },
+    /// Set or remove labels: `label pod web tier=front old-`.
+    Label {
+        /// Kind.
+        kind: String,
+        /// Name.
+        name: String,
+        /// `key=value` to set, `key-` to remove.
+        #[arg(required = true)]
+        changes: Vec<String>,
+        /// Allow changing an existing value.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Set or remove annotations: `annotate pod web note=hi old-`.
+    Annotate {
+        /// Kind.
+        kind: String,
+        /// Name.
+        name: String,
+        /// `key=value` to set, `key-` to remove.
+        #[arg(required = true)]
+        changes: Vec<String>,
+        /// Allow changing an existing value.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Set the replicas of a deployment or replica set.
+    Scale {
+        /// deployment or replicaset.
+        kind: String,
+        /// Name.
+        name: String,
+        /// Desired replicas.
+        #[arg(long)]
+        replicas: i32,
+    },
+    /// The masters: members, status, leader, move-leader.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+/// `flotctl cluster ...`
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// List the members.
+    Members,
+    /// Status of every endpoint: leader, revision, raft term and index, DB size.
+    Status,
+    /// Print the leader's name.
+    Leader,
+    /// Hand leadership to the named member.
+    MoveLeader {
+        /// Member name.
+        name: String,
+    },
+}
+
+/// Runs flotctl; prints errors as one line and returns the exit code.
+pub fn run(args: CtlArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(commands::dispatch(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
