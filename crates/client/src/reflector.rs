@@ -82,7 +82,7 @@ async fn sync<T: Resource>(
         *c = list.items.into_iter().map(|o| (key(&o), o)).collect();
     }
     let _ = synced.send(true);
-    let mut events = client.watch::<T>(p, &list.resource_version);
+    let mut events = client.watch::<T>(p, &list.resource_version).await?;
     while let Some(ev) = events.next().await {
         let ev = ev?;
         let mut c = cache.write().unwrap_or_else(|p| p.into_inner());

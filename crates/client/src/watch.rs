@@ -39,21 +39,36 @@ impl<T: Resource> WatchEvent<T> {
 const SILENCE: Duration = Duration::from_secs(8);
 
 impl Client {
-    /// Watches objects of `T` matching `p` after `resource_version` (empty: from now).
-    /// The stream ends only with an error the caller must act on (`Expired`: list again).
-    pub fn watch<T: Resource>(
+    /// Watches objects of `T` matching `p` after `resource_version` (empty: from now, that
+    /// is, every change made after this call returns). The stream ends only with an error
+    /// the caller must act on (`Expired`: list again).
+    pub async fn watch<T: Resource>(
         &self,
         p: &ListParams,
         resource_version: &str,
-    ) -> ReceiverStream<Result<WatchEvent<T>, ClientError>> {
+    ) -> Result<ReceiverStream<Result<WatchEvent<T>, ClientError>>, ClientError> {
+        let mut rv = resource_version.to_string();
+        if rv.is_empty() {
+            // "Now" made exact (a linearizable read's revision), so that a resumption
+            // cannot skip what happened before the first event.
+            let page = self
+                .list_page(pb::ListRequest {
+                    kind: T::KIND.into(),
+                    namespace: p.namespace.clone(),
+                    limit: 1,
+                    ..Default::default()
+                })
+                .await?;
+            rv = page.resource_version;
+        }
         let (tx, rx) = mpsc::channel(256);
-        let (client, p, rv) = (self.clone(), p.clone(), resource_version.to_string());
+        let (client, p) = (self.clone(), p.clone());
         tokio::spawn(async move {
             if let Err(e) = run_watch::<T>(&client, &p, rv, &tx).await {
                 let _ = tx.send(Err(e)).await;
             }
         });
-        ReceiverStream::new(rx)
+        Ok(ReceiverStream::new(rx))
     }
 }
 
@@ -63,19 +78,6 @@ async fn run_watch<T: Resource>(
     mut rv: String,
     tx: &mpsc::Sender<Result<WatchEvent<T>, ClientError>>,
 ) -> Result<(), ClientError> {
-    if rv.is_empty() {
-        // "From now" made exact, so that a resumption cannot skip what happened before
-        // the first event.
-        let page = client
-            .list_page(pb::ListRequest {
-                kind: T::KIND.into(),
-                namespace: p.namespace.clone(),
-                limit: 1,
-                ..Default::default()
-            })
-            .await?;
-        rv = page.resource_version;
-    }
     loop {
         let req = pb::WatchRequest {
             kind: T::KIND.into(),

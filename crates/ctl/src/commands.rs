@@ -107,9 +107,20 @@ pub async fn dispatch(args: CtlArgs) -> Result<(), CtlError> {
     let client = Client::new(&eps)?;
     match args.command {
         Command::Get { kind: k, names, all_namespaces, selector, field_selector, output, watch } => {
-            let k = kind(&k)?;
-            let ns = if all_namespaces || !k.namespaced() { String::new() } else { ns };
-            get(&client, k, &ns, &names, selector, field_selector, output, watch, all_namespaces).await
+            // `get deploy,svc`: several kinds, one table each.
+            let kinds = k.split(',').map(kind).collect::<Result<Vec<_>, _>>()?;
+            if kinds.len() > 1 && (watch || !names.is_empty()) {
+                return Err(CtlError::Usage("names and --watch take a single kind".into()));
+            }
+            for (i, k) in kinds.into_iter().enumerate() {
+                if i > 0 {
+                    outln!();
+                }
+                let ns = if all_namespaces || !k.namespaced() { String::new() } else { ns.clone() };
+                get(&client, k, &ns, &names, selector.clone(), field_selector.clone(), output, watch, all_namespaces)
+                    .await?;
+            }
+            Ok(())
         }
         Command::Describe { kind: k, name } => describe(&client, kind(&k)?, &ns, &name).await,
         Command::Create { files } => {
@@ -439,9 +450,44 @@ async fn channel(ep: &str) -> Result<Channel, CtlError> {
     })
 }
 
+/// Streams a snapshot from the first endpoint that answers into `file`.
+async fn snapshot_save(eps: &[String], file: &std::path::Path) -> Result<(), CtlError> {
+    use ep::maintenance_client::MaintenanceClient;
+    use std::io::Write;
+    let part = file.with_extension("part");
+    let mut last = String::new();
+    for e in eps {
+        let mut c = MaintenanceClient::new(channel(e).await?);
+        let mut stream = match c.snapshot(ep::SnapshotRequest {}).await {
+            Ok(s) => s.into_inner(),
+            Err(err) => {
+                last = format!("{e}: {}", err.message());
+                continue;
+            }
+        };
+        let io = |err: std::io::Error| CtlError::Io(format!("writing {}: {err}", part.display()));
+        let mut out = std::fs::File::create(&part).map_err(io)?;
+        let (mut bytes, mut revision) = (0usize, 0);
+        while let Some(msg) = stream.next().await {
+            let msg = msg?;
+            revision = msg.header.as_ref().map_or(revision, |h| h.revision);
+            bytes += msg.blob.len();
+            out.write_all(&msg.blob).map_err(io)?;
+        }
+        out.sync_all().map_err(io)?;
+        std::fs::rename(&part, file).map_err(io)?;
+        outln!("snapshot saved to {} ({bytes} bytes, from {e} at revision {revision})", file.display());
+        return Ok(());
+    }
+    Err(CtlError::Usage(format!("no master could send a snapshot ({last})")))
+}
+
 async fn cluster(eps: &[String], c: ClusterCommand) -> Result<(), CtlError> {
     use ep::cluster_client::ClusterClient;
     use ep::maintenance_client::MaintenanceClient;
+    if let ClusterCommand::Snapshot(crate::SnapshotCommand::Save { file }) = &c {
+        return snapshot_save(eps, file).await;
+    }
     // Members from the first endpoint that answers.
     let mut members = None;
     let mut last_err = None;
@@ -529,6 +575,7 @@ async fn cluster(eps: &[String], c: ClusterCommand) -> Result<(), CtlError> {
                 .await?;
             outln!("leadership moved to {name}");
         }
+        ClusterCommand::Snapshot(_) => {}
     }
     Ok(())
 }

@@ -182,7 +182,7 @@ pub enum Command {
         #[arg(long)]
         replicas: i32,
     },
-    /// The masters: members, status, leader, move-leader.
+    /// The masters: members, status, leader, move-leader, snapshot save.
     #[command(subcommand)]
     Cluster(ClusterCommand),
 }
@@ -200,6 +200,20 @@ pub enum ClusterCommand {
     MoveLeader {
         /// Member name.
         name: String,
+    },
+    /// Save a consistent copy of the cluster's data (from the first endpoint that
+    /// answers) to a file, in Flotilla's snapshot format.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+/// `flotctl cluster snapshot ...`
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCommand {
+    /// Write the snapshot to FILE (written to FILE.part, synced, then renamed).
+    Save {
+        /// Destination file.
+        file: PathBuf,
     },
 }
 

@@ -162,7 +162,8 @@ async fn get(c: &mut ApiClient<Channel>, kind: &str, ns: &str, name: &str) -> Re
 
 /// Every kind can be created, read back with server-set fields, listed, updated (which
 /// moves its resourceVersion, and its generation only on a spec change) and deleted, and
-/// the calls may go to any master.
+/// the calls may go to any master; a watch of the kind on a third master sees ADDED,
+/// MODIFIED and DELETED.
 #[test]
 fn every_kind_round_trips_create_get_list_update_delete() {
     let c = Cluster::start(3, &[]);
@@ -172,6 +173,13 @@ fn every_kind_round_trips_create_get_list_update_delete() {
             let kind = kind_name(&obj);
             let mut a = api(&urls[i % 3]).await;
             let mut b = api(&urls[(i + 1) % 3]).await;
+            let mut w = api(&urls[(i + 2) % 3]).await;
+            let watch_ns = if kind == "Namespace" || kind == "Node" { "" } else { "shop" };
+            let mut events = w
+                .watch(pb::WatchRequest { kind: kind.into(), namespace: watch_ns.into(), ..Default::default() })
+                .await
+                .expect("watch")
+                .into_inner();
             let created = create(&mut a, obj.clone()).await.unwrap_or_else(|e| panic!("create {kind}: {e:?}"));
             let cm = m(&created);
             assert!(!cm.uid.is_empty() && !cm.creation_timestamp.is_empty(), "{kind}: server fields set: {cm:?}");
@@ -197,6 +205,8 @@ fn every_kind_round_trips_create_get_list_update_delete() {
             );
             assert_eq!(m(&updated).generation, 1, "{kind}: a label change is not a spec change");
 
+            assert_eq!(next_event(&mut events).await.r#type, "ADDED", "{kind}");
+            assert_eq!(next_event(&mut events).await.r#type, "MODIFIED", "{kind}");
             if kind == "Namespace" {
                 continue; // deleted at the end, with everything in it
             }
@@ -213,6 +223,7 @@ fn every_kind_round_trips_create_get_list_update_delete() {
             assert!(d.deleted, "{kind}: deleted at once");
             let e = get(&mut b, kind, &ns, &cm.name).await.expect_err("gone");
             assert_eq!(e.code(), Code::NotFound, "{kind}: {e:?}");
+            assert_eq!(next_event(&mut events).await.r#type, "DELETED", "{kind}");
         }
     });
 }
@@ -313,6 +324,11 @@ fn invalid_objects_name_the_field_and_write_nothing() {
                 ..Default::default()
             });
         }
+        let mut huge = pod("default", "huge", &[]);
+        if let O::Pod(p) = &mut huge {
+            p.spec.as_mut().expect("spec").containers[0].env =
+                vec![pb::EnvVar { name: "BLOB".into(), value: "x".repeat(1_600_000) }];
+        }
         let cases: Vec<(O, &str)> = vec![
             (pod("default", "Bad_Name", &[]), "metadata.name"),
             (pod("default", "l", &[("-bad", "v")]), "metadata.labels[-bad]"),
@@ -320,6 +336,7 @@ fn invalid_objects_name_the_field_and_write_nothing() {
             (no_image, "spec.containers[0].image"),
             (bad_qty, "spec.containers[0].resources.limits[memory]"),
             (O::Pod(pb::Pod { metadata: meta("default", "nospec", &[]), ..Default::default() }), "spec"),
+            (huge, "object"),
         ];
         for (obj, field) in cases {
             let name = m(&obj).name.clone();
@@ -626,6 +643,8 @@ fn watch_from_a_compacted_version_is_expired() {
         kv.compact(flotilla_proto::etcdserverpb::CompactionRequest { revision: rev, physical: true })
             .await
             .expect("compact");
+        // A linearizable read through the watched master: it has applied the compaction.
+        get(&mut a, "Pod", "default", "c0").await.expect("read barrier");
         let mut s = a
             .watch(pb::WatchRequest {
                 kind: "Pod".into(),

@@ -113,7 +113,10 @@ fn client_watch_and_reflector_survive_a_master_kill() {
         let client = Client::new(&eps).expect("client");
         let mut reflector = Reflector::<pb::Pod>::start(client.clone(), ListParams::default());
         reflector.wait_synced().await;
-        let mut w = client.watch::<pb::Pod>(&ListParams { namespace: "default".into(), ..Default::default() }, "");
+        let mut w = client
+            .watch::<pb::Pod>(&ListParams { namespace: "default".into(), ..Default::default() }, "")
+            .await
+            .expect("watch");
         for i in 0..3 {
             client.create(pod(&format!("a{i}"))).await.expect("create");
         }

@@ -113,6 +113,18 @@ fn flotctl_applies_gets_scales_and_deletes_a_manifest() {
     let e = fails(&eps, &["label", "deploy", "web", "-n", "shop", "tier=back"]);
     assert!(e.contains("--overwrite"), "{e}");
 
+    // The cluster commands.
+    let members = ok(&eps, &["cluster", "members"]);
+    assert_eq!(members.lines().count(), 4, "{members}");
+    assert_eq!(members.lines().filter(|l| l.trim_end().ends_with("yes")).count(), 1, "one leader: {members}");
+    let leader = ok(&eps, &["cluster", "leader"]);
+    assert!(["n1\n", "n2\n", "n3\n"].contains(&leader.as_str()), "{leader}");
+    let snap = dir.path().join("backup.snap");
+    let saved = ok(&eps, &["cluster", "snapshot", "save", snap.to_str().expect("path")]);
+    assert!(saved.starts_with("snapshot saved to"), "{saved}");
+    let bytes = std::fs::read(&snap).expect("snapshot file");
+    assert!(bytes.starts_with(b"FLOTSNAP1") && bytes.windows(13).any(|w| w == b"/registry/dep"), "holds the data");
+
     assert_eq!(ok(&eps, &["delete", "-f", f]), "service/web deleted\ndeployment/web deleted\nnamespace/shop deleted\n");
     let ns = ok(&eps, &["get", "ns", "-o", "name"]);
     assert!(!ns.contains("shop"), "{ns}");

@@ -57,7 +57,40 @@ pub enum LeaseEvent {
     Revoked(i64),
 }
 
+/// Writes the state machine as of `view` in the snapshot format: the magic, then
+/// `(column family tag, varint key length, key, varint value length, value)` records.
+fn write_state(view: &crate::rocks::View<'_>, out: &mut dyn Write) -> std::io::Result<()> {
+    out.write_all(SNAPSHOT_MAGIC)?;
+    let mut record = Vec::new();
+    for cf in Cf::STATE_MACHINE {
+        view.for_each(cf, |k, v| {
+            record.clear();
+            record.push(cf.tag());
+            put_varint(&mut record, k.len() as u64);
+            record.extend_from_slice(k);
+            put_varint(&mut record, v.len() as u64);
+            record.extend_from_slice(v);
+            out.write_all(&record).map_err(|e| StoreError::Storage(format!("writing a snapshot: {e}")))
+        })
+        .map_err(std::io::Error::other)?;
+    }
+    Ok(())
+}
+
 impl Shared {
+    /// Writes a consistent copy of this member's state machine (every key, revision and
+    /// lease as of one applied index) to `out`, in the format Raft snapshots use. Returns
+    /// the revision it holds.
+    pub fn export(&self, out: &mut dyn Write) -> Result<i64, StoreError> {
+        let view = self.db.view();
+        let revision = view
+            .get(Cf::SmMeta, crate::mvcc::META_REVISION)?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map_or(1, i64::from_be_bytes);
+        write_state(&view, out).map_err(|e| StoreError::Storage(format!("exporting a snapshot: {e}")))?;
+        Ok(revision)
+    }
+
     /// The last applied log id and the membership as of it.
     pub fn applied(&self) -> (Option<LogId>, StoredMembership) {
         self.applied.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -212,19 +245,7 @@ impl StateMachine {
         let io = |e: std::io::Error| StoreError::Storage(format!("writing a snapshot: {e}"));
         let building = s.snap_dir.join(format!("building-{}", std::process::id()));
         let mut out = std::io::BufWriter::new(std::fs::File::create(&building).map_err(io)?);
-        out.write_all(SNAPSHOT_MAGIC).map_err(io)?;
-        let mut record = Vec::new();
-        for cf in Cf::STATE_MACHINE {
-            view.for_each(cf, |k, v| {
-                record.clear();
-                record.push(cf.tag());
-                put_varint(&mut record, k.len() as u64);
-                record.extend_from_slice(k);
-                put_varint(&mut record, v.len() as u64);
-                record.extend_from_slice(v);
-                out.write_all(&record).map_err(io)
-            })?;
-        }
+        write_state(&view, &mut out).map_err(io)?;
         out.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
         let last_log_id = applied.map(|l| codec::log_id_from_pb(&l));
         let meta = SnapshotMeta {

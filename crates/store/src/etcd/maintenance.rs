@@ -1,6 +1,7 @@
-//! The etcd Maintenance service: Status, HashKV, Hash, MoveLeader, and no-op Alarm and
-//! Defragment (RocksDB compacts itself). Snapshot is refused with a clear message: Flotilla
-//! has no bbolt file to stream.
+//! The etcd Maintenance service: Status, HashKV, Hash, MoveLeader, Snapshot, and no-op
+//! Alarm and Defragment (RocksDB compacts itself). Snapshot streams this member's state
+//! machine in Flotilla's snapshot format (not etcd's bbolt file): `etcdctl snapshot save`
+//! and `flotctl cluster snapshot save` store it; it is not for `etcdctl snapshot restore`.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -80,9 +81,17 @@ impl Maintenance for MaintenanceService {
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<ep::SnapshotResponse, Status>> + Send>>;
 
     async fn snapshot(&self, _req: Request<ep::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(Status::unimplemented(
-            "flotilla: snapshot streaming in etcd's bbolt format is not supported; back up a stopped member's data dir instead",
-        ))
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let node = self.node.clone();
+        let header = self.header();
+        tokio::task::spawn_blocking(move || {
+            let mut w = ChunkWriter { tx: tx.clone(), buf: Vec::with_capacity(SNAPSHOT_CHUNK), header };
+            let res = node.sm.export(&mut w).and_then(|_| w.finish());
+            if let Err(e) = res {
+                let _ = tx.blocking_send(Err(e.into()));
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn move_leader(
@@ -91,5 +100,44 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<ep::MoveLeaderResponse>, Status> {
         self.node.move_leader(req.into_inner().target_id).await?;
         Ok(Response::new(ep::MoveLeaderResponse { header: self.header() }))
+    }
+}
+
+/// Bytes per streamed snapshot message.
+const SNAPSHOT_CHUNK: usize = 256 * 1024;
+
+/// Cuts a snapshot being written into stream messages.
+struct ChunkWriter {
+    tx: tokio::sync::mpsc::Sender<Result<ep::SnapshotResponse, Status>>,
+    buf: Vec<u8>,
+    header: Option<ep::ResponseHeader>,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        let blob = std::mem::replace(&mut self.buf, Vec::with_capacity(SNAPSHOT_CHUNK));
+        let msg = ep::SnapshotResponse { header: self.header, remaining_bytes: 0, blob };
+        self.tx.blocking_send(Ok(msg)).map_err(|_| std::io::Error::other("the client went away"))
+    }
+
+    fn finish(mut self) -> Result<(), crate::StoreError> {
+        if !self.buf.is_empty() {
+            self.send().map_err(|e| crate::StoreError::Storage(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= SNAPSHOT_CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

@@ -28,7 +28,8 @@ use crate::rocks::{Batch, Cf, Db, Dir};
 use encoding::{PUT, TOMBSTONE};
 use latest::{LatestCache, Record};
 
-const META_REVISION: &[u8] = b"revision";
+/// Key (in the state machine meta column family) of the current revision.
+pub const META_REVISION: &[u8] = b"revision";
 const META_COMPACT: &[u8] = b"compact_revision";
 
 /// The MVCC store of one member.
