@@ -472,25 +472,21 @@ impl Registry {
         if !m.deletion_timestamp.is_empty() && m.finalizers.is_empty() && !self.waits_for_kubelet(&new) {
             let mut ops = vec![op_delete(&key)];
             ops.extend(self.release_ops(&cur.obj));
-            let r = self
-                .store
-                .txn(ep::TxnRequest { compare: vec![cmp_mod(&key, cur.rev)], success: ops, failure: vec![] })
-                .await?;
-            return Ok(r.succeeded.then(|| with_rv(new, r.header.map_or(0, |h| h.revision))));
+            return Ok(self.if_unchanged(&key, cur.rev, ops).await?.map(|rev| with_rv(new, rev)));
         }
         let bytes = stored_bytes(&new)?;
         if bytes == stored_bytes(&cur.obj)? {
             return Ok(Some(cur.obj.clone()));
         }
-        let r = self
-            .store
-            .txn(ep::TxnRequest {
-                compare: vec![cmp_mod(&key, cur.rev)],
-                success: vec![op_put(&key, bytes)],
-                failure: vec![],
-            })
-            .await?;
-        Ok(r.succeeded.then(|| with_rv(new, r.header.map_or(0, |h| h.revision))))
+        Ok(self.if_unchanged(&key, cur.rev, vec![op_put(&key, bytes)]).await?.map(|rev| with_rv(new, rev)))
+    }
+
+    /// Runs `ops` if `key` is still at revision `rev` (0: absent): the revision written,
+    /// or None when the key changed meanwhile.
+    async fn if_unchanged(&self, key: &str, rev: i64, ops: Vec<ep::RequestOp>) -> Result<Option<i64>, ApiError> {
+        let r =
+            self.store.txn(ep::TxnRequest { compare: vec![cmp_mod(key, rev)], success: ops, failure: vec![] }).await?;
+        Ok(r.succeeded.then(|| r.header.map_or(0, |h| h.revision)))
     }
 
     /// A pod being deleted gracefully stays until its kubelet confirms it stopped (by
@@ -617,30 +613,13 @@ impl Registry {
                 mm.deletion_timestamp = now();
             }
             mm.deletion_grace_period_seconds = Some(grace);
-            let r = self
-                .store
-                .txn(ep::TxnRequest {
-                    compare: vec![cmp_mod(&key, cur.rev)],
-                    success: vec![op_put(&key, stored_bytes(&marked)?)],
-                    failure: vec![],
-                })
-                .await?;
-            if !r.succeeded {
-                return Ok(None);
-            }
-            let rev = r.header.map_or(0, |h| h.revision);
-            return Ok(Some(Deleted { object: with_rv(marked, rev), gone: false }));
+            let done = self.if_unchanged(&key, cur.rev, vec![op_put(&key, stored_bytes(&marked)?)]).await?;
+            return Ok(done.map(|rev| Deleted { object: with_rv(marked, rev), gone: false }));
         }
         let mut ops = vec![op_delete(&key)];
         ops.extend(self.release_ops(&cur.obj));
-        let r = self
-            .store
-            .txn(ep::TxnRequest { compare: vec![cmp_mod(&key, cur.rev)], success: ops, failure: vec![] })
-            .await?;
-        if !r.succeeded {
-            return Ok(None);
-        }
-        Ok(Some(Deleted { object: with_rv(cur.obj.clone(), r.header.map_or(0, |h| h.revision)), gone: true }))
+        let Some(rev) = self.if_unchanged(&key, cur.rev, ops).await? else { return Ok(None) };
+        Ok(Some(Deleted { object: with_rv(cur.obj.clone(), rev), gone: true }))
     }
 
     /// Deletes a namespace and everything in it: first marks it Terminating (so no create
@@ -656,18 +635,10 @@ impl Registry {
         if mm.deletion_timestamp.is_empty() {
             mm.deletion_timestamp = now();
         }
-        let r = self
-            .store
-            .txn(ep::TxnRequest {
-                compare: vec![cmp_mod(&key, cur.rev)],
-                success: vec![op_put(&key, stored_bytes(&marked)?)],
-                failure: vec![],
-            })
-            .await?;
-        if !r.succeeded {
+        let Some(marked_rev) = self.if_unchanged(&key, cur.rev, vec![op_put(&key, stored_bytes(&marked)?)]).await?
+        else {
             return Ok(None);
-        }
-        let marked_rev = r.header.map_or(0, |h| h.revision);
+        };
         // Nothing can be created in the namespace now; collect what must be released.
         let mut ops = Vec::new();
         let services =
@@ -681,14 +652,7 @@ impl Registry {
         if meta(&marked).finalizers.is_empty() {
             ops.push(op_delete(&key));
         }
-        let r = self
-            .store
-            .txn(ep::TxnRequest { compare: vec![cmp_mod(&key, marked_rev)], success: ops, failure: vec![] })
-            .await?;
-        if !r.succeeded {
-            return Ok(None);
-        }
-        let rev = r.header.map_or(0, |h| h.revision);
+        let Some(rev) = self.if_unchanged(&key, marked_rev, ops).await? else { return Ok(None) };
         let gone = meta(&marked).finalizers.is_empty();
         Ok(Some(Deleted { object: with_rv(marked, rev), gone }))
     }
@@ -723,16 +687,8 @@ impl Registry {
             spec.node_name = req.node_name.clone();
             let key = Kind::Pod.key(ns, &req.name);
             let new = O::Pod(pod);
-            let r = self
-                .store
-                .txn(ep::TxnRequest {
-                    compare: vec![cmp_mod(&key, cur.rev)],
-                    success: vec![op_put(&key, stored_bytes(&new)?)],
-                    failure: vec![],
-                })
-                .await?;
-            if r.succeeded {
-                return Ok(with_rv(new, r.header.map_or(0, |h| h.revision)));
+            if let Some(rev) = self.if_unchanged(&key, cur.rev, vec![op_put(&key, stored_bytes(&new)?)]).await? {
+                return Ok(with_rv(new, rev));
             }
         }
         Err(ApiError::Store(StoreError::Timeout))
