@@ -62,6 +62,9 @@ pub enum ApiError {
         /// The store's compact revision.
         compacted: i64,
     },
+    /// Other writers kept changing the object; nothing was written.
+    #[error("{0}")]
+    Contended(String),
     /// The service IP range is used up.
     #[error("{0}")]
     Exhausted(String),
@@ -86,7 +89,7 @@ impl From<ApiError> for Status {
             ApiError::Invalid { .. } | ApiError::BadRequest(_) => Code::InvalidArgument,
             ApiError::NotFound { .. } => Code::NotFound,
             ApiError::AlreadyExists { .. } => Code::AlreadyExists,
-            ApiError::Conflict { .. } => Code::Aborted,
+            ApiError::Conflict { .. } | ApiError::Contended(_) => Code::Aborted,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::Expired { .. } => Code::OutOfRange,
             ApiError::Exhausted(_) => Code::ResourceExhausted,

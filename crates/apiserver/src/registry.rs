@@ -59,6 +59,12 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
     Ok((Ipv4Addr::from(u32::from(addr) & mask), prefix))
 }
 
+/// Read-modify-write attempts ran out: other writers kept changing the object. Nothing
+/// was written by this request.
+fn contended() -> ApiError {
+    ApiError::Contended(format!("the object kept changing under {MAX_RETRIES} attempts; nothing was written, retry"))
+}
+
 fn now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
@@ -252,10 +258,22 @@ impl Registry {
             let mut compares = vec![cmp_mod(&key, 0)];
             let mut ops = vec![];
             if kind.namespaced() {
-                let ns_obj = self
-                    .read(Kind::Namespace, "", &ns)
-                    .await?
-                    .ok_or_else(|| ApiError::NotFound { kind: "Namespace".into(), name: ns.clone() })?;
+                let ns_obj = match self.read(Kind::Namespace, "", &ns).await? {
+                    Some(n) => n,
+                    // The built-in namespaces always exist: a create that comes before the
+                    // master has made them (right after the cluster starts) makes them.
+                    None if crate::BUILTIN_NAMESPACES.contains(&ns.as_str()) => {
+                        let builtin = O::Namespace(pb::Namespace {
+                            metadata: Some(pb::ObjectMeta { name: ns.clone(), ..Default::default() }),
+                            ..Default::default()
+                        });
+                        match Box::pin(self.create(builtin)).await {
+                            Ok(_) | Err(ApiError::AlreadyExists { .. }) => continue,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    None => return Err(ApiError::NotFound { kind: "Namespace".into(), name: ns.clone() }),
+                };
                 if !meta(&ns_obj.obj).deletion_timestamp.is_empty() {
                     return Err(ApiError::FailedPrecondition(format!(
                         "namespace {ns:?} is being deleted: no new objects may be created in it"
@@ -286,7 +304,7 @@ impl Registry {
                 }
             }
         }
-        Err(ApiError::Store(StoreError::Timeout))
+        Err(contended())
     }
 
     /// Chooses the service's cluster IP (or checks the one asked for); returns the key
@@ -445,7 +463,7 @@ impl Registry {
                 None => continue,
             }
         }
-        Err(ApiError::Store(StoreError::Timeout))
+        Err(contended())
     }
 
     fn conflict(&self, kind: Kind, ns: &str, name: &str, expected: i64, current: i64) -> ApiError {
@@ -472,6 +490,9 @@ impl Registry {
         if !m.deletion_timestamp.is_empty() && m.finalizers.is_empty() && !self.waits_for_kubelet(&new) {
             let mut ops = vec![op_delete(&key)];
             ops.extend(self.release_ops(&cur.obj));
+            if kind == Kind::Namespace {
+                ops.extend(self.namespace_content_ops(&m.name).await?);
+            }
             return Ok(self.if_unchanged(&key, cur.rev, ops).await?.map(|rev| with_rv(new, rev)));
         }
         let bytes = stored_bytes(&new)?;
@@ -496,14 +517,48 @@ impl Registry {
     }
 
     /// Store operations that free what an object holds (a service's cluster IP).
+    /// The address is freed only if its reservation still names this service (a nested
+    /// transaction), so a stale read can never free an address another service now holds.
     fn release_ops(&self, o: &O) -> Vec<ep::RequestOp> {
         match o {
             O::Service(s) => match s.spec.as_ref().map(|x| x.cluster_ip.as_str()) {
-                Some(ip) if !ip.is_empty() && ip != "None" => vec![op_delete(&format!("{SERVICE_IPS}{ip}"))],
+                Some(ip) if !ip.is_empty() && ip != "None" => {
+                    let m = meta(o);
+                    let ip_key = format!("{SERVICE_IPS}{ip}");
+                    let owner = Kind::Service.key(&m.namespace, &m.name);
+                    vec![ep::RequestOp {
+                        request: Some(request_op::Request::RequestTxn(ep::TxnRequest {
+                            compare: vec![ep::Compare {
+                                result: compare::CompareResult::Equal as i32,
+                                target: compare::CompareTarget::Value as i32,
+                                key: ip_key.clone().into_bytes(),
+                                target_union: Some(compare::TargetUnion::Value(owner.into_bytes())),
+                                range_end: vec![],
+                            }],
+                            success: vec![op_delete(&ip_key)],
+                            failure: vec![],
+                        })),
+                    }]
+                }
                 _ => vec![],
             },
             _ => vec![],
         }
+    }
+
+    /// Store operations deleting everything in namespace `name` (and freeing its services'
+    /// addresses), read after the namespace was marked, so nothing new can appear in it.
+    async fn namespace_content_ops(&self, name: &str) -> Result<Vec<ep::RequestOp>, ApiError> {
+        let mut ops = Vec::new();
+        let services =
+            self.list(Kind::Service, &pb::ListRequest { namespace: name.into(), ..Default::default() }).await?;
+        for s in services.items.into_iter().filter_map(|o| o.kind) {
+            ops.extend(self.release_ops(&s));
+        }
+        for k in Kind::ALL.into_iter().filter(|k| k.namespaced()) {
+            ops.push(op_delete_prefix(&k.prefix_in(name)));
+        }
+        Ok(ops)
     }
 
     /// Applies a JSON merge patch (RFC 7386) to the object's JSON form, then updates it.
@@ -547,7 +602,7 @@ impl Registry {
                 return Err(self.conflict(kind, ns, &req.name, cur.rev, now.rev));
             }
         }
-        Err(ApiError::Store(StoreError::Timeout))
+        Err(contended())
     }
 
     /// Deletes an object: at once, or by marking it (deletionTimestamp) when finalizers
@@ -581,6 +636,12 @@ impl Registry {
                     ));
                 }
             }
+            if kind == Kind::Namespace && crate::BUILTIN_NAMESPACES.contains(&req.name.as_str()) {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "namespace {:?} is built in and cannot be deleted",
+                    req.name
+                )));
+            }
             let result = if kind == Kind::Namespace {
                 self.delete_namespace(&cur).await?
             } else {
@@ -590,7 +651,7 @@ impl Registry {
                 return Ok(d);
             }
         }
-        Err(ApiError::Store(StoreError::Timeout))
+        Err(contended())
     }
 
     async fn delete_one(&self, kind: Kind, cur: &Current, grace: Option<i64>) -> Result<Option<Deleted>, ApiError> {
@@ -639,16 +700,8 @@ impl Registry {
         else {
             return Ok(None);
         };
-        // Nothing can be created in the namespace now; collect what must be released.
-        let mut ops = Vec::new();
-        let services =
-            self.list(Kind::Service, &pb::ListRequest { namespace: name.clone(), ..Default::default() }).await?;
-        for s in services.items.into_iter().filter_map(|o| o.kind) {
-            ops.extend(self.release_ops(&s));
-        }
-        for k in Kind::ALL.into_iter().filter(|k| k.namespaced()) {
-            ops.push(op_delete_prefix(&k.prefix_in(&name)));
-        }
+        // Nothing can be created in the namespace now.
+        let mut ops = self.namespace_content_ops(&name).await?;
         if meta(&marked).finalizers.is_empty() {
             ops.push(op_delete(&key));
         }
@@ -691,7 +744,7 @@ impl Registry {
                 return Ok(with_rv(new, rev));
             }
         }
-        Err(ApiError::Store(StoreError::Timeout))
+        Err(contended())
     }
 
     /// Starts a watch; events go to `tx` until it is closed or the watch fails (the error
@@ -717,7 +770,12 @@ impl Registry {
         let (ftx, mut frx) = tokio::sync::mpsc::channel::<Result<Feed, ApiError>>(16);
         tokio::spawn(async move {
             loop {
-                let item = feed.next().await;
+                // Stop as soon as the watcher is gone (dropping a cursor mid-read is fine:
+                // it is never read again).
+                let item = tokio::select! {
+                    item = feed.next() => item,
+                    _ = ftx.closed() => return,
+                };
                 let stop = !matches!(item, Ok(Feed::Events(..)));
                 if ftx.send(item).await.is_err() || stop {
                     return;
@@ -756,12 +814,14 @@ impl Registry {
                         events
                     }
                 };
+                let mut sent = false;
                 for e in events {
                     match translate(kind, &sel, &e) {
                         Ok(Some(ev)) => {
                             if tx.send(Ok(ev)).await.is_err() {
                                 return;
                             }
+                            sent = true;
                         }
                         Ok(None) => {}
                         Err(err) => {
@@ -770,7 +830,11 @@ impl Registry {
                         }
                     }
                 }
-                tick.reset();
+                // Changes the selectors filtered out do not count as traffic: an idle
+                // watcher still gets its bookmarks.
+                if sent {
+                    tick.reset();
+                }
             }
         });
         Ok(())

@@ -29,7 +29,7 @@ pub struct ListParams {
     pub label_selector: String,
     /// Field selector (`spec.nodeName=n1`).
     pub field_selector: String,
-    /// Page size; 0: everything in one answer.
+    /// Page size; 0: the default (500). `list` follows every page either way.
     pub limit: i64,
 }
 
@@ -52,6 +52,12 @@ pub struct DeleteParams {
     /// Grace period for a pod on a node; Some(0) deletes at once.
     pub grace_period_seconds: Option<i64>,
 }
+
+/// Largest answer accepted (a page of up to [`DEFAULT_PAGE`] objects of up to 1.5 MiB
+/// each could be larger; pages are cut by count, so keep objects small or pages short).
+pub const MAX_ANSWER_BYTES: usize = 256 << 20;
+/// Objects per page when the caller does not choose.
+pub const DEFAULT_PAGE: i64 = 500;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Call {
@@ -92,6 +98,11 @@ impl Client {
         self.pool.masters[self.pool.pick()].channel.clone()
     }
 
+    /// The API client for master `i`, accepting answers as large as a list page can be.
+    pub(crate) fn api(&self, i: usize) -> ApiClient<Channel> {
+        ApiClient::new(self.pool.masters[i].channel.clone()).max_decoding_message_size(MAX_ANSWER_BYTES)
+    }
+
     async fn call<T, F, Fut>(&self, kind: Call, f: F) -> Result<T, ClientError>
     where
         F: Fn(ApiClient<Channel>) -> Fut,
@@ -101,7 +112,7 @@ impl Client {
         let mut pause = std::time::Duration::from_millis(20);
         loop {
             let i = self.pool.pick();
-            let client = ApiClient::new(self.pool.masters[i].channel.clone());
+            let client = self.api(i);
             let res = tokio::time::timeout(self.pool.opts.request_timeout, f(client)).await;
             let status = match res {
                 Ok(Ok(r)) => return Ok(r.into_inner()),
@@ -180,7 +191,7 @@ impl Client {
             namespace: p.namespace.clone(),
             label_selector: p.label_selector.clone(),
             field_selector: p.field_selector.clone(),
-            limit: p.limit,
+            limit: if p.limit > 0 { p.limit } else { DEFAULT_PAGE },
             ..Default::default()
         };
         let mut items = Vec::new();
@@ -323,7 +334,7 @@ impl Client {
         let deadline = Instant::now() + self.pool.opts.retry_budget;
         loop {
             let i = self.pool.pick();
-            let mut c = ApiClient::new(self.pool.masters[i].channel.clone());
+            let mut c = self.api(i);
             match tokio::time::timeout(self.pool.opts.request_timeout, c.watch(req.clone())).await {
                 Ok(Ok(s)) => return Ok((i, s.into_inner())),
                 Ok(Err(s)) if s.code() == Code::OutOfRange => return Err(ClientError::Expired(s.message().into())),

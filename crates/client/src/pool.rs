@@ -106,6 +106,11 @@ impl Pool {
         i
     }
 
+    /// Whether master `i` passed its last health check.
+    pub fn is_healthy(&self, i: usize) -> bool {
+        self.masters[i].healthy.load(Ordering::Acquire)
+    }
+
     /// A call to master `i` failed in transport: stop using it until it checks healthy.
     pub fn mark_bad(&self, i: usize) {
         self.masters[i].healthy.store(false, Ordering::Release);

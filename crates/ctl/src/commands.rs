@@ -96,7 +96,7 @@ fn objects(files: &[String], ns: Option<&str>) -> Result<Vec<O>, CtlError> {
 }
 
 fn ref_of(o: &O) -> String {
-    format!("{}/{}", Kind::of(o).plural().trim_end_matches('s'), meta(o).name)
+    format!("{}/{}", Kind::of(o).name().to_lowercase(), meta(o).name)
 }
 
 /// Runs the command.
@@ -111,6 +111,16 @@ pub async fn dispatch(args: CtlArgs) -> Result<(), CtlError> {
             let kinds = k.split(',').map(kind).collect::<Result<Vec<_>, _>>()?;
             if kinds.len() > 1 && (watch || !names.is_empty()) {
                 return Err(CtlError::Usage("names and --watch take a single kind".into()));
+            }
+            if kinds.len() > 1 && matches!(output, Some(Output::Json) | Some(Output::Yaml)) {
+                // One List holding every kind, so the output stays one document.
+                let mut all = Vec::new();
+                for k in kinds {
+                    let ns = if all_namespaces || !k.namespaced() { String::new() } else { ns.clone() };
+                    all.extend(fetch(&client, k, &ns, &[], &selector, &field_selector).await?.0);
+                }
+                print_documents(&all, false, output == Some(Output::Json));
+                return Ok(());
             }
             for (i, k) in kinds.into_iter().enumerate() {
                 if i > 0 {
@@ -249,9 +259,7 @@ async fn set_map(
     let existing = if field == "labels" { &meta(&cur).labels } else { &meta(&cur).annotations };
     let mut patch = serde_json::Map::new();
     for c in changes {
-        if let Some(key) = c.strip_suffix('-') {
-            patch.insert(key.to_string(), serde_json::Value::Null);
-        } else if let Some((key, value)) = c.split_once('=') {
+        if let Some((key, value)) = c.split_once('=') {
             if !overwrite && existing.get(key).is_some_and(|v| v != value) {
                 return Err(CtlError::Usage(format!(
                     "{field} {key:?} already has the value {:?}; use --overwrite to change it",
@@ -259,6 +267,8 @@ async fn set_map(
                 )));
             }
             patch.insert(key.to_string(), serde_json::Value::String(value.to_string()));
+        } else if let Some(key) = c.strip_suffix('-') {
+            patch.insert(key.to_string(), serde_json::Value::Null);
         } else {
             return Err(CtlError::Usage(format!("{c:?} is neither key=value nor key-")));
         }
@@ -283,46 +293,10 @@ async fn get(
     watch: bool,
     all_namespaces: bool,
 ) -> Result<(), CtlError> {
-    let (items, rv) = if names.is_empty() {
-        let req = pb::ListRequest {
-            kind: k.name().into(),
-            namespace: ns.into(),
-            label_selector: selector.clone().unwrap_or_default(),
-            field_selector: field_selector.clone().unwrap_or_default(),
-            ..Default::default()
-        };
-        let mut items = Vec::new();
-        let mut req = req;
-        let rv = loop {
-            let page = client.list_page(req.clone()).await?;
-            items.extend(page.items.into_iter().filter_map(|o| o.kind));
-            if page.r#continue.is_empty() {
-                break page.resource_version;
-            }
-            req.r#continue = page.r#continue;
-        };
-        (items, rv)
-    } else {
-        let mut items = Vec::new();
-        for n in names {
-            items.push(client.get_object(k.name(), ns, n).await?);
-        }
-        (items, String::new())
-    };
+    let (items, rv) = fetch(client, k, ns, names, &selector, &field_selector).await?;
     let single = names.len() == 1;
     match output {
-        Some(Output::Json) => {
-            let v: Vec<serde_json::Value> = items.iter().map(manifest::to_value).collect();
-            let out =
-                if single { v[0].clone() } else { serde_json::json!({"apiVersion": "v1", "kind": "List", "items": v}) };
-            outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-        }
-        Some(Output::Yaml) => {
-            let v: Vec<serde_json::Value> = items.iter().map(manifest::to_value).collect();
-            let out =
-                if single { v[0].clone() } else { serde_json::json!({"apiVersion": "v1", "kind": "List", "items": v}) };
-            out!("{}", serde_yaml::to_string(&out).unwrap_or_default());
-        }
+        Some(Output::Json) | Some(Output::Yaml) => print_documents(&items, single, output == Some(Output::Json)),
         Some(Output::Name) => {
             for o in &items {
                 outln!("{}", ref_of(o));
@@ -350,9 +324,60 @@ async fn get(
             resource_version: rv,
             allow_bookmarks: false,
         };
-        watch_print(client, k, req, output == Some(Output::Wide), all_namespaces).await?;
+        watch_print(client, k, req, output, all_namespaces).await?;
     }
     Ok(())
+}
+
+/// Reads the objects `get` shows: the named ones, or every page of a list (and the
+/// revision the list was read at).
+async fn fetch(
+    client: &Client,
+    k: Kind,
+    ns: &str,
+    names: &[String],
+    selector: &Option<String>,
+    field_selector: &Option<String>,
+) -> Result<(Vec<O>, String), CtlError> {
+    if !names.is_empty() {
+        let mut items = Vec::new();
+        for n in names {
+            items.push(client.get_object(k.name(), ns, n).await?);
+        }
+        return Ok((items, String::new()));
+    }
+    let mut req = pb::ListRequest {
+        kind: k.name().into(),
+        namespace: ns.into(),
+        label_selector: selector.clone().unwrap_or_default(),
+        field_selector: field_selector.clone().unwrap_or_default(),
+        limit: flotilla_client::client::DEFAULT_PAGE,
+        ..Default::default()
+    };
+    let mut items = Vec::new();
+    loop {
+        let page = client.list_page(req.clone()).await?;
+        items.extend(page.items.into_iter().filter_map(|o| o.kind));
+        if page.r#continue.is_empty() {
+            return Ok((items, page.resource_version));
+        }
+        req.r#continue = page.r#continue;
+    }
+}
+
+/// Objects as one JSON or YAML document: the object itself when one was asked for by
+/// name, else a List.
+fn print_documents(items: &[O], single: bool, json: bool) {
+    let v: Vec<serde_json::Value> = items.iter().map(manifest::to_value).collect();
+    let doc = match (single, v.first()) {
+        (true, Some(one)) => one.clone(),
+        _ => serde_json::json!({"apiVersion": "v1", "kind": "List", "items": v}),
+    };
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else {
+        out!("{}", serde_yaml::to_string(&doc).unwrap_or_default());
+    }
 }
 
 fn render(k: Kind, items: &[O], wide: bool, all_namespaces: bool, with_headers: bool) -> String {
@@ -373,14 +398,30 @@ fn render(k: Kind, items: &[O], wide: bool, all_namespaces: bool, with_headers: 
     }
 }
 
-async fn watch_print(client: &Client, k: Kind, req: pb::WatchRequest, wide: bool, all: bool) -> Result<(), CtlError> {
+async fn watch_print(
+    client: &Client,
+    k: Kind,
+    req: pb::WatchRequest,
+    output: Option<Output>,
+    all: bool,
+) -> Result<(), CtlError> {
     use flotilla_proto::api::api_client::ApiClient;
     let mut stream = ApiClient::new(client.channel()).watch(req).await.map_err(ClientError::Api)?.into_inner();
     while let Some(ev) = stream.next().await {
         let ev = ev.map_err(ClientError::Api)?;
         if let Some(o) = ev.object.and_then(|o| o.kind) {
-            if ev.r#type != "BOOKMARK" {
-                out!("{}", render(k, &[o], wide, all, false));
+            if ev.r#type == "BOOKMARK" {
+                continue;
+            }
+            match output {
+                Some(Output::Name) => outln!("{}", ref_of(&o)),
+                Some(Output::Json) => {
+                    outln!("{}", serde_json::to_string_pretty(&manifest::to_value(&o)).unwrap_or_default())
+                }
+                Some(Output::Yaml) => {
+                    out!("---\n{}", serde_yaml::to_string(&manifest::to_value(&o)).unwrap_or_default())
+                }
+                _ => out!("{}", render(k, &[o], output == Some(Output::Wide), all, false)),
             }
         }
     }
@@ -446,15 +487,22 @@ async fn describe(client: &Client, k: Kind, ns: &str, name: &str) -> Result<(), 
 async fn channel(ep: &str) -> Result<Channel, CtlError> {
     let url = if ep.contains("://") { ep.to_string() } else { format!("http://{ep}") };
     Channel::from_shared(url.clone()).map_err(|e| CtlError::Usage(format!("endpoint {ep:?}: {e}"))).map(|c| {
-        c.connect_timeout(std::time::Duration::from_secs(1)).timeout(std::time::Duration::from_secs(3)).connect_lazy()
+        c.connect_timeout(std::time::Duration::from_secs(1))
+            .timeout(std::time::Duration::from_secs(3))
+            .http2_keep_alive_interval(std::time::Duration::from_secs(5))
+            .keep_alive_timeout(std::time::Duration::from_secs(5))
+            .connect_lazy()
     })
 }
+
+/// Longest pause between two messages of a snapshot stream.
+const SNAPSHOT_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Streams a snapshot from the first endpoint that answers into `file`.
 async fn snapshot_save(eps: &[String], file: &std::path::Path) -> Result<(), CtlError> {
     use ep::maintenance_client::MaintenanceClient;
     use std::io::Write;
-    let part = file.with_extension("part");
+    let part = PathBuf::from(format!("{}.part", file.display()));
     let mut last = String::new();
     for e in eps {
         let mut c = MaintenanceClient::new(channel(e).await?);
@@ -467,14 +515,23 @@ async fn snapshot_save(eps: &[String], file: &std::path::Path) -> Result<(), Ctl
         };
         let io = |err: std::io::Error| CtlError::Io(format!("writing {}: {err}", part.display()));
         let mut out = std::fs::File::create(&part).map_err(io)?;
-        let (mut bytes, mut revision) = (0usize, 0);
-        while let Some(msg) = stream.next().await {
+        let (mut bytes, mut revision, mut complete) = (0usize, 0, false);
+        let stalled = || CtlError::Io(format!("the snapshot from {e} stalled; {} is incomplete", part.display()));
+        while let Some(msg) = tokio::time::timeout(SNAPSHOT_IDLE, stream.next()).await.map_err(|_| stalled())? {
             let msg = msg?;
             revision = msg.header.as_ref().map_or(revision, |h| h.revision);
             bytes += msg.blob.len();
+            complete = msg.remaining_bytes == 0;
             out.write_all(&msg.blob).map_err(io)?;
         }
         out.sync_all().map_err(io)?;
+        let head = std::fs::read(&part).map_err(io)?;
+        if !complete || !head.starts_with(b"FLOTSNAP1") {
+            return Err(CtlError::Io(format!(
+                "the snapshot from {e} ended early or is not a Flotilla snapshot; {} kept for inspection",
+                part.display()
+            )));
+        }
         std::fs::rename(&part, file).map_err(io)?;
         outln!("snapshot saved to {} ({bytes} bytes, from {e} at revision {revision})", file.display());
         return Ok(());

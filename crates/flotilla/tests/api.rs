@@ -205,8 +205,8 @@ fn every_kind_round_trips_create_get_list_update_delete() {
             );
             assert_eq!(m(&updated).generation, 1, "{kind}: a label change is not a spec change");
 
-            assert_eq!(next_event(&mut events).await.r#type, "ADDED", "{kind}");
-            assert_eq!(next_event(&mut events).await.r#type, "MODIFIED", "{kind}");
+            assert_eq!(event_for(&mut events, &cm.name).await, "ADDED", "{kind}");
+            assert_eq!(event_for(&mut events, &cm.name).await, "MODIFIED", "{kind}");
             if kind == "Namespace" {
                 continue; // deleted at the end, with everything in it
             }
@@ -223,7 +223,7 @@ fn every_kind_round_trips_create_get_list_update_delete() {
             assert!(d.deleted, "{kind}: deleted at once");
             let e = get(&mut b, kind, &ns, &cm.name).await.expect_err("gone");
             assert_eq!(e.code(), Code::NotFound, "{kind}: {e:?}");
-            assert_eq!(next_event(&mut events).await.r#type, "DELETED", "{kind}");
+            assert_eq!(event_for(&mut events, &cm.name).await, "DELETED", "{kind}");
         }
     });
 }
@@ -505,7 +505,8 @@ fn merge_patch_changes_what_it_names() {
 }
 
 /// Deleting an object with finalizers only marks it; it goes when the last finalizer is
-/// removed. Deleting a namespace deletes what is in it.
+/// removed. Deleting a namespace deletes what is in it and frees its services' addresses;
+/// the built-in namespaces cannot be deleted.
 #[test]
 fn finalizers_hold_deletion_and_namespace_deletion_cascades() {
     let c = Cluster::start(3, &[]);
@@ -534,8 +535,26 @@ fn finalizers_hold_deletion_and_namespace_deletion_cascades() {
         a.update(pb::UpdateRequest { object: wrap(cleared) }).await.expect("remove finalizer");
         assert_eq!(get(&mut a, "Pod", "team", "held").await.expect_err("gone").code(), Code::NotFound);
 
+        let svc = O::Service(pb::Service {
+            metadata: meta("team", "api", &[]),
+            spec: Some(pb::ServiceSpec {
+                ports: vec![pb::ServicePort { port: 80, ..Default::default() }],
+                ..Default::default()
+            }),
+            status: None,
+        });
+        create(&mut a, svc).await.expect("service");
+        let reserved =
+            |url: String| async move { local_range(&url, "/registry/serviceips/").await.expect("range").len() };
+        let before = reserved(url.clone()).await;
+        assert!(before >= 1);
+
         let d = a.delete(del("", "Namespace", "team")).await.expect("delete ns").into_inner();
         assert!(d.deleted);
+        get(&mut a, "Namespace", "", "default").await.expect("barrier");
+        assert_eq!(reserved(url.clone()).await, before - 1, "the namespace's service address was freed");
+        let e = a.delete(del("", "Namespace", "default")).await.expect_err("built in");
+        assert_eq!(e.code(), Code::FailedPrecondition);
         assert_eq!(
             get(&mut a, "Pod", "team", "plain").await.expect_err("gone with its namespace").code(),
             Code::NotFound
@@ -543,6 +562,17 @@ fn finalizers_hold_deletion_and_namespace_deletion_cascades() {
         let e = create(&mut a, pod("team", "late", &[])).await.expect_err("namespace gone");
         assert_eq!(e.code(), Code::NotFound);
     });
+}
+
+/// The type of the next event about the object named `name` (masters create the
+/// built-in namespaces in the background, so a watch of namespaces may see those too).
+async fn event_for(s: &mut tonic::Streaming<pb::WatchEvent>, name: &str) -> String {
+    loop {
+        let e = next_event(s).await;
+        if e.object.as_ref().and_then(|o| o.kind.as_ref()).is_some_and(|o| m(o).name == name) {
+            return e.r#type;
+        }
+    }
 }
 
 async fn next_event(s: &mut tonic::Streaming<pb::WatchEvent>) -> pb::WatchEvent {

@@ -57,6 +57,12 @@ pub enum LeaseEvent {
     Revoked(i64),
 }
 
+/// Where [`Shared::export`] writes.
+pub trait SnapshotSink: Write {
+    /// The revision of the data about to be written.
+    fn revision(&mut self, revision: i64);
+}
+
 /// Writes the state machine as of `view` in the snapshot format: the magic, then
 /// `(column family tag, varint key length, key, varint value length, value)` records.
 fn write_state(view: &crate::rocks::View<'_>, out: &mut dyn Write) -> std::io::Result<()> {
@@ -79,16 +85,16 @@ fn write_state(view: &crate::rocks::View<'_>, out: &mut dyn Write) -> std::io::R
 
 impl Shared {
     /// Writes a consistent copy of this member's state machine (every key, revision and
-    /// lease as of one applied index) to `out`, in the format Raft snapshots use. Returns
-    /// the revision it holds.
-    pub fn export(&self, out: &mut dyn Write) -> Result<i64, StoreError> {
+    /// lease as of one applied index) to `out`, in the format Raft snapshots use, after
+    /// telling `out` the revision it holds.
+    pub fn export(&self, out: &mut dyn SnapshotSink) -> Result<(), StoreError> {
         let view = self.db.view();
         let revision = view
             .get(Cf::SmMeta, crate::mvcc::META_REVISION)?
             .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
             .map_or(1, i64::from_be_bytes);
-        write_state(&view, out).map_err(|e| StoreError::Storage(format!("exporting a snapshot: {e}")))?;
-        Ok(revision)
+        out.revision(revision);
+        write_state(&view, out).map_err(|e| StoreError::Storage(format!("exporting a snapshot: {e}")))
     }
 
     /// The last applied log id and the membership as of it.
@@ -293,6 +299,8 @@ impl StateMachine {
         if !data.starts_with(SNAPSHOT_MAGIC) {
             return Err(StoreError::Corrupt("snapshot stream has no Flotilla header".into()));
         }
+        // Readers must not mix cached records of the old state with the new one.
+        s.mvcc.forget_cached();
         let mut batch = Batch::new();
         for cf in Cf::STATE_MACHINE {
             s.db.scan(cf, &[], crate::rocks::Dir::Forward, |k, _| {

@@ -106,7 +106,12 @@ impl Maintenance for MaintenanceService {
 /// Bytes per streamed snapshot message.
 const SNAPSHOT_CHUNK: usize = 256 * 1024;
 
-/// Cuts a snapshot being written into stream messages.
+/// How long a snapshot waits for a client that stopped reading before giving up.
+const SNAPSHOT_STALL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Cuts a snapshot being written into stream messages. Every message but the last has
+/// `remaining_bytes` 1 (the size is not known in advance); the last has 0, so a client
+/// can tell a complete snapshot from a cut one.
 struct ChunkWriter {
     tx: tokio::sync::mpsc::Sender<Result<ep::SnapshotResponse, Status>>,
     buf: Vec<u8>,
@@ -114,17 +119,34 @@ struct ChunkWriter {
 }
 
 impl ChunkWriter {
-    fn send(&mut self) -> std::io::Result<()> {
+    fn send(&mut self, last: bool) -> std::io::Result<()> {
+        use tokio::sync::mpsc::error::TrySendError;
         let blob = std::mem::replace(&mut self.buf, Vec::with_capacity(SNAPSHOT_CHUNK));
-        let msg = ep::SnapshotResponse { header: self.header, remaining_bytes: 0, blob };
-        self.tx.blocking_send(Ok(msg)).map_err(|_| std::io::Error::other("the client went away"))
+        let mut msg = Ok(ep::SnapshotResponse { header: self.header, remaining_bytes: u64::from(!last), blob });
+        let deadline = std::time::Instant::now() + SNAPSHOT_STALL;
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Closed(_)) => return Err(std::io::Error::other("the client went away")),
+                Err(TrySendError::Full(m)) if std::time::Instant::now() < deadline => {
+                    msg = m;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(TrySendError::Full(_)) => return Err(std::io::Error::other("the client stopped reading")),
+            }
+        }
     }
 
     fn finish(mut self) -> Result<(), crate::StoreError> {
-        if !self.buf.is_empty() {
-            self.send().map_err(|e| crate::StoreError::Storage(e.to_string()))?;
+        self.send(true).map_err(|e| crate::StoreError::Storage(e.to_string()))
+    }
+}
+
+impl crate::state_machine::SnapshotSink for ChunkWriter {
+    fn revision(&mut self, revision: i64) {
+        if let Some(h) = &mut self.header {
+            h.revision = revision;
         }
-        Ok(())
     }
 }
 
@@ -132,7 +154,7 @@ impl std::io::Write for ChunkWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         self.buf.extend_from_slice(data);
         if self.buf.len() >= SNAPSHOT_CHUNK {
-            self.send()?;
+            self.send(false)?;
         }
         Ok(data.len())
     }

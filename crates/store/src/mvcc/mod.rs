@@ -136,6 +136,11 @@ impl Mvcc {
         }
     }
 
+    /// Drops the cache of newest records (the store is about to be replaced).
+    pub fn forget_cached(&self) {
+        self.latest.clear();
+    }
+
     /// Reloads revisions from disk (after a snapshot was installed).
     pub fn reload(&self) -> Result<(), StoreError> {
         self.latest.clear();
