@@ -693,3 +693,30 @@ fn watch_from_a_compacted_version_is_expired() {
         assert!(e.message().contains("expired"), "{}", e.message());
     });
 }
+
+/// With bookmarks allowed, an idle watch gets a BOOKMARK (within the server's 5 s
+/// interval) carrying a resourceVersion at or after the one it started from.
+#[test]
+fn idle_watch_gets_bookmarks() {
+    let c = Cluster::start(3, &[]);
+    let url = c.members[1].url();
+    rt().block_on(async {
+        let mut a = api(&url).await;
+        let p = create(&mut a, pod("default", "b0", &[])).await.expect("create");
+        let rv: i64 = m(&p).resource_version.parse().expect("rv");
+        let mut s = a
+            .watch(pb::WatchRequest {
+                kind: "Pod".into(),
+                resource_version: rv.to_string(),
+                allow_bookmarks: true,
+                ..Default::default()
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        let e = next_event(&mut s).await;
+        assert_eq!(e.r#type, "BOOKMARK");
+        let at: i64 = m(&inner(e.object.expect("object"))).resource_version.parse().expect("rv");
+        assert!(at >= rv, "bookmark at {at}, watch from {rv}");
+    });
+}
