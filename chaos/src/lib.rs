@@ -1,10 +1,24 @@
-//! Flotilla's fault-injection harness. So far: the history model and the checkers that
-//! judge a run (linearizability per key, the set workload, watch guarantees). The
-//! topology (network namespaces), nemeses, workloads and `chaos/run` come next; see
-//! `chaos/README.md`.
+//! Flotilla's fault-injection harness: [`topology`] puts real `flotilla master` processes
+//! in network namespaces; [`runner`] drives a register workload over the etcd API while
+//! faults are injected on a seeded schedule, then judges the history ([`checker`]) and
+//! the members' state; [`report`] prints the result. See `chaos/README.md`.
 //!
 //! The checkers are pure: they take recorded histories and return verdicts, and must not
 //! depend on the store, the network or a runtime.
 
 pub mod checker;
 pub mod history;
+pub mod report;
+pub mod runner;
+pub mod topology;
+
+/// What keeps a run from completing (as opposed to a run that completes and fails).
+#[derive(Debug, thiserror::Error)]
+pub enum ChaosError {
+    /// Namespaces, links, processes or files could not be set up.
+    #[error("setup: {0}")]
+    Setup(String),
+    /// The cluster did not get to where the run needs it (no leader, ...).
+    #[error("cluster: {0}")]
+    Cluster(String),
+}

@@ -13,6 +13,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod etcd;
+pub mod fault;
 pub mod http;
 pub mod lease;
 pub mod log_store;

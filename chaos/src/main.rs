@@ -1,0 +1,126 @@
+//! `flotilla-chaos`: runs seeded fault-injection runs against a real cluster (see the
+//! library). Thin: flags, then the runner.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use flotilla_chaos::runner::{self, Fault, RunConfig};
+
+/// Fault-injection runs against real `flotilla master` processes in network namespaces.
+/// Needs root (namespaces, iptables). Exit 0: every run passed; 1: a run failed (its data
+/// and logs are kept and their path printed); 2: cannot run here.
+#[derive(Parser)]
+#[command(name = "flotilla-chaos", version)]
+struct Cli {
+    /// smoke: kill, pause and partition the leader once (about a minute);
+    /// full: every fault, several rounds per seed.
+    #[arg(value_enum, default_value = "smoke")]
+    suite: Suite,
+    /// Seed of the first run (the runs of a suite use seed, seed+1, ...).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Runs (each with its own seed).
+    #[arg(long)]
+    runs: Option<u64>,
+    /// Masters per cluster (3 or 5).
+    #[arg(long, default_value_t = 3)]
+    masters: usize,
+    /// The flotilla binary.
+    #[arg(long, value_name = "PATH")]
+    bin: PathBuf,
+    /// Where each run's data, logs and report go.
+    #[arg(long, value_name = "DIR", default_value = "chaos-results")]
+    out: PathBuf,
+    /// Switch on a store bug in the members (debug builds only) to show the harness
+    /// catches it: `stale-reads` serves linearizable reads locally.
+    #[arg(long, value_name = "BUG")]
+    inject: Option<Injected>,
+    /// Succeed only if every run FAILS (with --inject: the harness must catch the bug).
+    #[arg(long)]
+    expect_failure: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Injected {
+    StaleReads,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Suite {
+    Smoke,
+    Full,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if !matches!(std::process::Command::new("id").arg("-u").output(), Ok(o) if o.stdout.starts_with(b"0\n")) {
+        eprintln!("flotilla-chaos: must run as root (it creates network namespaces and iptables rules)");
+        return ExitCode::from(2);
+    }
+    if ![3, 5].contains(&cli.masters) {
+        eprintln!("flotilla-chaos: --masters must be 3 or 5");
+        return ExitCode::from(2);
+    }
+    let (faults, rounds, default_runs) = match cli.suite {
+        Suite::Smoke => (vec![Fault::KillLeader, Fault::PauseLeader, Fault::PartitionLeader], 1, 1),
+        Suite::Full => (vec![Fault::KillLeader, Fault::PauseLeader, Fault::PartitionLeader], 3, 20),
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("flotilla-chaos: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut failed = 0;
+    for n in 0..cli.runs.unwrap_or(default_runs) {
+        let seed = cli.seed + n;
+        let cfg = RunConfig {
+            seed,
+            masters: cli.masters,
+            bin: cli.bin.clone(),
+            dir: cli.out.join(format!("seed-{seed}")),
+            faults: faults.clone(),
+            rounds,
+            clients: 6,
+            keys: 10,
+            member_env: match cli.inject {
+                Some(Injected::StaleReads) => vec![("FLOTILLA_FAULT_STALE_READS".into(), "1".into())],
+                None => vec![],
+            },
+        };
+        let _ = std::fs::remove_dir_all(&cfg.dir);
+        match rt.block_on(runner::run(&cfg)) {
+            Ok(r) => {
+                println!("{}", flotilla_chaos::report::summary(&r));
+                if r.passed {
+                    let _ = std::fs::remove_dir_all(cfg.dir.join("m1"));
+                    for i in 1..=cli.masters {
+                        let _ = std::fs::remove_dir_all(cfg.dir.join(format!("m{i}")));
+                    }
+                } else {
+                    failed += 1;
+                    println!("run with seed {seed} FAILED; data and logs kept in {}", cfg.dir.display());
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                println!("run with seed {seed} could not complete: {e}; logs in {}", cfg.dir.display());
+            }
+        }
+    }
+    let runs = cli.runs.unwrap_or(default_runs);
+    match (cli.expect_failure, failed) {
+        (false, 0) => ExitCode::SUCCESS,
+        (true, n) if n == runs => {
+            println!("every run failed, as expected");
+            ExitCode::SUCCESS
+        }
+        (true, _) => {
+            println!("expected every run to fail, but {} passed", runs - failed);
+            ExitCode::from(1)
+        }
+        _ => ExitCode::from(1),
+    }
+}

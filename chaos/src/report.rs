@@ -1,0 +1,34 @@
+//! The terminal summary of a run (the JSON form is `report.json` in the run's directory).
+
+use crate::runner::Report;
+
+/// A few lines for the terminal.
+pub fn summary(r: &Report) -> String {
+    let mut s = format!("seed {}: {}\n", r.seed, if r.passed { "PASSED" } else { "FAILED" });
+    for t in &r.timeline {
+        s.push_str(&format!("  {:>7.2}s  {}\n", t.at, t.what));
+    }
+    for (kind, [n, ok, fail, info]) in &r.ops {
+        s.push_str(&format!("  {kind:<6} attempted {n:>6}  ok {ok:>6}  failed {fail:>5}  indeterminate {info:>4}\n"));
+    }
+    s.push_str(&format!("  history: {}\n", r.linearizable));
+    s.push_str(&format!(
+        "  state hashes: {} ({})\n",
+        if r.hashes_equal { "equal" } else { "DIFFERENT" },
+        r.hashes.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+    ));
+    s.push_str(&format!("  panics in logs: {}\n", r.panics.len()));
+    let mut f = r.failover_secs.clone();
+    f.sort_by(|a, b| a.total_cmp(b));
+    let p50 = f.get(f.len() / 2).copied().unwrap_or(0.0);
+    let max = f.last().copied().unwrap_or(0.0);
+    s.push_str(&format!(
+        "  fault -> first acknowledged write: p50 {p50:.2}s, max {max:.2}s; longest without a write {:.2}s\n",
+        r.longest_unavailable_secs
+    ));
+    s.push_str(&format!(
+        "  acknowledged writes/s: {:.0} before faults, {:.0} during\n",
+        r.throughput_before, r.throughput_during
+    ));
+    s
+}

@@ -1,0 +1,408 @@
+//! One chaos run: start the cluster in its namespaces, run the register workload while
+//! the nemesis injects faults on a seeded schedule, heal, then judge the history and the
+//! members' state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flotilla_proto::etcdserverpb::{self as ep, compare, kv_client::KvClient, maintenance_client::MaintenanceClient};
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use tonic::transport::Channel;
+
+use crate::checker::linearizable::{self, Verdict};
+use crate::history::{Outcome, RegisterEvent, RegisterOp, RegisterOutput};
+use crate::topology::Topology;
+use crate::ChaosError;
+
+/// A fault the nemesis can inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+pub enum Fault {
+    /// kill -9 the leader, restart it after the hold time.
+    KillLeader,
+    /// SIGSTOP the leader for the hold time (longer than an election timeout).
+    PauseLeader,
+    /// Cut the leader off from the other members for the hold time.
+    PartitionLeader,
+}
+
+/// Settings of a run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Seeds the fault order, the workload's choices and the timeline.
+    pub seed: u64,
+    /// Masters (3 or 5).
+    pub masters: usize,
+    /// The `flotilla` binary.
+    pub bin: PathBuf,
+    /// Where data dirs, logs and the report go.
+    pub dir: PathBuf,
+    /// Faults, injected in a seeded order, each once per round.
+    pub faults: Vec<Fault>,
+    /// Rounds of the fault list.
+    pub rounds: usize,
+    /// Concurrent sequential clients.
+    pub clients: usize,
+    /// Register keys.
+    pub keys: usize,
+    /// Environment for the members (e.g. a debug build's fault switch).
+    pub member_env: Vec<(String, String)>,
+}
+
+/// One fault as it happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelineEntry {
+    /// Seconds since the workload started.
+    pub at: f64,
+    /// What was done.
+    pub what: String,
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The seed (reproduce with `--seed`).
+    pub seed: u64,
+    /// Faults and heals.
+    pub timeline: Vec<TimelineEntry>,
+    /// Operations by type: [attempted, ok, failed, indeterminate].
+    pub ops: BTreeMap<String, [u64; 4]>,
+    /// Linearizability verdict.
+    pub linearizable: String,
+    /// Per-member hash of the key-value state at one revision after healing.
+    pub hashes: BTreeMap<String, String>,
+    /// Whether every member had the same hash.
+    pub hashes_equal: bool,
+    /// Lines with "panicked" in member logs.
+    pub panics: Vec<String>,
+    /// Seconds from each fault to the first acknowledged write invoked after it.
+    pub failover_secs: Vec<f64>,
+    /// Longest time without an acknowledged write (s).
+    pub longest_unavailable_secs: f64,
+    /// Acknowledged writes per second before the first fault and during faults.
+    pub throughput_before: f64,
+    /// As above, during the faults.
+    pub throughput_during: f64,
+    /// The overall verdict.
+    pub passed: bool,
+    /// Where data and logs are (kept when the run failed).
+    pub dir: String,
+}
+
+const OP_TIMEOUT: Duration = Duration::from_secs(1);
+const HOLD: Duration = Duration::from_secs(3);
+const RECOVER: Duration = Duration::from_secs(3);
+const CALM: Duration = Duration::from_secs(2);
+const SEARCH_BUDGET: u64 = 5_000_000;
+
+fn channel(url: &str) -> Channel {
+    Channel::from_shared(url.to_string())
+        .map(|c| c.connect_timeout(Duration::from_millis(500)).timeout(OP_TIMEOUT).connect_lazy())
+        .unwrap_or_else(|_| unreachable!("harness URLs are well formed"))
+}
+
+/// Whether an error certainly means the request never reached a server.
+fn never_sent(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::Unavailable
+        && ["tcp connect error", "tcp open error", "tcp connect timeout"].iter().any(|m| s.message().starts_with(m))
+}
+
+struct Shared {
+    start: Instant,
+    history: Mutex<Vec<RegisterEvent>>,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+}
+
+async fn one_op(kv: &mut KvClient<Channel>, key: &str, op: &RegisterOp) -> Result<RegisterOutput, tonic::Status> {
+    let fut = async {
+        match op {
+            RegisterOp::Read => {
+                let r = kv.range(ep::RangeRequest { key: key.into(), ..Default::default() }).await?.into_inner();
+                Ok(RegisterOutput::Value(r.kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).into_owned())))
+            }
+            RegisterOp::Write(v) => {
+                kv.put(ep::PutRequest { key: key.into(), value: v.clone().into(), ..Default::default() }).await?;
+                Ok(RegisterOutput::Written)
+            }
+            RegisterOp::Cas { expected, new } => {
+                let cmp = match expected {
+                    Some(v) => ep::Compare {
+                        result: compare::CompareResult::Equal as i32,
+                        target: compare::CompareTarget::Value as i32,
+                        key: key.into(),
+                        target_union: Some(compare::TargetUnion::Value(v.clone().into())),
+                        range_end: vec![],
+                    },
+                    None => ep::Compare {
+                        result: compare::CompareResult::Equal as i32,
+                        target: compare::CompareTarget::Create as i32,
+                        key: key.into(),
+                        target_union: Some(compare::TargetUnion::CreateRevision(0)),
+                        range_end: vec![],
+                    },
+                };
+                let put = ep::RequestOp {
+                    request: Some(ep::request_op::Request::RequestPut(ep::PutRequest {
+                        key: key.into(),
+                        value: new.clone().into(),
+                        ..Default::default()
+                    })),
+                };
+                let r = kv.txn(ep::TxnRequest { compare: vec![cmp], success: vec![put], failure: vec![] }).await?;
+                Ok(RegisterOutput::Cas(r.into_inner().succeeded))
+            }
+        }
+    };
+    match tokio::time::timeout(OP_TIMEOUT, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(tonic::Status::deadline_exceeded("no answer in time")),
+    }
+}
+
+async fn client(shared: Arc<Shared>, process: u32, urls: Vec<String>, pinned: Option<usize>, keys: usize, seed: u64) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (u64::from(process) << 32));
+    let mut clients: Vec<KvClient<Channel>> = urls.iter().map(|u| KvClient::new(channel(u))).collect();
+    let mut last_seen: HashMap<String, Option<String>> = HashMap::new();
+    let mut n = 0u64;
+    while !shared.stop.load(Ordering::Acquire) {
+        n += 1;
+        let key = format!("/chaos/r{}", rng.random_range(0..keys));
+        let op = match rng.random_range(0..10) {
+            0..=3 => RegisterOp::Read,
+            4..=6 => RegisterOp::Write(format!("p{process}-{n}")),
+            _ => RegisterOp::Cas { expected: last_seen.get(&key).cloned().flatten(), new: format!("p{process}-{n}") },
+        };
+        let target = pinned.unwrap_or_else(|| rng.random_range(0..urls.len()));
+        let invoke = shared.now();
+        let res = one_op(&mut clients[target], &key, &op).await;
+        let complete = shared.now();
+        let outcome = match &res {
+            Ok(o) => {
+                if let RegisterOutput::Value(v) = o {
+                    last_seen.insert(key.clone(), v.clone());
+                }
+                Outcome::Ok(o.clone())
+            }
+            Err(_) if op == RegisterOp::Read => Outcome::Fail,
+            Err(s) if never_sent(s) => Outcome::Fail,
+            Err(_) => Outcome::Info,
+        };
+        if res.is_err() {
+            // Do not hammer a dead member.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        shared.history.lock().unwrap_or_else(|p| p.into_inner()).push(RegisterEvent {
+            process,
+            key,
+            op,
+            invoke,
+            complete,
+            outcome,
+        });
+    }
+}
+
+async fn status(url: &str) -> Option<ep::StatusResponse> {
+    let mut m = MaintenanceClient::new(channel(url));
+    tokio::time::timeout(OP_TIMEOUT, m.status(ep::StatusRequest {})).await.ok()?.ok().map(|r| r.into_inner())
+}
+
+/// The index of the member every reachable member calls leader.
+async fn leader(t: &Topology, within: Duration) -> Result<usize, ChaosError> {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut ids = Vec::new();
+        let mut own = Vec::new();
+        for (i, u) in t.client_urls().iter().enumerate() {
+            if !t.running(i) {
+                continue;
+            }
+            if let Some(s) = status(u).await {
+                ids.push(s.leader);
+                own.push((i, s.header.map_or(0, |h| h.member_id)));
+            }
+        }
+        if let Some(&l) = ids.first() {
+            if l != 0 && ids.iter().all(|x| *x == l) {
+                if let Some((i, _)) = own.iter().find(|(_, id)| *id == l) {
+                    return Ok(*i);
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(ChaosError::Cluster(format!("no agreed leader within {within:?} (seen {ids:?})")));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs one seeded chaos run.
+pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
+    std::fs::create_dir_all(&cfg.dir).map_err(|e| ChaosError::Setup(format!("{}: {e}", cfg.dir.display())))?;
+    let mut t = Topology::create(cfg.masters, &cfg.dir, &cfg.bin)?;
+    t.env = cfg.member_env.clone();
+    for i in 0..cfg.masters {
+        t.start(i)?;
+    }
+    leader(&t, Duration::from_secs(20)).await?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+    let shared =
+        Arc::new(Shared { start: Instant::now(), history: Mutex::new(Vec::new()), stop: AtomicBool::new(false) });
+    let urls = t.client_urls();
+    let mut tasks = Vec::new();
+    for p in 0..cfg.clients {
+        // Half the clients stay on one member; the others pick one per operation.
+        let pinned = (p % 2 == 0).then_some(p / 2 % cfg.masters);
+        tasks.push(tokio::spawn(client(shared.clone(), p as u32, urls.clone(), pinned, cfg.keys, cfg.seed)));
+    }
+    let mut timeline = Vec::new();
+    let mut fault_times = Vec::new();
+    let at = |s: &Shared| s.start.elapsed().as_secs_f64();
+    tokio::time::sleep(CALM).await;
+    let first_fault = shared.now();
+    for _ in 0..cfg.rounds {
+        let mut order = cfg.faults.clone();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.random_range(0..=i));
+        }
+        for fault in order {
+            let l = leader(&t, Duration::from_secs(20)).await?;
+            let name = t.members[l].name.clone();
+            fault_times.push(shared.now());
+            match fault {
+                Fault::KillLeader => t.kill(l),
+                Fault::PauseLeader => t.signal(l, "STOP"),
+                Fault::PartitionLeader => {
+                    let others: Vec<usize> = (0..cfg.masters).filter(|&o| o != l).collect();
+                    t.isolate(l, &others)?;
+                }
+            }
+            timeline.push(TimelineEntry { at: at(&shared), what: format!("{fault:?} {name}") });
+            tokio::time::sleep(HOLD).await;
+            t.heal()?;
+            if !t.running(l) {
+                t.start(l)?;
+            }
+            timeline.push(TimelineEntry { at: at(&shared), what: format!("heal {name}") });
+            tokio::time::sleep(RECOVER).await;
+        }
+    }
+    let faults_end = shared.now();
+    shared.stop.store(true, Ordering::Release);
+    for task in tasks {
+        let _ = task.await;
+    }
+    t.heal()?;
+    let history = std::mem::take(&mut *shared.history.lock().unwrap_or_else(|p| p.into_inner()));
+
+    // Converge: every member reaches the leader's revision, then hash at it.
+    let l = leader(&t, Duration::from_secs(20)).await?;
+    let mut kv = KvClient::new(channel(&urls[l]));
+    let rev = kv
+        .range(ep::RangeRequest {
+            key: "/chaos/".into(),
+            range_end: "/chaos0".into(),
+            count_only: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| ChaosError::Cluster(format!("final read: {}", e.message())))?
+        .into_inner()
+        .header
+        .map_or(0, |h| h.revision);
+    let mut hashes = BTreeMap::new();
+    for (i, u) in urls.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let name = t.members[i].name.clone();
+        loop {
+            let caught_up = status(u).await.is_some_and(|s| s.header.is_some_and(|h| h.revision >= rev));
+            if caught_up {
+                let mut m = MaintenanceClient::new(channel(u));
+                let h = m.hash_kv(ep::HashKvRequest { revision: rev }).await;
+                hashes.insert(
+                    name,
+                    h.map_or_else(|e| format!("error: {}", e.message()), |r| format!("{:08x}", r.into_inner().hash)),
+                );
+                break;
+            }
+            if Instant::now() > deadline {
+                hashes.insert(name, format!("did not reach revision {rev}"));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let hashes_equal = {
+        let v: Vec<&String> = hashes.values().collect();
+        v.windows(2).all(|w| w[0] == w[1]) && !v.iter().any(|h| h.starts_with("error") || h.starts_with("did not"))
+    };
+    drop(t);
+
+    let verdict = linearizable::check(&history, SEARCH_BUDGET);
+    let mut ops: BTreeMap<String, [u64; 4]> = BTreeMap::new();
+    let mut ok_writes: Vec<(u64, u64)> = Vec::new(); // (invoke, complete)
+    for e in &history {
+        let kind = match e.op {
+            RegisterOp::Read => "read",
+            RegisterOp::Write(_) => "write",
+            RegisterOp::Cas { .. } => "cas",
+        };
+        let c = ops.entry(kind.into()).or_default();
+        c[0] += 1;
+        match e.outcome {
+            Outcome::Ok(_) => c[1] += 1,
+            Outcome::Fail => c[2] += 1,
+            Outcome::Info => c[3] += 1,
+        }
+        if matches!(e.outcome, Outcome::Ok(_)) && !matches!(e.op, RegisterOp::Read) {
+            ok_writes.push((e.invoke, e.complete));
+        }
+    }
+    ok_writes.sort_by_key(|w| w.1);
+    let secs = |ns: u64| ns as f64 / 1e9;
+    let failover_secs = fault_times
+        .iter()
+        .map(|&f| ok_writes.iter().filter(|w| w.0 >= f).map(|w| secs(w.1 - f)).fold(f64::INFINITY, f64::min))
+        .collect();
+    let longest = ok_writes.windows(2).map(|w| w[1].1 - w[0].1).max().unwrap_or(0);
+    let count_in = |a: u64, b: u64| ok_writes.iter().filter(|w| w.1 >= a && w.1 < b).count() as f64;
+    let mut panics = Vec::new();
+    for i in 1..=cfg.masters {
+        let log = std::fs::read_to_string(cfg.dir.join(format!("m{i}.log"))).unwrap_or_default();
+        panics.extend(log.lines().filter(|l| l.contains("panicked")).map(|l| format!("m{i}: {l}")));
+    }
+    let linearizable = match &verdict {
+        Verdict::Linearizable => "linearizable".to_string(),
+        Verdict::NotLinearizable { key, .. } => format!("NOT linearizable (key {key})"),
+        Verdict::Unknown { key } => format!("unknown: search budget exhausted (key {key})"),
+    };
+    let passed = verdict == Verdict::Linearizable && hashes_equal && panics.is_empty();
+    let report = Report {
+        seed: cfg.seed,
+        timeline,
+        ops,
+        linearizable,
+        hashes,
+        hashes_equal,
+        panics,
+        failover_secs,
+        longest_unavailable_secs: secs(longest),
+        throughput_before: count_in(0, first_fault) / secs(first_fault).max(1e-9),
+        throughput_during: count_in(first_fault, faults_end) / secs(faults_end - first_fault).max(1e-9),
+        passed,
+        dir: cfg.dir.display().to_string(),
+    };
+    let json = serde_json::to_string_pretty(&report).unwrap_or_default();
+    let _ = std::fs::write(cfg.dir.join("report.json"), &json);
+    let _ = std::fs::write(cfg.dir.join("history.json"), serde_json::to_string(&history).unwrap_or_default());
+    Ok(report)
+}

@@ -1,0 +1,240 @@
+//! The cluster under test: N `flotilla master` processes, each in its own Linux network
+//! namespace, joined by veth pairs to a bridge in a hub namespace; the harness reaches
+//! them through one more veth pair from the host. Needs root. Everything is named after
+//! the harness's pid, so runs do not collide, and removed on drop.
+//!
+//! Faults are applied here too: signals to a member's process, and iptables rules inside
+//! a member's namespace.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::ChaosError;
+
+/// Client port of every member (each has its own address).
+pub const CLIENT_PORT: u16 = 2379;
+const PEER_PORT: u16 = 2380;
+
+/// One member.
+pub struct Member {
+    /// Name (`m1`...).
+    pub name: String,
+    /// Its namespace.
+    pub netns: String,
+    /// Its address on the bridge.
+    pub ip: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Log file.
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Member {
+    /// `http://ip:2379`.
+    pub fn client_url(&self) -> String {
+        format!("http://{}:{CLIENT_PORT}", self.ip)
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}
+
+/// The namespaces, links and member processes of one run.
+pub struct Topology {
+    prefix: String,
+    subnet: String,
+    /// The members.
+    pub members: Vec<Member>,
+    bin: PathBuf,
+    initial_cluster: String,
+    /// Extra flags for every member.
+    pub extra_args: Vec<String>,
+    /// Extra environment for every member (fault switches).
+    pub env: Vec<(String, String)>,
+}
+
+fn run(cmd: &[&str]) -> Result<String, ChaosError> {
+    let out = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .map_err(|e| ChaosError::Setup(format!("cannot run {}: {e}", cmd.join(" "))))?;
+    if !out.status.success() {
+        return Err(ChaosError::Setup(format!(
+            "`{}` failed: {}",
+            cmd.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl Topology {
+    /// Creates the namespaces and links for `n` members (data under `dir`), without
+    /// starting them.
+    pub fn create(n: usize, dir: &Path, bin: &Path) -> Result<Topology, ChaosError> {
+        let id = std::process::id() % 200 + 20;
+        let prefix = format!("fc{id}");
+        let subnet = format!("10.77.{id}");
+        let hub = format!("{prefix}-hub");
+        let mut t = Topology {
+            prefix: prefix.clone(),
+            subnet: subnet.clone(),
+            members: Vec::new(),
+            bin: bin.to_path_buf(),
+            initial_cluster: String::new(),
+            extra_args: Vec::new(),
+            env: Vec::new(),
+        };
+        t.teardown_links(); // leftovers of a crashed run with the same id
+        run(&["ip", "netns", "add", &hub])?;
+        run(&["ip", "-n", &hub, "link", "add", "br0", "type", "bridge"])?;
+        run(&["ip", "-n", &hub, "link", "set", "br0", "up"])?;
+        run(&["ip", "-n", &hub, "link", "set", "lo", "up"])?;
+        // The harness's own link: host side `<prefix>-h`, hub side attached to the bridge.
+        let host_if = format!("{prefix}-h");
+        run(&["ip", "link", "add", &host_if, "type", "veth", "peer", "name", "hub-h", "netns", &hub])?;
+        run(&["ip", "addr", "add", &format!("{subnet}.1/24"), "dev", &host_if])?;
+        run(&["ip", "link", "set", &host_if, "up"])?;
+        run(&["ip", "-n", &hub, "link", "set", "hub-h", "master", "br0", "up"])?;
+        for i in 1..=n {
+            let ns = format!("{prefix}-m{i}");
+            let ip = format!("{subnet}.{}", 10 + i);
+            run(&["ip", "netns", "add", &ns])?;
+            run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+            run(&[
+                "ip",
+                "-n",
+                &ns,
+                "link",
+                "add",
+                "eth0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("b{i}"),
+                "netns",
+                &hub,
+            ])?;
+            run(&["ip", "-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+            run(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
+            run(&["ip", "-n", &hub, "link", "set", &format!("b{i}"), "master", "br0", "up"])?;
+            t.members.push(Member {
+                name: format!("m{i}"),
+                netns: ns,
+                ip,
+                data_dir: dir.join(format!("m{i}")),
+                log: dir.join(format!("m{i}.log")),
+                child: None,
+            });
+        }
+        t.initial_cluster =
+            t.members.iter().map(|m| format!("{}=http://{}:{PEER_PORT}", m.name, m.ip)).collect::<Vec<_>>().join(",");
+        Ok(t)
+    }
+
+    /// Starts member `i` (bootstrapping with the others).
+    pub fn start(&mut self, i: usize) -> Result<(), ChaosError> {
+        let m = &mut self.members[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m.log)
+            .map_err(|e| ChaosError::Setup(format!("cannot open {}: {e}", m.log.display())))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &m.netns])
+            .arg(&self.bin)
+            .args(["master", "--name", &m.name, "--data-dir"])
+            .arg(&m.data_dir)
+            .args(["--listen-client", &m.client_url()])
+            .args(["--listen-peer", &format!("http://{}:{PEER_PORT}", m.ip)])
+            .args(["--listen-metrics", &format!("http://{}:2381", m.ip)])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(&self.extra_args)
+            .env("FLOTILLA_LOG", "info,openraft=warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| ChaosError::Setup(format!("cannot start {}: {e}", m.name)))?;
+        m.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILLs member `i` and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to member `i`.
+    pub fn signal(&self, i: usize, signal: &str) {
+        if let Some(pid) = self.members[i].pid() {
+            let _ = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status();
+        }
+    }
+
+    /// Drops all traffic between member `i` and each of `others` (both directions, in
+    /// `i`'s namespace; the harness can still reach it).
+    pub fn isolate(&self, i: usize, others: &[usize]) -> Result<(), ChaosError> {
+        let ns = &self.members[i].netns;
+        for &o in others {
+            let ip = &self.members[o].ip;
+            run(&["ip", "netns", "exec", ns, "iptables", "-A", "INPUT", "-s", ip, "-j", "DROP"])?;
+            run(&["ip", "netns", "exec", ns, "iptables", "-A", "OUTPUT", "-d", ip, "-j", "DROP"])?;
+        }
+        Ok(())
+    }
+
+    /// Removes every rule and resumes every paused member.
+    pub fn heal(&self) -> Result<(), ChaosError> {
+        for (i, m) in self.members.iter().enumerate() {
+            run(&["ip", "netns", "exec", &m.netns, "iptables", "-F"])?;
+            self.signal(i, "CONT");
+        }
+        Ok(())
+    }
+
+    /// Client URLs of every member.
+    pub fn client_urls(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url()).collect()
+    }
+
+    /// Whether member `i`'s process is running (not killed).
+    pub fn running(&self, i: usize) -> bool {
+        self.members[i].child.is_some()
+    }
+
+    fn teardown_links(&self) {
+        let _ = Command::new("ip").args(["link", "del", &format!("{}-h", self.prefix)]).stderr(Stdio::null()).status();
+        let list = Command::new("ip").args(["netns", "list"]).output();
+        if let Ok(out) = list {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let name = line.split_whitespace().next().unwrap_or_default();
+                if name.starts_with(&format!("{}-", self.prefix)) {
+                    let _ = Command::new("ip").args(["netns", "del", name]).status();
+                }
+            }
+        }
+    }
+
+    /// The subnet's first three octets (for messages).
+    pub fn subnet(&self) -> &str {
+        &self.subnet
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.signal(i, "CONT");
+            self.kill(i);
+        }
+        self.teardown_links();
+    }
+}
