@@ -544,6 +544,8 @@ fn finalizers_hold_deletion_and_namespace_deletion_cascades() {
             status: None,
         });
         create(&mut a, svc).await.expect("service");
+        // A linearizable read through the same master, so its local state has the service.
+        get(&mut a, "Service", "team", "api").await.expect("barrier");
         let reserved =
             |url: String| async move { local_range(&url, "/registry/serviceips/").await.expect("range").len() };
         let before = reserved(url.clone()).await;
