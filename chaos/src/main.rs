@@ -13,8 +13,10 @@ use flotilla_chaos::runner::{self, Fault, RunConfig};
 #[derive(Parser)]
 #[command(name = "flotilla-chaos", version)]
 struct Cli {
-    /// smoke: kill, pause and partition the leader once (about a minute);
-    /// full: every fault, several rounds per seed.
+    /// smoke: kill, pause and partition the leader once (about 30 s);
+    /// full: every fault (kills of the leader, a random member, a majority, all; pause;
+    /// partitions: leader isolated, leader in the minority, random halves, a bridge,
+    /// one-way), twice each in a seeded order, per seed.
     #[arg(value_enum, default_value = "smoke")]
     suite: Suite,
     /// Seed of the first run (the runs of a suite use seed, seed+1, ...).
@@ -64,7 +66,7 @@ fn main() -> ExitCode {
     }
     let (faults, rounds, default_runs) = match cli.suite {
         Suite::Smoke => (vec![Fault::KillLeader, Fault::PauseLeader, Fault::PartitionLeader], 1, 1),
-        Suite::Full => (vec![Fault::KillLeader, Fault::PauseLeader, Fault::PartitionLeader], 3, 20),
+        Suite::Full => (Fault::ALL.to_vec(), 2, 20),
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -13,6 +13,10 @@ pub fn summary(r: &Report) -> String {
     }
     s.push_str(&format!("  history: {}\n", r.linearizable));
     s.push_str(&format!(
+        "  set: {} adds, {} acknowledged and present, {} of unknown outcome present; lost acknowledged: {}, unexpected: {}\n",
+        r.set_adds[0], r.set_adds[1], r.set_adds[2], r.lost_acknowledged_writes, r.set_unexpected
+    ));
+    s.push_str(&format!(
         "  state hashes: {} ({})\n",
         if r.hashes_equal { "equal" } else { "DIFFERENT" },
         r.hashes.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")

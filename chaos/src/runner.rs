@@ -2,7 +2,7 @@
 //! the nemesis injects faults on a seeded schedule, heal, then judge the history and the
 //! members' state.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,6 +14,7 @@ use serde::Serialize;
 use tonic::transport::Channel;
 
 use crate::checker::linearizable::{self, Verdict};
+use crate::checker::set::{self, Add};
 use crate::history::{Outcome, RegisterEvent, RegisterOp, RegisterOutput};
 use crate::topology::Topology;
 use crate::ChaosError;
@@ -27,6 +28,115 @@ pub enum Fault {
     PauseLeader,
     /// Cut the leader off from the other members for the hold time.
     PartitionLeader,
+    /// kill -9 a random member.
+    KillRandom,
+    /// kill -9 a majority of the members (the cluster stops taking writes).
+    KillMajority,
+    /// kill -9 every member, then restart them all.
+    KillAll,
+    /// Split the members into two random halves.
+    PartitionHalves,
+    /// The leader and fewer than half the others on one side.
+    LeaderInMinority,
+    /// Two groups that cannot talk to each other, and one member that talks to both
+    /// (non-transitive).
+    Bridge,
+    /// The others stop hearing the leader; the leader still hears them.
+    OneWayFromLeader,
+}
+
+impl Fault {
+    /// Every fault this harness can inject.
+    pub const ALL: [Fault; 10] = [
+        Fault::KillLeader,
+        Fault::PauseLeader,
+        Fault::PartitionLeader,
+        Fault::KillRandom,
+        Fault::KillMajority,
+        Fault::KillAll,
+        Fault::PartitionHalves,
+        Fault::LeaderInMinority,
+        Fault::Bridge,
+        Fault::OneWayFromLeader,
+    ];
+}
+
+/// Cuts every link between a member of `a` and a member of `b`.
+fn cut(t: &Topology, a: &[usize], b: &[usize]) -> Result<(), ChaosError> {
+    for &i in a {
+        t.isolate(i, b)?;
+    }
+    Ok(())
+}
+
+/// Applies `fault` (the leader is `l`); returns a description.
+fn inject(t: &mut Topology, fault: Fault, l: usize, rng: &mut rand::rngs::StdRng) -> Result<String, ChaosError> {
+    let n = t.members.len();
+    let name = |t: &Topology, v: &[usize]| v.iter().map(|&i| t.members[i].name.clone()).collect::<Vec<_>>().join(",");
+    let mut shuffled: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        shuffled.swap(i, rng.random_range(0..=i));
+    }
+    Ok(match fault {
+        Fault::KillLeader => {
+            t.kill(l);
+            format!("kill -9 leader {}", name(t, &[l]))
+        }
+        Fault::PauseLeader => {
+            t.signal(l, "STOP");
+            format!("SIGSTOP leader {}", name(t, &[l]))
+        }
+        Fault::PartitionLeader => {
+            let others: Vec<usize> = (0..n).filter(|&o| o != l).collect();
+            cut(t, &[l], &others)?;
+            format!("isolate leader {}", name(t, &[l]))
+        }
+        Fault::KillRandom => {
+            let v = shuffled[0];
+            t.kill(v);
+            format!("kill -9 {}", name(t, &[v]))
+        }
+        Fault::KillMajority => {
+            let v: Vec<usize> = shuffled[..n / 2 + 1].to_vec();
+            for &i in &v {
+                t.kill(i);
+            }
+            format!("kill -9 majority {}", name(t, &v))
+        }
+        Fault::KillAll => {
+            for i in 0..n {
+                t.kill(i);
+            }
+            "kill -9 all".to_string()
+        }
+        Fault::PartitionHalves => {
+            let (a, b) = shuffled.split_at(n / 2);
+            cut(t, a, b)?;
+            format!("partition {} | {}", name(t, a), name(t, b))
+        }
+        Fault::LeaderInMinority => {
+            let others: Vec<usize> = shuffled.iter().copied().filter(|&o| o != l).collect();
+            let mut minority = vec![l];
+            // Fewer than half: the leader alone of 3, the leader and one other of 5.
+            minority.extend(&others[..(n - 1) / 2 - 1]);
+            let majority: Vec<usize> = others.iter().copied().filter(|o| !minority.contains(o)).collect();
+            cut(t, &minority, &majority)?;
+            format!("partition {} (leader, minority) | {}", name(t, &minority), name(t, &majority))
+        }
+        Fault::Bridge => {
+            let bridge = shuffled[0];
+            let rest = &shuffled[1..];
+            let (a, b) = rest.split_at(rest.len() / 2);
+            cut(t, a, b)?;
+            format!("bridge {} between {} | {}", name(t, &[bridge]), name(t, a), name(t, b))
+        }
+        Fault::OneWayFromLeader => {
+            for o in (0..n).filter(|&o| o != l) {
+                t.drop_from(o, l)?;
+            }
+            format!("others stop hearing leader {}", name(t, &[l]))
+        }
+    })
 }
 
 /// Settings of a run.
@@ -72,6 +182,12 @@ pub struct Report {
     pub ops: BTreeMap<String, [u64; 4]>,
     /// Linearizability verdict.
     pub linearizable: String,
+    /// Set workload: [adds attempted, acknowledged and present, unknown and present].
+    pub set_adds: [u64; 3],
+    /// Acknowledged adds missing at the end (must be 0).
+    pub lost_acknowledged_writes: u64,
+    /// Elements present that no add may have written (must be 0).
+    pub set_unexpected: u64,
     /// Per-member hash of the key-value state at one revision after healing.
     pub hashes: BTreeMap<String, String>,
     /// Whether every member had the same hash.
@@ -98,6 +214,15 @@ const RECOVER: Duration = Duration::from_secs(3);
 const CALM: Duration = Duration::from_secs(2);
 const SEARCH_BUDGET: u64 = 5_000_000;
 
+/// The etcd range end of a prefix (the prefix with its last byte incremented).
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
+
 fn channel(url: &str) -> Channel {
     Channel::from_shared(url.to_string())
         .map(|c| c.connect_timeout(Duration::from_millis(500)).timeout(OP_TIMEOUT).connect_lazy())
@@ -113,8 +238,34 @@ fn never_sent(s: &tonic::Status) -> bool {
 struct Shared {
     start: Instant,
     history: Mutex<Vec<RegisterEvent>>,
+    adds: Mutex<Vec<Add>>,
     stop: AtomicBool,
 }
+
+/// The set workload: add unique elements (one key each) until stopped.
+async fn set_client(shared: Arc<Shared>, id: u64, urls: Vec<String>, seed: u64) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (id << 40));
+    let mut clients: Vec<KvClient<Channel>> = urls.iter().map(|u| KvClient::new(channel(u))).collect();
+    let mut n = 0u64;
+    while !shared.stop.load(Ordering::Acquire) {
+        n += 1;
+        let element = (id << 32) | n;
+        let target = rng.random_range(0..urls.len());
+        let put = ep::PutRequest { key: format!("{SET_PREFIX}{element:016x}").into(), ..Default::default() };
+        let res = tokio::time::timeout(OP_TIMEOUT, clients[target].put(put)).await;
+        let outcome = match res {
+            Ok(Ok(_)) => Outcome::Ok(()),
+            Ok(Err(s)) if never_sent(&s) => Outcome::Fail,
+            _ => Outcome::Info,
+        };
+        if !matches!(outcome, Outcome::Ok(())) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        shared.adds.lock().unwrap_or_else(|p| p.into_inner()).push(Add { element, outcome });
+    }
+}
+
+const SET_PREFIX: &str = "/chaos/set/";
 
 impl Shared {
     fn now(&self) -> u64 {
@@ -255,14 +406,21 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
     }
     leader(&t, Duration::from_secs(20)).await?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
-    let shared =
-        Arc::new(Shared { start: Instant::now(), history: Mutex::new(Vec::new()), stop: AtomicBool::new(false) });
+    let shared = Arc::new(Shared {
+        start: Instant::now(),
+        history: Mutex::new(Vec::new()),
+        adds: Mutex::new(Vec::new()),
+        stop: AtomicBool::new(false),
+    });
     let urls = t.client_urls();
     let mut tasks = Vec::new();
     for p in 0..cfg.clients {
         // Half the clients stay on one member; the others pick one per operation.
         let pinned = (p % 2 == 0).then_some(p / 2 % cfg.masters);
         tasks.push(tokio::spawn(client(shared.clone(), p as u32, urls.clone(), pinned, cfg.keys, cfg.seed)));
+    }
+    for id in 0..2 {
+        tasks.push(tokio::spawn(set_client(shared.clone(), id + 1, urls.clone(), cfg.seed)));
     }
     let mut timeline = Vec::new();
     let mut fault_times = Vec::new();
@@ -275,24 +433,21 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
             order.swap(i, rng.random_range(0..=i));
         }
         for fault in order {
-            let l = leader(&t, Duration::from_secs(20)).await?;
-            let name = t.members[l].name.clone();
+            let l = leader(&t, Duration::from_secs(30)).await?;
             fault_times.push(shared.now());
-            match fault {
-                Fault::KillLeader => t.kill(l),
-                Fault::PauseLeader => t.signal(l, "STOP"),
-                Fault::PartitionLeader => {
-                    let others: Vec<usize> = (0..cfg.masters).filter(|&o| o != l).collect();
-                    t.isolate(l, &others)?;
-                }
-            }
-            timeline.push(TimelineEntry { at: at(&shared), what: format!("{fault:?} {name}") });
+            let what = inject(&mut t, fault, l, &mut rng)?;
+            timeline.push(TimelineEntry { at: at(&shared), what });
             tokio::time::sleep(HOLD).await;
             t.heal()?;
-            if !t.running(l) {
-                t.start(l)?;
+            for i in 0..cfg.masters {
+                if !t.running(i) {
+                    t.start(i)?;
+                }
             }
-            timeline.push(TimelineEntry { at: at(&shared), what: format!("heal {name}") });
+            timeline.push(TimelineEntry {
+                at: at(&shared),
+                what: "heal: rules removed, paused resumed, killed restarted".into(),
+            });
             tokio::time::sleep(RECOVER).await;
         }
     }
@@ -303,6 +458,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
     }
     t.heal()?;
     let history = std::mem::take(&mut *shared.history.lock().unwrap_or_else(|p| p.into_inner()));
+    let adds = std::mem::take(&mut *shared.adds.lock().unwrap_or_else(|p| p.into_inner()));
 
     // Converge: every member reaches the leader's revision, then hash at it.
     let l = leader(&t, Duration::from_secs(20)).await?;
@@ -319,6 +475,21 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
         .into_inner()
         .header
         .map_or(0, |h| h.revision);
+    let mut final_set = BTreeSet::new();
+    let set_read = ep::RangeRequest {
+        key: SET_PREFIX.into(),
+        range_end: prefix_end(SET_PREFIX),
+        keys_only: true,
+        ..Default::default()
+    };
+    let r = kv.range(set_read).await.map_err(|e| ChaosError::Cluster(format!("final set read: {}", e.message())))?;
+    for kv in r.into_inner().kvs {
+        let k = String::from_utf8_lossy(&kv.key).into_owned();
+        if let Some(e) = k.strip_prefix(SET_PREFIX).and_then(|h| u64::from_str_radix(h, 16).ok()) {
+            final_set.insert(e);
+        }
+    }
+    let set_report = set::check(&adds, &final_set);
     let mut hashes = BTreeMap::new();
     for (i, u) in urls.iter().enumerate() {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -385,12 +556,15 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
         Verdict::NotLinearizable { key, .. } => format!("NOT linearizable (key {key})"),
         Verdict::Unknown { key } => format!("unknown: search budget exhausted (key {key})"),
     };
-    let passed = verdict == Verdict::Linearizable && hashes_equal && panics.is_empty();
+    let passed = verdict == Verdict::Linearizable && hashes_equal && panics.is_empty() && set_report.valid();
     let report = Report {
         seed: cfg.seed,
         timeline,
         ops,
         linearizable,
+        set_adds: [adds.len() as u64, set_report.ok as u64, set_report.recovered.len() as u64],
+        lost_acknowledged_writes: set_report.lost.len() as u64,
+        set_unexpected: set_report.unexpected.len() as u64,
         hashes,
         hashes_equal,
         panics,

@@ -191,6 +191,13 @@ impl Topology {
         Ok(())
     }
 
+    /// Member `i` stops hearing from `from` (one way: `from` still hears `i`).
+    pub fn drop_from(&self, i: usize, from: usize) -> Result<(), ChaosError> {
+        let (ns, ip) = (&self.members[i].netns, &self.members[from].ip);
+        run(&["ip", "netns", "exec", ns, "iptables", "-A", "INPUT", "-s", ip, "-j", "DROP"])?;
+        Ok(())
+    }
+
     /// Removes every rule and resumes every paused member.
     pub fn heal(&self) -> Result<(), ChaosError> {
         for (i, m) in self.members.iter().enumerate() {
