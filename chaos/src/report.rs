@@ -17,6 +17,15 @@ pub fn summary(r: &Report) -> String {
         r.set_adds[0], r.set_adds[1], r.set_adds[2], r.lost_acknowledged_writes, r.set_unexpected
     ));
     s.push_str(&format!(
+        "  watch: {} events on each member's watcher; {}\n",
+        r.watch_events,
+        if r.watch_problems.is_empty() {
+            "ordered, unique, complete, identical".to_string()
+        } else {
+            r.watch_problems.join("; ")
+        }
+    ));
+    s.push_str(&format!(
         "  state hashes: {} ({})\n",
         if r.hashes_equal { "equal" } else { "DIFFERENT" },
         r.hashes.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")

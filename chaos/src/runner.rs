@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 
 use crate::checker::linearizable::{self, Verdict};
 use crate::checker::set::{self, Add};
+use crate::checker::watch::{self, Seen};
 use crate::history::{Outcome, RegisterEvent, RegisterOp, RegisterOutput};
 use crate::topology::Topology;
 use crate::ChaosError;
@@ -188,6 +189,10 @@ pub struct Report {
     pub lost_acknowledged_writes: u64,
     /// Elements present that no add may have written (must be 0).
     pub set_unexpected: u64,
+    /// Events each watcher received (they must all be equal).
+    pub watch_events: u64,
+    /// What the watch checker found (must be empty).
+    pub watch_problems: Vec<String>,
     /// Per-member hash of the key-value state at one revision after healing.
     pub hashes: BTreeMap<String, String>,
     /// Whether every member had the same hash.
@@ -239,7 +244,89 @@ struct Shared {
     start: Instant,
     history: Mutex<Vec<RegisterEvent>>,
     adds: Mutex<Vec<Add>>,
+    /// Acknowledged register writes and the revision each was written at.
+    acked: Mutex<BTreeSet<Seen>>,
     stop: AtomicBool,
+    /// Watchers stop once they have seen every revision up to this (0: not yet known).
+    watch_until: AtomicI64,
+}
+
+const REGISTER_PREFIX: &str = "/chaos/r";
+
+/// `/chaos/r7` → 7.
+fn key_index(key: &str) -> Option<u32> {
+    key.strip_prefix(REGISTER_PREFIX)?.parse().ok()
+}
+
+/// The watch workload: one watcher on a member, over the register keys, from `start`;
+/// when its stream breaks (the member was killed, paused or cut off) it resumes on the
+/// same member from the revision after the last one it saw. Returns what it saw, or
+/// None if it never caught up with the final revision.
+async fn watcher(shared: Arc<Shared>, url: String, start: i64) -> Option<Vec<Seen>> {
+    use flotilla_proto::etcdserverpb::watch_client::WatchClient;
+    use futures::StreamExt;
+    let ch = Channel::from_shared(url)
+        .ok()?
+        .connect_timeout(Duration::from_millis(500))
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(1))
+        .connect_lazy();
+    let mut seen = Vec::new();
+    let mut next = start;
+    let deadline_after_stop = Duration::from_secs(30);
+    let mut stopped_at: Option<Instant> = None;
+    loop {
+        let until = shared.watch_until.load(Ordering::Acquire);
+        if until > 0 && next > until {
+            return Some(seen);
+        }
+        if until > 0 {
+            let t = *stopped_at.get_or_insert_with(Instant::now);
+            if t.elapsed() > deadline_after_stop {
+                return None;
+            }
+        }
+        let create = ep::WatchRequest {
+            request_union: Some(ep::watch_request::RequestUnion::CreateRequest(ep::WatchCreateRequest {
+                key: REGISTER_PREFIX.into(),
+                range_end: prefix_end(REGISTER_PREFIX),
+                start_revision: next,
+                ..Default::default()
+            })),
+        };
+        let reqs = futures::stream::iter(vec![create]).chain(futures::stream::pending());
+        let mut stream = match WatchClient::new(ch.clone()).watch(reqs).await {
+            Ok(s) => s.into_inner(),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        loop {
+            let until = shared.watch_until.load(Ordering::Acquire);
+            if until > 0 && next > until {
+                return Some(seen);
+            }
+            if until > 0 && stopped_at.get_or_insert_with(Instant::now).elapsed() > deadline_after_stop {
+                return None;
+            }
+            match tokio::time::timeout(Duration::from_millis(500), stream.next()).await {
+                Err(_) => continue, // re-check whether to stop
+                Ok(Some(Ok(resp))) if !resp.canceled => {
+                    for e in &resp.events {
+                        if let Some(kv) = &e.kv {
+                            if let Some(k) = key_index(&String::from_utf8_lossy(&kv.key)) {
+                                seen.push(Seen { revision: kv.mod_revision, key: k });
+                            }
+                            next = next.max(kv.mod_revision + 1);
+                        }
+                    }
+                }
+                _ => break, // error, cancel or end: resume
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The set workload: add unique elements (one key each) until stopped.
@@ -273,16 +360,26 @@ impl Shared {
     }
 }
 
-async fn one_op(kv: &mut KvClient<Channel>, key: &str, op: &RegisterOp) -> Result<RegisterOutput, tonic::Status> {
+/// Runs one register operation; for a write (or a CAS that applied) also the revision it
+/// was written at.
+async fn one_op(
+    kv: &mut KvClient<Channel>,
+    key: &str,
+    op: &RegisterOp,
+) -> Result<(RegisterOutput, Option<i64>), tonic::Status> {
     let fut = async {
         match op {
             RegisterOp::Read => {
                 let r = kv.range(ep::RangeRequest { key: key.into(), ..Default::default() }).await?.into_inner();
-                Ok(RegisterOutput::Value(r.kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).into_owned())))
+                Ok((
+                    RegisterOutput::Value(r.kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).into_owned())),
+                    None,
+                ))
             }
             RegisterOp::Write(v) => {
-                kv.put(ep::PutRequest { key: key.into(), value: v.clone().into(), ..Default::default() }).await?;
-                Ok(RegisterOutput::Written)
+                let r =
+                    kv.put(ep::PutRequest { key: key.into(), value: v.clone().into(), ..Default::default() }).await?;
+                Ok((RegisterOutput::Written, r.into_inner().header.map(|h| h.revision)))
             }
             RegisterOp::Cas { expected, new } => {
                 let cmp = match expected {
@@ -309,7 +406,8 @@ async fn one_op(kv: &mut KvClient<Channel>, key: &str, op: &RegisterOp) -> Resul
                     })),
                 };
                 let r = kv.txn(ep::TxnRequest { compare: vec![cmp], success: vec![put], failure: vec![] }).await?;
-                Ok(RegisterOutput::Cas(r.into_inner().succeeded))
+                let r = r.into_inner();
+                Ok((RegisterOutput::Cas(r.succeeded), r.header.filter(|_| r.succeeded).map(|h| h.revision)))
             }
         }
     };
@@ -337,9 +435,12 @@ async fn client(shared: Arc<Shared>, process: u32, urls: Vec<String>, pinned: Op
         let res = one_op(&mut clients[target], &key, &op).await;
         let complete = shared.now();
         let outcome = match &res {
-            Ok(o) => {
+            Ok((o, written_at)) => {
                 if let RegisterOutput::Value(v) = o {
                     last_seen.insert(key.clone(), v.clone());
+                }
+                if let (Some(rev), Some(k)) = (written_at, key_index(&key)) {
+                    shared.acked.lock().unwrap_or_else(|p| p.into_inner()).insert(Seen { revision: *rev, key: k });
                 }
                 Outcome::Ok(o.clone())
             }
@@ -410,8 +511,17 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
         start: Instant::now(),
         history: Mutex::new(Vec::new()),
         adds: Mutex::new(Vec::new()),
+        acked: Mutex::new(BTreeSet::new()),
         stop: AtomicBool::new(false),
+        watch_until: AtomicI64::new(0),
     });
+    // Watchers on every member, from the revision before any workload write.
+    let start_rev = {
+        let l = leader(&t, Duration::from_secs(20)).await?;
+        status(&t.client_urls()[l]).await.and_then(|s| s.header).map_or(1, |h| h.revision) + 1
+    };
+    let watchers: Vec<_> =
+        t.client_urls().into_iter().map(|u| tokio::spawn(watcher(shared.clone(), u, start_rev))).collect();
     let urls = t.client_urls();
     let mut tasks = Vec::new();
     for p in 0..cfg.clients {
@@ -490,6 +600,55 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
         }
     }
     let set_report = set::check(&adds, &final_set);
+    // Watches: each must reach the final revision, in order, without duplicates or
+    // missing acknowledged writes, and all must have seen the same events.
+    // The newest register write: the last revision a watcher of the register keys can see.
+    let last_register = kv
+        .range(ep::RangeRequest {
+            key: REGISTER_PREFIX.into(),
+            range_end: prefix_end(REGISTER_PREFIX),
+            revision: rev,
+            keys_only: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| ChaosError::Cluster(format!("final register read: {}", e.message())))?
+        .into_inner()
+        .kvs
+        .iter()
+        .map(|kv| kv.mod_revision)
+        .max()
+        .unwrap_or(0);
+    shared.watch_until.store(last_register.max(1), Ordering::Release);
+    let acked = std::mem::take(&mut *shared.acked.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut watch_problems = Vec::new();
+    let mut streams = Vec::new();
+    for (i, w) in watchers.into_iter().enumerate() {
+        let name = format!("m{}", i + 1);
+        match w.await.ok().flatten() {
+            None => watch_problems.push(format!("{name}: the watch never caught up with revision {last_register}")),
+            Some(stream) => {
+                let r = watch::check(&stream, &acked, &stream.iter().copied().collect(), start_rev, last_register);
+                if !r.valid() {
+                    watch_problems.push(format!(
+                        "{name}: {} out of order, {} duplicated, {} acknowledged writes missing",
+                        r.out_of_order.len(),
+                        r.duplicates.len(),
+                        r.missing.len()
+                    ));
+                }
+                streams.push((name, stream));
+            }
+        }
+    }
+    if let Some((first, reference)) = streams.first() {
+        for (name, s) in &streams[1..] {
+            if s != reference {
+                watch_problems.push(format!("{name} saw different events than {first}"));
+            }
+        }
+    }
+    let watch_events = streams.first().map_or(0, |(_, s)| s.len());
     let mut hashes = BTreeMap::new();
     for (i, u) in urls.iter().enumerate() {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -556,7 +715,11 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
         Verdict::NotLinearizable { key, .. } => format!("NOT linearizable (key {key})"),
         Verdict::Unknown { key } => format!("unknown: search budget exhausted (key {key})"),
     };
-    let passed = verdict == Verdict::Linearizable && hashes_equal && panics.is_empty() && set_report.valid();
+    let passed = verdict == Verdict::Linearizable
+        && hashes_equal
+        && panics.is_empty()
+        && set_report.valid()
+        && watch_problems.is_empty();
     let report = Report {
         seed: cfg.seed,
         timeline,
@@ -565,6 +728,8 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
         set_adds: [adds.len() as u64, set_report.ok as u64, set_report.recovered.len() as u64],
         lost_acknowledged_writes: set_report.lost.len() as u64,
         set_unexpected: set_report.unexpected.len() as u64,
+        watch_events: watch_events as u64,
+        watch_problems,
         hashes,
         hashes_equal,
         panics,

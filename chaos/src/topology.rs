@@ -75,7 +75,15 @@ impl Topology {
     /// Creates the namespaces and links for `n` members (data under `dir`), without
     /// starting them.
     pub fn create(n: usize, dir: &Path, bin: &Path) -> Result<Topology, ChaosError> {
-        let id = std::process::id() % 200 + 20;
+        // A free id: another run's namespaces are never touched (a crashed run's are left
+        // for `ip netns del`; the names say which run they were).
+        let taken = run(&["ip", "netns", "list"])?;
+        let links = run(&["ip", "-o", "link", "show"])?;
+        let start = std::process::id() % 200;
+        let id = (0..200)
+            .map(|k| (start + k) % 200 + 20)
+            .find(|id| !taken.contains(&format!("fc{id}-hub")) && !links.contains(&format!("fc{id}-h@")))
+            .ok_or_else(|| ChaosError::Setup("no free namespace id (clean up old fc*-hub namespaces)".into()))?;
         let prefix = format!("fc{id}");
         let subnet = format!("10.77.{id}");
         let hub = format!("{prefix}-hub");
@@ -88,7 +96,6 @@ impl Topology {
             extra_args: Vec::new(),
             env: Vec::new(),
         };
-        t.teardown_links(); // leftovers of a crashed run with the same id
         run(&["ip", "netns", "add", &hub])?;
         run(&["ip", "-n", &hub, "link", "add", "br0", "type", "bridge"])?;
         run(&["ip", "-n", &hub, "link", "set", "br0", "up"])?;
