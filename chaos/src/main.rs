@@ -38,6 +38,12 @@ struct Cli {
     /// catches it: `stale-reads` serves linearizable reads locally.
     #[arg(long, value_name = "BUG")]
     inject: Option<Injected>,
+    /// Inject only these faults (comma-separated), instead of the suite's.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    faults: Vec<Fault>,
+    /// Rounds of the fault list per run, instead of the suite's.
+    #[arg(long)]
+    rounds: Option<usize>,
     /// Succeed only if every run FAILS (with --inject: the harness must catch the bug).
     #[arg(long)]
     expect_failure: bool,
@@ -68,6 +74,8 @@ fn main() -> ExitCode {
         Suite::Smoke => (vec![Fault::KillLeader, Fault::PauseLeader, Fault::PartitionLeader], 1, 1),
         Suite::Full => (Fault::ALL.to_vec(), 2, 20),
     };
+    let faults = if cli.faults.is_empty() { faults } else { cli.faults.clone() };
+    let rounds = cli.rounds.unwrap_or(rounds);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -44,11 +44,14 @@ pub enum Fault {
     Bridge,
     /// The others stop hearing the leader; the leader still hears them.
     OneWayFromLeader,
+    /// Remove a follower from the cluster, kill it, wipe its data, add it back; it
+    /// rejoins empty at the heal.
+    RemoveWipeReadd,
 }
 
 impl Fault {
     /// Every fault this harness can inject.
-    pub const ALL: [Fault; 10] = [
+    pub const ALL: [Fault; 11] = [
         Fault::KillLeader,
         Fault::PauseLeader,
         Fault::PartitionLeader,
@@ -59,6 +62,7 @@ impl Fault {
         Fault::LeaderInMinority,
         Fault::Bridge,
         Fault::OneWayFromLeader,
+        Fault::RemoveWipeReadd,
     ];
 }
 
@@ -70,8 +74,32 @@ fn cut(t: &Topology, a: &[usize], b: &[usize]) -> Result<(), ChaosError> {
     Ok(())
 }
 
+/// Removes follower `v` through the leader `l`, kills it, wipes its data and adds it back
+/// (it is started, joining, at the heal).
+async fn remove_wipe_readd(t: &mut Topology, l: usize, v: usize) -> Result<(), ChaosError> {
+    use ep::cluster_client::ClusterClient;
+    let cl = |t: &Topology| ClusterClient::new(channel(&t.members[l].client_url()));
+    let err = |what: &str, e: tonic::Status| ChaosError::Cluster(format!("{what}: {}", e.message()));
+    let id = status(&t.members[v].client_url())
+        .await
+        .and_then(|s| s.header)
+        .map(|h| h.member_id)
+        .ok_or_else(|| ChaosError::Cluster(format!("{} did not answer status", t.members[v].name)))?;
+    cl(t).member_remove(ep::MemberRemoveRequest { id }).await.map_err(|e| err("member remove", e))?;
+    t.kill(v);
+    let dir = t.members[v].data_dir.clone();
+    std::fs::remove_dir_all(&dir).map_err(|e| ChaosError::Setup(format!("wiping {}: {e}", dir.display())))?;
+    let peer = t.members[v].peer_url();
+    cl(t)
+        .member_add(ep::MemberAddRequest { peer_ur_ls: vec![peer], is_learner: false })
+        .await
+        .map_err(|e| err("member add", e))?;
+    t.members[v].rejoin = true;
+    Ok(())
+}
+
 /// Applies `fault` (the leader is `l`); returns a description.
-fn inject(t: &mut Topology, fault: Fault, l: usize, rng: &mut rand::rngs::StdRng) -> Result<String, ChaosError> {
+async fn inject(t: &mut Topology, fault: Fault, l: usize, rng: &mut rand::rngs::StdRng) -> Result<String, ChaosError> {
     let n = t.members.len();
     let name = |t: &Topology, v: &[usize]| v.iter().map(|&i| t.members[i].name.clone()).collect::<Vec<_>>().join(",");
     let mut shuffled: Vec<usize> = (0..n).collect();
@@ -136,6 +164,11 @@ fn inject(t: &mut Topology, fault: Fault, l: usize, rng: &mut rand::rngs::StdRng
                 t.drop_from(o, l)?;
             }
             format!("others stop hearing leader {}", name(t, &[l]))
+        }
+        Fault::RemoveWipeReadd => {
+            let v = shuffled.iter().copied().find(|&o| o != l).unwrap_or(0);
+            remove_wipe_readd(t, l, v).await?;
+            format!("remove {0}, wipe its data, add it back", name(t, &[v]))
         }
     })
 }
@@ -545,7 +578,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
         for fault in order {
             let l = leader(&t, Duration::from_secs(30)).await?;
             fault_times.push(shared.now());
-            let what = inject(&mut t, fault, l, &mut rng)?;
+            let what = inject(&mut t, fault, l, &mut rng).await?;
             timeline.push(TimelineEntry { at: at(&shared), what });
             tokio::time::sleep(HOLD).await;
             t.heal()?;

@@ -27,7 +27,16 @@ pub struct Member {
     pub data_dir: PathBuf,
     /// Log file.
     pub log: PathBuf,
+    /// Removed, wiped and added back: starts as a joining member.
+    pub rejoin: bool,
     child: Option<Child>,
+}
+
+impl Member {
+    /// `http://ip:2380`.
+    pub fn peer_url(&self) -> String {
+        format!("http://{}:{PEER_PORT}", self.ip)
+    }
 }
 
 impl Member {
@@ -135,6 +144,7 @@ impl Topology {
                 ip,
                 data_dir: dir.join(format!("m{i}")),
                 log: dir.join(format!("m{i}.log")),
+                rejoin: false,
                 child: None,
             });
         }
@@ -143,8 +153,10 @@ impl Topology {
         Ok(t)
     }
 
-    /// Starts member `i` (bootstrapping with the others).
+    /// Starts member `i` (bootstrapping with the others, or joining when it was added
+    /// back with `member add`).
     pub fn start(&mut self, i: usize) -> Result<(), ChaosError> {
+        let state = if self.members[i].rejoin { "existing" } else { "new" };
         let m = &mut self.members[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -159,7 +171,7 @@ impl Topology {
             .args(["--listen-client", &m.client_url()])
             .args(["--listen-peer", &format!("http://{}:{PEER_PORT}", m.ip)])
             .args(["--listen-metrics", &format!("http://{}:2381", m.ip)])
-            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-state", state])
             .args(&self.extra_args)
             .env("FLOTILLA_LOG", "info,openraft=warn")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))

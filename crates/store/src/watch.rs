@@ -117,6 +117,10 @@ impl Cursor {
         loop {
             if let Some(rx) = &mut self.live {
                 match rx.recv().await {
+                    // A member behind the requested start (one that is catching up, or
+                    // was wiped and rejoined) publishes older revisions: not this
+                    // watcher's.
+                    Some((rev, _)) if rev < self.next => continue,
                     Some((rev, batch)) => {
                         self.next = rev + 1;
                         let events: Vec<Event> = batch
@@ -230,6 +234,23 @@ mod tests {
         }
         let want: Vec<i64> = (3..3 + total as i64).collect();
         assert_eq!(revs, want, "every revision once, in order");
+    }
+
+    /// Regression (found by the chaos harness's remove-wipe-readd nemesis): a watch from a
+    /// revision the member has not reached yet went live at once and then received every
+    /// older revision the member applied while catching up.
+    #[tokio::test]
+    async fn watch_from_a_future_revision_skips_older_events() {
+        let (_dir, db, mvcc, hub) = store();
+        let mut cursor = hub.watch(KeyRange::from_etcd(b"\0", b"\0"), 5);
+        // Let it go live while the member is still at revision 1.
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(50), cursor.next()).await;
+        for k in ["a", "b", "c", "d", "e"] {
+            put(&mvcc, &db, &hub, k); // revisions 2..=6
+        }
+        let Next::Events(evs, rev) = cursor.next().await.expect("next") else { panic!("events expected") };
+        let revs: Vec<i64> = evs.iter().map(|e| e.kv.as_ref().expect("kv").mod_revision).collect();
+        assert_eq!((revs, rev), (vec![5], 5), "nothing below the start revision");
     }
 
     /// Events outside a watcher's range never reach it.
