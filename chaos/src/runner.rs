@@ -501,6 +501,22 @@ async fn status(url: &str) -> Option<ep::StatusResponse> {
     tokio::time::timeout(OP_TIMEOUT, m.status(ep::StatusRequest {})).await.ok()?.ok().map(|r| r.into_inner())
 }
 
+/// A read after healing, retried for up to 30 s (the cluster may still be settling).
+async fn final_read(
+    kv: &mut KvClient<Channel>,
+    what: &str,
+    req: ep::RangeRequest,
+) -> Result<ep::RangeResponse, ChaosError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match kv.range(req.clone()).await {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(e) if Instant::now() > deadline => return Err(ChaosError::Cluster(format!("{what}: {}", e.message()))),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
 /// The index of the member every reachable member calls leader.
 async fn leader(t: &Topology, within: Duration) -> Result<usize, ChaosError> {
     let deadline = Instant::now() + within;
@@ -606,18 +622,14 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
     // Converge: every member reaches the leader's revision, then hash at it.
     let l = leader(&t, Duration::from_secs(20)).await?;
     let mut kv = KvClient::new(channel(&urls[l]));
-    let rev = kv
-        .range(ep::RangeRequest {
-            key: "/chaos/".into(),
-            range_end: "/chaos0".into(),
-            count_only: true,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| ChaosError::Cluster(format!("final read: {}", e.message())))?
-        .into_inner()
-        .header
-        .map_or(0, |h| h.revision);
+    let rev = final_read(
+        &mut kv,
+        "final read",
+        ep::RangeRequest { key: "/chaos/".into(), range_end: "/chaos0".into(), count_only: true, ..Default::default() },
+    )
+    .await?
+    .header
+    .map_or(0, |h| h.revision);
     let mut final_set = BTreeSet::new();
     let set_read = ep::RangeRequest {
         key: SET_PREFIX.into(),
@@ -625,8 +637,8 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
         keys_only: true,
         ..Default::default()
     };
-    let r = kv.range(set_read).await.map_err(|e| ChaosError::Cluster(format!("final set read: {}", e.message())))?;
-    for kv in r.into_inner().kvs {
+    let r = final_read(&mut kv, "final set read", set_read).await?;
+    for kv in r.kvs {
         let k = String::from_utf8_lossy(&kv.key).into_owned();
         if let Some(e) = k.strip_prefix(SET_PREFIX).and_then(|h| u64::from_str_radix(h, 16).ok()) {
             final_set.insert(e);
@@ -636,22 +648,23 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
     // Watches: each must reach the final revision, in order, without duplicates or
     // missing acknowledged writes, and all must have seen the same events.
     // The newest register write: the last revision a watcher of the register keys can see.
-    let last_register = kv
-        .range(ep::RangeRequest {
+    let last_register = final_read(
+        &mut kv,
+        "final register read",
+        ep::RangeRequest {
             key: REGISTER_PREFIX.into(),
             range_end: prefix_end(REGISTER_PREFIX),
             revision: rev,
             keys_only: true,
             ..Default::default()
-        })
-        .await
-        .map_err(|e| ChaosError::Cluster(format!("final register read: {}", e.message())))?
-        .into_inner()
-        .kvs
-        .iter()
-        .map(|kv| kv.mod_revision)
-        .max()
-        .unwrap_or(0);
+        },
+    )
+    .await?
+    .kvs
+    .iter()
+    .map(|kv| kv.mod_revision)
+    .max()
+    .unwrap_or(0);
     shared.watch_until.store(last_register.max(1), Ordering::Release);
     let acked = std::mem::take(&mut *shared.acked.lock().unwrap_or_else(|p| p.into_inner()));
     let mut watch_problems = Vec::new();
