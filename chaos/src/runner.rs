@@ -269,8 +269,7 @@ fn channel(url: &str) -> Channel {
 
 /// Whether an error certainly means the request never reached a server.
 fn never_sent(s: &tonic::Status) -> bool {
-    s.code() == tonic::Code::Unavailable
-        && ["tcp connect error", "tcp open error", "tcp connect timeout"].iter().any(|m| s.message().starts_with(m))
+    s.code() == tonic::Code::Unavailable && flotilla_core::limits::is_connect_failure(s.message())
 }
 
 struct Shared {

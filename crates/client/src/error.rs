@@ -47,10 +47,7 @@ impl ClientError {
 /// Whether a failed call certainly never reached the server (the connection could not
 /// be opened): even a write may then be sent to another master.
 pub fn never_sent(s: &Status) -> bool {
-    s.code() == Code::Unavailable
-        && ["tcp connect error", "tcp open error", "tcp connect timeout", "dns error", "error trying to connect"]
-            .iter()
-            .any(|m| s.message().starts_with(m))
+    s.code() == Code::Unavailable && flotilla_core::limits::is_connect_failure(s.message())
 }
 
 /// Whether a failure is about reaching the master (try another) rather than an answer.

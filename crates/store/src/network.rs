@@ -69,10 +69,7 @@ pub fn peer_client(url: &str) -> Result<RaftPeerClient<Channel>, tonic::transpor
 /// as UNAVAILABLE with hyper-util's connector message; anything else may have been
 /// delivered.
 pub fn never_sent(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::Unavailable
-        && ["tcp connect error", "tcp open error", "tcp connect timeout", "dns error"]
-            .iter()
-            .any(|m| status.message().starts_with(m))
+    status.code() == tonic::Code::Unavailable && flotilla_core::limits::is_connect_failure(status.message())
 }
 
 /// Clients to peers by peer URL, created on first use and reused.
