@@ -592,8 +592,9 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
         }
         for fault in order {
             let l = leader(&t, Duration::from_secs(30)).await?;
-            fault_times.push(shared.now());
             let what = inject(&mut t, fault, l, &mut rng).await?;
+            // From when the fault is in place (iptables rules take a few ms to add).
+            fault_times.push(shared.now());
             timeline.push(TimelineEntry { at: at(&shared), what });
             tokio::time::sleep(HOLD).await;
             t.heal()?;
