@@ -170,6 +170,16 @@ impl Kind {
         }
     }
 
+    /// The namespace a request means: `default` when a namespaced kind's is left empty,
+    /// as in Kubernetes.
+    pub fn namespace_or_default(self, namespace: &str) -> &str {
+        if self.namespaced() && namespace.is_empty() {
+            "default"
+        } else {
+            namespace
+        }
+    }
+
     /// `namespace/name` or `name`, for messages.
     pub fn display_name(self, namespace: &str, name: &str) -> String {
         if self.namespaced() {

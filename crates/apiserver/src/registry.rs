@@ -158,6 +158,8 @@ fn with_rv(mut o: O, rev: i64) -> O {
 struct Current {
     obj: O,
     rev: i64,
+    /// The value as stored, to tell whether a write would change anything.
+    stored: Vec<u8>,
 }
 
 /// Hex for continue tokens (opaque to clients).
@@ -199,7 +201,7 @@ impl Registry {
             None => Ok(None),
             Some(kv) => {
                 let obj = with_rv(kinds::decode(kind, &kv.value)?, kv.mod_revision);
-                Ok(Some(Current { obj, rev: kv.mod_revision }))
+                Ok(Some(Current { obj, rev: kv.mod_revision, stored: kv.value }))
             }
         }
     }
@@ -436,10 +438,7 @@ impl Registry {
         if status_only && !kind.has_status() {
             return Err(ApiError::BadRequest(format!("{} has no status", kind.name())));
         }
-        let mut ns = meta(&o).namespace.clone();
-        if kind.namespaced() && ns.is_empty() {
-            ns = "default".into();
-        }
+        let ns = kind.namespace_or_default(&meta(&o).namespace).to_string();
         let name = meta(&o).name.clone();
         Self::check_scope(kind, &ns, &name)?;
         let expected = match meta(&o).resource_version.as_str() {
@@ -496,7 +495,7 @@ impl Registry {
             return Ok(self.if_unchanged(&key, cur.rev, ops).await?.map(|rev| with_rv(new, rev)));
         }
         let bytes = stored_bytes(&new)?;
-        if bytes == stored_bytes(&cur.obj)? {
+        if bytes == cur.stored {
             return Ok(Some(cur.obj.clone()));
         }
         Ok(self.if_unchanged(&key, cur.rev, vec![op_put(&key, bytes)]).await?.map(|rev| with_rv(new, rev)))
@@ -564,7 +563,7 @@ impl Registry {
     /// Applies a JSON merge patch (RFC 7386) to the object's JSON form, then updates it.
     pub async fn patch(&self, req: &pb::PatchRequest) -> Result<O, ApiError> {
         let kind = Kind::parse(&req.kind)?;
-        let ns = if kind.namespaced() && req.namespace.is_empty() { "default" } else { &req.namespace };
+        let ns = kind.namespace_or_default(&req.namespace);
         Self::check_scope(kind, ns, &req.name)?;
         let patch: serde_json::Value = serde_json::from_slice(&req.merge_patch)
             .map_err(|e| ApiError::invalid("mergePatch", format!("is not JSON: {e}")))?;
@@ -609,7 +608,7 @@ impl Registry {
     /// remain or a pod on a node is given time to stop.
     pub async fn delete(&self, req: &pb::DeleteRequest) -> Result<Deleted, ApiError> {
         let kind = Kind::parse(&req.kind)?;
-        let ns = if kind.namespaced() && req.namespace.is_empty() { "default" } else { &req.namespace };
+        let ns = kind.namespace_or_default(&req.namespace);
         Self::check_scope(kind, ns, &req.name)?;
         if req.grace_period_seconds.is_some_and(|g| g < 0) {
             return Err(ApiError::invalid("gracePeriodSeconds", "must not be negative"));
@@ -712,7 +711,7 @@ impl Registry {
 
     /// pods/binding: sets a pod's nodeName, once.
     pub async fn bind(&self, req: &pb::BindRequest) -> Result<O, ApiError> {
-        let ns = if req.namespace.is_empty() { "default" } else { &req.namespace };
+        let ns = Kind::Pod.namespace_or_default(&req.namespace);
         Self::check_scope(Kind::Pod, ns, &req.name)?;
         flotilla_core::names::dns1123_subdomain(&req.node_name).map_err(|e| ApiError::invalid("nodeName", e))?;
         for _ in 0..MAX_RETRIES {

@@ -36,7 +36,7 @@ impl Api for ApiService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::Object>, Status> {
         let r = req.into_inner();
         let kind = Kind::parse(&r.kind)?;
-        let ns = if kind.namespaced() && r.namespace.is_empty() { "default" } else { &r.namespace };
+        let ns = kind.namespace_or_default(&r.namespace);
         Ok(Response::new(kinds::wrap(self.reg.get(kind, ns, &r.name).await?)))
     }
 

@@ -69,6 +69,11 @@ fn unexpected<T>(what: &str) -> Result<T, ClientError> {
     Err(ClientError::Api(Status::internal(format!("the server answered {what} with another kind"))))
 }
 
+/// The object of an answer, whatever its kind.
+fn any(o: pb::Object) -> Result<O, ClientError> {
+    o.kind.ok_or_else(|| ClientError::Api(Status::internal("empty object in the answer")))
+}
+
 fn into<T: Resource>(o: Option<pb::Object>) -> Result<T, ClientError> {
     match o.and_then(|o| o.kind).and_then(T::from_object) {
         Some(t) => Ok(t),
@@ -155,7 +160,7 @@ impl Client {
                 async move { c.create(r).await }
             })
             .await?;
-        o.kind.ok_or_else(|| ClientError::Api(Status::internal("empty object in the answer")))
+        any(o)
     }
 
     /// Reads one object of any kind.
@@ -167,7 +172,7 @@ impl Client {
                 async move { c.get(r).await }
             })
             .await?;
-        o.kind.ok_or_else(|| ClientError::Api(Status::internal("empty object in the answer")))
+        any(o)
     }
 
     /// Reads one object.
@@ -228,7 +233,7 @@ impl Client {
                 async move { c.update(r).await }
             })
             .await?;
-        o.kind.ok_or_else(|| ClientError::Api(Status::internal("empty object in the answer")))
+        any(o)
     }
 
     /// Replaces an object's status only.
@@ -265,7 +270,7 @@ impl Client {
                 async move { c.patch(r).await }
             })
             .await?;
-        o.kind.ok_or_else(|| ClientError::Api(Status::internal("empty object in the answer")))
+        any(o)
     }
 
     /// Applies a JSON merge patch.

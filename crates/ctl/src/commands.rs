@@ -185,12 +185,8 @@ pub async fn dispatch(args: CtlArgs) -> Result<(), CtlError> {
             }
             Ok(())
         }
-        Command::Label { kind: k, name, changes, overwrite } => {
-            set_map(&client, kind(&k)?, &ns, &name, "labels", &changes, overwrite).await
-        }
-        Command::Annotate { kind: k, name, changes, overwrite } => {
-            set_map(&client, kind(&k)?, &ns, &name, "annotations", &changes, overwrite).await
-        }
+        Command::Label(c) => set_map(&client, &ns, "labels", &c).await,
+        Command::Annotate(c) => set_map(&client, &ns, "annotations", &c).await,
         Command::Scale { kind: k, name, replicas } => {
             let k = kind(&k)?;
             if !matches!(k, Kind::Deployment | Kind::ReplicaSet) {
@@ -245,15 +241,8 @@ async fn apply(client: &Client, o: O) -> Result<&'static str, ClientError> {
     Err(ClientError::Unavailable("the object kept changing while being applied".into()))
 }
 
-async fn set_map(
-    client: &Client,
-    k: Kind,
-    ns: &str,
-    name: &str,
-    field: &str,
-    changes: &[String],
-    overwrite: bool,
-) -> Result<(), CtlError> {
+async fn set_map(client: &Client, ns: &str, field: &str, c: &crate::MapChanges) -> Result<(), CtlError> {
+    let (k, name, changes, overwrite) = (kind(&c.kind)?, c.name.as_str(), &c.changes, c.overwrite);
     let ns = if k.namespaced() { ns } else { "" };
     let cur = client.get_object(k.name(), ns, name).await?;
     let existing = if field == "labels" { &meta(&cur).labels } else { &meta(&cur).annotations };

@@ -147,31 +147,9 @@ pub enum Command {
         grace_period: Option<i64>,
     },
     /// Set or remove labels: `label pod web tier=front old-`.
-    Label {
-        /// Kind.
-        kind: String,
-        /// Name.
-        name: String,
-        /// `key=value` to set, `key-` to remove.
-        #[arg(required = true)]
-        changes: Vec<String>,
-        /// Allow changing an existing value.
-        #[arg(long)]
-        overwrite: bool,
-    },
+    Label(MapChanges),
     /// Set or remove annotations: `annotate pod web note=hi old-`.
-    Annotate {
-        /// Kind.
-        kind: String,
-        /// Name.
-        name: String,
-        /// `key=value` to set, `key-` to remove.
-        #[arg(required = true)]
-        changes: Vec<String>,
-        /// Allow changing an existing value.
-        #[arg(long)]
-        overwrite: bool,
-    },
+    Annotate(MapChanges),
     /// Set the replicas of a deployment or replica set.
     Scale {
         /// deployment or replicaset.
@@ -185,6 +163,21 @@ pub enum Command {
     /// The masters: members, status, leader, move-leader, snapshot save.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+}
+
+/// Arguments of `label` and `annotate`.
+#[derive(Args, Debug)]
+pub struct MapChanges {
+    /// Kind.
+    pub kind: String,
+    /// Name.
+    pub name: String,
+    /// `key=value` to set, `key-` to remove.
+    #[arg(required = true)]
+    pub changes: Vec<String>,
+    /// Allow changing an existing value.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 /// `flotctl cluster ...`
