@@ -24,7 +24,7 @@ pub enum RegisterOp {
 }
 
 /// What came back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome<T> {
     /// It happened, with this output.
     Ok(T),

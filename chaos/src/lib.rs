@@ -8,6 +8,7 @@
 
 pub mod checker;
 pub mod history;
+pub mod lease;
 pub mod report;
 pub mod runner;
 pub mod topology;

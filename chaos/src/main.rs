@@ -35,7 +35,7 @@ struct Cli {
     #[arg(long, value_name = "DIR", default_value = "chaos-results")]
     out: PathBuf,
     /// Switch on a store bug in the members (debug builds only) to show the harness
-    /// catches it: `stale-reads` serves linearizable reads locally.
+    /// catches it.
     #[arg(long, value_name = "BUG")]
     inject: Option<Injected>,
     /// Inject only these faults (comma-separated), instead of the suite's.
@@ -51,7 +51,10 @@ struct Cli {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Injected {
+    /// Linearizable reads served from the member's local state (no ReadIndex).
     StaleReads,
+    /// The leader expires leases at half their TTL.
+    ShortLeases,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
             keys: 10,
             member_env: match cli.inject {
                 Some(Injected::StaleReads) => vec![("FLOTILLA_FAULT_STALE_READS".into(), "1".into())],
+                Some(Injected::ShortLeases) => vec![("FLOTILLA_FAULT_SHORT_LEASES".into(), "1".into())],
                 None => vec![],
             },
         };

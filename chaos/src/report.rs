@@ -9,7 +9,7 @@ pub fn summary(r: &Report) -> String {
         s.push_str(&format!("  {:>7.2}s  {}\n", t.at, t.what));
     }
     for (kind, [n, ok, fail, info]) in &r.ops {
-        s.push_str(&format!("  {kind:<6} attempted {n:>6}  ok {ok:>6}  failed {fail:>5}  indeterminate {info:>4}\n"));
+        s.push_str(&format!("  {kind:<16} attempted {n:>6}  ok {ok:>6}  failed {fail:>5}  indeterminate {info:>4}\n"));
     }
     s.push_str(&format!("  history: {}\n", r.linearizable));
     s.push_str(&format!(
@@ -23,6 +23,16 @@ pub fn summary(r: &Report) -> String {
             "ordered, unique, complete, identical".to_string()
         } else {
             r.watch_problems.join("; ")
+        }
+    ));
+    s.push_str(&format!(
+        "  leases: {} granted, {} keep-alives acknowledged; {}\n",
+        r.leases.leases,
+        r.leases.keep_alives,
+        if r.leases.valid() {
+            "none expired early, revokes final, all expired at the end".to_string()
+        } else {
+            r.leases.problems.join("; ")
         }
     ));
     s.push_str(&format!(

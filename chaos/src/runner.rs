@@ -13,6 +13,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tonic::transport::Channel;
 
+use crate::checker::lease::LeaseEvent;
 use crate::checker::linearizable::{self, Verdict};
 use crate::checker::set::{self, Add};
 use crate::checker::watch::{self, Seen};
@@ -226,6 +227,8 @@ pub struct Report {
     pub watch_events: u64,
     /// What the watch checker found (must be empty).
     pub watch_problems: Vec<String>,
+    /// What the lease checker found.
+    pub leases: crate::checker::lease::LeaseReport,
     /// Per-member hash of the key-value state at one revision after healing.
     pub hashes: BTreeMap<String, String>,
     /// Whether every member had the same hash.
@@ -246,7 +249,7 @@ pub struct Report {
     pub dir: String,
 }
 
-const OP_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(1);
 const HOLD: Duration = Duration::from_secs(3);
 const RECOVER: Duration = Duration::from_secs(3);
 const CALM: Duration = Duration::from_secs(2);
@@ -261,24 +264,26 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
     end
 }
 
-fn channel(url: &str) -> Channel {
+pub(crate) fn channel(url: &str) -> Channel {
     Channel::from_shared(url.to_string())
         .map(|c| c.connect_timeout(Duration::from_millis(500)).timeout(OP_TIMEOUT).connect_lazy())
         .unwrap_or_else(|_| unreachable!("harness URLs are well formed"))
 }
 
 /// Whether an error certainly means the request never reached a server.
-fn never_sent(s: &tonic::Status) -> bool {
+pub(crate) fn never_sent(s: &tonic::Status) -> bool {
     s.code() == tonic::Code::Unavailable && flotilla_core::limits::is_connect_failure(s.message())
 }
 
-struct Shared {
+/// What the workloads record into, and the signal to stop.
+pub(crate) struct Shared {
     start: Instant,
     history: Mutex<Vec<RegisterEvent>>,
     adds: Mutex<Vec<Add>>,
+    pub(crate) leases: Mutex<Vec<LeaseEvent>>,
     /// Acknowledged register writes and the revision each was written at.
     acked: Mutex<BTreeSet<Seen>>,
-    stop: AtomicBool,
+    pub(crate) stop: AtomicBool,
     /// Watchers stop once they have seen every revision up to this (0: not yet known).
     watch_until: AtomicI64,
 }
@@ -387,7 +392,8 @@ async fn set_client(shared: Arc<Shared>, id: u64, urls: Vec<String>, seed: u64) 
 const SET_PREFIX: &str = "/chaos/set/";
 
 impl Shared {
-    fn now(&self) -> u64 {
+    /// Nanoseconds since the workload started.
+    pub(crate) fn now(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
     }
 }
@@ -559,6 +565,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
         start: Instant::now(),
         history: Mutex::new(Vec::new()),
         adds: Mutex::new(Vec::new()),
+        leases: Mutex::new(Vec::new()),
         acked: Mutex::new(BTreeSet::new()),
         stop: AtomicBool::new(false),
         watch_until: AtomicI64::new(0),
@@ -579,6 +586,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
     }
     for id in 0..2 {
         tasks.push(tokio::spawn(set_client(shared.clone(), id + 1, urls.clone(), cfg.seed)));
+        tasks.push(tokio::spawn(crate::lease::client(shared.clone(), id + 1, urls.clone(), cfg.seed)));
     }
     let mut timeline = Vec::new();
     let mut fault_times = Vec::new();
@@ -612,12 +620,14 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
     }
     let faults_end = shared.now();
     shared.stop.store(true, Ordering::Release);
+    let stopped = Instant::now();
     for task in tasks {
         let _ = task.await;
     }
     t.heal()?;
     let history = std::mem::take(&mut *shared.history.lock().unwrap_or_else(|p| p.into_inner()));
     let adds = std::mem::take(&mut *shared.adds.lock().unwrap_or_else(|p| p.into_inner()));
+    let lease_events = std::mem::take(&mut *shared.leases.lock().unwrap_or_else(|p| p.into_inner()));
 
     // Converge: every member reaches the leader's revision, then hash at it.
     let l = leader(&t, Duration::from_secs(20)).await?;
@@ -721,10 +731,42 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
         let v: Vec<&String> = hashes.values().collect();
         v.windows(2).all(|w| w[0] == w[1]) && !v.iter().any(|h| h.starts_with("error") || h.starts_with("did not"))
     };
+    // Every lease promise has run out TTL seconds after the workload stopped; give the
+    // leader a few more to notice and commit the revokes, then no lease key may be left.
+    let grace = Duration::from_secs(crate::lease::TTL as u64 + 5);
+    tokio::time::sleep(grace.saturating_sub(stopped.elapsed())).await;
+    let left = final_read(
+        &mut kv,
+        "final lease read",
+        ep::RangeRequest {
+            key: crate::lease::LEASE_PREFIX.into(),
+            range_end: prefix_end(crate::lease::LEASE_PREFIX),
+            keys_only: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let left: BTreeSet<i64> = left.kvs.iter().filter_map(|kv| crate::lease::lease_of_key(&kv.key)).collect();
+    let lease_report = crate::checker::lease::check(&lease_events, &left);
     drop(t);
 
     let verdict = linearizable::check(&history, SEARCH_BUDGET);
     let mut ops: BTreeMap<String, [u64; 4]> = BTreeMap::new();
+    let mut count = |kind: &str, ok: bool, fail: bool| {
+        let c = ops.entry(kind.into()).or_default();
+        c[0] += 1;
+        c[if ok {
+            1
+        } else if fail {
+            2
+        } else {
+            3
+        }] += 1;
+    };
+    for e in &lease_events {
+        let kind = format!("lease {}", format!("{:?}", e.op).to_lowercase());
+        count(&kind, matches!(e.outcome, Outcome::Ok(_)), e.outcome == Outcome::Fail);
+    }
     let mut ok_writes: Vec<(u64, u64)> = Vec::new(); // (invoke, complete)
     for e in &history {
         let kind = match e.op {
@@ -732,13 +774,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
             RegisterOp::Write(_) => "write",
             RegisterOp::Cas { .. } => "cas",
         };
-        let c = ops.entry(kind.into()).or_default();
-        c[0] += 1;
-        match e.outcome {
-            Outcome::Ok(_) => c[1] += 1,
-            Outcome::Fail => c[2] += 1,
-            Outcome::Info => c[3] += 1,
-        }
+        count(kind, matches!(e.outcome, Outcome::Ok(_)), e.outcome == Outcome::Fail);
         if matches!(e.outcome, Outcome::Ok(_)) && !matches!(e.op, RegisterOp::Read) {
             ok_writes.push((e.invoke, e.complete));
         }
@@ -765,7 +801,8 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
         && hashes_equal
         && panics.is_empty()
         && set_report.valid()
-        && watch_problems.is_empty();
+        && watch_problems.is_empty()
+        && lease_report.valid();
     let report = Report {
         seed: cfg.seed,
         timeline,
@@ -776,6 +813,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
         set_unexpected: set_report.unexpected.len() as u64,
         watch_events: watch_events as u64,
         watch_problems,
+        leases: lease_report,
         hashes,
         hashes_equal,
         panics,

@@ -3,18 +3,31 @@
 //!
 //! * `FLOTILLA_FAULT_STALE_READS=1`: linearizable reads skip the ReadIndex barrier and are
 //!   served from the member's local state, as a buggy store would.
+//! * `FLOTILLA_FAULT_SHORT_LEASES=1`: the leader expires leases at half their TTL, while
+//!   still answering the full TTL to grants and keep-alives.
 
 use std::sync::OnceLock;
+
+/// Whether switch `var` is on (`=1`, debug builds only); warns once when it is.
+fn switch(cell: &'static OnceLock<bool>, var: &str, what: &str) -> bool {
+    cfg!(debug_assertions)
+        && *cell.get_or_init(|| {
+            let on = std::env::var(var).is_ok_and(|v| v == "1");
+            if on {
+                tracing::warn!("FAULT INJECTION: {what} ({var}=1)");
+            }
+            on
+        })
+}
 
 /// Whether linearizable reads are (wrongly) served locally.
 pub fn stale_reads() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    cfg!(debug_assertions)
-        && *ON.get_or_init(|| {
-            let on = std::env::var("FLOTILLA_FAULT_STALE_READS").is_ok_and(|v| v == "1");
-            if on {
-                tracing::warn!("FAULT INJECTION: linearizable reads are served locally (FLOTILLA_FAULT_STALE_READS=1)");
-            }
-            on
-        })
+    switch(&ON, "FLOTILLA_FAULT_STALE_READS", "linearizable reads are served locally")
+}
+
+/// Whether the leader (wrongly) expires leases at half their TTL.
+pub fn short_leases() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    switch(&ON, "FLOTILLA_FAULT_SHORT_LEASES", "leases expire at half their TTL")
 }

@@ -146,8 +146,14 @@ pub async fn time_to_live_local(node: &Node, id: i64) -> Result<Option<(i64, i64
     Ok(node.lessor.time_to_live(id))
 }
 
+/// How long a lease of `ttl` seconds lives on the leader's clock.
 fn secs(ttl: i64) -> Duration {
-    Duration::from_secs(ttl.max(0) as u64)
+    let d = Duration::from_secs(ttl.max(0) as u64);
+    if crate::fault::short_leases() {
+        d / 2
+    } else {
+        d
+    }
 }
 
 /// Follows leadership and lease events, and revokes expired leases while leader.
