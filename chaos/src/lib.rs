@@ -7,6 +7,7 @@
 //! depend on the store, the network or a runtime.
 
 pub mod checker;
+pub mod disk;
 pub mod history;
 pub mod lease;
 pub mod report;

@@ -41,6 +41,9 @@ pub fn summary(r: &Report) -> String {
         r.hashes.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
     ));
     s.push_str(&format!("  panics in logs: {}\n", r.panics.len()));
+    if !r.unexpected_exits.is_empty() {
+        s.push_str(&format!("  members that exited by themselves: {}\n", r.unexpected_exits.join("; ")));
+    }
     let mut f = r.failover_secs.clone();
     f.sort_by(|a, b| a.total_cmp(b));
     let p50 = f.get(f.len() / 2).copied().unwrap_or(0.0);

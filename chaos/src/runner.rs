@@ -48,11 +48,15 @@ pub enum Fault {
     /// Remove a follower from the cluster, kill it, wipe its data, add it back; it
     /// rejoins empty at the heal.
     RemoveWipeReadd,
+    /// Stop a follower, flip bytes in one of its data files, restart it at the heal: it
+    /// must refuse to start or stop on finding the damage (then it is wiped and added
+    /// back), and never serve corrupt data.
+    CorruptDisk,
 }
 
 impl Fault {
     /// Every fault this harness can inject.
-    pub const ALL: [Fault; 11] = [
+    pub const ALL: [Fault; 12] = [
         Fault::KillLeader,
         Fault::PauseLeader,
         Fault::PartitionLeader,
@@ -64,6 +68,7 @@ impl Fault {
         Fault::Bridge,
         Fault::OneWayFromLeader,
         Fault::RemoveWipeReadd,
+        Fault::CorruptDisk,
     ];
 }
 
@@ -81,11 +86,16 @@ async fn remove_wipe_readd(t: &mut Topology, l: usize, v: usize) -> Result<(), C
     use ep::cluster_client::ClusterClient;
     let cl = |t: &Topology| ClusterClient::new(channel(&t.members[l].client_url()));
     let err = |what: &str, e: tonic::Status| ChaosError::Cluster(format!("{what}: {}", e.message()));
-    let id = status(&t.members[v].client_url())
-        .await
-        .and_then(|s| s.header)
-        .map(|h| h.member_id)
-        .ok_or_else(|| ChaosError::Cluster(format!("{} did not answer status", t.members[v].name)))?;
+    let name = t.members[v].name.clone();
+    let members =
+        cl(t).member_list(ep::MemberListRequest { linearizable: true }).await.map_err(|e| err("member list", e))?;
+    let id = members
+        .into_inner()
+        .members
+        .iter()
+        .find(|m| m.name == name)
+        .map(|m| m.id)
+        .ok_or_else(|| ChaosError::Cluster(format!("{name} is not in the member list")))?;
     cl(t).member_remove(ep::MemberRemoveRequest { id }).await.map_err(|e| err("member remove", e))?;
     t.kill(v);
     let dir = t.members[v].data_dir.clone();
@@ -96,6 +106,61 @@ async fn remove_wipe_readd(t: &mut Topology, l: usize, v: usize) -> Result<(), C
         .await
         .map_err(|e| err("member add", e))?;
     t.members[v].rejoin = true;
+    Ok(())
+}
+
+/// After a recovery window: a member that stopped by itself is restarted, after a wipe
+/// and re-add if its data was damaged (the expected way out of [`Fault::CorruptDisk`]);
+/// any other exit is reported in `unexpected`. A damaged member still running is first
+/// asked for the hash of everything it stores, so damage it has not read yet is found.
+async fn settle(
+    t: &mut Topology,
+    shared: &Shared,
+    timeline: &mut Vec<TimelineEntry>,
+    unexpected: &mut Vec<String>,
+) -> Result<(), ChaosError> {
+    let at = |s: &Shared| s.start.elapsed().as_secs_f64();
+    for i in 0..t.members.len() {
+        if t.members[i].damaged && t.running(i) {
+            let mut m = MaintenanceClient::new(channel(&t.members[i].client_url()));
+            let hashed = tokio::time::timeout(OP_TIMEOUT * 5, m.hash_kv(ep::HashKvRequest { revision: 0 })).await;
+            if !matches!(hashed, Ok(Ok(_))) {
+                // It may be stopping on what it found: give it a moment.
+                let deadline = Instant::now() + Duration::from_secs(3);
+                while t.members[i].pid().is_some() && Instant::now() < deadline {
+                    if let Some(how) = t.exited(i) {
+                        t.members[i].exit = Some(how);
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        let Some(how) = t.members[i].exit.take().or_else(|| t.exited(i)) else {
+            continue;
+        };
+        let name = t.members[i].name.clone();
+        if t.members[i].damaged {
+            let l = leader(t, Duration::from_secs(30)).await?;
+            remove_wipe_readd(t, l, i).await?;
+            t.members[i].damaged = false;
+            t.start(i)?;
+            // Let it join before the next fault.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while status(&t.members[i].client_url()).await.is_none() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            timeline.push(TimelineEntry {
+                at: at(shared),
+                what: format!("{name} stopped on its damaged data ({how}); wiped and added back"),
+            });
+        } else {
+            unexpected.push(format!("{name} exited by itself: {how}"));
+            timeline
+                .push(TimelineEntry { at: at(shared), what: format!("{name} exited by itself ({how}); restarted") });
+            t.start(i)?;
+        }
+    }
     Ok(())
 }
 
@@ -171,6 +236,13 @@ async fn inject(t: &mut Topology, fault: Fault, l: usize, rng: &mut rand::rngs::
             remove_wipe_readd(t, l, v).await?;
             format!("remove {0}, wipe its data, add it back", name(t, &[v]))
         }
+        Fault::CorruptDisk => {
+            let v = shuffled.iter().copied().find(|&o| o != l).unwrap_or(0);
+            t.kill(v);
+            let what = crate::disk::corrupt(&t.members[v].data_dir, 4, rng)?;
+            t.members[v].damaged = true;
+            format!("stop {}, {what}", name(t, &[v]))
+        }
     })
 }
 
@@ -229,6 +301,8 @@ pub struct Report {
     pub watch_problems: Vec<String>,
     /// What the lease checker found.
     pub leases: crate::checker::lease::LeaseReport,
+    /// Members that exited by themselves, other than on damaged data (must be empty).
+    pub unexpected_exits: Vec<String>,
     /// Per-member hash of the key-value state at one revision after healing.
     pub hashes: BTreeMap<String, String>,
     /// Whether every member had the same hash.
@@ -590,6 +664,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
     }
     let mut timeline = Vec::new();
     let mut fault_times = Vec::new();
+    let mut exits = Vec::new();
     let at = |s: &Shared| s.start.elapsed().as_secs_f64();
     tokio::time::sleep(CALM).await;
     let first_fault = shared.now();
@@ -616,6 +691,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
                 what: "heal: rules removed, paused resumed, killed restarted".into(),
             });
             tokio::time::sleep(RECOVER).await;
+            settle(&mut t, &shared, &mut timeline, &mut exits).await?;
         }
     }
     let faults_end = shared.now();
@@ -625,6 +701,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
         let _ = task.await;
     }
     t.heal()?;
+    settle(&mut t, &shared, &mut timeline, &mut exits).await?;
     let history = std::mem::take(&mut *shared.history.lock().unwrap_or_else(|p| p.into_inner()));
     let adds = std::mem::take(&mut *shared.adds.lock().unwrap_or_else(|p| p.into_inner()));
     let lease_events = std::mem::take(&mut *shared.leases.lock().unwrap_or_else(|p| p.into_inner()));
@@ -802,7 +879,8 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
         && panics.is_empty()
         && set_report.valid()
         && watch_problems.is_empty()
-        && lease_report.valid();
+        && lease_report.valid()
+        && exits.is_empty();
     let report = Report {
         seed: cfg.seed,
         timeline,
@@ -814,6 +892,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
         watch_events: watch_events as u64,
         watch_problems,
         leases: lease_report,
+        unexpected_exits: exits,
         hashes,
         hashes_equal,
         panics,

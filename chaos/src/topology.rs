@@ -29,6 +29,10 @@ pub struct Member {
     pub log: PathBuf,
     /// Removed, wiped and added back: starts as a joining member.
     pub rejoin: bool,
+    /// Its data files were damaged (and it has not been wiped since).
+    pub damaged: bool,
+    /// How it exited by itself, when seen but not yet dealt with.
+    pub exit: Option<String>,
     child: Option<Child>,
 }
 
@@ -145,6 +149,8 @@ impl Topology {
                 data_dir: dir.join(format!("m{i}")),
                 log: dir.join(format!("m{i}.log")),
                 rejoin: false,
+                damaged: false,
+                exit: None,
                 child: None,
             });
         }
@@ -189,6 +195,17 @@ impl Topology {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// If member `i` exited by itself, reaps it and returns how, with the last error its
+    /// log names.
+    pub fn exited(&mut self, i: usize) -> Option<String> {
+        let m = &mut self.members[i];
+        let status = m.child.as_mut()?.try_wait().ok()??;
+        m.child = None;
+        let log = std::fs::read_to_string(&m.log).unwrap_or_default();
+        let last = log.lines().rev().find(|l| l.contains("ERROR") || l.starts_with("flotilla:")).unwrap_or("");
+        Some(format!("{status}: {}", last.trim()))
     }
 
     /// Sends `signal` (`STOP`, `CONT`) to member `i`.

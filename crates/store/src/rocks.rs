@@ -63,14 +63,23 @@ impl Cf {
 /// Memory for memtables, across all column families.
 const MEMTABLE_BUDGET: usize = 64 << 20;
 
-fn storage_err(what: &str, e: rocksdb::Error) -> StoreError {
-    StoreError::Storage(format!("{what}: {e}"))
-}
-
 /// An open database. Cheap to clone.
 #[derive(Clone)]
 pub struct Db {
     inner: Arc<rocksdb::DB>,
+    /// Set (with what was found) the first time RocksDB reports damaged data.
+    corrupt: Arc<tokio::sync::watch::Sender<Option<String>>>,
+}
+
+/// Maps a RocksDB error; damaged data (a checksum that does not match) is also reported
+/// on [`Db::corruption`], so the member can stop instead of serving around it.
+fn storage_err(corrupt: &tokio::sync::watch::Sender<Option<String>>, what: &str, e: rocksdb::Error) -> StoreError {
+    let msg = format!("{what}: {e}");
+    if e.kind() == rocksdb::ErrorKind::Corruption {
+        corrupt.send_if_modified(|c| c.is_none() && c.replace(msg.clone()).is_none());
+        return StoreError::Corrupt(msg);
+    }
+    StoreError::Storage(msg)
 }
 
 impl std::fmt::Debug for Db {
@@ -178,7 +187,12 @@ impl Db {
         });
         let db = rocksdb::DB::open_cf_descriptors(&opts, path, cfs)
             .map_err(|e| StoreError::Corrupt(format!("cannot open RocksDB at {}: {e}", path.display())))?;
-        Ok(Db { inner: Arc::new(db) })
+        Ok(Db { inner: Arc::new(db), corrupt: Arc::new(tokio::sync::watch::channel(None).0) })
+    }
+
+    /// Becomes `Some(what)` once a read or write found damaged data.
+    pub fn corruption(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.corrupt.subscribe()
     }
 
     fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
@@ -189,7 +203,7 @@ impl Db {
 
     /// Reads one value.
     pub fn get(&self, cf: Cf, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get_cf(self.cf(cf), key).map_err(|e| storage_err("read", e))
+        self.inner.get_cf(self.cf(cf), key).map_err(|e| storage_err(&self.corrupt, "read", e))
     }
 
     /// Applies a batch atomically.
@@ -204,13 +218,13 @@ impl Db {
         }
         let mut wo = rocksdb::WriteOptions::default();
         wo.set_sync(sync == Sync::Yes);
-        self.inner.write_opt(wb, &wo).map_err(|e| storage_err("write", e))
+        self.inner.write_opt(wb, &wo).map_err(|e| storage_err(&self.corrupt, "write", e))
     }
 
     /// fsyncs the write-ahead log: every write that returned before this call is durable
     /// when it returns.
     pub fn sync_wal(&self) -> Result<(), StoreError> {
-        self.inner.flush_wal(true).map_err(|e| storage_err("fsync WAL", e))
+        self.inner.flush_wal(true).map_err(|e| storage_err(&self.corrupt, "fsync WAL", e))
     }
 
     /// Visits `(key, value)` pairs from `from` in direction `dir` until `f` returns false.
@@ -238,7 +252,7 @@ impl Db {
                 Dir::Reverse => it.prev(),
             }
         }
-        it.status().map_err(|e| storage_err("iterate", e))
+        it.status().map_err(|e| storage_err(&self.corrupt, "iterate", e))
     }
 
     /// A consistent point-in-time view for reading many records (snapshots).
@@ -278,12 +292,12 @@ impl View<'_> {
             f(k, v)?;
             it.next();
         }
-        it.status().map_err(|e| storage_err("iterate snapshot", e))
+        it.status().map_err(|e| storage_err(&self.db.corrupt, "iterate snapshot", e))
     }
 
     /// Reads one value as of the view.
     pub fn get(&self, cf: Cf, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, StoreError> {
-        self.snap.get_cf(self.db.cf(cf), key).map_err(|e| storage_err("read snapshot", e))
+        self.snap.get_cf(self.db.cf(cf), key).map_err(|e| storage_err(&self.db.corrupt, "read snapshot", e))
     }
 }
 

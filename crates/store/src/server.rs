@@ -43,7 +43,8 @@ async fn bind(url: &Url, what: &str) -> Result<TcpListener, StoreError> {
         .map_err(|e| StoreError::InvalidArgument(format!("cannot listen for {what} on {url}: {e}")))
 }
 
-/// Starts a member and serves until `shutdown` completes. `more` may add gRPC services
+/// Starts a member and serves until `shutdown` completes (Ok) or its raft core stops
+/// (`Fatal`, with the reason). `more` may add gRPC services
 /// (the resource API) to the client listener, next to the etcd API.
 pub async fn run(
     cfg: NodeConfig,
@@ -104,8 +105,34 @@ pub async fn run(
     let client_task = tokio::spawn(client_srv);
     let http_task = http_l.map(|l| tokio::spawn(crate::http::serve(l, node.clone(), stopped(stop_rx.clone()))));
 
-    shutdown.await;
-    tracing::info!("shutting down");
+    // Fail-stop: a member whose raft core stopped (a storage error), or whose store found
+    // damaged data (a checksum mismatch in a table file), exits with the reason instead
+    // of lingering or serving around the damage. Its data must be wiped and resynced.
+    let fatal = {
+        let mut m = node.raft.metrics();
+        async move {
+            loop {
+                if let Err(f) = &m.borrow().running_state {
+                    return f.to_string();
+                }
+                if m.changed().await.is_err() {
+                    return "the raft core stopped".to_string();
+                }
+            }
+        }
+    };
+    let mut corruption = node.sm.db.corruption();
+    let failed = tokio::select! {
+        () = shutdown => None,
+        reason = fatal => Some(reason),
+        Ok(found) = corruption.wait_for(Option::is_some) => {
+            Some(format!("damaged data on disk: {}", found.as_deref().unwrap_or_default()))
+        }
+    };
+    match &failed {
+        None => tracing::info!("shutting down"),
+        Some(reason) => tracing::error!(%reason, "stopping: this member can no longer serve"),
+    }
     let _ = stop_tx.send(true);
     if let Err(e) = node.raft.shutdown().await {
         tracing::warn!(error = %e, "raft did not shut down cleanly");
@@ -115,5 +142,8 @@ pub async fn run(
     if let Some(t) = http_task {
         let _ = t.await;
     }
-    Ok(())
+    match failed {
+        None => Ok(()),
+        Some(reason) => Err(StoreError::Fatal(reason)),
+    }
 }
