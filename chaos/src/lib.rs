@@ -7,9 +7,11 @@
 //! depend on the store, the network or a runtime.
 
 pub mod checker;
+pub mod clock;
 pub mod disk;
 pub mod history;
 pub mod lease;
+pub mod proxy;
 pub mod report;
 pub mod runner;
 pub mod topology;

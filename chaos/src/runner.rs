@@ -52,11 +52,32 @@ pub enum Fault {
     /// must refuse to start or stop on finding the damage (then it is wiped and added
     /// back), and never serve corrupt data.
     CorruptDisk,
+    /// Every link to and from the leader: 40 ± 30 ms delay each way, 10% of chunks
+    /// stalled 200–600 ms as if retransmitted (userspace proxy).
+    SlowLeader,
+    /// Every peer link: 10–50 ms delay each way (per link) ± 10 ms, 5% of chunks stalled.
+    SlowNetwork,
+    /// The leader's wall clock jumps by minutes to an hour, ahead or behind (libfaketime).
+    ClockSkew,
+    /// The leader's wall clock jumps back and forth by up to an hour every second or so.
+    ClockStrobe,
+}
+
+impl Fault {
+    /// Whether the fault needs the peer links proxied.
+    pub fn needs_proxy(self) -> bool {
+        matches!(self, Fault::SlowLeader | Fault::SlowNetwork)
+    }
+
+    /// Whether the fault needs the members under libfaketime.
+    pub fn needs_faketime(self) -> bool {
+        matches!(self, Fault::ClockSkew | Fault::ClockStrobe)
+    }
 }
 
 impl Fault {
     /// Every fault this harness can inject.
-    pub const ALL: [Fault; 12] = [
+    pub const ALL: [Fault; 16] = [
         Fault::KillLeader,
         Fault::PauseLeader,
         Fault::PartitionLeader,
@@ -69,6 +90,10 @@ impl Fault {
         Fault::OneWayFromLeader,
         Fault::RemoveWipeReadd,
         Fault::CorruptDisk,
+        Fault::SlowLeader,
+        Fault::SlowNetwork,
+        Fault::ClockSkew,
+        Fault::ClockStrobe,
     ];
 }
 
@@ -164,6 +189,10 @@ async fn settle(
     Ok(())
 }
 
+fn proxies(t: &Topology) -> Result<&crate::proxy::Proxies, ChaosError> {
+    t.proxies.as_ref().ok_or_else(|| ChaosError::Setup("the peer-link proxies are not running".into()))
+}
+
 /// Applies `fault` (the leader is `l`); returns a description.
 async fn inject(t: &mut Topology, fault: Fault, l: usize, rng: &mut rand::rngs::StdRng) -> Result<String, ChaosError> {
     let n = t.members.len();
@@ -242,6 +271,37 @@ async fn inject(t: &mut Topology, fault: Fault, l: usize, rng: &mut rand::rngs::
             let what = crate::disk::corrupt(&t.members[v].data_dir, 4, rng)?;
             t.members[v].damaged = true;
             format!("stop {}, {what}", name(t, &[v]))
+        }
+        Fault::SlowLeader => {
+            let p = proxies(t)?;
+            for o in (0..n).filter(|&o| o != l) {
+                p.links[l][o].set(40, 30, 100);
+                p.links[o][l].set(40, 30, 100);
+            }
+            format!("slow links to and from leader {}: 40±30 ms, 10% stalls", name(t, &[l]))
+        }
+        Fault::SlowNetwork => {
+            let p = proxies(t)?;
+            for link in p.links.iter().flatten() {
+                link.set(rng.random_range(10..50), 10, 50);
+            }
+            "slow network: every peer link 10-50 ms ±10 ms, 5% stalls".to_string()
+        }
+        Fault::ClockSkew => {
+            let secs = rng.random_range(60..3600) * if rng.random_bool(0.5) { 1 } else { -1 };
+            crate::clock::set(&t.members[l].clock, secs)?;
+            format!("leader {}'s wall clock {secs:+} s", name(t, &[l]))
+        }
+        Fault::ClockStrobe => {
+            let secs = rng.random_range(60..3600) * if rng.random_bool(0.5) { 1 } else { -1 };
+            let file = t.members[l].clock.clone();
+            t.strobe = Some(tokio::spawn(async move {
+                for k in 0u64.. {
+                    let _ = crate::clock::set(&file, if k % 2 == 0 { secs } else { 0 });
+                    tokio::time::sleep(Duration::from_millis(1100)).await;
+                }
+            }));
+            format!("leader {}'s wall clock strobes between +0 and {secs:+} s", name(t, &[l]))
         }
     })
 }
@@ -628,8 +688,9 @@ async fn leader(t: &Topology, within: Duration) -> Result<usize, ChaosError> {
 /// Runs one seeded chaos run.
 pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
     std::fs::create_dir_all(&cfg.dir).map_err(|e| ChaosError::Setup(format!("{}: {e}", cfg.dir.display())))?;
-    let mut t = Topology::create(cfg.masters, &cfg.dir, &cfg.bin)?;
+    let mut t = Topology::create(cfg.masters, &cfg.dir, &cfg.bin, cfg.faults.iter().any(|f| f.needs_proxy()))?;
     t.env = cfg.member_env.clone();
+    t.faketime = cfg.faults.iter().any(|f| f.needs_faketime());
     for i in 0..cfg.masters {
         t.start(i)?;
     }

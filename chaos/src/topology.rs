@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use crate::proxy::Proxies;
 use crate::ChaosError;
 
 /// Client port of every member (each has its own address).
@@ -33,6 +34,8 @@ pub struct Member {
     pub damaged: bool,
     /// How it exited by itself, when seen but not yet dealt with.
     pub exit: Option<String>,
+    /// Its wall-clock offset file (libfaketime).
+    pub clock: PathBuf,
     child: Option<Child>,
 }
 
@@ -67,6 +70,12 @@ pub struct Topology {
     pub extra_args: Vec<String>,
     /// Extra environment for every member (fault switches).
     pub env: Vec<(String, String)>,
+    /// Run members under libfaketime (see [`crate::clock`]); set before starting them.
+    pub faketime: bool,
+    /// The proxies on the peer links (see [`crate::proxy`]).
+    pub proxies: Option<Proxies>,
+    /// A clock strobe under way (stopped at the heal).
+    pub strobe: Option<tokio::task::JoinHandle<()>>,
 }
 
 fn run(cmd: &[&str]) -> Result<String, ChaosError> {
@@ -86,8 +95,9 @@ fn run(cmd: &[&str]) -> Result<String, ChaosError> {
 
 impl Topology {
     /// Creates the namespaces and links for `n` members (data under `dir`), without
-    /// starting them.
-    pub fn create(n: usize, dir: &Path, bin: &Path) -> Result<Topology, ChaosError> {
+    /// starting them; with `proxied`, every peer link goes through a proxy
+    /// ([`crate::proxy`]) that can slow it.
+    pub fn create(n: usize, dir: &Path, bin: &Path, proxied: bool) -> Result<Topology, ChaosError> {
         // A free id: another run's namespaces are never touched (a crashed run's are left
         // for `ip netns del`; the names say which run they were).
         let taken = run(&["ip", "netns", "list"])?;
@@ -108,6 +118,9 @@ impl Topology {
             initial_cluster: String::new(),
             extra_args: Vec::new(),
             env: Vec::new(),
+            faketime: false,
+            proxies: None,
+            strobe: None,
         };
         run(&["ip", "netns", "add", &hub])?;
         run(&["ip", "-n", &hub, "link", "add", "br0", "type", "bridge"])?;
@@ -151,11 +164,51 @@ impl Topology {
                 rejoin: false,
                 damaged: false,
                 exit: None,
+                clock: crate::clock::file_for(&dir.join(format!("m{i}.log"))),
                 child: None,
             });
         }
         t.initial_cluster =
             t.members.iter().map(|m| format!("{}=http://{}:{PEER_PORT}", m.name, m.ip)).collect::<Vec<_>>().join(",");
+        if !proxied {
+            return Ok(t);
+        }
+        // Every peer connection goes through the proxy of the member that opens it.
+        for (i, m) in t.members.iter().enumerate() {
+            for (j, o) in t.members.iter().enumerate().filter(|(j, _)| *j != i) {
+                let port = (crate::proxy::PORT_BASE + j as u16).to_string();
+                let mark = format!("0x{:x}", crate::proxy::MARK);
+                run(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &m.netns,
+                    "iptables",
+                    "-t",
+                    "nat",
+                    "-A",
+                    "OUTPUT",
+                    "-p",
+                    "tcp",
+                    "-d",
+                    &o.ip,
+                    "--dport",
+                    &PEER_PORT.to_string(),
+                    "-m",
+                    "mark",
+                    "!",
+                    "--mark",
+                    &mark,
+                    "-j",
+                    "REDIRECT",
+                    "--to-ports",
+                    &port,
+                ])?;
+            }
+        }
+        let netns: Vec<String> = t.members.iter().map(|m| m.netns.clone()).collect();
+        let ips: Vec<String> = t.members.iter().map(|m| m.ip.clone()).collect();
+        t.proxies = Some(Proxies::start(&netns, &ips, PEER_PORT)?);
         Ok(t)
     }
 
@@ -163,6 +216,7 @@ impl Topology {
     /// back with `member add`).
     pub fn start(&mut self, i: usize) -> Result<(), ChaosError> {
         let state = if self.members[i].rejoin { "existing" } else { "new" };
+        let clock = if self.faketime { crate::clock::env(&self.members[i].clock)? } else { Vec::new() };
         let m = &mut self.members[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -180,6 +234,7 @@ impl Topology {
             .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-state", state])
             .args(&self.extra_args)
             .env("FLOTILLA_LOG", "info,openraft=warn")
+            .envs(clock)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
@@ -234,11 +289,21 @@ impl Topology {
         Ok(())
     }
 
-    /// Removes every rule and resumes every paused member.
-    pub fn heal(&self) -> Result<(), ChaosError> {
+    /// Removes every rule, resumes every paused member, clears slow links and sets every
+    /// clock right.
+    pub fn heal(&mut self) -> Result<(), ChaosError> {
+        if let Some(s) = self.strobe.take() {
+            s.abort();
+        }
         for (i, m) in self.members.iter().enumerate() {
             run(&["ip", "netns", "exec", &m.netns, "iptables", "-F"])?;
             self.signal(i, "CONT");
+            if self.faketime {
+                crate::clock::set(&m.clock, 0)?;
+            }
+        }
+        if let Some(p) = &self.proxies {
+            p.clear();
         }
         Ok(())
     }
@@ -274,6 +339,8 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
+        // The proxy threads hold the namespaces open: stop them first.
+        self.proxies = None;
         for i in 0..self.members.len() {
             self.signal(i, "CONT");
             self.kill(i);

@@ -62,7 +62,9 @@ pub struct MasterArgs {
     #[arg(long, value_name = "TOKEN")]
     initial_cluster_token: Option<String>,
 
-    /// Leader heartbeat interval in milliseconds [default: 100].
+    /// Leader heartbeat interval in milliseconds [default: 100]. It is also the time a
+    /// replication request has to complete: keep it above the worst round trip between
+    /// masters, or writes stall while the links are that slow.
     #[arg(long, value_name = "MS")]
     heartbeat_interval: Option<u64>,
 
