@@ -56,6 +56,8 @@ enum Injected {
     StaleReads,
     /// The leader expires leases at half their TTL.
     ShortLeases,
+    /// The leader times leases on the wall clock (caught with a clock fault).
+    LeaseWallClock,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -102,6 +104,7 @@ fn main() -> ExitCode {
             member_env: match cli.inject {
                 Some(Injected::StaleReads) => vec![("FLOTILLA_FAULT_STALE_READS".into(), "1".into())],
                 Some(Injected::ShortLeases) => vec![("FLOTILLA_FAULT_SHORT_LEASES".into(), "1".into())],
+                Some(Injected::LeaseWallClock) => vec![("FLOTILLA_FAULT_LEASE_WALL_CLOCK".into(), "1".into())],
                 None => vec![],
             },
         };

@@ -57,9 +57,10 @@ pub enum Fault {
     SlowLeader,
     /// Every peer link: 10–50 ms delay each way (per link) ± 10 ms, 5% of chunks stalled.
     SlowNetwork,
-    /// The leader's wall clock jumps by minutes to an hour, ahead or behind (libfaketime).
+    /// The leader's wall clock jumps ahead by minutes to an hour (libfaketime).
     ClockSkew,
-    /// The leader's wall clock jumps back and forth by up to an hour every second or so.
+    /// The leader's wall clock jumps between ahead and behind by minutes to an hour,
+    /// every second or so.
     ClockStrobe,
 }
 
@@ -288,20 +289,20 @@ async fn inject(t: &mut Topology, fault: Fault, l: usize, rng: &mut rand::rngs::
             "slow network: every peer link 10-50 ms ±10 ms, 5% stalls".to_string()
         }
         Fault::ClockSkew => {
-            let secs = rng.random_range(60..3600) * if rng.random_bool(0.5) { 1 } else { -1 };
+            let secs = rng.random_range(60..3600);
             crate::clock::set(&t.members[l].clock, secs)?;
             format!("leader {}'s wall clock {secs:+} s", name(t, &[l]))
         }
         Fault::ClockStrobe => {
-            let secs = rng.random_range(60..3600) * if rng.random_bool(0.5) { 1 } else { -1 };
+            let secs: i64 = rng.random_range(60..3600);
             let file = t.members[l].clock.clone();
             t.strobe = Some(tokio::spawn(async move {
                 for k in 0u64.. {
-                    let _ = crate::clock::set(&file, if k % 2 == 0 { secs } else { 0 });
+                    let _ = crate::clock::set(&file, if k % 2 == 0 { secs } else { -secs });
                     tokio::time::sleep(Duration::from_millis(1100)).await;
                 }
             }));
-            format!("leader {}'s wall clock strobes between +0 and {secs:+} s", name(t, &[l]))
+            format!("leader {}'s wall clock strobes between {secs:+} s and -{secs} s", name(t, &[l]))
         }
     })
 }

@@ -5,6 +5,8 @@
 //!   served from the member's local state, as a buggy store would.
 //! * `FLOTILLA_FAULT_SHORT_LEASES=1`: the leader expires leases at half their TTL, while
 //!   still answering the full TTL to grants and keep-alives.
+//! * `FLOTILLA_FAULT_LEASE_WALL_CLOCK=1`: the leader times leases on the wall clock, so a
+//!   clock that jumps ahead expires them early.
 
 use std::sync::OnceLock;
 
@@ -30,4 +32,10 @@ pub fn stale_reads() -> bool {
 pub fn short_leases() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     switch(&ON, "FLOTILLA_FAULT_SHORT_LEASES", "leases expire at half their TTL")
+}
+
+/// Whether the leader (wrongly) times leases on the wall clock instead of a monotonic one.
+pub fn lease_wall_clock() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    switch(&ON, "FLOTILLA_FAULT_LEASE_WALL_CLOCK", "leases are timed on the wall clock")
 }

@@ -51,7 +51,7 @@ impl Lessor {
 
     /// Starts the clock: every known lease gets its full TTL from now.
     pub fn promote(&self) {
-        let now = Instant::now();
+        let now = now();
         let leases = self.mvcc.leases().unwrap_or_default();
         let map = leases
             .into_iter()
@@ -74,7 +74,7 @@ impl Lessor {
         if let Some(m) = self.lock().as_mut() {
             match ev {
                 LeaseEvent::Granted(id, ttl) => {
-                    m.insert(id, Clock { deadline: Instant::now() + secs(ttl), ttl, revoking: false });
+                    m.insert(id, Clock { deadline: now() + secs(ttl), ttl, revoking: false });
                 }
                 LeaseEvent::Revoked(id) => {
                     m.remove(&id);
@@ -91,7 +91,7 @@ impl Lessor {
         if c.revoking {
             return None;
         }
-        c.deadline = Instant::now() + secs(c.ttl);
+        c.deadline = now() + secs(c.ttl);
         Some(c.ttl)
     }
 
@@ -102,14 +102,14 @@ impl Lessor {
         if c.revoking {
             return None;
         }
-        let left = c.deadline.saturating_duration_since(Instant::now());
+        let left = c.deadline.saturating_duration_since(now());
         Some((left.as_secs_f64().ceil() as i64, c.ttl))
     }
 
     /// Leases past their deadline. Each is given a second's grace before it is reported
     /// again, so one revoke is in flight at a time.
     fn expired(&self) -> Vec<i64> {
-        let now = Instant::now();
+        let now = now();
         let mut g = self.lock();
         let Some(m) = g.as_mut() else {
             return Vec::new();
@@ -144,6 +144,17 @@ pub async fn time_to_live_local(node: &Node, id: i64) -> Result<Option<(i64, i64
     }
     node.read_index_local().await?;
     Ok(node.lessor.time_to_live(id))
+}
+
+/// The leader's lease clock: monotonic (a wall clock that jumps must not expire leases).
+fn now() -> Instant {
+    if crate::fault::lease_wall_clock() {
+        // The injected bug: follow the wall clock from the first reading on.
+        static BASE: std::sync::OnceLock<(Instant, std::time::SystemTime)> = std::sync::OnceLock::new();
+        let (i, w) = *BASE.get_or_init(|| (Instant::now(), std::time::SystemTime::now()));
+        return i + std::time::SystemTime::now().duration_since(w).unwrap_or_default();
+    }
+    Instant::now()
 }
 
 /// How long a lease of `ttl` seconds lives on the leader's clock.
