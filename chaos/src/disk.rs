@@ -46,3 +46,41 @@ pub fn corrupt(data_dir: &Path, n: usize, rng: &mut impl Rng) -> Result<String, 
         bytes.len()
     ))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn corrupt_flips_bytes_in_exactly_one_data_file_and_leaves_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        std::fs::create_dir(&db).unwrap();
+        let names = ["000004.log", "000007.sst", "MANIFEST-000005", "LOG", "CURRENT"];
+        for n in names {
+            std::fs::write(db.join(n), vec![0u8; 4096]).unwrap();
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let what = corrupt(dir.path(), 4, &mut rng).unwrap();
+        let changed: Vec<(&str, usize)> = names
+            .iter()
+            .map(|n| (*n, std::fs::read(db.join(n)).unwrap().iter().filter(|b| **b != 0).count()))
+            .filter(|(_, c)| *c > 0)
+            .collect();
+        assert_eq!(changed.len(), 1, "{changed:?}");
+        let (name, flipped) = changed[0];
+        assert!(["000004.log", "000007.sst", "MANIFEST-000005"].contains(&name), "{name} is not a data file");
+        assert!((1..=4).contains(&flipped), "{flipped} bytes changed");
+        assert!(what.contains(name), "{what}");
+    }
+
+    #[test]
+    fn corrupt_before_the_member_wrote_anything_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        assert_eq!(corrupt(dir.path(), 4, &mut rng).unwrap(), "no data files yet");
+    }
+}

@@ -109,7 +109,26 @@ fn main() -> ExitCode {
             },
         };
         let _ = std::fs::remove_dir_all(&cfg.dir);
-        match rt.block_on(runner::run(&cfg)) {
+        // Ctrl-C or SIGTERM ends the run: dropping it kills the members and removes the
+        // namespaces (its data and logs stay).
+        let interrupted = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => None } } => {}
+            }
+        };
+        let outcome = rt.block_on(async {
+            tokio::select! {
+                r = runner::run(&cfg) => Some(r),
+                () = interrupted => None,
+            }
+        });
+        let Some(outcome) = outcome else {
+            println!("interrupted; cleaned up; data and logs of seed {seed} are in {}", cfg.dir.display());
+            return ExitCode::from(130);
+        };
+        match outcome {
             Ok(r) => {
                 println!("{}", flotilla_chaos::report::summary(&r));
                 if r.passed {

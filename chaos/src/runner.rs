@@ -825,11 +825,16 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
             Some(stream) => {
                 let r = watch::check(&stream, &acked, &stream.iter().copied().collect(), start_rev, last_register);
                 if !r.valid() {
+                    let first = |v: &[watch::Seen]| {
+                        v.iter().take(3).map(|s| format!("r{} k{}", s.revision, s.key)).collect::<Vec<_>>().join(" ")
+                    };
                     watch_problems.push(format!(
-                        "{name}: {} out of order, {} duplicated, {} acknowledged writes missing",
+                        "{name}: {} out of order, {} duplicated [{}], {} acknowledged writes missing [{}]",
                         r.out_of_order.len(),
                         r.duplicates.len(),
-                        r.missing.len()
+                        first(&r.duplicates),
+                        r.missing.len(),
+                        first(&r.missing)
                     ));
                 }
                 streams.push((name, stream));

@@ -119,15 +119,22 @@ impl Cursor {
                 match rx.recv().await {
                     // A member behind the requested start (one that is catching up, or
                     // was wiped and rejoined) publishes older revisions: not this
-                    // watcher's.
+                    // watcher's. One log entry may carry several revisions, so a batch
+                    // can also straddle the start: only its part from the start on is.
                     Some((rev, _)) if rev < self.next => continue,
                     Some((rev, batch)) => {
+                        let from = self.next;
                         self.next = rev + 1;
                         let events: Vec<Event> = batch
                             .iter()
-                            .filter(|e| e.kv.as_ref().is_some_and(|kv| self.range.contains(&kv.key)))
+                            .filter(|e| {
+                                e.kv.as_ref().is_some_and(|kv| kv.mod_revision >= from && self.range.contains(&kv.key))
+                            })
                             .cloned()
                             .collect();
+                        if events.is_empty() {
+                            continue;
+                        }
                         return Ok(Next::Events(events, rev));
                     }
                     None => {
@@ -251,6 +258,39 @@ mod tests {
         let Next::Events(evs, rev) = cursor.next().await.expect("next") else { panic!("events expected") };
         let revs: Vec<i64> = evs.iter().map(|e| e.kv.as_ref().expect("kv").mod_revision).collect();
         assert_eq!((revs, rev), (vec![5], 5), "nothing below the start revision");
+    }
+
+    /// Regression (found by the chaos harness, full run seed 307: a watcher on a member
+    /// that was wiped and re-added received one revision twice): writes batched into one
+    /// log entry are published together, and a watch whose start revision fell inside
+    /// such a batch received the batch's older revisions too.
+    #[tokio::test]
+    async fn watch_from_a_future_revision_inside_a_batched_entry_skips_the_older_part() {
+        let (_dir, db, mvcc, hub) = store();
+        let mut cursor = hub.watch(KeyRange::from_etcd(b"\0", b"\0"), 4);
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(50), cursor.next()).await;
+        let put = |k: &str| pb::Command {
+            kind: Some(pb::command::Kind::Put(ep::PutRequest {
+                key: k.into(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })),
+        };
+        // One entry, revisions 2..=5.
+        let cmd = pb::Command {
+            kind: Some(pb::command::Kind::Batch(pb::CommandBatch {
+                commands: vec![put("a"), put("b"), put("c"), put("d")],
+            })),
+        };
+        let mut b = Batch::new();
+        let a = mvcc.apply(&cmd, &mut b).expect("apply");
+        db.write(b, Sync::No).expect("write");
+        mvcc.remember(a.written);
+        assert_eq!(a.revision, 5);
+        hub.publish(a.revision, a.compact_revision, a.events);
+        let Next::Events(evs, rev) = cursor.next().await.expect("next") else { panic!("events expected") };
+        let revs: Vec<i64> = evs.iter().map(|e| e.kv.as_ref().expect("kv").mod_revision).collect();
+        assert_eq!((revs, rev), (vec![4, 5], 5), "nothing below the start revision");
     }
 
     /// Events outside a watcher's range never reach it.
