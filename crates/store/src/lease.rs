@@ -83,27 +83,44 @@ impl Lessor {
         }
     }
 
-    /// Renews a lease; returns its TTL, or `None` if it is unknown, already expired (its
-    /// revoke is under way), or this member is not the leader.
-    pub fn keep_alive(&self, id: i64) -> Option<i64> {
-        let mut g = self.lock();
-        let c = g.as_mut()?.get_mut(&id)?;
-        if c.revoking {
-            return None;
-        }
-        c.deadline = now() + secs(c.ttl);
-        Some(c.ttl)
+    /// Renews a lease: its TTL. A lease the applied state holds but the clock has not
+    /// heard of yet (its grant's event is still on the way) is adopted with its full TTL.
+    fn keep_alive(&self, id: i64) -> Lookup<i64> {
+        self.lookup(id, |c| {
+            c.deadline = now() + secs(c.ttl);
+            c.ttl
+        })
     }
 
-    /// `(remaining seconds, granted ttl)` of a lease, if known here and not expired.
-    pub fn time_to_live(&self, id: i64) -> Option<(i64, i64)> {
-        let g = self.lock();
-        let c = g.as_ref()?.get(&id)?;
+    /// `(remaining seconds, granted ttl)` of a lease.
+    fn time_to_live(&self, id: i64) -> Lookup<(i64, i64)> {
+        self.lookup(id, |c| {
+            let left = c.deadline.saturating_duration_since(now());
+            (left.as_secs_f64().ceil() as i64, c.ttl)
+        })
+    }
+
+    fn lookup<T>(&self, id: i64, f: impl FnOnce(&mut Clock) -> T) -> Lookup<T> {
+        let mut g = self.lock();
+        let Some(m) = g.as_mut() else {
+            return Lookup::NotLeader;
+        };
+        // The applied state decides whether the lease exists (a revoke's or grant's event
+        // may not have reached the clock yet); the clock decides whether it has expired.
+        let ttl = match self.mvcc.lease_ttl(id) {
+            Ok(Some(ttl)) => ttl,
+            Ok(None) => {
+                m.remove(&id);
+                return Lookup::Gone;
+            }
+            Err(e) => return Lookup::Failed(e),
+        };
+        let c = m.entry(id).or_insert_with(|| Clock { deadline: now() + secs(ttl), ttl, revoking: false });
         if c.revoking {
-            return None;
+            Lookup::Revoking
+        } else {
+            Lookup::Live(f(c))
         }
-        let left = c.deadline.saturating_duration_since(now());
-        Some((left.as_secs_f64().ceil() as i64, c.ttl))
     }
 
     /// Leases past their deadline. Each is given a second's grace before it is reported
@@ -126,24 +143,57 @@ impl Lessor {
     }
 }
 
+/// What the leader's clock says of a lease.
+#[derive(Debug)]
+enum Lookup<T> {
+    /// Alive (and renewed, for a keep-alive).
+    Live(T),
+    /// Expired; its revoke is proposed but not applied yet, so its keys still exist.
+    Revoking,
+    /// Not in the applied state: never granted, or revoked (its keys are gone).
+    Gone,
+    /// This member's clock is not running (not the leader).
+    NotLeader,
+    /// The applied state could not be read.
+    Failed(StoreError),
+}
+
+/// Answers a lookup. A lease whose revoke is under way is reported gone only once the
+/// revoke is applied here (so its keys are deleted, for every later linearizable read),
+/// as etcd does: a client told its lease is gone must not still find its keys.
+async fn settle<T>(node: &Node, id: i64, look: impl Fn(&Lessor) -> Lookup<T>) -> Result<Option<T>, StoreError> {
+    let deadline = tokio::time::Instant::now() + node.config.request_timeout;
+    loop {
+        match look(&node.lessor) {
+            Lookup::Live(t) => return Ok(Some(t)),
+            Lookup::Gone => return Ok(None),
+            Lookup::NotLeader => return Err(StoreError::NotLeader),
+            Lookup::Failed(e) => return Err(e),
+            Lookup::Revoking if tokio::time::Instant::now() >= deadline => return Err(StoreError::Timeout),
+            Lookup::Revoking => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
 /// Renews lease `id` on this member, which must be the leader: leadership is confirmed
 /// with a quorum first, so a deposed leader cannot keep leases alive. `Ok(0)` if the lease
-/// is unknown or expired.
+/// is unknown or revoked (an expired lease: once its revoke is applied).
 pub async fn keep_alive_local(node: &Node, id: i64) -> Result<i64, StoreError> {
     if !node.lessor.is_active() {
         return Err(StoreError::NotLeader);
     }
     node.read_index_local().await?;
-    Ok(node.lessor.keep_alive(id).unwrap_or(0))
+    Ok(settle(node, id, |l| l.keep_alive(id)).await?.unwrap_or(0))
 }
 
-/// `(remaining, granted)` TTL of lease `id` on this member, which must be the leader.
+/// `(remaining, granted)` TTL of lease `id` on this member, which must be the leader
+/// (`None`: unknown or revoked, as for [`keep_alive_local`]).
 pub async fn time_to_live_local(node: &Node, id: i64) -> Result<Option<(i64, i64)>, StoreError> {
     if !node.lessor.is_active() {
         return Err(StoreError::NotLeader);
     }
     node.read_index_local().await?;
-    Ok(node.lessor.time_to_live(id))
+    settle(node, id, |l| l.time_to_live(id)).await
 }
 
 /// The leader's lease clock: monotonic (a wall clock that jumps must not expire leases).
@@ -241,13 +291,43 @@ mod tests {
             mvcc.apply(&cmd, &mut b).expect("grant");
             db.write(b, Sync::No).expect("write");
         }
-        let lessor = Lessor::new(mvcc);
-        assert_eq!(lessor.keep_alive(2), None, "inactive before promotion");
+        let lessor = Lessor::new(mvcc.clone());
+        assert!(matches!(lessor.keep_alive(2), Lookup::NotLeader), "inactive before promotion");
         lessor.promote();
         assert_eq!(lessor.expired(), vec![1]);
-        assert_eq!(lessor.keep_alive(1), None);
-        assert_eq!(lessor.time_to_live(1), None);
-        assert_eq!(lessor.keep_alive(2), Some(60));
+        assert!(matches!(lessor.keep_alive(1), Lookup::Revoking));
+        assert!(matches!(lessor.time_to_live(1), Lookup::Revoking));
+        assert!(matches!(lessor.keep_alive(2), Lookup::Live(60)));
         assert_eq!(lessor.expired(), Vec::<i64>::new(), "one revoke at a time");
+        assert!(matches!(lessor.keep_alive(3), Lookup::Gone), "never granted");
+        // Granted in the applied state, its event not yet seen by the clock: adopted.
+        let cmd = pb::Command { kind: Some(pb::command::Kind::LeaseGrant(ep::LeaseGrantRequest { id: 4, ttl: 30 })) };
+        let mut b = Batch::new();
+        mvcc.apply(&cmd, &mut b).expect("grant");
+        db.write(b, Sync::No).expect("write");
+        assert!(matches!(lessor.keep_alive(4), Lookup::Live(30)));
+    }
+
+    /// Regression (found by the chaos harness, full run seed 307): a keep-alive on a lease
+    /// whose deadline had passed answered "gone" while the revoke was still waiting for a
+    /// quorum, and a later read still found the lease's key. Gone now means revoked.
+    #[test]
+    fn a_keep_alive_on_an_expiring_lease_reports_it_gone_only_once_its_revoke_is_applied() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(dir.path()).expect("open");
+        let mvcc = Arc::new(Mvcc::open(db.clone()).expect("mvcc"));
+        let apply = |kind| {
+            let mut b = Batch::new();
+            mvcc.apply(&pb::Command { kind: Some(kind) }, &mut b).expect("apply");
+            db.write(b, Sync::No).expect("write");
+        };
+        apply(pb::command::Kind::LeaseGrant(ep::LeaseGrantRequest { id: 1, ttl: 0 }));
+        let lessor = Lessor::new(mvcc.clone());
+        lessor.promote();
+        assert_eq!(lessor.expired(), vec![1]);
+        assert!(matches!(lessor.keep_alive(1), Lookup::Revoking), "expired, but its keys still exist");
+        apply(pb::command::Kind::LeaseRevoke(ep::LeaseRevokeRequest { id: 1 }));
+        assert!(matches!(lessor.keep_alive(1), Lookup::Gone), "revoked: now it is gone");
+        assert!(matches!(lessor.time_to_live(1), Lookup::Gone));
     }
 }
