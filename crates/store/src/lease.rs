@@ -161,7 +161,7 @@ enum Lookup<T> {
 /// Answers a lookup. A lease whose revoke is under way is reported gone only once the
 /// revoke is applied here (so its keys are deleted, for every later linearizable read),
 /// as etcd does: a client told its lease is gone must not still find its keys.
-async fn settle<T>(node: &Node, id: i64, look: impl Fn(&Lessor) -> Lookup<T>) -> Result<Option<T>, StoreError> {
+async fn settle<T>(node: &Node, look: impl Fn(&Lessor) -> Lookup<T>) -> Result<Option<T>, StoreError> {
     let deadline = tokio::time::Instant::now() + node.config.request_timeout;
     loop {
         match look(&node.lessor) {
@@ -183,7 +183,7 @@ pub async fn keep_alive_local(node: &Node, id: i64) -> Result<i64, StoreError> {
         return Err(StoreError::NotLeader);
     }
     node.read_index_local().await?;
-    Ok(settle(node, id, |l| l.keep_alive(id)).await?.unwrap_or(0))
+    Ok(settle(node, |l| l.keep_alive(id)).await?.unwrap_or(0))
 }
 
 /// `(remaining, granted)` TTL of lease `id` on this member, which must be the leader
@@ -193,7 +193,7 @@ pub async fn time_to_live_local(node: &Node, id: i64) -> Result<Option<(i64, i64
         return Err(StoreError::NotLeader);
     }
     node.read_index_local().await?;
-    settle(node, id, |l| l.time_to_live(id)).await
+    settle(node, |l| l.time_to_live(id)).await
 }
 
 /// The leader's lease clock: monotonic (a wall clock that jumps must not expire leases).
