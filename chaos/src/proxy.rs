@@ -27,6 +27,8 @@ use crate::ChaosError;
 
 /// The firewall mark on the proxy's own connections (not redirected again).
 pub const MARK: u32 = 0x464c;
+/// Bytes a slowed link holds back per direction before it stops reading.
+const HELD_CAP: usize = 4 << 20;
 /// The proxy for destination member `j` (0-based) listens on `PORT_BASE + j`.
 pub const PORT_BASE: u16 = 23800;
 
@@ -157,7 +159,16 @@ fn serve_in(
 }
 
 async fn accept_loop(l: TcpListener, target: String, link: Arc<Link>) {
-    while let Ok((inbound, _)) = l.accept().await {
+    loop {
+        let inbound = match l.accept().await {
+            Ok((inbound, _)) => inbound,
+            Err(e) => {
+                // Out of descriptors or an aborted handshake: keep serving the link.
+                eprintln!("flotilla-chaos: proxy to {target}: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let target = target.clone();
         let link = link.clone();
         tokio::spawn(async move {
@@ -194,11 +205,13 @@ async fn connect_marked(target: &str) -> std::io::Result<TcpStream> {
 async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, link: Arc<Link>) {
     let mut buf = vec![0u8; 64 << 10];
     let mut held: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
+    let mut held_bytes = 0usize;
     let mut last = Instant::now();
     loop {
         let next = held.front().map(|h| h.0);
         tokio::select! {
-            r = from.read(&mut buf) => {
+            // Past the cap, stop reading: the sender feels backpressure as on a slow link.
+            r = from.read(&mut buf), if held_bytes < HELD_CAP => {
                 let n = match r {
                     Ok(0) | Err(_) => break,
                     Ok(n) => n,
@@ -210,6 +223,7 @@ async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp:
                         return;
                     }
                 } else {
+                    held_bytes += n;
                     held.push_back((last, buf[..n].to_vec()));
                 }
             }
@@ -217,6 +231,7 @@ async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp:
                 let now = Instant::now();
                 while held.front().is_some_and(|h| h.0 <= now) {
                     if let Some((_, chunk)) = held.pop_front() {
+                        held_bytes -= chunk.len();
                         if to.write_all(&chunk).await.is_err() {
                             return;
                         }

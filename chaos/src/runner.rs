@@ -119,7 +119,8 @@ async fn remove_wipe_readd(t: &mut Topology, l: usize, v: usize) -> Result<(), C
         .into_inner()
         .members
         .iter()
-        .find(|m| m.name == name)
+        // A member added back has no name until it has started and published it.
+        .find(|m| m.name == name || m.peer_ur_ls.contains(&t.members[v].peer_url()))
         .map(|m| m.id)
         .ok_or_else(|| ChaosError::Cluster(format!("{name} is not in the member list")))?;
     cl(t).member_remove(ep::MemberRemoveRequest { id }).await.map_err(|e| err("member remove", e))?;
@@ -166,7 +167,9 @@ async fn settle(
             continue;
         };
         let name = t.members[i].name.clone();
-        if t.members[i].damaged {
+        // Only the two ways a member may stop on damaged data count as expected.
+        let on_damage = how.contains("data directory refused") || how.contains("damaged data on disk");
+        if t.members[i].damaged && on_damage {
             let l = leader(t, Duration::from_secs(30)).await?;
             remove_wipe_readd(t, l, i).await?;
             t.members[i].damaged = false;
@@ -879,17 +882,22 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
     // leader a few more to notice and commit the revokes, then no lease key may be left.
     let grace = Duration::from_secs(crate::lease::TTL as u64 + 5);
     tokio::time::sleep(grace.saturating_sub(stopped.elapsed())).await;
-    let left = final_read(
-        &mut kv,
-        "final lease read",
-        ep::RangeRequest {
-            key: crate::lease::LEASE_PREFIX.into(),
-            range_end: prefix_end(crate::lease::LEASE_PREFIX),
-            keys_only: true,
-            ..Default::default()
-        },
-    )
-    .await?;
+    // A leader elected while healing gives every lease its full TTL again: allow one
+    // more TTL and grace before calling a lease that never expires.
+    let lease_read = ep::RangeRequest {
+        key: crate::lease::LEASE_PREFIX.into(),
+        range_end: prefix_end(crate::lease::LEASE_PREFIX),
+        keys_only: true,
+        ..Default::default()
+    };
+    let give_up = Instant::now() + grace;
+    let left = loop {
+        let r = final_read(&mut kv, "final lease read", lease_read.clone()).await?;
+        if r.kvs.is_empty() || Instant::now() >= give_up {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     let left: BTreeSet<i64> = left.kvs.iter().filter_map(|kv| crate::lease::lease_of_key(&kv.key)).collect();
     let lease_report = crate::checker::lease::check(&lease_events, &left);
     drop(t);

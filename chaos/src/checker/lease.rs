@@ -124,7 +124,9 @@ fn check_one(lease: i64, evs: &[&LeaseEvent], problems: &mut Vec<String>) {
         })
         .collect();
     let attached = evs.iter().filter(ok).filter(|e| e.op == LeaseOp::Attach).map(|e| e.complete).min();
-    let first_revoke = evs.iter().filter(|e| e.op == LeaseOp::Revoke).map(|e| e.invoke).min();
+    // A revoke that may have happened (acknowledged or unknown; a failed one never did).
+    let first_revoke =
+        evs.iter().filter(|e| e.op == LeaseOp::Revoke && e.outcome != Outcome::Fail).map(|e| e.invoke).min();
     let revoked = evs.iter().filter(ok).filter(|e| e.op == LeaseOp::Revoke).map(|e| e.complete).min();
     // Observations that the lease is gone: (invoked, completed).
     let gone: Vec<(u64, u64, &str)> = evs
@@ -141,11 +143,10 @@ fn check_one(lease: i64, evs: &[&LeaseEvent], problems: &mut Vec<String>) {
         })
         .collect();
     for &(g_invoke, g_complete, what) in &gone {
-        if first_revoke.is_some_and(|rv| rv < g_complete) {
-            continue;
-        }
-        // The strongest promise made before this observation began.
-        if let Some(until) = promises.iter().filter(|p| p.0 <= g_invoke).map(|p| p.1).max() {
+        // The strongest promise made before this observation began (void once a revoke
+        // may have taken effect).
+        let revoked_by_then = first_revoke.is_some_and(|rv| rv < g_complete);
+        if let Some(until) = promises.iter().filter(|p| p.0 <= g_invoke && !revoked_by_then).map(|p| p.1).max() {
             if g_complete < until {
                 problems.push(format!(
                     "lease {lease:x} expired early: {what} at {:.3}s, but it was promised to live until {:.3}s",
@@ -233,6 +234,23 @@ mod tests {
         h.push(LeaseEvent { lease: 7, op: LeaseOp::Revoke, invoke: S, complete: 2 * S, outcome: Outcome::Info });
         h.push(ev(LeaseOp::Read, S + 1, S + 2, LeaseOutput::Present(false)));
         assert!(check(&h, &BTreeSet::new()).valid());
+    }
+
+    #[test]
+    fn a_key_back_after_it_was_seen_gone_is_caught_even_with_a_revoke_in_flight() {
+        let mut h = granted_and_attached();
+        h.push(LeaseEvent { lease: 7, op: LeaseOp::Revoke, invoke: S, complete: 2 * S, outcome: Outcome::Info });
+        h.push(ev(LeaseOp::Read, S + 1, S + 2, LeaseOutput::Present(false)));
+        h.push(ev(LeaseOp::Read, S + 3, S + 4, LeaseOutput::Present(true)));
+        assert!(check(&h, &BTreeSet::new()).problems.iter().any(|p| p.contains("came back")));
+    }
+
+    #[test]
+    fn a_failed_revoke_does_not_excuse_an_early_expiry() {
+        let mut h = granted_and_attached();
+        h.push(LeaseEvent { lease: 7, op: LeaseOp::Revoke, invoke: S, complete: S + 1, outcome: Outcome::Fail });
+        h.push(ev(LeaseOp::Read, S + 2, S + 3, LeaseOutput::Present(false)));
+        assert!(check(&h, &BTreeSet::new()).problems.iter().any(|p| p.contains("expired early")));
     }
 
     #[test]

@@ -100,6 +100,8 @@ impl Lessor {
         })
     }
 
+    /// The applied state is read under the lock on purpose: a lease event handled between
+    /// the read and the lock could otherwise be undone (a revoked lease's clock restored).
     fn lookup<T>(&self, id: i64, f: impl FnOnce(&mut Clock) -> T) -> Lookup<T> {
         let mut g = self.lock();
         let Some(m) = g.as_mut() else {
@@ -120,6 +122,14 @@ impl Lessor {
             Lookup::Revoking
         } else {
             Lookup::Live(f(c))
+        }
+    }
+
+    /// Drops the clock of a lease the applied state no longer holds (a revoke that found
+    /// it already gone).
+    fn forget_if_gone(&self, id: i64) {
+        if let (Some(m), Ok(None)) = (self.lock().as_mut(), self.mvcc.lease_ttl(id)) {
+            m.remove(&id);
         }
     }
 
@@ -260,9 +270,13 @@ pub async fn run(node: Arc<Node>) {
                     tokio::spawn(async move {
                         let cmd = pb::Command { kind: Some(pb::command::Kind::LeaseRevoke(ep::LeaseRevokeRequest { id })) };
                         match node.propose_local(cmd).await {
-                            Ok(_) => tracing::info!(lease = id, "lease expired and was revoked"),
+                            Ok(pb::CommandResult { kind: Some(pb::command_result::Kind::LeaseRevoke(_)) }) => {
+                                tracing::info!(lease = id, "lease expired and was revoked");
+                            }
+                            Ok(other) => tracing::debug!(lease = id, result = ?other, "an expired lease was already gone"),
                             Err(e) => tracing::debug!(lease = id, error = %e, "revoking an expired lease failed; will retry"),
                         }
+                        node.lessor.forget_if_gone(id);
                     });
                 }
             }

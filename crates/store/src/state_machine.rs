@@ -195,17 +195,19 @@ impl StateMachine {
         let mut result = pb::CommandResult { kind: Some(pb::command_result::Kind::None(pb::Blank {})) };
         let mut published = None;
         let mut new_membership = None;
+        // Sent once the batch is written: the lease clock checks the applied state.
+        let mut lease_event = None;
         match &entry.payload {
             EntryPayload::Blank => {}
             EntryPayload::Normal(cmd) => {
                 let applied = s.mvcc.apply(cmd, &mut batch)?;
                 if let Some(pb::command_result::Kind::LeaseGrant(g)) = &applied.result.kind {
-                    let _ = s.lease_events.send(LeaseEvent::Granted(g.id, g.ttl));
+                    lease_event = Some(LeaseEvent::Granted(g.id, g.ttl));
                 }
                 if let (Some(pb::command::Kind::LeaseRevoke(r)), Some(pb::command_result::Kind::LeaseRevoke(_))) =
                     (&cmd.kind, &applied.result.kind)
                 {
-                    let _ = s.lease_events.send(LeaseEvent::Revoked(r.id));
+                    lease_event = Some(LeaseEvent::Revoked(r.id));
                 }
                 // Readers must see a higher compact revision before any history is deleted,
                 // so a read that raced the deletion reports "compacted", never a partial result.
@@ -227,6 +229,9 @@ impl StateMachine {
             if let Some(m) = new_membership {
                 a.1 = m;
             }
+        }
+        if let Some(ev) = lease_event {
+            let _ = s.lease_events.send(ev);
         }
         if let Some((rev, compact, events, written)) = published {
             s.mvcc.remember(written);
