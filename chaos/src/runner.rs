@@ -168,7 +168,7 @@ async fn settle(
         };
         let name = t.members[i].name.clone();
         // Only the two ways a member may stop on damaged data count as expected.
-        let on_damage = how.contains("data directory refused") || how.contains("damaged data on disk");
+        let on_damage = how.contains("data directory refused") || how.contains("damaged data");
         if t.members[i].damaged && on_damage {
             let l = leader(t, Duration::from_secs(30)).await?;
             remove_wipe_readd(t, l, i).await?;

@@ -95,6 +95,9 @@ pub enum StoreError {
     /// The data directory is unusable: corrupt, or from another cluster. Never reset silently.
     #[error("data directory refused: {0}")]
     Corrupt(String),
+    /// RocksDB found damaged data (a checksum mismatch) in a running member.
+    #[error("damaged data: {0}")]
+    Damaged(String),
     /// A disk read or write failed.
     #[error("storage error: {0}")]
     Storage(String),
@@ -117,14 +120,14 @@ impl StoreError {
             }
             NoLeader | Timeout | Stopped | Fatal(_) => Code::Unavailable,
             Remote { code, .. } => Code::from_i32(*code),
-            Corrupt(_) => Code::DataLoss,
+            Corrupt(_) | Damaged(_) => Code::DataLoss,
             Storage(_) => Code::Internal,
         }
     }
 
     /// Whether this error means the member cannot serve (as opposed to a bad request).
     pub fn is_fatal(&self) -> bool {
-        matches!(self, StoreError::Fatal(_) | StoreError::Storage(_) | StoreError::Corrupt(_))
+        matches!(self, StoreError::Fatal(_) | StoreError::Storage(_) | StoreError::Corrupt(_) | StoreError::Damaged(_))
     }
 }
 

@@ -77,7 +77,7 @@ fn storage_err(corrupt: &tokio::sync::watch::Sender<Option<String>>, what: &str,
     let msg = format!("{what}: {e}");
     if e.kind() == rocksdb::ErrorKind::Corruption {
         corrupt.send_if_modified(|c| c.is_none() && c.replace(msg.clone()).is_none());
-        return StoreError::Corrupt(msg);
+        return StoreError::Damaged(msg);
     }
     StoreError::Storage(msg)
 }
