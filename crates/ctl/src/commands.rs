@@ -282,7 +282,7 @@ async fn get(
     watch: bool,
     all_namespaces: bool,
 ) -> Result<(), CtlError> {
-    let (items, rv) = fetch(client, k, ns, names, &selector, &field_selector).await?;
+    let (items, rv, mut missing) = fetch(client, k, ns, names, &selector, &field_selector).await?;
     let single = names.len() == 1;
     match output {
         Some(Output::Json) | Some(Output::Yaml) => print_documents(&items, single, output == Some(Output::Json)),
@@ -293,7 +293,7 @@ async fn get(
         }
         None | Some(Output::Wide) => {
             let wide = output == Some(Output::Wide);
-            if items.is_empty() && !watch {
+            if items.is_empty() && !watch && missing.is_empty() {
                 if ns.is_empty() {
                     eprintln!("No resources found");
                 } else {
@@ -301,8 +301,17 @@ async fn get(
                 }
                 return Ok(());
             }
-            out!("{}", render(k, &items, wide, all_namespaces, true));
+            if !items.is_empty() {
+                out!("{}", render(k, &items, wide, all_namespaces, true));
+            }
         }
+    }
+    // Names that were not found are reported after what was shown; the exit is 1.
+    if let Some(last) = missing.pop() {
+        for e in missing {
+            eprintln!("error: {e}");
+        }
+        return Err(last.into());
     }
     if watch && names.is_empty() {
         let req = pb::WatchRequest {
@@ -327,13 +336,21 @@ async fn fetch(
     names: &[String],
     selector: &Option<String>,
     field_selector: &Option<String>,
-) -> Result<(Vec<O>, String), CtlError> {
+) -> Result<(Vec<O>, String, Vec<flotilla_client::ClientError>), CtlError> {
     if !names.is_empty() {
+        // Like kubectl: every name that exists is shown, each missing one is reported.
         let mut items = Vec::new();
+        let mut missing = Vec::new();
         for n in names {
-            items.push(client.get_object(k.name(), ns, n).await?);
+            match client.get_object(k.name(), ns, n).await {
+                Ok(o) => items.push(o),
+                Err(flotilla_client::ClientError::Api(st)) if st.code() == tonic::Code::NotFound => {
+                    missing.push(flotilla_client::ClientError::Api(st));
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        return Ok((items, String::new()));
+        return Ok((items, String::new(), missing));
     }
     let mut req = pb::ListRequest {
         kind: k.name().into(),
@@ -348,7 +365,7 @@ async fn fetch(
         let page = client.list_page(req.clone()).await?;
         items.extend(page.items.into_iter().filter_map(|o| o.kind));
         if page.r#continue.is_empty() {
-            return Ok((items, page.resource_version));
+            return Ok((items, page.resource_version, Vec::new()));
         }
         req.r#continue = page.r#continue;
     }

@@ -108,6 +108,14 @@ fn flotctl_applies_gets_scales_and_deletes_a_manifest() {
     assert_eq!(v["metadata"]["generation"].as_i64(), Some(2), "{yaml}");
     assert_eq!(v["apiVersion"].as_str(), Some("apps/v1"));
 
+    // Several names, some missing: the found ones are shown, each missing one reported.
+    let out = ctl(&eps, &["get", "ns", "shop", "nosuch", "default", "gone", "-o", "name"]);
+    assert!(!out.status.success(), "a missing name fails the command");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "namespace/shop\nnamespace/default\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 2, "{err}");
+    assert!(err.contains("nosuch") && err.contains("gone") && err.contains("not found"), "{err}");
+
     assert_eq!(ok(&eps, &["label", "deploy", "web", "-n", "shop", "tier=front"]), "deployment/web labeled\n");
     assert_eq!(ok(&eps, &["get", "deploy", "-n", "shop", "-l", "tier=front", "-o", "name"]), "deployment/web\n");
     let e = fails(&eps, &["label", "deploy", "web", "-n", "shop", "tier=back"]);
