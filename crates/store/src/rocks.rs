@@ -63,6 +63,65 @@ impl Cf {
 /// Memory for memtables, across all column families.
 const MEMTABLE_BUDGET: usize = 64 << 20;
 
+/// RocksDB's log format (the MANIFEST is written in it): 32 KiB blocks of records, each
+/// with a 7-byte header — masked CRC32C of type and payload, payload length, type.
+const LOG_BLOCK: usize = 32 * 1024;
+const LOG_HEADER: usize = 7;
+
+/// Checks every record of the current MANIFEST before RocksDB reads it. RocksDB's own
+/// reader takes a record whose header is damaged so that it seems to run past the end
+/// for a torn final write, stops there, and opens the database as of an older version:
+/// table files and write-ahead logs recorded after that point are then silently gone
+/// (synced raft entries included). A process kill cannot tear a record (each is one
+/// write, synced), so any damage here refuses the open.
+fn verify_manifest(dir: &Path) -> Result<(), StoreError> {
+    let corrupt = |what: String| StoreError::Corrupt(format!("cannot open RocksDB at {}: {what}", dir.display()));
+    let current = match std::fs::read_to_string(dir.join("CURRENT")) {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()), // a new database
+        Err(e) => return Err(corrupt(format!("reading CURRENT: {e}"))),
+    };
+    let name = current.trim_end_matches('\n');
+    if !name.starts_with("MANIFEST-") || name.contains('/') {
+        return Err(corrupt(format!("CURRENT names {name:?}, not a MANIFEST")));
+    }
+    let bytes = std::fs::read(dir.join(name)).map_err(|e| corrupt(format!("reading {name}: {e}")))?;
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let left_in_block = LOG_BLOCK - pos % LOG_BLOCK;
+        if left_in_block < LOG_HEADER {
+            pos += left_in_block; // a block's trailer: padding
+            continue;
+        }
+        let end = (pos + LOG_HEADER).min(bytes.len());
+        let header = &bytes[pos..end];
+        if header.iter().all(|b| *b == 0) {
+            // Preallocated space: the rest of the file must be zeros too.
+            if bytes[pos..].iter().any(|b| *b != 0) {
+                return Err(corrupt(format!("{name}: data after zero padding at offset {pos}")));
+            }
+            return Ok(());
+        }
+        if header.len() < LOG_HEADER {
+            return Err(corrupt(format!("{name}: truncated record header at offset {pos}")));
+        }
+        let len = usize::from(u16::from_le_bytes([header[4], header[5]]));
+        let kind = header[6];
+        if len > left_in_block - LOG_HEADER || pos + LOG_HEADER + len > bytes.len() || !(1..=4).contains(&kind) {
+            return Err(corrupt(format!("{name}: damaged record header at offset {pos}")));
+        }
+        let stored = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let payload = &bytes[pos + LOG_HEADER..pos + LOG_HEADER + len];
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&[kind]), payload);
+        let masked = (crc.rotate_right(15)).wrapping_add(0xa282_ead8);
+        if stored != masked {
+            return Err(corrupt(format!("{name}: record checksum mismatch at offset {pos}")));
+        }
+        pos += LOG_HEADER + len;
+    }
+    Ok(())
+}
+
 /// An open database. Cheap to clone.
 #[derive(Clone)]
 pub struct Db {
@@ -163,6 +222,7 @@ pub enum Dir {
 impl Db {
     /// Opens (creating if needed) the database under `path`, with all column families.
     pub fn open(path: &Path) -> Result<Db, StoreError> {
+        verify_manifest(path)?;
         let mut opts = rocksdb::Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -349,6 +409,52 @@ mod tests {
             // the records after it: synced raft entries (and votes) silently gone.
             let err = Db::open(dir.path()).expect_err("a damaged write-ahead log must not open");
             assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+        }
+    }
+
+    /// Regression (found by the chaos harness, full run seed 324: a follower whose MANIFEST
+    /// had bytes flipped opened an older state, and the leader panicked on its reverted
+    /// log): a flipped byte anywhere in the MANIFEST refuses the open or changes nothing.
+    #[test]
+    fn a_flipped_byte_anywhere_in_the_manifest_refuses_to_open_or_loses_nothing() {
+        let build = |dir: &Path| {
+            let db = Db::open(dir).expect("open");
+            for i in 0..200u32 {
+                let mut b = Batch::new();
+                b.put(Cf::RaftLog, i.to_be_bytes(), value(i));
+                db.write(b, Sync::Yes).expect("write");
+                if i % 50 == 49 {
+                    db.inner.flush_cf(db.cf(Cf::RaftLog)).expect("flush");
+                }
+            }
+        };
+        let template = tempfile::tempdir().unwrap();
+        build(template.path());
+        let manifest = |dir: &Path| {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("MANIFEST-"))
+                .unwrap()
+        };
+        let len = std::fs::read(manifest(template.path())).unwrap().len();
+        assert!(len > 500, "a MANIFEST with several edits: {len} bytes");
+        for at in 0..len {
+            let dir = tempfile::tempdir().unwrap();
+            for e in std::fs::read_dir(template.path()).unwrap() {
+                let p = e.unwrap().path();
+                std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+            }
+            let m = manifest(dir.path());
+            let mut bytes = std::fs::read(&m).unwrap();
+            bytes[at] ^= 0x5a;
+            std::fs::write(&m, &bytes).unwrap();
+            if let Ok(db) = Db::open(dir.path()) {
+                for i in 0..200u32 {
+                    let got = db.get(Cf::RaftLog, i.to_be_bytes());
+                    assert!(matches!(&got, Ok(Some(v)) if *v == value(i)), "byte {at} flipped: key {i} read {got:?}");
+                }
+            }
         }
     }
 
