@@ -146,24 +146,21 @@ async fn settle(
     timeline: &mut Vec<TimelineEntry>,
     unexpected: &mut Vec<String>,
 ) -> Result<(), ChaosError> {
-    let at = |s: &Shared| s.start.elapsed().as_secs_f64();
     for i in 0..t.members.len() {
-        if t.members[i].damaged && t.running(i) {
+        let mut exit = t.exited(i);
+        if exit.is_none() && t.members[i].damaged && t.running(i) {
             let mut m = MaintenanceClient::new(channel(&t.members[i].client_url()));
             let hashed = tokio::time::timeout(OP_TIMEOUT * 5, m.hash_kv(ep::HashKvRequest { revision: 0 })).await;
             if !matches!(hashed, Ok(Ok(_))) {
                 // It may be stopping on what it found: give it a moment.
                 let deadline = Instant::now() + Duration::from_secs(3);
-                while t.members[i].pid().is_some() && Instant::now() < deadline {
-                    if let Some(how) = t.exited(i) {
-                        t.members[i].exit = Some(how);
-                        break;
-                    }
+                while exit.is_none() && Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                    exit = t.exited(i);
                 }
             }
         }
-        let Some(how) = t.members[i].exit.take().or_else(|| t.exited(i)) else {
+        let Some(how) = exit else {
             continue;
         };
         let name = t.members[i].name.clone();
@@ -180,13 +177,13 @@ async fn settle(
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             timeline.push(TimelineEntry {
-                at: at(shared),
+                at: shared.secs(),
                 what: format!("{name} stopped on its damaged data ({how}); wiped and added back"),
             });
         } else {
             unexpected.push(format!("{name} exited by itself: {how}"));
             timeline
-                .push(TimelineEntry { at: at(shared), what: format!("{name} exited by itself ({how}); restarted") });
+                .push(TimelineEntry { at: shared.secs(), what: format!("{name} exited by itself ({how}); restarted") });
             t.start(i)?;
         }
     }
@@ -534,6 +531,11 @@ impl Shared {
     pub(crate) fn now(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
     }
+
+    /// Seconds since the workload started (for the timeline).
+    fn secs(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
 }
 
 /// Runs one register operation; for a write (or a CAS that applied) also the revision it
@@ -730,7 +732,6 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
     let mut timeline = Vec::new();
     let mut fault_times = Vec::new();
     let mut exits = Vec::new();
-    let at = |s: &Shared| s.start.elapsed().as_secs_f64();
     tokio::time::sleep(CALM).await;
     let first_fault = shared.now();
     for _ in 0..cfg.rounds {
@@ -743,7 +744,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
             let what = inject(&mut t, fault, l, &mut rng).await?;
             // From when the fault is in place (iptables rules take a few ms to add).
             fault_times.push(shared.now());
-            timeline.push(TimelineEntry { at: at(&shared), what });
+            timeline.push(TimelineEntry { at: shared.secs(), what });
             tokio::time::sleep(HOLD).await;
             t.heal()?;
             for i in 0..cfg.masters {
@@ -752,7 +753,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
                 }
             }
             timeline.push(TimelineEntry {
-                at: at(&shared),
+                at: shared.secs(),
                 what: "heal: rules removed, paused resumed, killed restarted".into(),
             });
             tokio::time::sleep(RECOVER).await;

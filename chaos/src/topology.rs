@@ -32,8 +32,6 @@ pub struct Member {
     pub rejoin: bool,
     /// Its data files were damaged (and it has not been wiped since).
     pub damaged: bool,
-    /// How it exited by itself, when seen but not yet dealt with.
-    pub exit: Option<String>,
     /// Its wall-clock offset file (libfaketime).
     pub clock: PathBuf,
     child: Option<Child>,
@@ -163,7 +161,6 @@ impl Topology {
                 log: dir.join(format!("m{i}.log")),
                 rejoin: false,
                 damaged: false,
-                exit: None,
                 clock: crate::clock::file_for(&dir.join(format!("m{i}.log"))),
                 child: None,
             });

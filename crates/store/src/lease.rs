@@ -173,14 +173,21 @@ enum Lookup<T> {
 /// as etcd does: a client told its lease is gone must not still find its keys.
 async fn settle<T>(node: &Node, look: impl Fn(&Lessor) -> Lookup<T>) -> Result<Option<T>, StoreError> {
     let deadline = tokio::time::Instant::now() + node.config.request_timeout;
+    // Subscribed before looking, so the revoke's event cannot slip in between.
+    let mut applied = node.sm.lease_events.subscribe();
     loop {
         match look(&node.lessor) {
             Lookup::Live(t) => return Ok(Some(t)),
             Lookup::Gone => return Ok(None),
             Lookup::NotLeader => return Err(StoreError::NotLeader),
             Lookup::Failed(e) => return Err(e),
-            Lookup::Revoking if tokio::time::Instant::now() >= deadline => return Err(StoreError::Timeout),
-            Lookup::Revoking => tokio::time::sleep(Duration::from_millis(20)).await,
+            // Lease commands go alone in their log entry, so each revoke's event is sent
+            // once its batch is written: look again after the next one (or a lag).
+            Lookup::Revoking => match tokio::time::timeout_at(deadline, applied.recv()).await {
+                Err(_) => return Err(StoreError::Timeout),
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return Err(StoreError::Stopped),
+                Ok(_) => {}
+            },
         }
     }
 }
