@@ -1,6 +1,6 @@
 //! Flotilla's fault-injection harness: [`topology`] puts real `flotilla master` processes
-//! in network namespaces; [`runner`] drives a register workload over the etcd API while
-//! faults are injected on a seeded schedule, then judges the history ([`checker`]) and
+//! in network namespaces; [`runner`] drives the workloads over the etcd API (and
+//! [`cross_read`] over the resource API too) while faults are injected on a seeded schedule, then judges the history ([`checker`]) and
 //! the members' state; [`report`] prints the result. See `chaos/README.md`.
 //!
 //! The checkers are pure: they take recorded histories and return verdicts, and must not
@@ -8,6 +8,7 @@
 
 pub mod checker;
 pub mod clock;
+pub mod cross_read;
 pub mod disk;
 pub mod history;
 pub mod lease;

@@ -58,6 +58,10 @@ enum Injected {
     ShortLeases,
     /// The leader times leases on the wall clock (caught with a clock fault).
     LeaseWallClock,
+    /// Not a bug: the applier pauses before publishing each revision, widening the window
+    /// between "applied" and "readable" that issue 10's stale reads came through. A
+    /// correct store passes with it (run it without --expect-failure).
+    SlowPublish,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -105,6 +109,7 @@ fn main() -> ExitCode {
                 Some(Injected::StaleReads) => vec![("FLOTILLA_FAULT_STALE_READS".into(), "1".into())],
                 Some(Injected::ShortLeases) => vec![("FLOTILLA_FAULT_SHORT_LEASES".into(), "1".into())],
                 Some(Injected::LeaseWallClock) => vec![("FLOTILLA_FAULT_LEASE_WALL_CLOCK".into(), "1".into())],
+                Some(Injected::SlowPublish) => vec![("FLOTILLA_FAULT_SLOW_PUBLISH".into(), "1".into())],
                 None => vec![],
             },
         };

@@ -35,6 +35,18 @@ pub fn summary(r: &Report) -> String {
             r.leases.problems.join("; ")
         }
     ));
+    let x = &r.cross_reads;
+    s.push_str(&format!(
+        "  cross-member reads: {} checked ({} over the resource API), {} unanswered; {}\n",
+        x.checked,
+        x.checked_api,
+        x.unanswered,
+        if x.stale == 0 {
+            "none missed its write".to_string()
+        } else {
+            format!("{} MISSED the write just acknowledged: {}", x.stale, x.examples.join("; "))
+        }
+    ));
     s.push_str(&format!(
         "  state hashes: {} ({})\n",
         if r.hashes_equal { "equal" } else { "DIFFERENT" },

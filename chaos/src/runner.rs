@@ -1,6 +1,6 @@
-//! One chaos run: start the cluster in its namespaces, run the register workload while
-//! the nemesis injects faults on a seeded schedule, heal, then judge the history and the
-//! members' state.
+//! One chaos run: start the cluster in its namespaces, run the workloads (registers, set,
+//! watches, leases, cross-member reads) while the nemesis injects faults on a seeded
+//! schedule, heal, then judge the histories and the members' state.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -17,6 +17,7 @@ use crate::checker::lease::LeaseEvent;
 use crate::checker::linearizable::{self, Verdict};
 use crate::checker::set::{self, Add};
 use crate::checker::watch::{self, Seen};
+use crate::cross_read::{CrossRead, CrossReadReport};
 use crate::history::{Outcome, RegisterEvent, RegisterOp, RegisterOutput};
 use crate::topology::Topology;
 use crate::ChaosError;
@@ -362,6 +363,8 @@ pub struct Report {
     pub watch_problems: Vec<String>,
     /// What the lease checker found.
     pub leases: crate::checker::lease::LeaseReport,
+    /// Writes through one member read back through another (no read may miss its write).
+    pub cross_reads: CrossReadReport,
     /// Members that exited by themselves, other than on damaged data (must be empty).
     pub unexpected_exits: Vec<String>,
     /// Per-member hash of the key-value state at one revision after healing.
@@ -700,6 +703,12 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
     for i in 0..cfg.masters {
         t.start(i)?;
     }
+    // Cross-member reads start with the members, before any leader is known.
+    let cross = Arc::new(CrossRead::default());
+    let mut cross_tasks = Vec::new();
+    for id in 0..2 {
+        cross_tasks.push(tokio::spawn(crate::cross_read::client(cross.clone(), id + 1, t.client_urls(), cfg.seed)));
+    }
     leader(&t, Duration::from_secs(20)).await?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
     let shared = Arc::new(Shared {
@@ -762,10 +771,12 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
     }
     let faults_end = shared.now();
     shared.stop.store(true, Ordering::Release);
+    cross.stop();
     let stopped = Instant::now();
-    for task in tasks {
+    for task in tasks.into_iter().chain(cross_tasks) {
         let _ = task.await;
     }
+    let cross_reads = cross.report();
     t.heal()?;
     settle(&mut t, &shared, &mut timeline, &mut exits).await?;
     let history = std::mem::take(&mut *shared.history.lock().unwrap_or_else(|p| p.into_inner()));
@@ -956,6 +967,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
         && set_report.valid()
         && watch_problems.is_empty()
         && lease_report.valid()
+        && cross_reads.valid()
         && exits.is_empty();
     let report = Report {
         seed: cfg.seed,
@@ -968,6 +980,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
         watch_events: watch_events as u64,
         watch_problems,
         leases: lease_report,
+        cross_reads,
         unexpected_exits: exits,
         hashes,
         hashes_equal,

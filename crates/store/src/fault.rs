@@ -7,6 +7,11 @@
 //!   still answering the full TTL to grants and keep-alives.
 //! * `FLOTILLA_FAULT_LEASE_WALL_CLOCK=1`: the leader times leases on the wall clock, so a
 //!   clock that jumps ahead expires them early.
+//! * `FLOTILLA_FAULT_SLOW_PUBLISH=1`: not a bug but a widened race window: the applier
+//!   pauses 0–20 ms (at random, so members fall behind one another) before it publishes
+//!   each applied revision to readers. A store that let a linearizable read run between
+//!   "applied" and "published" (issue 10) serves stale reads under it; a correct one only
+//!   gets slower.
 
 use std::sync::OnceLock;
 
@@ -38,4 +43,37 @@ pub fn short_leases() -> bool {
 pub fn lease_wall_clock() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     switch(&ON, "FLOTILLA_FAULT_LEASE_WALL_CLOCK", "leases are timed on the wall clock")
+}
+
+/// Whether the applier pauses before publishing each revision.
+fn slow_publish() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    switch(&ON, "FLOTILLA_FAULT_SLOW_PUBLISH", "the applier pauses up to 20 ms before publishing a revision")
+}
+
+/// Called by the applier after an entry's batch is written and before its revision is
+/// published to readers: pauses there when `FLOTILLA_FAULT_SLOW_PUBLISH=1`, and runs this
+/// thread's [`set_before_publish`] hook in unit tests.
+pub fn before_publish() {
+    if slow_publish() {
+        use rand::Rng;
+        std::thread::sleep(std::time::Duration::from_millis(rand::rng().random_range(0..=20)));
+    }
+    #[cfg(test)]
+    BEFORE_PUBLISH.with(|h| {
+        if let Some(f) = h.borrow_mut().as_mut() {
+            f();
+        }
+    });
+}
+
+#[cfg(test)]
+thread_local! {
+    static BEFORE_PUBLISH: std::cell::RefCell<Option<Box<dyn FnMut()>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` on this thread each time the applier is about to publish a revision (tests).
+#[cfg(test)]
+pub fn set_before_publish(f: Option<Box<dyn FnMut()>>) {
+    BEFORE_PUBLISH.with(|h| *h.borrow_mut() = f);
 }

@@ -223,6 +223,17 @@ impl StateMachine {
         }
         batch.put(Cf::SmMeta, META_APPLIED, codec::log_id_to_pb(&entry.log_id).encode_to_vec());
         s.db.write(batch, Sync::No)?;
+        // Readers first, then the applied index: a linearizable read waits until its read
+        // index is applied, then reads at the published revision, so the entry's revision
+        // must be published before the entry counts as applied. (The other order let a
+        // read on a follower find its index applied and read the revision before it: an
+        // acknowledged write missing from a linearizable read, issue 10.)
+        if let Some((rev, compact, events, written)) = published {
+            s.mvcc.remember(written);
+            crate::fault::before_publish();
+            s.hub.publish(rev, compact, events);
+            s.metrics.revision.set(rev);
+        }
         {
             let mut a = s.applied.lock().unwrap_or_else(|p| p.into_inner());
             a.0 = Some(entry.log_id);
@@ -232,11 +243,6 @@ impl StateMachine {
         }
         if let Some(ev) = lease_event {
             let _ = s.lease_events.send(ev);
-        }
-        if let Some((rev, compact, events, written)) = published {
-            s.mvcc.remember(written);
-            s.hub.publish(rev, compact, events);
-            s.metrics.revision.set(rev);
         }
         s.metrics.applied_index.set(entry.log_id.index as i64);
         Ok(result)
@@ -418,5 +424,65 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         Ok(self.current()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use flotilla_proto::etcdserverpb as ep;
+    use flotilla_proto::raft as pb;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn put(index: u64, key: &str, value: &str) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(pb::Command {
+                kind: Some(pb::command::Kind::Put(ep::PutRequest {
+                    key: key.into(),
+                    value: value.into(),
+                    ..Default::default()
+                })),
+            }),
+        }
+    }
+
+    /// Regression (issue 10: an acknowledged create not found by a linearizable get from
+    /// another master). A linearizable read waits until its read index is applied, then
+    /// reads at the published revision. The applier marked an entry applied before it
+    /// published the entry's revision, so a read on a follower that arrived in between
+    /// found its index applied and read the revision before the write. Here a reader looks
+    /// at the very moment the applier is about to publish: whatever already counts as
+    /// applied must be readable.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_read_that_finds_its_index_applied_sees_that_entrys_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(&dir.path().join("db")).expect("open");
+        let mut sm = StateMachine::open(db, Arc::new(Metrics::new()), dir.path().join("snapshots")).expect("sm");
+        let shared = sm.shared();
+        sm.apply(vec![put(1, "k", "v1")]).await.expect("apply 1");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (s, record) = (shared.clone(), seen.clone());
+        crate::fault::set_before_publish(Some(Box::new(move || {
+            let applied = s.applied().0.map_or(0, |l| l.index);
+            let read = s.mvcc.range(&ep::RangeRequest { key: "k".into(), ..Default::default() }).expect("range");
+            let value = read.kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+            record.lock().expect("lock").push((applied, value));
+        })));
+        sm.apply(vec![put(2, "k", "v2"), put(3, "k", "v3")]).await.expect("apply 2, 3");
+        crate::fault::set_before_publish(None);
+        let seen = seen.lock().expect("lock").clone();
+        assert_eq!(seen.len(), 2, "the hook ran once per entry: {seen:?}");
+        for (applied, value) in &seen {
+            let want = format!("v{applied}");
+            assert_eq!(value.as_deref(), Some(want.as_str()), "entry {applied} counted as applied but unread");
+        }
+        let read = shared.mvcc.range(&ep::RangeRequest { key: "k".into(), ..Default::default() }).expect("range");
+        assert_eq!(read.kvs[0].value, b"v3");
+        assert_eq!(shared.applied().0.map(|l| l.index), Some(3));
     }
 }
