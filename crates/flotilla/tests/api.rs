@@ -578,7 +578,7 @@ async fn event_for(s: &mut tonic::Streaming<pb::WatchEvent>, name: &str) -> Stri
 }
 
 async fn next_event(s: &mut tonic::Streaming<pb::WatchEvent>) -> pb::WatchEvent {
-    tokio::time::timeout(Duration::from_secs(10), s.next()).await.expect("event in time").expect("open").expect("ok")
+    tokio::time::timeout(Duration::from_secs(30), s.next()).await.expect("event in time").expect("open").expect("ok")
 }
 
 /// A watch sees ADDED/MODIFIED/DELETED through its selector; resumed on another master
@@ -588,7 +588,7 @@ async fn next_event(s: &mut tonic::Streaming<pb::WatchEvent>) -> pb::WatchEvent 
 fn watch_resumed_on_another_master_sees_every_event_once() {
     let mut c = Cluster::start(3, &[]);
     let urls: Vec<String> = c.members.iter().map(|m| m.url()).collect();
-    let leader = c.wait_leader(Duration::from_secs(10));
+    let leader = c.wait_leader(Duration::from_secs(30));
     let watched = (leader + 1) % 3;
     let other = (leader + 2) % 3;
     let (last_rv, seen_before) = rt().block_on(async {
@@ -686,7 +686,7 @@ fn watch_from_a_compacted_version_is_expired() {
             .await
             .expect("watch call")
             .into_inner();
-        let e = tokio::time::timeout(Duration::from_secs(10), s.next())
+        let e = tokio::time::timeout(Duration::from_secs(30), s.next())
             .await
             .expect("in time")
             .expect("an item")

@@ -143,7 +143,7 @@ fn data_dir_of_another_cluster_or_damaged_is_refused() {
     let data_s = data.to_str().expect("utf8 path");
     // Create the data dir with one write, then stop the member.
     let mut child = Command::new(bin()).arg("master").args(base).args(["--data-dir", data_s]).spawn().expect("spawn");
-    eventually(Duration::from_secs(10), "single member answers", || {
+    eventually(Duration::from_secs(30), "single member answers", || {
         etcdctl(&format!("127.0.0.1:{client}"), &["put", "k", "v"]).status.success()
     });
     let _ = child.kill();

@@ -35,7 +35,7 @@ fn member_runs_from_a_yaml_config_file_and_serves_health_and_metrics() {
     )
     .expect("write config");
     let mut child = Command::new(bin()).args(["master", "--config-file"]).arg(&cfg).spawn().expect("spawn");
-    eventually(Duration::from_secs(10), "/readyz says ready", || {
+    eventually(Duration::from_secs(30), "/readyz says ready", || {
         std::net::TcpStream::connect(("127.0.0.1", metrics)).is_ok() && http_get(metrics, "/readyz").0 == 200
     });
     assert_eq!(http_get(metrics, "/healthz").0, 200);

@@ -95,7 +95,7 @@ fn etcdctl_lease_commands_work() {
 #[test]
 fn etcdctl_cluster_and_maintenance_commands_work() {
     let c = Cluster::start(3, &[]);
-    eventually(Duration::from_secs(10), "every member publishes its client URL", || {
+    c.eventually(Duration::from_secs(60), "every member publishes its client URL", || {
         let list = etcdctl_ok(&c.endpoints(), &["member", "list"]);
         c.members.iter().all(|m| list.contains(&m.url()))
     });
@@ -120,11 +120,11 @@ fn etcdctl_cluster_and_maintenance_commands_work() {
     assert!(!old.status.success());
     assert!(String::from_utf8_lossy(&old.stderr).contains("required revision has been compacted"));
     // move-leader to a follower.
-    let leader = c.wait_leader(Duration::from_secs(5));
+    let leader = c.wait_leader(Duration::from_secs(30));
     let target = (leader + 1) % 3;
     let target_id = format!("{:x}", status_of(&c, target));
     etcdctl_ok(&c.members[leader].endpoint(), &["move-leader", &target_id]);
-    assert_eq!(c.wait_leader(Duration::from_secs(10)), target);
+    assert_eq!(c.wait_leader(Duration::from_secs(30)), target);
 }
 
 fn status_of(c: &Cluster, i: usize) -> u64 {
@@ -158,7 +158,7 @@ fn etcdctl_watch_replays_history_then_follows() {
         String::from_utf8_lossy(&buf).into_owned()
     });
     // The live write goes through another member.
-    eventually(Duration::from_secs(5), "watch is live", || {
+    c.eventually(Duration::from_secs(60), "watch is live", || {
         etcdctl_ok(&c.members[0].endpoint(), &["put", "w", "3"]);
         reader.is_finished()
     });

@@ -20,7 +20,7 @@ fn adding_and_removing_a_member() {
     c.initial_cluster = format!("{},n4={}", c.initial_cluster, n4.peer_url());
     c.members.push(n4);
     c.spawn(3, "existing");
-    eventually(Duration::from_secs(20), "n4 is a started voter with its client URL", || {
+    c.eventually(Duration::from_secs(60), "n4 is a started voter with its client URL", || {
         let list = etcdctl_ok(&c.endpoints(), &["member", "list"]);
         list.lines().any(|l| l.contains(", n4, ") && l.contains(&c.members[3].url()) && l.ends_with("false"))
     });
@@ -32,7 +32,7 @@ fn adding_and_removing_a_member() {
     assert_eq!(st.header.map(|h| h.cluster_id), st0.header.map(|h| h.cluster_id), "n4 learned the cluster id");
 
     // Remove a follower (not the leader).
-    let leader = c.wait_leader(Duration::from_secs(5));
+    let leader = c.wait_leader(Duration::from_secs(30));
     let victim = (0..3).find(|i| *i != leader).expect("a follower");
     let id = format!("{:x}", status(&c.members[victim]).and_then(|s| s.header).map(|h| h.member_id).expect("id"));
     let out = etcdctl_ok(&c.members[leader].endpoint(), &["member", "remove", &id]);
@@ -63,11 +63,11 @@ fn learner_is_added_then_promoted() {
             .find(|l| l.contains(", n4, "))
             .map(str::to_string)
     };
-    eventually(Duration::from_secs(20), "n4 started as a learner", || line(&c).is_some_and(|l| l.ends_with("true")));
+    c.eventually(Duration::from_secs(60), "n4 started as a learner", || line(&c).is_some_and(|l| l.ends_with("true")));
     let id = line(&c).and_then(|l| l.split(',').next().map(str::to_string)).expect("n4 id");
     let st = status(&c.members[3]).expect("status");
     assert!(st.is_learner);
-    eventually(Duration::from_secs(20), "promote succeeds once n4 is in sync", || {
+    c.eventually(Duration::from_secs(60), "promote succeeds once n4 is in sync", || {
         etcdctl(&c.endpoints(), &["member", "promote", &id]).status.success()
     });
     assert!(line(&c).is_some_and(|l| l.ends_with("false")), "n4 is a voter now");

@@ -30,7 +30,7 @@ async fn watch_from(url: &str, key: &str, range_end: &str, start: i64) -> tonic:
 async fn events_until(s: &mut tonic::Streaming<ep::WatchResponse>, until: i64) -> Vec<i64> {
     let mut revs = Vec::new();
     while revs.last().is_none_or(|r| *r < until) {
-        let resp = tokio::time::timeout(Duration::from_secs(10), s.next())
+        let resp = tokio::time::timeout(Duration::from_secs(30), s.next())
             .await
             .expect("event in time")
             .expect("stream open")
@@ -86,7 +86,7 @@ fn watch_resumed_on_another_member_sees_exactly_the_events_after_r() {
 fn lease_outlives_leader_failover_then_expires_on_time() {
     let mut c = Cluster::start(3, &[]);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let leader = c.wait_leader(Duration::from_secs(5));
+    let leader = c.wait_leader(Duration::from_secs(30));
     let other = (leader + 1) % 3;
     let ttl = 4;
     let id = rt.block_on(async {
@@ -102,7 +102,7 @@ fn lease_outlives_leader_failover_then_expires_on_time() {
     std::thread::sleep(Duration::from_secs(2));
     c.kill(leader);
     let killed = Instant::now();
-    let new_leader = c.wait_leader(Duration::from_secs(10));
+    let new_leader = c.wait_leader(Duration::from_secs(30));
     // Granted 2 s before the kill with a 4 s TTL, the lease would be gone 2 s after the
     // kill without a refresh; the new leader must give it a full TTL from its election,
     // which comes after the kill.
@@ -113,7 +113,7 @@ fn lease_outlives_leader_failover_then_expires_on_time() {
         "v",
         "lease expired early after failover"
     );
-    eventually(Duration::from_secs(ttl as u64 + 3), "the lease expires once not kept alive", || {
+    c.eventually(Duration::from_secs(60), "the lease expires once not kept alive", || {
         etcdctl_ok(&ep, &["get", "leased"]).is_empty()
     });
     let took = killed.elapsed();

@@ -11,6 +11,7 @@
 
 pub mod codec;
 pub mod config;
+pub mod election;
 pub mod error;
 pub mod etcd;
 pub mod fault;

@@ -99,11 +99,14 @@ pub const CLUSTER_HEADER: &str = "x-flotilla-cluster-id";
 pub struct Network {
     /// This member's cluster id, sent with every Raft RPC.
     pub cluster: Arc<AtomicU64>,
+    /// Told when a peer refuses this member's campaign for holding a longer log.
+    pub election: Arc<crate::election::Timer>,
 }
 
 /// A connection to one peer, as openraft uses it.
 pub struct PeerConn {
     cluster: Arc<AtomicU64>,
+    election: Arc<crate::election::Timer>,
     target: NodeId,
     client: Option<RaftPeerClient<Channel>>,
     url: String,
@@ -114,7 +117,13 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerConn {
         let url = node.peer_urls.first().cloned().unwrap_or_default();
-        PeerConn { cluster: self.cluster.clone(), target, client: peer_client(&url).ok(), url }
+        PeerConn {
+            cluster: self.cluster.clone(),
+            election: self.election.clone(),
+            target,
+            client: peer_client(&url).ok(),
+            url,
+        }
     }
 }
 
@@ -220,11 +229,15 @@ impl RaftNetwork<TypeConfig> for PeerConn {
             last_log_id: codec::opt_log_id_to_pb(rpc.last_log_id.as_ref()),
         };
         let resp = self.client()?.vote(self.request(req, &option)).await.map_err(transport_err)?.into_inner();
-        Ok(VoteResponse {
+        let resp = VoteResponse {
             vote: codec::vote_from_pb(&resp.vote.ok_or_else(|| bad_reply("vote"))?),
             vote_granted: resp.vote_granted,
             last_log_id: codec::opt_log_id_from_pb(resp.last_log_id.as_ref()),
-        })
+        };
+        if !resp.vote_granted && resp.last_log_id > rpc.last_log_id {
+            self.election.outlogged(rpc.vote.leader_id().term);
+        }
+        Ok(resp)
     }
 }
 

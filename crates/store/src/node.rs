@@ -53,8 +53,8 @@ pub struct Node {
     reads: tokio::sync::mpsc::UnboundedSender<ReadWaiter>,
     /// Writes waiting to be proposed together, see [`propose_batches`].
     proposals: tokio::sync::mpsc::UnboundedSender<(pb::Command, ProposalWaiter)>,
-    /// When this member last heard from a leader (an AppendEntries), see [`election_assist`].
-    last_heard: std::sync::Mutex<tokio::time::Instant>,
+    /// When to campaign (openraft's own election timer is off), see [`crate::election`].
+    election: Arc<crate::election::Timer>,
 }
 
 type ProposalWaiter = tokio::sync::oneshot::Sender<Result<pb::CommandResult, StoreError>>;
@@ -142,45 +142,6 @@ async fn propose_batches(
 }
 
 type ReadWaiter = tokio::sync::oneshot::Sender<Result<u64, StoreError>>;
-
-/// Shortens failover. openraft 0.9 voters refuse votes until their leader lease
-/// (`election_timeout_max`) has passed since they last heard from the leader, and its own
-/// election timer fires earlier than that, so the first candidate is refused and the next
-/// try comes a whole election timeout later (about four election timeouts in all). This
-/// task asks for an election as soon as the lease has run out, plus a random delay so that
-/// followers do not all campaign at once: about two election timeouts in all.
-async fn election_assist(node: std::sync::Weak<Node>) {
-    use rand::Rng;
-    // At least a quarter of an election timeout: a member chosen by move-leader, which is
-    // told to campaign every 20 ms once heartbeats stop, goes first.
-    let jitter = |et: std::time::Duration| et.mul_f64(rand::rng().random_range(0.25..0.5));
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut delay: Option<std::time::Duration> = None;
-    loop {
-        tick.tick().await;
-        let Some(node) = node.upgrade() else { return };
-        let et = node.config.election_timeout;
-        let extra = *delay.get_or_insert_with(|| jitter(et));
-        let (voter, leader) = {
-            let m = node.raft.metrics();
-            let m = m.borrow();
-            (m.membership_config.membership().voter_ids().any(|v| v == node.id), m.state == ServerState::Leader)
-        };
-        if !voter || leader {
-            node.heard_from_leader();
-            continue;
-        }
-        let since = node.last_heard.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
-        // The lease is election_timeout_max, twice --election-timeout.
-        if since > et * 2 + extra {
-            tracing::debug!(silent_ms = since.as_millis() as u64, "no leader heard for a lease; campaigning");
-            node.heard_from_leader();
-            delay = None;
-            let _ = node.raft.trigger().elect().await;
-        }
-    }
-}
 
 /// A leader as seen at one moment: who, and in which term.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -287,6 +248,8 @@ fn raft_config(cfg: &NodeConfig) -> Result<openraft::Config, StoreError> {
         // Many small entries per AppendEntries; a batch of large ones that would exceed
         // the peer message limit is refused with PayloadTooLarge and split by openraft.
         max_payload_entries: 256,
+        // Campaigns are started by crate::election, with a fresh random delay each time.
+        enable_elect: false,
         ..Default::default()
     };
     c.validate().map_err(|e| StoreError::InvalidArgument(format!("invalid raft timing: {e}")))
@@ -304,7 +267,8 @@ impl Node {
         let sm = StateMachine::open(db.clone(), metrics.clone(), cfg.data_dir.join("snapshots"))?;
         let shared = sm.shared();
         let cluster = Arc::new(AtomicU64::new(cluster));
-        let network = Network { cluster: cluster.clone() };
+        let election = Arc::new(crate::election::Timer::new(cfg.election_timeout, tokio::time::Instant::now()));
+        let network = Network { cluster: cluster.clone(), election: election.clone() };
         let raft = Raft::new(id, Arc::new(raft_config(&cfg)?), network, log, sm)
             .await
             .map_err(|e| StoreError::Fatal(e.to_string()))?;
@@ -347,11 +311,11 @@ impl Node {
             me,
             reads,
             proposals,
-            last_heard: std::sync::Mutex::new(tokio::time::Instant::now()),
+            election: election.clone(),
         });
         tokio::spawn(read_index_rounds(Arc::downgrade(&node), reads_rx));
         tokio::spawn(propose_batches(Arc::downgrade(&node), proposals_rx));
-        tokio::spawn(election_assist(Arc::downgrade(&node)));
+        tokio::spawn(crate::election::run(Arc::downgrade(&node), election));
         tokio::spawn(watch_raft_metrics(node.clone()));
         tokio::spawn(crate::lease::run(node.clone()));
         tokio::spawn(publish_self(node.clone()));
@@ -383,9 +347,10 @@ impl Node {
         Ok(())
     }
 
-    /// Notes that a leader was heard from (an AppendEntries arrived).
+    /// Notes that a leader was heard from (an AppendEntries or snapshot chunk it sent was
+    /// accepted).
     pub fn heard_from_leader(&self) {
-        *self.last_heard.lock().unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
+        self.election.heard(tokio::time::Instant::now());
     }
 
     /// The known leader, if any.
@@ -771,19 +736,15 @@ impl Node {
                 return Err(StoreError::Timeout);
             }
         }
-        // Heartbeats and elections come back on however this ends, even if the caller
-        // gives up and drops the future.
+        // Heartbeats come back on however this ends, even if the caller gives up and drops
+        // the future. (A leader does not campaign, so elections need no switching off.)
         struct Restore<'a>(&'a Raft);
         impl Drop for Restore<'_> {
             fn drop(&mut self) {
-                let rc = self.0.runtime_config();
-                rc.heartbeat(true);
-                rc.elect(true);
+                self.0.runtime_config().heartbeat(true);
             }
         }
-        let rc = self.raft.runtime_config();
-        rc.heartbeat(false);
-        rc.elect(false);
+        self.raft.runtime_config().heartbeat(false);
         let _restore = Restore(&self.raft);
         async {
             // Often, so the target campaigns as soon as the followers' leases run out.

@@ -112,8 +112,15 @@ impl RaftPeer for PeerService {
             data: r.data,
             done: r.done,
         };
+        let vote = rpc.vote;
         match self.node.raft.install_snapshot(rpc).await {
-            Ok(resp) => Ok(Response::new(pb::InstallSnapshotResponse { vote: Some(codec::vote_to_pb(&resp.vote)) })),
+            Ok(resp) => {
+                if resp.vote == vote {
+                    // A chunk accepted from the current leader: it is alive.
+                    self.node.heard_from_leader();
+                }
+                Ok(Response::new(pb::InstallSnapshotResponse { vote: Some(codec::vote_to_pb(&resp.vote)) }))
+            }
             Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(m))) => {
                 Err(Status::failed_precondition(format!("{SNAPSHOT_MISMATCH}: {m}")))
             }

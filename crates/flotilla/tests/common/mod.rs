@@ -1,5 +1,9 @@
 //! Test harness: real `flotilla master` processes on loopback, driven with the stock
 //! `etcdctl` and with gRPC clients generated from our etcd protos.
+//!
+//! For debugging: `FLOTILLA_TEST_LOG` sets the members' log filter (default
+//! `info,openraft=warn`), and `FLOTILLA_TEST_KEEP=1` keeps each cluster's data dirs and
+//! logs (the path is printed) instead of deleting them.
 
 #![allow(dead_code)]
 
@@ -121,7 +125,7 @@ impl Cluster {
             .args(["--listen-metrics", &format!("http://127.0.0.1:{}", m.metrics)])
             .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-state", state])
             .args(&m.extra_args)
-            .env("FLOTILLA_LOG", "info,openraft=warn")
+            .env("FLOTILLA_LOG", std::env::var("FLOTILLA_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -205,6 +209,10 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for i in 0..self.members.len() {
             self.kill(i);
+        }
+        if std::env::var_os("FLOTILLA_TEST_KEEP").is_some() {
+            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir")).keep();
+            eprintln!("FLOTILLA_TEST_KEEP: the cluster's data and logs are in {}", kept.display());
         }
     }
 }
