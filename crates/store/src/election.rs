@@ -3,9 +3,10 @@
 //!
 //! * a follower of a live leader waits out the leader lease (the voters refuse any vote
 //!   until no heartbeat has come for `election_timeout_max`, twice `--election-timeout`),
-//!   then a random part of one more election timeout;
+//!   then a random part (a quarter to all) of one more election timeout;
 //! * a candidate, or a member that granted its vote to one, campaigns again after one
 //!   election timeout and a random part of another, counted from its last change of vote;
+//! * a sole voter campaigns at once, once per vote;
 //! * the random part is drawn afresh every time (openraft 0.9 draws one per process and
 //!   keeps it for life, so two members whose draws are close collide round after round);
 //! * a member whose campaign learned that a peer holds a longer log (it cannot win while
@@ -29,6 +30,9 @@ use tokio::time::Instant;
 
 use crate::node::Node;
 use crate::types::Vote;
+
+/// The least random part, in election timeouts, a follower of a leader adds to the lease.
+const MIN_FRACTION: f64 = 0.25;
 
 /// The election clock of one member: what it heard and when, and when it may campaign.
 pub struct Timer {
@@ -97,9 +101,14 @@ impl Timer {
             s.drawn_for = Some(base);
             s.fraction = draw().clamp(0.0, 1.0);
         }
-        // Following a leader: the voters' lease on it must run out first.
-        let wait = if vote.is_committed() { et * 2 } else { et };
-        let mut at = base + wait + et.mul_f64(s.fraction);
+        let mut at = if vote.is_committed() {
+            // Following a leader: the voters' lease on it must run out first. At least a
+            // quarter timeout more, so that a move-leader target, told to campaign every
+            // 20 ms once the lease is out, goes first.
+            base + et * 2 + et.mul_f64(MIN_FRACTION + (1.0 - MIN_FRACTION) * s.fraction)
+        } else {
+            base + et + et.mul_f64(s.fraction)
+        };
         if !vote.is_committed() && s.outlogged_in == Some(vote.leader_id().term) {
             at += et * 2;
         }
@@ -118,6 +127,9 @@ impl Timer {
 pub async fn run(node: Weak<Node>, timer: Arc<Timer>) {
     use rand::Rng;
     let Some(mut rx) = node.upgrade().map(|n| n.raft.metrics()) else { return };
+    // The vote this member last campaigned from as the sole voter (once per vote:
+    // `elect()` only queues a request, and each one is a new term written to disk).
+    let mut alone_from = None;
     loop {
         let (vote, voter, alone, leader) = {
             let m = rx.borrow_and_update();
@@ -132,7 +144,9 @@ pub async fn run(node: Weak<Node>, timer: Arc<Timer>) {
             None
         } else {
             let at = timer.deadline(now, &vote, || rand::rng().random_range(0.0..1.0));
+            let alone = alone && alone_from != Some(vote);
             if now >= at || alone {
+                alone_from = Some(vote);
                 let Some(n) = node.upgrade() else { return };
                 tracing::debug!(term = vote.leader_id().term, "no leader heard in time; campaigning");
                 timer.campaigned(now);
@@ -143,8 +157,8 @@ pub async fn run(node: Weak<Node>, timer: Arc<Timer>) {
             }
             Some(at)
         };
-        // Wake on any change of Raft's state, at the deadline, or (while leading or not
-        // voting) now and then, since heartbeats do not change the metrics.
+        // Wake on any change of Raft's state (on a leader that is often: its quorum-ack
+        // time is in the metrics), at the deadline, or now and then.
         let sleep = tokio::time::sleep_until(wake.unwrap_or(now + timer.election_timeout));
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return },
@@ -173,9 +187,9 @@ mod tests {
     fn a_follower_campaigns_after_the_lease_and_a_random_part_of_a_timeout() {
         let t0 = Instant::now();
         let t = Timer::new(ET, t0);
-        assert_eq!(ms(t.deadline(t0, &following(3), || 0.0) - t0), 600);
+        assert_eq!(ms(t.deadline(t0, &following(3), || 0.0) - t0), 600 + 75, "at least a quarter timeout");
         t.heard(t0 + Duration::from_millis(100));
-        assert_eq!(ms(t.deadline(t0, &following(3), || 0.5) - t0), 100 + 600 + 150);
+        assert_eq!(ms(t.deadline(t0, &following(3), || 1.0) - t0), 100 + 600 + 300);
     }
 
     /// The random part is drawn again whenever the countdown restarts (openraft 0.9 draws
@@ -184,10 +198,10 @@ mod tests {
     fn the_random_part_is_drawn_afresh_for_every_countdown() {
         let t0 = Instant::now();
         let t = Timer::new(ET, t0);
-        let first = t.deadline(t0, &following(3), || 0.1);
-        assert_eq!(t.deadline(t0, &following(3), || 0.9), first, "kept while the countdown runs");
+        let first = t.deadline(t0, &following(3), || 0.0);
+        assert_eq!(t.deadline(t0, &following(3), || 1.0), first, "kept while the countdown runs");
         t.heard(t0 + Duration::from_millis(10));
-        assert_eq!(ms(t.deadline(t0, &following(3), || 0.9) - t0), 10 + 600 + 270, "drawn again");
+        assert_eq!(ms(t.deadline(t0, &following(3), || 1.0) - t0), 10 + 600 + 300, "drawn again");
     }
 
     /// A candidate (or a member that voted for one) tries again after one election timeout

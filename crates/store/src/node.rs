@@ -759,8 +759,9 @@ impl Node {
                         if changed.is_err() {
                             return Err(StoreError::Stopped);
                         }
-                        let leader = rx.borrow_and_update().current_leader;
-                        if leader.is_some_and(|l| l != self.id) {
+                        // Done when the target leads. (Another member may win a round
+                        // first; the target's later term unseats it.)
+                        if rx.borrow_and_update().current_leader == Some(target) {
                             return Ok(());
                         }
                     }
