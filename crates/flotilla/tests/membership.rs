@@ -74,3 +74,39 @@ fn learner_is_added_then_promoted() {
     let again = etcdctl(&c.endpoints(), &["member", "promote", &id]);
     assert!(String::from_utf8_lossy(&again.stderr).contains("can only promote a learner member"));
 }
+
+/// Regression (a CI run under load: `member add` right after the cluster started failed
+/// with "the cluster is already undergoing a configuration change", because the members
+/// were still publishing their client URLs). Membership changes that arrive together are
+/// made one after the other; none is refused for another being in progress.
+#[test]
+fn concurrent_membership_changes_wait_for_each_other() {
+    use flotilla_proto::etcdserverpb::{self as ep, cluster_client::ClusterClient};
+    let c = Cluster::start(3, &[]);
+    let url = c.members[0].url();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let results = rt.block_on(async {
+        let adds: Vec<_> = (0..4)
+            .map(|i| {
+                let url = url.clone();
+                let peer = format!("http://127.0.0.1:{}", free_port() + i);
+                tokio::spawn(async move {
+                    let ch =
+                        tonic::transport::Channel::from_shared(url).expect("url").connect().await.expect("connect");
+                    let add = ep::MemberAddRequest { peer_ur_ls: vec![peer], is_learner: true };
+                    ClusterClient::new(ch).member_add(add).await.map(|_| ())
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for a in adds {
+            results.push(a.await.expect("task"));
+        }
+        results
+    });
+    for r in &results {
+        assert!(r.is_ok(), "a concurrent member add was refused: {r:?}");
+    }
+    let list = etcdctl_ok(&c.endpoints(), &["member", "list"]);
+    assert_eq!(list.lines().filter(|l| l.ends_with("true")).count(), 4, "four learners added:\n{list}");
+}

@@ -81,6 +81,9 @@ pub enum StoreError {
     /// Any other malformed request; the text says what is wrong.
     #[error("{0}")]
     InvalidArgument(String),
+    /// Another membership change is still being committed; this one was not made.
+    #[error("etcdserver: another membership change is still in progress ({0}); nothing was changed, retry")]
+    MembershipChangeInProgress(String),
     /// This member is shutting down.
     #[error("etcdserver: server stopped")]
     Stopped,
@@ -115,9 +118,13 @@ impl StoreError {
             | MemberBadUrls | InvalidArgument(_) => Code::InvalidArgument,
             Compacted { .. } | FutureRevision | LeaseTtlTooLarge => Code::OutOfRange,
             LeaseNotFound | MemberNotFound => Code::NotFound,
-            LeaseExists | PeerUrlExists | MemberNotLearner | LearnerNotReady | BadLeaderTransferee | NotLeader => {
-                Code::FailedPrecondition
-            }
+            LeaseExists
+            | PeerUrlExists
+            | MemberNotLearner
+            | LearnerNotReady
+            | BadLeaderTransferee
+            | NotLeader
+            | MembershipChangeInProgress(_) => Code::FailedPrecondition,
             NoLeader | Timeout | Stopped | Fatal(_) => Code::Unavailable,
             Remote { code, .. } => Code::from_i32(*code),
             Corrupt(_) | Damaged(_) => Code::DataLoss,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use flotilla_core::cluster::{cluster_id, member_id};
 use flotilla_proto::etcdserverpb as ep;
 use flotilla_proto::raft as pb;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
 
@@ -592,8 +592,28 @@ impl Node {
         Ok(())
     }
 
-    /// Runs a membership change on the leader (this member must be it).
+    /// Runs a membership change on the leader (this member must be it). One change is
+    /// made at a time: while another (a member publishing its client URLs, say) is still
+    /// being committed, this one waits for it, up to the request timeout.
     pub async fn change_member_local(&self, change: pb::member_change_request::Change) -> Result<u64, StoreError> {
+        let deadline = tokio::time::Instant::now() + self.config.request_timeout;
+        let mut rx = self.raft.metrics();
+        loop {
+            match self.change_member_once(change.clone()).await {
+                Err(StoreError::MembershipChangeInProgress(what)) => {
+                    rx.borrow_and_update();
+                    match tokio::time::timeout_at(deadline, rx.changed()).await {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(_)) => return Err(StoreError::Stopped),
+                        Err(_) => return Err(StoreError::MembershipChangeInProgress(what)),
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn change_member_once(&self, change: pb::member_change_request::Change) -> Result<u64, StoreError> {
         use pb::member_change_request::Change;
         if !self.is_leader() {
             return Err(StoreError::NotLeader);
@@ -601,6 +621,9 @@ impl Node {
         let membership = self.raft.metrics().borrow().membership_config.membership().clone();
         let map_err = |e: RaftError<NodeId, ClientWriteError<NodeId, Member>>| match e {
             RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => StoreError::NotLeader,
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(p))) => {
+                StoreError::MembershipChangeInProgress(p.to_string())
+            }
             RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
                 StoreError::InvalidArgument(format!("etcdserver: {c}"))
             }
