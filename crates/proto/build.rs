@@ -1,6 +1,9 @@
 //! Compiles the .proto sources under `proto/` into Rust with prost + tonic.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // The manifest dir as cargo gives it to this run, not as it was when the script was
+    // compiled (`env!`): a build script compiled for one checkout may be reused for
+    // another that shares the target dir, and must read that checkout's protos.
+    let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let etcd = root.join("etcd");
     let raft = root.join("flotilla/raft/v1");
     // Relative paths: cargo resolves them against this package, so checkouts at different
