@@ -150,7 +150,8 @@ async fn etcd_pair(
 
 /// Resource API: create Lease `name` through `a`, get it through `b`.
 async fn api_pair(a: &mut ApiClient<Channel>, b: &mut ApiClient<Channel>, names: (usize, usize), name: &str) -> Pair {
-    let Some(created) = timed(a.create(api::CreateRequest { object: Some(lease(name)) })).await else {
+    let Some(created) = timed(a.create(api::CreateRequest { object: Some(lease(name)), ..Default::default() })).await
+    else {
         return Pair::NotWritten;
     };
     let rv = resource_version(&created).unwrap_or(0);

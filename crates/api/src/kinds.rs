@@ -3,7 +3,7 @@
 
 use flotilla_proto::api::{self as pb, object::Kind as O};
 
-use crate::error::ApiError;
+use crate::Error;
 
 /// A kind of object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -92,10 +92,10 @@ impl Kind {
     }
 
     /// The kind named exactly `s` (`Pod`), as in requests and manifests.
-    pub fn parse(s: &str) -> Result<Kind, ApiError> {
+    pub fn parse(s: &str) -> Result<Kind, Error> {
         Kind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
             let known: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
-            ApiError::BadRequest(format!("unknown kind {s:?}; known kinds: {}", known.join(", ")))
+            Error::BadRequest(format!("unknown kind {s:?}; known kinds: {}", known.join(", ")))
         })
     }
 
@@ -144,29 +144,6 @@ impl Kind {
             Kind::Event => &["metadata.name", "metadata.namespace", "involvedObject.name", "involvedObject.kind"],
             _ if self.namespaced() => &["metadata.name", "metadata.namespace"],
             _ => &["metadata.name"],
-        }
-    }
-
-    /// Store key prefix of every object of this kind (`/registry/pods/`).
-    pub fn prefix(self) -> String {
-        format!("/registry/{}/", self.plural())
-    }
-
-    /// Store key prefix of this kind in `namespace` (all namespaces when empty).
-    pub fn prefix_in(self, namespace: &str) -> String {
-        if self.namespaced() && !namespace.is_empty() {
-            format!("/registry/{}/{namespace}/", self.plural())
-        } else {
-            self.prefix()
-        }
-    }
-
-    /// Store key of one object.
-    pub fn key(self, namespace: &str, name: &str) -> String {
-        if self.namespaced() {
-            format!("/registry/{}/{namespace}/{name}", self.plural())
-        } else {
-            format!("/registry/{}/{name}", self.plural())
         }
     }
 
@@ -228,9 +205,9 @@ pub fn encode(o: &O) -> Vec<u8> {
 }
 
 /// Decodes a stored object of `kind`.
-pub fn decode(kind: Kind, bytes: &[u8]) -> Result<O, ApiError> {
+pub fn decode(kind: Kind, bytes: &[u8]) -> Result<O, Error> {
     use prost::Message;
-    let bad = |e: prost::DecodeError| ApiError::Internal(format!("stored {} does not decode: {e}", kind.name()));
+    let bad = |e: prost::DecodeError| Error::Internal(format!("stored {} does not decode: {e}", kind.name()));
     Ok(match kind {
         Kind::Namespace => O::Namespace(pb::Namespace::decode(bytes).map_err(bad)?),
         Kind::Node => O::Node(pb::Node::decode(bytes).map_err(bad)?),
@@ -251,12 +228,12 @@ pub fn to_json(o: &O) -> serde_json::Value {
 
 /// Decodes the JSON form of an object of `kind`; an unknown field or a wrong type is an
 /// `Invalid` error naming its path.
-pub fn from_json(kind: Kind, v: serde_json::Value) -> Result<O, ApiError> {
-    fn de<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, ApiError> {
+pub fn from_json(kind: Kind, v: serde_json::Value) -> Result<O, Error> {
+    fn de<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, Error> {
         serde_path_to_error::deserialize(v).map_err(|e| {
             let path = e.path().to_string();
             let field = if path == "." { "object".to_string() } else { path };
-            ApiError::invalid(field, e.into_inner().to_string())
+            Error::invalid(field, e.into_inner().to_string())
         })
     }
     Ok(match kind {
@@ -308,8 +285,8 @@ pub fn wrap(o: O) -> pb::Object {
 }
 
 /// Unwraps a request's object, refusing an empty one.
-pub fn unwrap(o: Option<pb::Object>) -> Result<O, ApiError> {
-    o.and_then(|o| o.kind).ok_or_else(|| ApiError::invalid("object", "is required (one of the kinds)"))
+pub fn unwrap(o: Option<pb::Object>) -> Result<O, Error> {
+    o.and_then(|o| o.kind).ok_or_else(|| Error::invalid("object", "is required (one of the kinds)"))
 }
 
 #[cfg(test)]
@@ -335,13 +312,5 @@ mod tests {
         }
         assert_eq!(Kind::lookup("gadgets"), None);
         assert!(Kind::parse("pod").is_err(), "requests name the kind exactly");
-    }
-
-    #[test]
-    fn keys_put_namespaced_objects_under_their_namespace() {
-        assert_eq!(Kind::Pod.key("default", "web"), "/registry/pods/default/web");
-        assert_eq!(Kind::Node.key("", "n1"), "/registry/nodes/n1");
-        assert_eq!(Kind::Pod.prefix_in(""), "/registry/pods/");
-        assert_eq!(Kind::Pod.prefix_in("kube"), "/registry/pods/kube/");
     }
 }

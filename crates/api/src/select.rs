@@ -4,8 +4,8 @@
 use flotilla_core::selector::{FieldSelector, LabelSelector, Requirement};
 use flotilla_proto::api::{self as pb, object::Kind as O};
 
-use crate::error::ApiError;
 use crate::kinds::{meta, Kind};
+use crate::Error;
 
 /// A structured selector (`matchLabels` + `matchExpressions`) as requirements.
 pub fn from_proto(s: &pb::LabelSelector) -> Result<LabelSelector, String> {
@@ -67,12 +67,12 @@ pub struct Selectors {
 
 impl Selectors {
     /// Parses both selectors; an unknown field for the kind is refused.
-    pub fn parse(kind: Kind, labels: &str, fields: &str) -> Result<Selectors, ApiError> {
-        let labels = LabelSelector::parse(labels).map_err(ApiError::BadRequest)?;
-        let fields = FieldSelector::parse(fields).map_err(ApiError::BadRequest)?;
+    pub fn parse(kind: Kind, labels: &str, fields: &str) -> Result<Selectors, Error> {
+        let labels = LabelSelector::parse(labels).map_err(Error::BadRequest)?;
+        let fields = FieldSelector::parse(fields).map_err(Error::BadRequest)?;
         for r in &fields.requirements {
             if !kind.selectable_fields().contains(&r.field.as_str()) {
-                return Err(ApiError::BadRequest(format!(
+                return Err(Error::BadRequest(format!(
                     "field selector: {:?} is not a selectable field of {}; selectable: {}",
                     r.field,
                     kind.name(),

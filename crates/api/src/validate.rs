@@ -9,17 +9,17 @@ use flotilla_core::names;
 use flotilla_core::quantity::Quantity;
 use flotilla_proto::api::{self as pb, object::Kind as O};
 
-use crate::error::ApiError;
 use crate::kinds::{meta, Kind};
+use crate::Error;
 
-type R = Result<(), ApiError>;
+type R = Result<(), Error>;
 
 fn at(field: impl Into<String>, r: Result<(), String>) -> R {
-    r.map_err(|reason| ApiError::invalid(field, reason))
+    r.map_err(|reason| Error::invalid(field, reason))
 }
 
 fn fail(field: impl Into<String>, reason: impl Into<String>) -> R {
-    Err(ApiError::invalid(field, reason))
+    Err(Error::invalid(field, reason))
 }
 
 fn one_of(field: &str, v: &str, allowed: &[&str]) -> R {
@@ -76,11 +76,11 @@ fn metadata(kind: Kind, m: &pb::ObjectMeta) -> R {
     Ok(())
 }
 
-fn quantities(field: &str, q: &BTreeMap<String, String>) -> Result<BTreeMap<String, Quantity>, ApiError> {
+fn quantities(field: &str, q: &BTreeMap<String, String>) -> Result<BTreeMap<String, Quantity>, Error> {
     let mut out = BTreeMap::new();
     for (name, v) in q {
         at(format!("{field}[{name}]"), names::label_key(name))?;
-        let parsed = Quantity::parse(v).map_err(|e| ApiError::invalid(format!("{field}[{name}]"), e))?;
+        let parsed = Quantity::parse(v).map_err(|e| Error::invalid(format!("{field}[{name}]"), e))?;
         if parsed.millis() < 0 {
             fail(format!("{field}[{name}]"), "must not be negative")?;
         }
@@ -176,6 +176,26 @@ fn container(field: &str, c: &pb::Container) -> R {
     Ok(())
 }
 
+/// One term of a node selector (`p` is its path).
+fn node_selector_term(p: &str, term: &pb::NodeSelectorTerm) -> R {
+    for (e, req) in term.match_expressions.iter().enumerate() {
+        let p = format!("{p}.matchExpressions[{e}]");
+        at(format!("{p}.key"), names::label_key(&req.key))?;
+        one_of(&format!("{p}.operator"), &req.operator, &["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"])?;
+        match req.operator.as_str() {
+            "In" | "NotIn" if req.values.is_empty() => fail(format!("{p}.values"), "required for In and NotIn")?,
+            "Exists" | "DoesNotExist" if !req.values.is_empty() => {
+                fail(format!("{p}.values"), "must be empty for Exists and DoesNotExist")?
+            }
+            "Gt" | "Lt" if req.values.len() != 1 || req.values[0].parse::<i64>().is_err() => {
+                fail(format!("{p}.values"), "Gt and Lt take exactly one integer")?
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// A pod spec (also inside templates; `field` is its path).
 pub fn pod_spec(field: &str, s: &pb::PodSpec) -> R {
     if s.containers.is_empty() {
@@ -195,38 +215,26 @@ pub fn pod_spec(field: &str, s: &pb::PodSpec) -> R {
         at(format!("{field}.nodeName"), names::dns1123_subdomain(&s.node_name))?;
     }
     labels(&format!("{field}.nodeSelector"), &s.node_selector)?;
-    let terms = s
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|n| n.required_during_scheduling_ignored_during_execution.as_ref());
-    if let Some(sel) = terms {
+    let node_affinity = s.affinity.as_ref().and_then(|a| a.node_affinity.as_ref());
+    if let Some(sel) = node_affinity.and_then(|n| n.required_during_scheduling_ignored_during_execution.as_ref()) {
         let base = format!("{field}.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution");
         if sel.node_selector_terms.is_empty() {
             fail(format!("{base}.nodeSelectorTerms"), "at least one term is required")?;
         }
         for (t, term) in sel.node_selector_terms.iter().enumerate() {
-            for (e, req) in term.match_expressions.iter().enumerate() {
-                let p = format!("{base}.nodeSelectorTerms[{t}].matchExpressions[{e}]");
-                at(format!("{p}.key"), names::label_key(&req.key))?;
-                one_of(
-                    &format!("{p}.operator"),
-                    &req.operator,
-                    &["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"],
-                )?;
-                match req.operator.as_str() {
-                    "In" | "NotIn" if req.values.is_empty() => {
-                        fail(format!("{p}.values"), "required for In and NotIn")?
-                    }
-                    "Exists" | "DoesNotExist" if !req.values.is_empty() => {
-                        fail(format!("{p}.values"), "must be empty for Exists and DoesNotExist")?
-                    }
-                    "Gt" | "Lt" if req.values.len() != 1 || req.values[0].parse::<i64>().is_err() => {
-                        fail(format!("{p}.values"), "Gt and Lt take exactly one integer")?
-                    }
-                    _ => {}
-                }
-            }
+            node_selector_term(&format!("{base}.nodeSelectorTerms[{t}]"), term)?;
+        }
+    }
+    for (i, pref) in
+        node_affinity.iter().flat_map(|n| &n.preferred_during_scheduling_ignored_during_execution).enumerate()
+    {
+        let p = format!("{field}.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[{i}]");
+        if !(1..=100).contains(&pref.weight) {
+            fail(format!("{p}.weight"), "must be between 1 and 100")?;
+        }
+        match &pref.preference {
+            Some(term) => node_selector_term(&format!("{p}.preference"), term)?,
+            None => fail(format!("{p}.preference"), "is required")?,
         }
     }
     for (i, t) in s.tolerations.iter().enumerate() {
@@ -253,12 +261,9 @@ pub fn pod_spec(field: &str, s: &pb::PodSpec) -> R {
     Ok(())
 }
 
-fn label_selector(
-    field: &str,
-    s: &Option<pb::LabelSelector>,
-) -> Result<flotilla_core::selector::LabelSelector, ApiError> {
-    let s = s.as_ref().ok_or_else(|| ApiError::invalid(field, "is required"))?;
-    let sel = crate::select::from_proto(s).map_err(|e| ApiError::invalid(field, e))?;
+fn label_selector(field: &str, s: &Option<pb::LabelSelector>) -> Result<flotilla_core::selector::LabelSelector, Error> {
+    let s = s.as_ref().ok_or_else(|| Error::invalid(field, "is required"))?;
+    let sel = crate::select::from_proto(s).map_err(|e| Error::invalid(field, e))?;
     if sel.is_empty() {
         fail(field, "must not be empty (it would select every pod)")?;
     }
@@ -266,13 +271,13 @@ fn label_selector(
 }
 
 fn template(field: &str, selector: &flotilla_core::selector::LabelSelector, t: &Option<pb::PodTemplateSpec>) -> R {
-    let t = t.as_ref().ok_or_else(|| ApiError::invalid(field, "is required"))?;
+    let t = t.as_ref().ok_or_else(|| Error::invalid(field, "is required"))?;
     let tl = t.metadata.as_ref().map(|m| m.labels.clone()).unwrap_or_default();
     labels(&format!("{field}.metadata.labels"), &tl)?;
     if !selector.matches(&tl) {
         fail(format!("{field}.metadata.labels"), "do not match the selector")?;
     }
-    let spec = t.spec.as_ref().ok_or_else(|| ApiError::invalid(format!("{field}.spec"), "is required"))?;
+    let spec = t.spec.as_ref().ok_or_else(|| Error::invalid(format!("{field}.spec"), "is required"))?;
     pod_spec(&format!("{field}.spec"), spec)?;
     if !spec.restart_policy.is_empty() && spec.restart_policy != "Always" {
         fail(format!("{field}.spec.restartPolicy"), "must be Always for pods managed by a controller")?;
@@ -281,7 +286,7 @@ fn template(field: &str, selector: &flotilla_core::selector::LabelSelector, t: &
 }
 
 /// An absolute number or a percentage (`1`, `25%`).
-fn int_or_percent(field: &str, v: &str) -> Result<(), ApiError> {
+fn int_or_percent(field: &str, v: &str) -> Result<(), Error> {
     let n = v.strip_suffix('%').unwrap_or(v);
     match n.parse::<u32>() {
         Ok(p) if !v.ends_with('%') || p <= 100 => Ok(()),
@@ -290,7 +295,7 @@ fn int_or_percent(field: &str, v: &str) -> Result<(), ApiError> {
 }
 
 fn service(s: &pb::Service) -> R {
-    let spec = s.spec.as_ref().ok_or_else(|| ApiError::invalid("spec", "is required"))?;
+    let spec = s.spec.as_ref().ok_or_else(|| Error::invalid("spec", "is required"))?;
     if !spec.r#type.is_empty() {
         one_of("spec.type", &spec.r#type, &["ClusterIP", "NodePort", "LoadBalancer"])?;
     }
@@ -335,9 +340,7 @@ fn service(s: &pb::Service) -> R {
 }
 
 fn ip(field: &str, v: &str) -> R {
-    v.parse::<std::net::IpAddr>()
-        .map(|_| ())
-        .map_err(|_| ApiError::invalid(field, format!("{v:?} is not an IP address")))
+    v.parse::<std::net::IpAddr>().map(|_| ()).map_err(|_| Error::invalid(field, format!("{v:?} is not an IP address")))
 }
 
 /// Checks a whole object (after defaults were applied).
@@ -345,7 +348,23 @@ pub fn object(o: &O) -> R {
     let kind = Kind::of(o);
     metadata(kind, meta(o))?;
     match o {
-        O::Namespace(_) | O::Lease(_) => {}
+        O::Namespace(_) => {}
+        O::Lease(l) => {
+            if let Some(spec) = &l.spec {
+                if spec.lease_transitions < 0 {
+                    fail("spec.leaseTransitions", "must not be negative")?;
+                }
+                if spec.lease_duration_seconds.is_some_and(|d| d <= 0) {
+                    fail("spec.leaseDurationSeconds", "must be positive")?;
+                }
+                if spec.lease_duration_millis.is_some_and(|d| d <= 0) {
+                    fail("spec.leaseDurationMillis", "must be positive")?;
+                }
+                if spec.holder_identity.len() > 253 || spec.holder_identity.contains('\0') {
+                    fail("spec.holderIdentity", "must be at most 253 bytes, without NUL")?;
+                }
+            }
+        }
         O::Node(n) => {
             if let Some(spec) = &n.spec {
                 for (i, t) in spec.taints.iter().enumerate() {
@@ -372,7 +391,7 @@ pub fn object(o: &O) -> R {
             }
         }
         O::Pod(p) => {
-            let spec = p.spec.as_ref().ok_or_else(|| ApiError::invalid("spec", "is required"))?;
+            let spec = p.spec.as_ref().ok_or_else(|| Error::invalid("spec", "is required"))?;
             pod_spec("spec", spec)?;
             if let Some(st) = &p.status {
                 if !st.phase.is_empty() {
@@ -386,7 +405,7 @@ pub fn object(o: &O) -> R {
             }
         }
         O::ReplicaSet(r) => {
-            let spec = r.spec.as_ref().ok_or_else(|| ApiError::invalid("spec", "is required"))?;
+            let spec = r.spec.as_ref().ok_or_else(|| Error::invalid("spec", "is required"))?;
             if spec.replicas.is_some_and(|n| n < 0) {
                 fail("spec.replicas", "must not be negative")?;
             }
@@ -394,7 +413,7 @@ pub fn object(o: &O) -> R {
             template("spec.template", &sel, &spec.template)?;
         }
         O::Deployment(d) => {
-            let spec = d.spec.as_ref().ok_or_else(|| ApiError::invalid("spec", "is required"))?;
+            let spec = d.spec.as_ref().ok_or_else(|| Error::invalid("spec", "is required"))?;
             if spec.replicas.is_some_and(|n| n < 0) {
                 fail("spec.replicas", "must not be negative")?;
             }
@@ -429,7 +448,7 @@ pub fn object(o: &O) -> R {
             }
         }
         O::Event(e) => {
-            let io = e.involved_object.as_ref().ok_or_else(|| ApiError::invalid("involvedObject", "is required"))?;
+            let io = e.involved_object.as_ref().ok_or_else(|| Error::invalid("involvedObject", "is required"))?;
             if io.kind.is_empty() || io.name.is_empty() {
                 fail("involvedObject", "kind and name are required")?;
             }
@@ -482,6 +501,23 @@ pub fn update(old: &O, new: &O) -> R {
             let ip = |s: &pb::Service| s.spec.as_ref().map(|x| x.cluster_ip.clone()).unwrap_or_default();
             if ip(a) != ip(b) {
                 fail("spec.clusterIP", "is immutable")?;
+            }
+        }
+        (O::Lease(a), O::Lease(b)) => {
+            // The term (leaseTransitions) of a lock grows at every change of holder and
+            // never goes back: fencing tokens name it (docs/rfcs/0001-fenced-leadership.md).
+            let (sa, sb) = (a.spec.clone().unwrap_or_default(), b.spec.clone().unwrap_or_default());
+            if sb.lease_transitions < sa.lease_transitions {
+                fail("spec.leaseTransitions", format!("may not go back (from {})", sa.lease_transitions))?;
+            }
+            if !sb.holder_identity.is_empty()
+                && sb.holder_identity != sa.holder_identity
+                && sb.lease_transitions <= sa.lease_transitions
+            {
+                fail(
+                    "spec.leaseTransitions",
+                    format!("must grow when the holder changes (it is {})", sa.lease_transitions),
+                )?;
             }
         }
         _ => {}

@@ -53,6 +53,10 @@ pub enum ApiError {
     /// operation is not allowed in the object's state (e.g. binding a bound pod).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A write carrying a fencing token whose lock has changed holder or term since: the
+    /// writer is no longer the elected one. Nothing was written.
+    #[error("fenced: {0}")]
+    Fenced(String),
     /// The resourceVersion asked for has been compacted away: relist (HTTP 410 in
     /// Kubernetes).
     #[error("expired: resourceVersion {requested} is older than the oldest kept ({compacted}); list again")]
@@ -83,6 +87,16 @@ impl ApiError {
     }
 }
 
+impl From<flotilla_api::Error> for ApiError {
+    fn from(e: flotilla_api::Error) -> ApiError {
+        match e {
+            flotilla_api::Error::Invalid { field, reason } => ApiError::Invalid { field, reason },
+            flotilla_api::Error::BadRequest(m) => ApiError::BadRequest(m),
+            flotilla_api::Error::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
         let code = match &e {
@@ -90,7 +104,7 @@ impl From<ApiError> for Status {
             ApiError::NotFound { .. } => Code::NotFound,
             ApiError::AlreadyExists { .. } => Code::AlreadyExists,
             ApiError::Conflict { .. } | ApiError::Contended(_) => Code::Aborted,
-            ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ApiError::FailedPrecondition(_) | ApiError::Fenced(_) => Code::FailedPrecondition,
             ApiError::Expired { .. } => Code::OutOfRange,
             ApiError::Exhausted(_) => Code::ResourceExhausted,
             ApiError::Store(s) => return s.clone().into(),

@@ -1,24 +1,22 @@
 //! Flotilla's apiserver: the typed `flotilla.api.v1` resource API (Kubernetes-shaped
 //! objects and verbs) on top of the replicated store.
 //!
-//! Requests are validated and defaulted at the boundary ([`validate`], [`defaults`]);
-//! [`registry`] turns each verb into store transactions whose compares make concurrent
+//! Requests are validated and defaulted at the boundary (`flotilla_api::validate` and
+//! `defaults`, shared with clients); [`registry`] turns each verb into store transactions whose compares make concurrent
 //! writers safe; [`storage`] is the trait over the store. This crate does not know about
 //! RocksDB or Raft: it only sees ranges, transactions and watches.
 
-pub mod defaults;
 pub mod error;
-pub mod kinds;
+pub mod fault;
+pub mod keys;
 pub mod registry;
-pub mod select;
 pub mod service;
 pub mod storage;
-pub mod validate;
 
 use std::sync::Arc;
 
 pub use error::ApiError;
-pub use kinds::Kind;
+pub use flotilla_api::Kind;
 pub use registry::{ApiConfig, Registry};
 
 /// The gRPC service of the resource API, served from the store of this master process.
@@ -48,7 +46,7 @@ pub async fn ensure_builtin_namespaces(reg: Arc<Registry>) {
             });
             match reg.get(Kind::Namespace, "", name).await {
                 Ok(_) => break,
-                Err(ApiError::NotFound { .. }) => match reg.create(ns).await {
+                Err(ApiError::NotFound { .. }) => match reg.create(ns, None).await {
                     Ok(_) | Err(ApiError::AlreadyExists { .. }) => break,
                     Err(e) => tracing::debug!(namespace = name, error = %e, "cannot create yet"),
                 },

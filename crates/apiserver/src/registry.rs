@@ -18,10 +18,12 @@ use flotilla_proto::etcdserverpb::{self as ep, compare, request_op};
 use flotilla_store::StoreError;
 
 use crate::error::ApiError;
-use crate::kinds::{self, meta, meta_mut, Kind};
-use crate::select::Selectors;
+use crate::keys;
 use crate::storage::{Feed, Storage};
-use crate::{defaults, validate};
+use flotilla_api::kinds::{self, meta, meta_mut, Kind};
+use flotilla_api::select::Selectors;
+use flotilla_api::Fence;
+use flotilla_api::{defaults, validate};
 
 /// Largest stored object (Kubernetes' etcd request limit).
 pub const MAX_OBJECT_BYTES: usize = MAX_REQUEST_BYTES;
@@ -154,6 +156,22 @@ fn with_rv(mut o: O, rev: i64) -> O {
     o
 }
 
+/// What writing `o` must also write: for a Lease, its fence key (the holder and term
+/// fencing tokens are compared with), in the same transaction.
+fn lock_ops(o: &O) -> Vec<ep::RequestOp> {
+    match o {
+        O::Lease(l) => {
+            let m = meta(o);
+            let spec = l.spec.clone().unwrap_or_default();
+            vec![op_put(
+                &keys::fence_key(&m.namespace, &m.name),
+                keys::fence_value(spec.lease_transitions, &spec.holder_identity),
+            )]
+        }
+        _ => vec![],
+    }
+}
+
 /// A stored object and its revision.
 struct Current {
     obj: O,
@@ -195,7 +213,7 @@ impl Registry {
     }
 
     async fn read(&self, kind: Kind, ns: &str, name: &str) -> Result<Option<Current>, ApiError> {
-        let key = kind.key(ns, name);
+        let key = keys::key(kind, ns, name);
         let r = self.store.range(ep::RangeRequest { key: key.into_bytes(), ..Default::default() }).await?;
         match r.kvs.into_iter().next() {
             None => Ok(None),
@@ -223,7 +241,7 @@ impl Registry {
     }
 
     /// Creates `o`; the server sets uid, creationTimestamp, generation and defaults.
-    pub async fn create(&self, mut o: O) -> Result<O, ApiError> {
+    pub async fn create(&self, mut o: O, fence: Option<&Fence>) -> Result<O, ApiError> {
         let kind = Kind::of(&o);
         {
             let m = meta_mut(&mut o);
@@ -254,7 +272,7 @@ impl Registry {
         }
         validate::object(&o)?;
         let (ns, name) = (meta(&o).namespace.clone(), meta(&o).name.clone());
-        let key = kind.key(&ns, &name);
+        let key = keys::key(kind, &ns, &name);
         let asked_ip = matches!(&o, O::Service(s) if s.spec.as_ref().is_some_and(|x| !x.cluster_ip.is_empty()));
         for _ in 0..MAX_RETRIES {
             let mut compares = vec![cmp_mod(&key, 0)];
@@ -269,7 +287,7 @@ impl Registry {
                             metadata: Some(pb::ObjectMeta { name: ns.clone(), ..Default::default() }),
                             ..Default::default()
                         });
-                        match Box::pin(self.create(builtin)).await {
+                        match Box::pin(self.create(builtin, None)).await {
                             Ok(_) | Err(ApiError::AlreadyExists { .. }) => continue,
                             Err(e) => return Err(e),
                         }
@@ -281,7 +299,7 @@ impl Registry {
                         "namespace {ns:?} is being deleted: no new objects may be created in it"
                     )));
                 }
-                compares.push(cmp_mod(&Kind::Namespace.key("", &ns), ns_obj.rev));
+                compares.push(cmp_mod(&keys::key(Kind::Namespace, "", &ns), ns_obj.rev));
             }
             if let O::Service(s) = &mut o {
                 if let Some(ip_key) = self.allocate_ip(s).await? {
@@ -290,7 +308,8 @@ impl Registry {
                 }
             }
             ops.push(op_put(&key, stored_bytes(&o)?));
-            let r = self.store.txn(ep::TxnRequest { compare: compares, success: ops, failure: vec![] }).await?;
+            ops.extend(lock_ops(&o));
+            let r = self.txn(fence, ep::TxnRequest { compare: compares, success: ops, failure: vec![] }).await?;
             if r.succeeded {
                 let rev = r.header.map_or(0, |h| h.revision);
                 return Ok(with_rv(o, rev));
@@ -373,7 +392,7 @@ impl Registry {
         if req.limit < 0 {
             return Err(ApiError::invalid("limit", "must not be negative"));
         }
-        let prefix = kind.prefix_in(&req.namespace);
+        let prefix = keys::prefix_in(kind, &req.namespace);
         let end = prefix_end(prefix.as_bytes());
         let (mut rev, mut from) = if req.r#continue.is_empty() {
             let rev =
@@ -433,7 +452,7 @@ impl Registry {
 
     /// Replaces an object (compare-and-swap when `metadata.resourceVersion` is set).
     /// With `status_only`, only the status is taken from `o`.
-    pub async fn update(&self, o: O, status_only: bool) -> Result<O, ApiError> {
+    pub async fn update(&self, o: O, status_only: bool, fence: Option<&Fence>) -> Result<O, ApiError> {
         let kind = Kind::of(&o);
         if status_only && !kind.has_status() {
             return Err(ApiError::BadRequest(format!("{} has no status", kind.name())));
@@ -453,7 +472,7 @@ impl Registry {
                 }
             }
             let merged = merge_update(&cur.obj, o.clone(), status_only)?;
-            match self.write_over(kind, &cur, merged).await? {
+            match self.write_over(kind, &cur, merged, fence).await? {
                 Some(done) => return Ok(done),
                 None if expected.is_some() => {
                     let now = self.read_existing(kind, &ns, &name).await?;
@@ -477,7 +496,13 @@ impl Registry {
     /// Writes `new` over `cur` if it is still current: Some(result), or None when the
     /// object changed meanwhile. An object marked for deletion whose finalizers are all
     /// gone is deleted instead.
-    async fn write_over(&self, kind: Kind, cur: &Current, mut new: O) -> Result<Option<O>, ApiError> {
+    async fn write_over(
+        &self,
+        kind: Kind,
+        cur: &Current,
+        mut new: O,
+        fence: Option<&Fence>,
+    ) -> Result<Option<O>, ApiError> {
         defaults::object(&mut new);
         validate::object(&new)?;
         validate::update(&cur.obj, &new)?;
@@ -485,28 +510,78 @@ impl Registry {
             meta_mut(&mut new).generation = meta(&cur.obj).generation + 1;
         }
         let m = meta(&new);
-        let key = kind.key(&m.namespace, &m.name);
+        let key = keys::key(kind, &m.namespace, &m.name);
         if !m.deletion_timestamp.is_empty() && m.finalizers.is_empty() && !self.waits_for_kubelet(&new) {
             let mut ops = vec![op_delete(&key)];
             ops.extend(self.release_ops(&cur.obj));
             if kind == Kind::Namespace {
                 ops.extend(self.namespace_content_ops(&m.name).await?);
             }
-            return Ok(self.if_unchanged(&key, cur.rev, ops).await?.map(|rev| with_rv(new, rev)));
+            return Ok(self.if_unchanged(&key, cur.rev, ops, fence).await?.map(|rev| with_rv(new, rev)));
         }
         let bytes = stored_bytes(&new)?;
         if bytes == cur.stored {
             return Ok(Some(cur.obj.clone()));
         }
-        Ok(self.if_unchanged(&key, cur.rev, vec![op_put(&key, bytes)]).await?.map(|rev| with_rv(new, rev)))
+        let mut ops = vec![op_put(&key, bytes)];
+        ops.extend(lock_ops(&new));
+        Ok(self.if_unchanged(&key, cur.rev, ops, fence).await?.map(|rev| with_rv(new, rev)))
     }
 
     /// Runs `ops` if `key` is still at revision `rev` (0: absent): the revision written,
     /// or None when the key changed meanwhile.
-    async fn if_unchanged(&self, key: &str, rev: i64, ops: Vec<ep::RequestOp>) -> Result<Option<i64>, ApiError> {
+    async fn if_unchanged(
+        &self,
+        key: &str,
+        rev: i64,
+        ops: Vec<ep::RequestOp>,
+        fence: Option<&Fence>,
+    ) -> Result<Option<i64>, ApiError> {
         let r =
-            self.store.txn(ep::TxnRequest { compare: vec![cmp_mod(key, rev)], success: ops, failure: vec![] }).await?;
+            self.txn(fence, ep::TxnRequest { compare: vec![cmp_mod(key, rev)], success: ops, failure: vec![] }).await?;
         Ok(r.succeeded.then(|| r.header.map_or(0, |h| h.revision)))
+    }
+
+    /// Runs a write transaction. With a fencing token, the transaction also requires the
+    /// lock to still have the token's holder and term, in the same transaction (nothing is
+    /// written otherwise), and a refusal for that reason is answered `fenced: ...`.
+    async fn txn(&self, fence: Option<&Fence>, mut req: ep::TxnRequest) -> Result<ep::TxnResponse, ApiError> {
+        let Some(f) = fence.filter(|_| !crate::fault::no_fence()) else {
+            return self.store.txn(req).await;
+        };
+        let fence_key = keys::fence_key(&f.namespace, &f.name);
+        let want = keys::fence_value(f.term, &f.holder);
+        req.compare.push(ep::Compare {
+            result: compare::CompareResult::Equal as i32,
+            target: compare::CompareTarget::Value as i32,
+            key: fence_key.clone().into_bytes(),
+            target_union: Some(compare::TargetUnion::Value(want.clone())),
+            range_end: vec![],
+        });
+        req.failure.push(ep::RequestOp {
+            request: Some(request_op::Request::RequestRange(ep::RangeRequest {
+                key: fence_key.into_bytes(),
+                ..Default::default()
+            })),
+        });
+        let r = self.store.txn(req).await?;
+        if r.succeeded {
+            return Ok(r);
+        }
+        let held = r.responses.last().and_then(|op| match &op.response {
+            Some(ep::response_op::Response::ResponseRange(rr)) => Some(rr.kvs.first().map(|kv| kv.value.clone())),
+            _ => None,
+        });
+        match held {
+            Some(v) if v.as_deref() != Some(want.as_slice()) => Err(ApiError::Fenced(format!(
+                "lock {} is {}; this write carried term {} of {:?}",
+                f.lock(),
+                v.as_deref().map_or("not held (no such lease)".to_string(), keys::describe_fence_value),
+                f.term,
+                f.holder
+            ))),
+            _ => Ok(r),
+        }
     }
 
     /// A pod being deleted gracefully stays until its kubelet confirms it stopped (by
@@ -520,11 +595,15 @@ impl Registry {
     /// transaction), so a stale read can never free an address another service now holds.
     fn release_ops(&self, o: &O) -> Vec<ep::RequestOp> {
         match o {
+            O::Lease(_) => {
+                let m = meta(o);
+                vec![op_delete(&keys::fence_key(&m.namespace, &m.name))]
+            }
             O::Service(s) => match s.spec.as_ref().map(|x| x.cluster_ip.as_str()) {
                 Some(ip) if !ip.is_empty() && ip != "None" => {
                     let m = meta(o);
                     let ip_key = format!("{SERVICE_IPS}{ip}");
-                    let owner = Kind::Service.key(&m.namespace, &m.name);
+                    let owner = keys::key(Kind::Service, &m.namespace, &m.name);
                     vec![ep::RequestOp {
                         request: Some(request_op::Request::RequestTxn(ep::TxnRequest {
                             compare: vec![ep::Compare {
@@ -555,13 +634,15 @@ impl Registry {
             ops.extend(self.release_ops(&s));
         }
         for k in Kind::ALL.into_iter().filter(|k| k.namespaced()) {
-            ops.push(op_delete_prefix(&k.prefix_in(name)));
+            ops.push(op_delete_prefix(&keys::prefix_in(k, name)));
         }
+        ops.push(op_delete_prefix(&keys::fences_in(name)));
         Ok(ops)
     }
 
     /// Applies a JSON merge patch (RFC 7386) to the object's JSON form, then updates it.
     pub async fn patch(&self, req: &pb::PatchRequest) -> Result<O, ApiError> {
+        let fence = Fence::from_request(req.fence.as_ref())?;
         let kind = Kind::parse(&req.kind)?;
         let ns = kind.namespace_or_default(&req.namespace);
         Self::check_scope(kind, ns, &req.name)?;
@@ -593,7 +674,7 @@ impl Registry {
                 m.resource_version.clear();
             }
             let merged = merge_update(&cur.obj, patched, req.status)?;
-            if let Some(done) = self.write_over(kind, &cur, merged).await? {
+            if let Some(done) = self.write_over(kind, &cur, merged, fence.as_ref()).await? {
                 return Ok(done);
             }
             if expected.is_some() {
@@ -607,6 +688,8 @@ impl Registry {
     /// Deletes an object: at once, or by marking it (deletionTimestamp) when finalizers
     /// remain or a pod on a node is given time to stop.
     pub async fn delete(&self, req: &pb::DeleteRequest) -> Result<Deleted, ApiError> {
+        let fence = Fence::from_request(req.fence.as_ref())?;
+        let fence = fence.as_ref();
         let kind = Kind::parse(&req.kind)?;
         let ns = kind.namespace_or_default(&req.namespace);
         Self::check_scope(kind, ns, &req.name)?;
@@ -642,9 +725,9 @@ impl Registry {
                 )));
             }
             let result = if kind == Kind::Namespace {
-                self.delete_namespace(&cur).await?
+                self.delete_namespace(&cur, fence).await?
             } else {
-                self.delete_one(kind, &cur, req.grace_period_seconds).await?
+                self.delete_one(kind, &cur, req.grace_period_seconds, fence).await?
             };
             if let Some(d) = result {
                 return Ok(d);
@@ -653,9 +736,15 @@ impl Registry {
         Err(contended())
     }
 
-    async fn delete_one(&self, kind: Kind, cur: &Current, grace: Option<i64>) -> Result<Option<Deleted>, ApiError> {
+    async fn delete_one(
+        &self,
+        kind: Kind,
+        cur: &Current,
+        grace: Option<i64>,
+        fence: Option<&Fence>,
+    ) -> Result<Option<Deleted>, ApiError> {
         let m = meta(&cur.obj);
-        let key = kind.key(&m.namespace, &m.name);
+        let key = keys::key(kind, &m.namespace, &m.name);
         let grace = match &cur.obj {
             O::Pod(p) if p.spec.as_ref().is_some_and(|s| !s.node_name.is_empty()) => {
                 grace.or(p.spec.as_ref().and_then(|s| s.termination_grace_period_seconds)).unwrap_or(0)
@@ -673,20 +762,20 @@ impl Registry {
                 mm.deletion_timestamp = now();
             }
             mm.deletion_grace_period_seconds = Some(grace);
-            let done = self.if_unchanged(&key, cur.rev, vec![op_put(&key, stored_bytes(&marked)?)]).await?;
+            let done = self.if_unchanged(&key, cur.rev, vec![op_put(&key, stored_bytes(&marked)?)], fence).await?;
             return Ok(done.map(|rev| Deleted { object: with_rv(marked, rev), gone: false }));
         }
         let mut ops = vec![op_delete(&key)];
         ops.extend(self.release_ops(&cur.obj));
-        let Some(rev) = self.if_unchanged(&key, cur.rev, ops).await? else { return Ok(None) };
+        let Some(rev) = self.if_unchanged(&key, cur.rev, ops, fence).await? else { return Ok(None) };
         Ok(Some(Deleted { object: with_rv(cur.obj.clone(), rev), gone: true }))
     }
 
     /// Deletes a namespace and everything in it: first marks it Terminating (so no create
     /// in it can succeed any more), then deletes its objects and itself in one transaction.
-    async fn delete_namespace(&self, cur: &Current) -> Result<Option<Deleted>, ApiError> {
+    async fn delete_namespace(&self, cur: &Current, fence: Option<&Fence>) -> Result<Option<Deleted>, ApiError> {
         let name = meta(&cur.obj).name.clone();
-        let key = Kind::Namespace.key("", &name);
+        let key = keys::key(Kind::Namespace, "", &name);
         let mut marked = cur.obj.clone();
         if let O::Namespace(n) = &mut marked {
             n.status.get_or_insert_with(Default::default).phase = "Terminating".into();
@@ -695,7 +784,8 @@ impl Registry {
         if mm.deletion_timestamp.is_empty() {
             mm.deletion_timestamp = now();
         }
-        let Some(marked_rev) = self.if_unchanged(&key, cur.rev, vec![op_put(&key, stored_bytes(&marked)?)]).await?
+        let Some(marked_rev) =
+            self.if_unchanged(&key, cur.rev, vec![op_put(&key, stored_bytes(&marked)?)], fence).await?
         else {
             return Ok(None);
         };
@@ -704,13 +794,14 @@ impl Registry {
         if meta(&marked).finalizers.is_empty() {
             ops.push(op_delete(&key));
         }
-        let Some(rev) = self.if_unchanged(&key, marked_rev, ops).await? else { return Ok(None) };
+        let Some(rev) = self.if_unchanged(&key, marked_rev, ops, fence).await? else { return Ok(None) };
         let gone = meta(&marked).finalizers.is_empty();
         Ok(Some(Deleted { object: with_rv(marked, rev), gone }))
     }
 
     /// pods/binding: sets a pod's nodeName, once.
     pub async fn bind(&self, req: &pb::BindRequest) -> Result<O, ApiError> {
+        let fence = Fence::from_request(req.fence.as_ref())?;
         let ns = Kind::Pod.namespace_or_default(&req.namespace);
         Self::check_scope(Kind::Pod, ns, &req.name)?;
         flotilla_core::names::dns1123_subdomain(&req.node_name).map_err(|e| ApiError::invalid("nodeName", e))?;
@@ -737,10 +828,32 @@ impl Registry {
                 )));
             }
             spec.node_name = req.node_name.clone();
-            let key = Kind::Pod.key(ns, &req.name);
+            let key = keys::key(Kind::Pod, ns, &req.name);
+            let node_key = keys::key(Kind::Node, "", &req.node_name);
             let new = O::Pod(pod);
-            if let Some(rev) = self.if_unchanged(&key, cur.rev, vec![op_put(&key, stored_bytes(&new)?)]).await? {
-                return Ok(with_rv(new, rev));
+            // The pod is unchanged since read, and the node exists: checked in the same
+            // transaction, so a pod is never bound to a node deleted meanwhile.
+            let node_exists = ep::Compare {
+                result: compare::CompareResult::Greater as i32,
+                target: compare::CompareTarget::Create as i32,
+                key: node_key.clone().into_bytes(),
+                target_union: Some(compare::TargetUnion::CreateRevision(0)),
+                range_end: vec![],
+            };
+            let txn = ep::TxnRequest {
+                compare: vec![cmp_mod(&key, cur.rev), node_exists],
+                success: vec![op_put(&key, stored_bytes(&new)?)],
+                failure: vec![],
+            };
+            let r = self.txn(fence.as_ref(), txn).await?;
+            if r.succeeded {
+                return Ok(with_rv(new, r.header.map_or(0, |h| h.revision)));
+            }
+            if self.read(Kind::Node, "", &req.node_name).await?.is_none() {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "node {:?} does not exist; pod {ns}/{} was not bound",
+                    req.node_name, req.name
+                )));
             }
         }
         Err(contended())
@@ -760,7 +873,7 @@ impl Registry {
             s => parse_rv("resourceVersion", s)? + 1,
         };
         let requested = start - 1;
-        let prefix = kind.prefix_in(&req.namespace);
+        let prefix = keys::prefix_in(kind, &req.namespace);
         let mut feed = self.store.watch(prefix.as_bytes(), start);
         let bookmarks = req.allow_bookmarks;
         let mut seen = if start == 0 { self.store.revision() } else { start - 1 };

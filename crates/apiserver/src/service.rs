@@ -9,8 +9,9 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::error::ApiError;
-use crate::kinds::{self, Kind};
 use crate::registry::Registry;
+use flotilla_api::kinds::{self, Kind};
+use flotilla_api::Fence;
 
 /// Serves the resource API from a registry.
 pub struct ApiService {
@@ -29,31 +30,37 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + S
 #[tonic::async_trait]
 impl Api for ApiService {
     async fn create(&self, req: Request<pb::CreateRequest>) -> Result<Response<pb::Object>, Status> {
-        let o = kinds::unwrap(req.into_inner().object)?;
-        Ok(Response::new(kinds::wrap(self.reg.create(o).await?)))
+        let r = req.into_inner();
+        let fence = Fence::from_request(r.fence.as_ref()).map_err(ApiError::from)?;
+        let o = kinds::unwrap(r.object).map_err(ApiError::from)?;
+        Ok(Response::new(kinds::wrap(self.reg.create(o, fence.as_ref()).await?)))
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::Object>, Status> {
         let r = req.into_inner();
-        let kind = Kind::parse(&r.kind)?;
+        let kind = Kind::parse(&r.kind).map_err(ApiError::from)?;
         let ns = kind.namespace_or_default(&r.namespace);
         Ok(Response::new(kinds::wrap(self.reg.get(kind, ns, &r.name).await?)))
     }
 
     async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
         let r = req.into_inner();
-        let kind = Kind::parse(&r.kind)?;
+        let kind = Kind::parse(&r.kind).map_err(ApiError::from)?;
         Ok(Response::new(self.reg.list(kind, &r).await?))
     }
 
     async fn update(&self, req: Request<pb::UpdateRequest>) -> Result<Response<pb::Object>, Status> {
-        let o = kinds::unwrap(req.into_inner().object)?;
-        Ok(Response::new(kinds::wrap(self.reg.update(o, false).await?)))
+        let r = req.into_inner();
+        let fence = Fence::from_request(r.fence.as_ref()).map_err(ApiError::from)?;
+        let o = kinds::unwrap(r.object).map_err(ApiError::from)?;
+        Ok(Response::new(kinds::wrap(self.reg.update(o, false, fence.as_ref()).await?)))
     }
 
     async fn update_status(&self, req: Request<pb::UpdateRequest>) -> Result<Response<pb::Object>, Status> {
-        let o = kinds::unwrap(req.into_inner().object)?;
-        Ok(Response::new(kinds::wrap(self.reg.update(o, true).await?)))
+        let r = req.into_inner();
+        let fence = Fence::from_request(r.fence.as_ref()).map_err(ApiError::from)?;
+        let o = kinds::unwrap(r.object).map_err(ApiError::from)?;
+        Ok(Response::new(kinds::wrap(self.reg.update(o, true, fence.as_ref()).await?)))
     }
 
     async fn patch(&self, req: Request<pb::PatchRequest>) -> Result<Response<pb::Object>, Status> {
@@ -69,7 +76,7 @@ impl Api for ApiService {
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
         let r = req.into_inner();
-        let kind = Kind::parse(&r.kind)?;
+        let kind = Kind::parse(&r.kind).map_err(ApiError::from)?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::WatchEvent, ApiError>>(256);
         self.reg.watch(kind, &r, tx)?;
         let stream =

@@ -18,6 +18,9 @@ use crate::resource::Resource;
 #[derive(Clone)]
 pub struct Client {
     pub(crate) pool: Arc<Pool>,
+    /// The fencing token every write carries, if this client acts for an elected
+    /// component (see [`Client::fenced`]).
+    fence: Option<pb::FenceToken>,
 }
 
 /// Parameters of a list (or of the list under a watch).
@@ -90,7 +93,19 @@ impl Client {
 
     /// A client with explicit timing.
     pub fn with_options(endpoints: &[String], opts: Options) -> Result<Client, ClientError> {
-        Ok(Client { pool: Pool::new(endpoints, opts)? })
+        Ok(Client { pool: Pool::new(endpoints, opts)?, fence: None })
+    }
+
+    /// The same client, every write of which carries `fence`: the store refuses them
+    /// (`ClientError::is_fenced`) once the lock has another holder or term
+    /// (docs/rfcs/0001-fenced-leadership.md).
+    pub fn fenced(&self, fence: &flotilla_api::Fence) -> Client {
+        Client { pool: self.pool.clone(), fence: Some(fence.to_proto()) }
+    }
+
+    /// The fencing token this client's writes carry.
+    pub fn fence(&self) -> Option<&pb::FenceToken> {
+        self.fence.as_ref()
     }
 
     /// The URL of the master calls go to now.
@@ -141,7 +156,8 @@ impl Client {
 
     /// Creates an object (AlreadyExists if it exists).
     pub async fn create<T: Resource>(&self, obj: T) -> Result<T, ClientError> {
-        let req = pb::CreateRequest { object: Some(pb::Object { kind: Some(obj.into_object()) }) };
+        let req =
+            pb::CreateRequest { object: Some(pb::Object { kind: Some(obj.into_object()) }), fence: self.fence.clone() };
         into(Some(
             self.call(Call::Write, |mut c| {
                 let r = req.clone();
@@ -153,7 +169,7 @@ impl Client {
 
     /// Creates any object.
     pub async fn create_object(&self, obj: O) -> Result<O, ClientError> {
-        let req = pb::CreateRequest { object: Some(pb::Object { kind: Some(obj) }) };
+        let req = pb::CreateRequest { object: Some(pb::Object { kind: Some(obj) }), fence: self.fence.clone() };
         let o = self
             .call(Call::Write, |mut c| {
                 let r = req.clone();
@@ -214,7 +230,8 @@ impl Client {
 
     /// Replaces an object; compare-and-swap on its resourceVersion when set.
     pub async fn update<T: Resource>(&self, obj: T) -> Result<T, ClientError> {
-        let req = pb::UpdateRequest { object: Some(pb::Object { kind: Some(obj.into_object()) }) };
+        let req =
+            pb::UpdateRequest { object: Some(pb::Object { kind: Some(obj.into_object()) }), fence: self.fence.clone() };
         into(Some(
             self.call(Call::Write, |mut c| {
                 let r = req.clone();
@@ -226,7 +243,7 @@ impl Client {
 
     /// Replaces any object.
     pub async fn update_object(&self, obj: O) -> Result<O, ClientError> {
-        let req = pb::UpdateRequest { object: Some(pb::Object { kind: Some(obj) }) };
+        let req = pb::UpdateRequest { object: Some(pb::Object { kind: Some(obj) }), fence: self.fence.clone() };
         let o = self
             .call(Call::Write, |mut c| {
                 let r = req.clone();
@@ -238,7 +255,8 @@ impl Client {
 
     /// Replaces an object's status only.
     pub async fn update_status<T: Resource>(&self, obj: T) -> Result<T, ClientError> {
-        let req = pb::UpdateRequest { object: Some(pb::Object { kind: Some(obj.into_object()) }) };
+        let req =
+            pb::UpdateRequest { object: Some(pb::Object { kind: Some(obj.into_object()) }), fence: self.fence.clone() };
         into(Some(
             self.call(Call::Write, |mut c| {
                 let r = req.clone();
@@ -263,6 +281,7 @@ impl Client {
             name: name.into(),
             merge_patch: patch.to_string().into_bytes(),
             status,
+            fence: self.fence.clone(),
         };
         let o = self
             .call(Call::Write, |mut c| {
@@ -298,6 +317,7 @@ impl Client {
             name: name.into(),
             preconditions: Some(pb::Preconditions { uid: p.uid.clone(), resource_version: p.resource_version.clone() }),
             grace_period_seconds: p.grace_period_seconds,
+            fence: self.fence.clone(),
         };
         let r = self
             .call(Call::Write, |mut c| {
@@ -320,8 +340,13 @@ impl Client {
 
     /// Binds a pod to a node (once).
     pub async fn bind(&self, namespace: &str, pod: &str, node: &str, uid: &str) -> Result<pb::Pod, ClientError> {
-        let req =
-            pb::BindRequest { namespace: namespace.into(), name: pod.into(), node_name: node.into(), uid: uid.into() };
+        let req = pb::BindRequest {
+            namespace: namespace.into(),
+            name: pod.into(),
+            node_name: node.into(),
+            uid: uid.into(),
+            fence: self.fence.clone(),
+        };
         into(Some(
             self.call(Call::Write, |mut c| {
                 let r = req.clone();

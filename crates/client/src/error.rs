@@ -38,6 +38,12 @@ impl ClientError {
         self.code() == Some(Code::NotFound)
     }
 
+    /// Whether a write was refused because its fencing token is stale: the lock it names
+    /// has another holder or term (the writer is no longer the elected one).
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, ClientError::Api(s) if s.code() == Code::FailedPrecondition && s.message().starts_with("fenced: "))
+    }
+
     /// Whether a compare-and-swap lost (the object changed since it was read).
     pub fn is_conflict(&self) -> bool {
         self.code() == Some(Code::Aborted)

@@ -1,6 +1,7 @@
 //! A reflector keeps a local cache of one kind in sync: list, then watch from the list's
 //! resourceVersion (resuming across masters), and list again only when the watch's
-//! version has expired. Controllers read the cache instead of the API.
+//! version has expired. Controllers read the cache instead of the API; those that react
+//! to changes (the scheduler, controllers) also take its [`Change`] notifications.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -16,6 +17,23 @@ use crate::watch::WatchEvent;
 /// The cache: objects by `namespace/name`.
 pub type Cache<T> = Arc<RwLock<BTreeMap<String, T>>>;
 
+/// A change to the cache, sent after the cache holds it.
+#[derive(Debug, Clone)]
+pub enum Change<T> {
+    /// An object appeared, or changed (`old` is its previous cached state).
+    Upsert {
+        /// The state before, if it was cached.
+        old: Option<T>,
+        /// The state now.
+        new: T,
+    },
+    /// An object went away (its last state).
+    Deleted(T),
+    /// The cache was filled again from a list (the first one, or after the watch's
+    /// version expired): re-read it whole.
+    Listed,
+}
+
 /// A running reflector. Dropping it stops it.
 pub struct Reflector<T: Resource> {
     cache: Cache<T>,
@@ -30,12 +48,21 @@ fn key<T: Resource>(o: &T) -> String {
 impl<T: Resource> Reflector<T> {
     /// Starts keeping the objects matching `p` in a cache.
     pub fn start(client: Client, p: ListParams) -> Reflector<T> {
+        Reflector::start_notifying(client, p, None)
+    }
+
+    /// Like [`Reflector::start`], and sends every change of the cache to `changes`.
+    pub fn start_notifying(
+        client: Client,
+        p: ListParams,
+        changes: Option<tokio::sync::mpsc::UnboundedSender<Change<T>>>,
+    ) -> Reflector<T> {
         let cache: Cache<T> = Arc::new(RwLock::new(BTreeMap::new()));
         let (synced_tx, synced) = watch::channel(false);
         let c = cache.clone();
         let task = tokio::spawn(async move {
             loop {
-                match sync::<T>(&client, &p, &c, &synced_tx).await {
+                match sync::<T>(&client, &p, &c, &synced_tx, changes.as_ref()).await {
                     Err(ClientError::Expired(_)) => continue, // list again
                     Err(e) => {
                         tracing::warn!(kind = T::KIND, error = %e, "reflector: retrying");
@@ -75,6 +102,7 @@ async fn sync<T: Resource>(
     p: &ListParams,
     cache: &Cache<T>,
     synced: &watch::Sender<bool>,
+    changes: Option<&tokio::sync::mpsc::UnboundedSender<Change<T>>>,
 ) -> Result<(), ClientError> {
     let list = client.list::<T>(p).await?;
     {
@@ -82,18 +110,29 @@ async fn sync<T: Resource>(
         *c = list.items.into_iter().map(|o| (key(&o), o)).collect();
     }
     let _ = synced.send(true);
+    let notify = |c: Change<T>| {
+        if let Some(tx) = changes {
+            let _ = tx.send(c);
+        }
+    };
+    notify(Change::Listed);
     let mut events = client.watch::<T>(p, &list.resource_version).await?;
     while let Some(ev) = events.next().await {
         let ev = ev?;
-        let mut c = cache.write().unwrap_or_else(|p| p.into_inner());
-        match ev {
-            WatchEvent::Added(o) | WatchEvent::Modified(o) => {
-                c.insert(key(&o), o);
+        let change = {
+            let mut c = cache.write().unwrap_or_else(|p| p.into_inner());
+            match ev {
+                WatchEvent::Added(o) | WatchEvent::Modified(o) => {
+                    let old = c.insert(key(&o), o.clone());
+                    Change::Upsert { old, new: o }
+                }
+                WatchEvent::Deleted(o) => {
+                    c.remove(&key(&o));
+                    Change::Deleted(o)
+                }
             }
-            WatchEvent::Deleted(o) => {
-                c.remove(&key(&o));
-            }
-        }
+        };
+        notify(change);
     }
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use flotilla_apiserver::kinds::{meta, meta_mut, Kind};
+use flotilla_api::kinds::{meta, meta_mut, Kind};
 use flotilla_client::{Client, ClientError, DeleteParams};
 use flotilla_proto::api::{self as pb, object::Kind as O};
 use flotilla_proto::etcdserverpb as ep;
@@ -225,14 +225,10 @@ async fn apply(client: &Client, o: O) -> Result<&'static str, ClientError> {
         };
         let mut new = o.clone();
         meta_mut(&mut new).resource_version = meta(&cur).resource_version.clone();
-        let before = flotilla_apiserver::kinds::to_json(&cur);
+        let before = flotilla_api::kinds::to_json(&cur);
         match client.update_object(new).await {
             Ok(after) => {
-                return Ok(if flotilla_apiserver::kinds::to_json(&after) == before {
-                    "unchanged"
-                } else {
-                    "configured"
-                })
+                return Ok(if flotilla_api::kinds::to_json(&after) == before { "unchanged" } else { "configured" })
             }
             Err(e) if e.is_conflict() => continue,
             Err(e) => return Err(e),
@@ -461,7 +457,7 @@ async fn describe(client: &Client, k: Kind, ns: &str, name: &str) -> Result<(), 
     if !m.finalizers.is_empty() {
         outln!("Finalizers:   {}", m.finalizers.join(", "));
     }
-    let mut body = flotilla_apiserver::kinds::to_json(&o);
+    let mut body = flotilla_api::kinds::to_json(&o);
     if let Some(map) = body.as_object_mut() {
         map.remove("metadata");
     }

@@ -2,7 +2,7 @@
 //! `metadata`, `spec`), several documents per file. Every problem is reported with the
 //! document it is in and the path of the field.
 
-use flotilla_apiserver::kinds::{self, Kind};
+use flotilla_api::kinds::{self, Kind};
 use flotilla_proto::api::object::Kind as O;
 use serde::Deserialize;
 use serde_json::Value;

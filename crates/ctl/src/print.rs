@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use flotilla_apiserver::kinds::{meta, Kind};
+use flotilla_api::kinds::{meta, Kind};
 use flotilla_proto::api::object::Kind as O;
 
 /// kubectl's short age: `45s`, `3m20s`, `12m`, `5h4m`, `3d`.

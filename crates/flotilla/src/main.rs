@@ -3,6 +3,7 @@
 
 mod bench;
 mod master;
+mod scheduler;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +26,9 @@ struct Cli {
 enum Command {
     /// Run a master: the replicated store (etcd v3 API) and the apiserver (flotilla.api.v1).
     Master(Box<master::MasterArgs>),
+    /// Run a scheduler candidate of its own against any masters (every master also runs
+    /// one unless started with --disable-scheduler); the elected one places pods.
+    Scheduler(Box<scheduler::SchedulerArgs>),
     /// Load-test an etcd v3 endpoint (Flotilla or etcd), or compare the two.
     Bench(Box<bench::BenchArgs>),
     /// Manage objects and masters (the same as the `flotctl` binary).
@@ -48,6 +52,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let result = match cli.command {
         Command::Master(args) => master::run(*args),
+        Command::Scheduler(args) => scheduler::run(*args),
         Command::Bench(args) => bench::run(*args),
         Command::Ctl(_) => Ok(()),
     };

@@ -2,6 +2,7 @@
 //! configuration; then runs both.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -87,6 +88,15 @@ pub struct MasterArgs {
     /// must be given the same range [default: 10.96.0.0/12].
     #[arg(long, value_name = "CIDR")]
     service_cluster_ip_range: Option<String>,
+
+    /// Do not run a scheduler candidate in this master (by default every master runs one,
+    /// talking to its own apiserver; the elected one places pods). Run `flotilla scheduler`
+    /// elsewhere instead.
+    #[arg(long)]
+    disable_scheduler: bool,
+
+    #[command(flatten)]
+    scheduler: crate::scheduler::SchedulerFlags,
 }
 
 /// The YAML config file: the same settings as the flags.
@@ -108,14 +118,19 @@ struct FileConfig {
     snapshot_count: Option<u64>,
     request_timeout: Option<u64>,
     service_cluster_ip_range: Option<String>,
+    #[serde(default)]
+    disable_scheduler: bool,
 }
 
-/// What `flotilla master` runs: the store member and the apiserver beside it.
+/// What `flotilla master` runs: the store member, the apiserver beside it, and a
+/// scheduler candidate.
 pub struct MasterConfig {
     /// The store member.
     pub node: NodeConfig,
     /// The apiserver.
     pub api: ApiConfig,
+    /// The scheduler candidate (None: switched off).
+    pub scheduler: Option<flotilla_scheduler::SchedulerConfig>,
 }
 
 fn url(flag: &str, v: &str) -> anyhow::Result<Url> {
@@ -194,29 +209,63 @@ pub fn config(args: MasterArgs) -> anyhow::Result<MasterConfig> {
         snapshot_count,
         request_timeout: Duration::from_millis(args.request_timeout.or(file.request_timeout).unwrap_or(5000)),
     };
-    Ok(MasterConfig { node, api })
+    let scheduler = if args.disable_scheduler || file.disable_scheduler {
+        None
+    } else {
+        Some(args.scheduler.config(&format!("{}/{}", node.name, flotilla_client::elector::unique_identity()))?)
+    };
+    Ok(MasterConfig { node, api, scheduler })
 }
 
-/// Runs a master until SIGINT or SIGTERM.
+/// Runs a master until SIGINT or SIGTERM. On a graceful stop the scheduler candidate
+/// releases its lock first (a successor takes over at once), then the store stops.
 pub fn run(args: MasterArgs) -> anyhow::Result<()> {
     let cfg = config(args)?;
     let rt =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let shutdown = async {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+        let (stop_scheduler, scheduler_stopped) = tokio::sync::watch::channel(false);
+        let scheduler_task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let task = scheduler_task.clone();
+        let shutdown = async move {
+            crate::scheduler::signalled().await;
+            let _ = stop_scheduler.send(true);
+            let handle = task.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(h) = handle {
+                if tokio::time::timeout(Duration::from_secs(3), h).await.is_err() {
+                    tracing::warn!("the scheduler did not stop within 3 s");
+                }
             }
         };
         let api = cfg.api;
+        let scheduler = cfg.scheduler;
+        let own = cfg.node.advertise_client.to_string();
         flotilla_store::server::run(
             cfg.node,
-            move |node, routes| routes.add_service(flotilla_apiserver::service(node, api)),
+            move |node, routes| {
+                if let Some(sched) = scheduler {
+                    let metrics = Arc::new(flotilla_scheduler::SchedulerMetrics::new());
+                    let m = metrics.clone();
+                    node.metrics.add_renderer(Box::new(move || m.render()));
+                    let mut stopped = scheduler_stopped;
+                    let handle = tokio::spawn(async move {
+                        let stop = async move {
+                            let _ = stopped.wait_for(|s| *s).await;
+                        };
+                        let result = match flotilla_client::Client::new(&[own]) {
+                            Ok(client) => {
+                                flotilla_scheduler::run(client, sched, metrics, stop).await.map_err(|e| e.to_string())
+                            }
+                            Err(e) => Err(e.to_string()),
+                        };
+                        if let Err(e) = result {
+                            tracing::error!(error = %e, "the scheduler candidate stopped");
+                        }
+                    });
+                    *scheduler_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+                }
+                routes.add_service(flotilla_apiserver::service(node, api))
+            },
             shutdown,
         )
         .await

@@ -135,11 +135,11 @@ fn kind_name(o: &O) -> &'static str {
 }
 
 fn m(o: &O) -> pb::ObjectMeta {
-    flotilla_apiserver::kinds::meta(o).clone()
+    flotilla_api::kinds::meta(o).clone()
 }
 
 fn m_mut(o: &mut O) -> &mut pb::ObjectMeta {
-    flotilla_apiserver::kinds::meta_mut(o)
+    flotilla_api::kinds::meta_mut(o)
 }
 
 fn wrap(o: O) -> Option<pb::Object> {
@@ -151,7 +151,7 @@ fn inner(o: pb::Object) -> O {
 }
 
 async fn create(c: &mut ApiClient<Channel>, o: O) -> Result<O, tonic::Status> {
-    c.create(pb::CreateRequest { object: wrap(o) }).await.map(|r| inner(r.into_inner()))
+    c.create(pb::CreateRequest { object: wrap(o), ..Default::default() }).await.map(|r| inner(r.into_inner()))
 }
 
 async fn get(c: &mut ApiClient<Channel>, kind: &str, ns: &str, name: &str) -> Result<O, tonic::Status> {
@@ -196,8 +196,12 @@ fn every_kind_round_trips_create_get_list_update_delete() {
 
             let mut changed = created.clone();
             m_mut(&mut changed).labels.insert("touched".into(), "yes".into());
-            let updated =
-                inner(b.update(pb::UpdateRequest { object: wrap(changed) }).await.expect("update").into_inner());
+            let updated = inner(
+                b.update(pb::UpdateRequest { object: wrap(changed), ..Default::default() })
+                    .await
+                    .expect("update")
+                    .into_inner(),
+            );
             assert_eq!(m(&updated).labels.get("touched").map(String::as_str), Some("yes"));
             assert!(
                 m(&updated).resource_version.parse::<i64>().expect("rv")
@@ -241,11 +245,13 @@ fn stale_update_is_refused_with_both_versions() {
         if let O::Pod(p) = &mut v2 {
             p.spec.as_mut().expect("spec").containers[0].image = "busybox:1.37".into();
         }
-        let v2 = inner(a.update(pb::UpdateRequest { object: wrap(v2) }).await.expect("update").into_inner());
+        let v2 = inner(
+            a.update(pb::UpdateRequest { object: wrap(v2), ..Default::default() }).await.expect("update").into_inner(),
+        );
         assert_eq!(m(&v2).generation, 2, "image change is a spec change");
         let mut stale = v1.clone();
         m_mut(&mut stale).labels.insert("x".into(), "y".into());
-        let e = a.update(pb::UpdateRequest { object: wrap(stale) }).await.expect_err("stale");
+        let e = a.update(pb::UpdateRequest { object: wrap(stale), ..Default::default() }).await.expect_err("stale");
         assert_eq!(e.code(), Code::Aborted);
         assert!(
             e.message().contains(&m(&v1).resource_version) && e.message().contains(&m(&v2).resource_version),
@@ -278,7 +284,7 @@ fn concurrent_cas_updates_lose_nothing() {
                     let read_rv = m(&cur).resource_version.clone();
                     let n: i64 = m(&cur).annotations["count"].parse().expect("count");
                     m_mut(&mut cur).annotations.insert("count".into(), (n + 1).to_string());
-                    match c.update(pb::UpdateRequest { object: wrap(cur) }).await {
+                    match c.update(pb::UpdateRequest { object: wrap(cur), ..Default::default() }).await {
                         Ok(_) => wins.push(read_rv),
                         Err(e) if e.code() == Code::Aborted => {}
                         Err(e) => panic!("update: {e:?}"),
@@ -406,7 +412,7 @@ fn list_selectors_and_pages_are_one_snapshot() {
 }
 
 /// Services get distinct cluster IPs from the range; a deleted service's IP is freed;
-/// a pod binds to a node once.
+/// a pod binds only to a node that exists, and only once.
 #[test]
 fn service_ips_are_unique_and_binding_happens_once() {
     let c = Cluster::start(3, &["--service-cluster-ip-range", "10.100.0.0/29"]);
@@ -450,8 +456,15 @@ fn service_ips_are_unique_and_binding_happens_once() {
             namespace: "default".into(),
             name: "b".into(),
             node_name: node.into(),
-            uid: String::new(),
+            ..Default::default()
         };
+        let e = a.bind(bind("n1")).await.expect_err("no such node yet");
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        assert!(e.message().contains("does not exist"), "{}", e.message());
+        for n in ["n1", "n2"] {
+            let node = O::Node(pb::Node { metadata: meta("", n, &[]), ..Default::default() });
+            create(&mut a, node).await.expect("node");
+        }
         let bound = inner(a.bind(bind("n1")).await.expect("bind").into_inner());
         let O::Pod(p) = &bound else { unreachable!() };
         assert_eq!(p.spec.as_ref().expect("spec").node_name, "n1");
@@ -476,6 +489,7 @@ fn merge_patch_changes_what_it_names() {
             name: "p".into(),
             merge_patch: body.as_bytes().to_vec(),
             status,
+            ..Default::default()
         };
         let p = inner(
             a.patch(patch(r#"{"metadata":{"labels":{"a":null,"c":"3"}}}"#, false)).await.expect("patch").into_inner(),
@@ -532,7 +546,7 @@ fn finalizers_hold_deletion_and_namespace_deletion_cascades() {
         assert!(!m(&marked).deletion_timestamp.is_empty());
         let mut cleared = marked.clone();
         m_mut(&mut cleared).finalizers.clear();
-        a.update(pb::UpdateRequest { object: wrap(cleared) }).await.expect("remove finalizer");
+        a.update(pb::UpdateRequest { object: wrap(cleared), ..Default::default() }).await.expect("remove finalizer");
         assert_eq!(get(&mut a, "Pod", "team", "held").await.expect_err("gone").code(), Code::NotFound);
 
         let svc = O::Service(pb::Service {
@@ -610,7 +624,7 @@ fn watch_resumed_on_another_master_sees_every_event_once() {
         assert_eq!(e.r#type, "ADDED");
         let mut relabel = get(&mut a, "Pod", "default", "w0").await.expect("get");
         m_mut(&mut relabel).labels.insert("v".into(), "2".into());
-        a.update(pb::UpdateRequest { object: wrap(relabel) }).await.expect("update");
+        a.update(pb::UpdateRequest { object: wrap(relabel), ..Default::default() }).await.expect("update");
         let e2 = next_event(&mut s).await;
         assert_eq!(e2.r#type, "MODIFIED");
         let rv = m(&inner(e2.object.expect("object"))).resource_version;
@@ -720,5 +734,103 @@ fn idle_watch_gets_bookmarks() {
         assert_eq!(e.r#type, "BOOKMARK");
         let at: i64 = m(&inner(e.object.expect("object"))).resource_version.parse().expect("rv");
         assert!(at >= rv, "bookmark at {at}, watch from {rv}");
+    });
+}
+
+/// Fencing, enforced by the store (docs/rfcs/0001-fenced-leadership.md): a write carrying
+/// a lock's token is applied while the lock has that holder and term, and refused as
+/// `fenced` — with nothing written — once it has another; a lock's term must grow when
+/// its holder changes; a token for a lock that does not exist fences everything.
+#[test]
+fn fenced_writes_are_refused_once_the_lock_changes_holder() {
+    let c = Cluster::start(3, &[]);
+    let (u1, u2) = (c.members[0].url(), c.members[1].url());
+    rt().block_on(async {
+        let (mut a, mut b) = (api(&u1).await, api(&u2).await);
+        let lease = |holder: &str, term: i32, rv: &str| {
+            let mut m = meta("kube-system", "lock", &[]).expect("meta");
+            m.resource_version = rv.into();
+            O::Lease(pb::Lease {
+                metadata: Some(m),
+                spec: Some(pb::LeaseSpec {
+                    holder_identity: holder.into(),
+                    lease_transitions: term,
+                    ..Default::default()
+                }),
+            })
+        };
+        let token = |holder: &str, term: i32| pb::FenceToken {
+            lease_namespace: "kube-system".into(),
+            lease_name: "lock".into(),
+            holder_identity: holder.into(),
+            term,
+        };
+        let fenced_create = |name: &str, t: pb::FenceToken| pb::CreateRequest {
+            object: wrap(pod("default", name, &[])),
+            fence: Some(t),
+        };
+        let e = a.create(fenced_create("early", token("a", 0))).await.expect_err("no lock yet");
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        assert!(e.message().starts_with("fenced: "), "{}", e.message());
+
+        let held = create(&mut a, lease("a", 0, "")).await.expect("lease");
+        a.create(fenced_create("p1", token("a", 0))).await.expect("the holder writes");
+        // Renewals (the holder rewrites its lease) do not fence the holder.
+        let renewed = inner(
+            a.update(pb::UpdateRequest {
+                object: wrap(lease("a", 0, &m(&held).resource_version)),
+                ..Default::default()
+            })
+            .await
+            .expect("renew")
+            .into_inner(),
+        );
+        b.create(fenced_create("p2", token("a", 0))).await.expect("still the holder, through any master");
+
+        // Another holder without a new term is refused.
+        let e = a
+            .update(pb::UpdateRequest {
+                object: wrap(lease("b", 0, &m(&renewed).resource_version)),
+                ..Default::default()
+            })
+            .await
+            .expect_err("same term");
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("spec.leaseTransitions"), "{}", e.message());
+        a.update(pb::UpdateRequest {
+            object: wrap(lease("b", 1, &m(&renewed).resource_version)),
+            ..Default::default()
+        })
+        .await
+        .expect("takeover");
+
+        // The deposed holder's writes are refused and write nothing; the new one's pass.
+        let e = b.create(fenced_create("p3", token("a", 0))).await.expect_err("deposed");
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        assert!(e.message().contains("held by \"b\" in term 1"), "{}", e.message());
+        assert_eq!(get(&mut a, "Pod", "default", "p3").await.expect_err("not written").code(), Code::NotFound);
+        let bind = pb::BindRequest {
+            namespace: "default".into(),
+            name: "p1".into(),
+            node_name: "n1".into(),
+            fence: Some(token("a", 0)),
+            ..Default::default()
+        };
+        let e = a.bind(bind).await.expect_err("deposed bind");
+        assert!(e.message().starts_with("fenced: "), "{}", e.message());
+        let del = pb::DeleteRequest {
+            kind: "Pod".into(),
+            namespace: "default".into(),
+            name: "p1".into(),
+            fence: Some(token("a", 0)),
+            ..Default::default()
+        };
+        assert!(a.delete(del).await.expect_err("deposed delete").message().starts_with("fenced: "));
+        get(&mut b, "Pod", "default", "p1").await.expect("p1 still there");
+        b.create(fenced_create("p4", token("b", 1))).await.expect("the new holder writes");
+        // A malformed token is named.
+        let e = a.create(fenced_create("p5", token("", 1))).await.expect_err("bad token");
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("fence.holderIdentity"), "{}", e.message());
     });
 }

@@ -12,6 +12,8 @@ use prometheus_client::registry::Registry;
 /// Every metric this member exports.
 pub struct Metrics {
     registry: Registry,
+    /// Renderers of components in the same process, appended to `/metrics`.
+    extra: std::sync::Mutex<Vec<Box<dyn Fn() -> String + Send + Sync>>>,
     /// Current Raft term.
     pub raft_term: Gauge<i64, std::sync::atomic::AtomicI64>,
     /// 1 when this member knows a leader.
@@ -54,6 +56,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("flotilla");
         let mut m = Metrics {
             registry: Registry::default(),
+            extra: std::sync::Mutex::new(Vec::new()),
             raft_term: Gauge::default(),
             has_leader: Gauge::default(),
             is_leader: Gauge::default(),
@@ -97,11 +100,23 @@ impl Metrics {
         self.fsync_batch.observe(batch as f64);
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// Adds the metrics of a component running in the same process (the scheduler
+    /// candidate) to `/metrics`: `render` gives their OpenMetrics text.
+    pub fn add_renderer(&self, render: Box<dyn Fn() -> String + Send + Sync>) {
+        self.extra.lock().unwrap_or_else(|p| p.into_inner()).push(render);
+    }
+
+    /// The Prometheus text exposition of every metric (one `# EOF` at the end).
     pub fn render(&self) -> String {
         let mut s = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut s, &self.registry);
+        for r in self.extra.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            if let Some(body) = s.strip_suffix("# EOF\n") {
+                s = body.to_string();
+            }
+            s.push_str(&r());
+        }
         s
     }
 }

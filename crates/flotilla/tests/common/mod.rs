@@ -87,8 +87,18 @@ impl Cluster {
         }
     }
 
-    /// Starts `n` members with extra flags, and waits for a leader.
+    /// Starts `n` members with extra flags, and waits for a leader. The masters' own
+    /// scheduler candidates are switched off (they would place, or mark unschedulable,
+    /// the pods API tests create): see [`Cluster::start_with_scheduler`].
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        let mut flags = vec!["--disable-scheduler"];
+        flags.extend_from_slice(extra);
+        Cluster::start_with_scheduler(n, &flags)
+    }
+
+    /// Starts `n` members with extra flags (each running a scheduler candidate unless the
+    /// flags say otherwise), and waits for a leader.
+    pub fn start_with_scheduler(n: usize, extra: &[&str]) -> Cluster {
         let turn = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().expect("tempdir");
         let mut members = Vec::new();

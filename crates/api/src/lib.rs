@@ -1,0 +1,23 @@
+//! Flotilla's resource kinds as every client and the server share them (the role of
+//! Kubernetes' `k8s.io/api` + apimachinery): [`kinds`] knows each kind's name, scope and
+//! JSON/protobuf forms; [`defaults`] and [`validate`] are the boundary every object
+//! crosses (each violation names its field path); [`select`] matches objects against
+//! label and field selectors.
+//!
+//! Must not depend on the store, the apiserver, RocksDB or a runtime: `flotctl`, the
+//! scheduler, the controllers and the kubelet link it (`cargo tree -p flotilla-api` shows
+//! no RocksDB).
+
+pub mod defaults;
+pub mod error;
+pub mod fence;
+pub mod kinds;
+pub mod select;
+pub mod validate;
+
+pub use error::Error;
+pub use fence::Fence;
+pub use kinds::Kind;
+
+#[cfg(test)]
+mod tests;

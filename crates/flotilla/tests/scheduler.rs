@@ -1,0 +1,199 @@
+//! The scheduler against three real masters, each running a scheduler candidate: the
+//! elected one places pods (by each filter and score), reports pods that fit nowhere,
+//! and only one candidate leads at a time.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use flotilla_client::{Client, ListParams};
+use flotilla_proto::api as pb;
+
+fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+    kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// A Ready node with `cpu` cores, 8 GiB and room for 20 pods.
+fn node(name: &str, cpu: &str, node_labels: &[(&str, &str)], taints: Vec<pb::Taint>) -> pb::Node {
+    let cap: BTreeMap<String, String> = labels(&[("cpu", cpu), ("memory", "8Gi"), ("pods", "20")]);
+    pb::Node {
+        metadata: Some(pb::ObjectMeta { name: name.into(), labels: labels(node_labels), ..Default::default() }),
+        spec: Some(pb::NodeSpec { taints, ..Default::default() }),
+        status: Some(pb::NodeStatus {
+            capacity: cap.clone(),
+            allocatable: cap,
+            conditions: vec![pb::Condition { r#type: "Ready".into(), status: "True".into(), ..Default::default() }],
+            ..Default::default()
+        }),
+    }
+}
+
+fn pod(name: &str, cpu: &str, f: impl FnOnce(&mut pb::PodSpec)) -> pb::Pod {
+    let mut spec = pb::PodSpec {
+        containers: vec![pb::Container {
+            name: "main".into(),
+            image: "busybox:1.36".into(),
+            resources: Some(pb::ResourceRequirements {
+                requests: labels(&[("cpu", cpu), ("memory", "64Mi")]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    f(&mut spec);
+    pb::Pod {
+        metadata: Some(pb::ObjectMeta { name: name.into(), namespace: "default".into(), ..Default::default() }),
+        spec: Some(spec),
+        status: None,
+    }
+}
+
+fn endpoints(c: &Cluster) -> Vec<String> {
+    c.members.iter().map(|m| m.endpoint()).collect()
+}
+
+/// Waits until `pod` is bound; its node.
+async fn bound_node(client: &Client, name: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let p: pb::Pod = client.get("default", name).await.expect("get pod");
+        let node = p.spec.map(|s| s.node_name).unwrap_or_default();
+        if !node.is_empty() {
+            return node;
+        }
+        assert!(std::time::Instant::now() < deadline, "pod {name} was not bound within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `pod` is reported unschedulable; the condition's message.
+async fn unschedulable_message(client: &Client, name: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let p: pb::Pod = client.get("default", name).await.expect("get pod");
+        assert!(p.spec.as_ref().is_some_and(|s| s.node_name.is_empty()), "{name} must stay unbound");
+        let cond = p.status.iter().flat_map(|s| &s.conditions).find(|c| c.r#type == "PodScheduled").cloned();
+        if let Some(c) = cond {
+            assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Unschedulable"));
+            return c.message;
+        }
+        assert!(std::time::Instant::now() < deadline, "pod {name} was not reported within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Exactly one master's scheduler leads (`flotilla_scheduler_is_leader`).
+fn leaders(c: &Cluster) -> usize {
+    c.members.iter().filter(|m| metric(m, "flotilla_scheduler_is_leader") == Some(1.0)).count()
+}
+
+/// Every filter: a pod goes only where it fits (cpu), where its nodeSelector and required
+/// affinity match, where it tolerates the taints, and where its host port is free; one
+/// that fits nowhere stays Pending with a reason counting each cause, and an Event.
+#[test]
+fn pods_go_only_where_every_filter_allows_and_the_rest_are_told_why() {
+    let c = Cluster::start_with_scheduler(3, &[]);
+    let rt = rt();
+    rt.block_on(async {
+        let client = Client::new(&endpoints(&c)).expect("client");
+        let dedicated = pb::Taint {
+            key: "dedicated".into(),
+            value: "db".into(),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        };
+        for n in [
+            node("small", "1", &[("disk", "hdd")], vec![]),
+            node("big", "8", &[("disk", "ssd"), ("gen", "5")], vec![]),
+            node("db", "8", &[("disk", "ssd"), ("gen", "3")], vec![dedicated]),
+        ] {
+            client.create(n).await.expect("node");
+        }
+        // Resources: 2 cores fit only on big (db is tainted).
+        client.create(pod("cpu", "2", |_| {})).await.expect("pod");
+        assert_eq!(bound_node(&client, "cpu").await, "big");
+        // nodeSelector: ssd, untainted → big.
+        client.create(pod("sel", "100m", |s| s.node_selector = labels(&[("disk", "ssd")]))).await.expect("pod");
+        assert_eq!(bound_node(&client, "sel").await, "big");
+        // Required affinity with Lt, and a toleration → db.
+        client
+            .create(pod("aff", "100m", |s| {
+                s.affinity = Some(pb::Affinity {
+                    node_affinity: Some(pb::NodeAffinity {
+                        required_during_scheduling_ignored_during_execution: Some(pb::NodeSelector {
+                            node_selector_terms: vec![pb::NodeSelectorTerm {
+                                match_expressions: vec![pb::NodeSelectorRequirement {
+                                    key: "gen".into(),
+                                    operator: "Lt".into(),
+                                    values: vec!["4".into()],
+                                }],
+                            }],
+                        }),
+                        ..Default::default()
+                    }),
+                });
+                s.tolerations = vec![pb::Toleration {
+                    key: "dedicated".into(),
+                    operator: "Equal".into(),
+                    value: "db".into(),
+                    ..Default::default()
+                }];
+            }))
+            .await
+            .expect("pod");
+        assert_eq!(bound_node(&client, "aff").await, "db");
+        // Host ports: two pods want 8080 on hdd nodes; only small has hdd.
+        let port = |s: &mut pb::PodSpec| {
+            s.node_selector = labels(&[("disk", "hdd")]);
+            s.containers[0].ports =
+                vec![pb::ContainerPort { container_port: 80, host_port: 8080, ..Default::default() }];
+        };
+        client.create(pod("port1", "100m", port)).await.expect("pod");
+        assert_eq!(bound_node(&client, "port1").await, "small");
+        client.create(pod("port2", "100m", port)).await.expect("pod");
+        let msg = unschedulable_message(&client, "port2").await;
+        assert!(msg.starts_with("0/3 nodes are available: "), "{msg}");
+        assert!(msg.contains("1 node(s) didn't have free ports for the requested pod ports"), "{msg}");
+        assert!(msg.contains("1 node(s) didn't match Pod's node affinity/selector"), "{msg}");
+        assert!(msg.contains("1 node(s) had untolerated taint {dedicated: db}"), "{msg}");
+        // Too big for any node: every cause counted.
+        client.create(pod("huge", "16", |_| {})).await.expect("pod");
+        let msg = unschedulable_message(&client, "huge").await;
+        assert!(msg.contains("2 Insufficient cpu"), "{msg}");
+        assert!(msg.contains("1 node(s) had untolerated taint {dedicated: db}"), "{msg}");
+        let events = client
+            .list::<pb::Event>(&ListParams {
+                namespace: "default".into(),
+                field_selector: "involvedObject.name=huge".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("events");
+        assert!(events.items.iter().any(|e| e.reason == "FailedScheduling" && e.message == msg), "{:?}", events.items);
+        // Nothing else moved.
+        let port2: pb::Pod = client.get("default", "port2").await.expect("get");
+        assert!(port2.spec.expect("spec").node_name.is_empty());
+    });
+    assert_eq!(leaders(&c), 1, "exactly one scheduler leads");
+}
+
+/// A pod that fits nowhere is placed as soon as a node that fits it appears: it waits
+/// for a cluster change, not for a timer.
+#[test]
+fn an_unschedulable_pod_is_placed_when_a_node_that_fits_appears() {
+    let c = Cluster::start_with_scheduler(3, &[]);
+    rt().block_on(async {
+        let client = Client::new(&endpoints(&c)).expect("client");
+        client.create(node("n1", "1", &[], vec![])).await.expect("node");
+        client.create(pod("wide", "4", |_| {})).await.expect("pod");
+        let msg = unschedulable_message(&client, "wide").await;
+        assert!(msg.contains("1 Insufficient cpu"), "{msg}");
+        client.create(node("n2", "8", &[], vec![])).await.expect("node");
+        // bound_node gives up after 30 s, far below the queue's 60 s safety flush: only
+        // the node's arrival can have woken the pod in time.
+        assert_eq!(bound_node(&client, "wide").await, "n2");
+    });
+}
