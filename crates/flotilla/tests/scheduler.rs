@@ -197,3 +197,125 @@ fn an_unschedulable_pod_is_placed_when_a_node_that_fits_appears() {
         assert_eq!(bound_node(&client, "wide").await, "n2");
     });
 }
+
+/// Scores, each in a setup where the others would choose differently: a ReplicaSet's pods
+/// spread over zones; a PreferNoSchedule taint steers pods away from the emptiest node;
+/// preferred node affinity wins over being emptiest. (Balanced and least allocated, which
+/// agree on small pods, each have a test of their own below.)
+#[test]
+fn scores_pick_the_best_node() {
+    let c = Cluster::start_with_scheduler(3, &[]);
+    rt().block_on(async {
+        let client = Client::new(&endpoints(&c)).expect("client");
+        let prefer = pb::Taint { key: "spot".into(), effect: "PreferNoSchedule".into(), ..Default::default() };
+        for n in [
+            node("a1", "4", &[("topology.kubernetes.io/zone", "a"), ("disk", "ssd")], vec![]),
+            node("a2", "4", &[("topology.kubernetes.io/zone", "a")], vec![]),
+            node("b1", "4", &[("topology.kubernetes.io/zone", "b")], vec![prefer]),
+        ] {
+            client.create(n).await.expect("node");
+        }
+        // Spread: two replicas of a ReplicaSet already run on a1 (zone a), and another pod
+        // loads b1 a little. Resources alone would pick a2; spreading over zones picks b1.
+        let owner = pb::OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: "ReplicaSet".into(),
+            name: "web".into(),
+            uid: "rs-web-uid".into(),
+            controller: true,
+            ..Default::default()
+        };
+        let tolerate = |s: &mut pb::PodSpec| {
+            s.tolerations =
+                vec![pb::Toleration { key: "spot".into(), operator: "Exists".into(), ..Default::default() }];
+        };
+        for (name, on, cpu, owned) in
+            [("web-0", "a1", "10m", true), ("web-1", "a1", "10m", true), ("filler", "b1", "500m", false)]
+        {
+            let mut p = pod(name, cpu, |s| {
+                tolerate(s);
+                s.node_name = on.into();
+            });
+            if owned {
+                p.metadata.as_mut().expect("meta").owner_references = vec![owner.clone()];
+            }
+            client.create(p).await.expect("pod");
+        }
+        let mut p = pod("web-2", "10m", tolerate);
+        p.metadata.as_mut().expect("meta").owner_references = vec![owner.clone()];
+        client.create(p).await.expect("pod");
+        assert_eq!(bound_node(&client, "web-2").await, "b1", "the other zone, though b1 is busier");
+        client.delete::<pb::Pod>("default", "filler", &Default::default()).await.expect("delete");
+        // Now a1 and a2 carry a core each, b1 almost nothing: b1 is the emptiest node.
+        for (name, on) in [("load-a1", "a1"), ("load-a2", "a2")] {
+            client.create(pod(name, "1", |s| s.node_name = on.into())).await.expect("pod");
+        }
+        // PreferNoSchedule: a pod that does not tolerate b1's taint avoids it anyway.
+        client.create(pod("plain", "100m", |_| {})).await.expect("pod");
+        assert_ne!(bound_node(&client, "plain").await, "b1", "PreferNoSchedule steers away from the emptiest node");
+        // Least allocated: one that tolerates it takes the emptiest node.
+        client.create(pod("least", "100m", tolerate)).await.expect("pod");
+        assert_eq!(bound_node(&client, "least").await, "b1", "the least allocated node");
+        // Preferred affinity (ssd, weight 100) wins over being least allocated.
+        client
+            .create(pod("prefers-ssd", "100m", |s| {
+                tolerate(s);
+                s.affinity = Some(pb::Affinity {
+                    node_affinity: Some(pb::NodeAffinity {
+                        preferred_during_scheduling_ignored_during_execution: vec![pb::PreferredSchedulingTerm {
+                            weight: 100,
+                            preference: Some(pb::NodeSelectorTerm {
+                                match_expressions: vec![pb::NodeSelectorRequirement {
+                                    key: "disk".into(),
+                                    operator: "In".into(),
+                                    values: vec!["ssd".into()],
+                                }],
+                            }),
+                        }],
+                        ..Default::default()
+                    }),
+                });
+            }))
+            .await
+            .expect("pod");
+        assert_eq!(bound_node(&client, "prefers-ssd").await, "a1");
+    });
+}
+
+/// Balanced allocation: a memory-heavy pod goes to the node whose cpu is already used, so
+/// that its cpu and memory end up used alike, rather than to the emptier node.
+#[test]
+fn a_lopsided_pod_goes_where_it_balances_the_node() {
+    let c = Cluster::start_with_scheduler(3, &[]);
+    rt().block_on(async {
+        let client = Client::new(&endpoints(&c)).expect("client");
+        for n in ["x1", "x2"] {
+            client.create(node(n, "4", &[], vec![])).await.expect("node");
+        }
+        client.create(pod("cpu-heavy", "3", |s| s.node_name = "x1".into())).await.expect("pod");
+        let mut p = pod("mem-heavy", "0", |_| {});
+        let req = &mut p.spec.as_mut().expect("spec").containers[0].resources.as_mut().expect("resources").requests;
+        req.insert("memory".into(), "6Gi".into());
+        client.create(p).await.expect("pod");
+        assert_eq!(bound_node(&client, "mem-heavy").await, "x1");
+    });
+}
+
+/// Least allocated (balanced allocation switched off, which on small pods would agree):
+/// small pods all go to the emptier node while it stays emptier.
+#[test]
+fn small_pods_go_to_the_least_allocated_node() {
+    let c = Cluster::start_with_scheduler(3, &["--scheduler-weights", "NodeResourcesBalancedAllocation=0"]);
+    rt().block_on(async {
+        let client = Client::new(&endpoints(&c)).expect("client");
+        for n in ["x1", "x2"] {
+            client.create(node(n, "4", &[], vec![])).await.expect("node");
+        }
+        client.create(pod("busy", "2", |s| s.node_name = "x1".into())).await.expect("pod");
+        for i in 0..5 {
+            let name = format!("small-{i}");
+            client.create(pod(&name, "100m", |_| {})).await.expect("pod");
+            assert_eq!(bound_node(&client, &name).await, "x2", "{name}");
+        }
+    });
+}
