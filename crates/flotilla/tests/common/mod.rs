@@ -41,6 +41,8 @@ pub struct Member {
     pub log: PathBuf,
     pub child: Option<Child>,
     pub extra_args: Vec<String>,
+    /// Environment variables of its process (fault switches).
+    pub env: Vec<(String, String)>,
 }
 
 impl Member {
@@ -84,6 +86,7 @@ impl Cluster {
             log: self.dir.path().join(format!("{name}.log")),
             child: None,
             extra_args: vec![],
+            env: vec![],
         }
     }
 
@@ -99,6 +102,11 @@ impl Cluster {
     /// Starts `n` members with extra flags (each running a scheduler candidate unless the
     /// flags say otherwise), and waits for a leader.
     pub fn start_with_scheduler(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_with_env(n, extra, &[])
+    }
+
+    /// Like [`Cluster::start_with_scheduler`], with environment variables for every member.
+    pub fn start_with_env(n: usize, extra: &[&str], env: &[(&str, &str)]) -> Cluster {
         let turn = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().expect("tempdir");
         let mut members = Vec::new();
@@ -112,6 +120,7 @@ impl Cluster {
                 log: dir.path().join(format!("n{i}.log")),
                 child: None,
                 extra_args: extra.iter().map(|s| s.to_string()).collect(),
+                env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             });
         }
         let initial_cluster =
@@ -135,6 +144,7 @@ impl Cluster {
             .args(["--listen-metrics", &format!("http://127.0.0.1:{}", m.metrics)])
             .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-state", state])
             .args(&m.extra_args)
+            .envs(m.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("FLOTILLA_LOG", std::env::var("FLOTILLA_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
             .stdout(Stdio::null())
             .stderr(log)

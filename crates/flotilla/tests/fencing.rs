@@ -1,0 +1,235 @@
+//! Fencing proven by the store, not by the elector's good manners: a scheduler that keeps
+//! acting after losing its lock (the debug-only FLOTILLA_FAULT_IGNORE_LEADERSHIP_LOSS) has
+//! every bind, status write and Event refused as fenced, and no pod is bound twice. CI
+//! also runs these tests with the apiserver's fence compare switched off
+//! (FLOTILLA_FAULT_NO_FENCE=1) and requires them to fail.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use flotilla_client::{Client, ListParams};
+use flotilla_proto::api as pb;
+
+fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+    kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn node(name: &str) -> pb::Node {
+    let cap = labels(&[("cpu", "64"), ("memory", "64Gi"), ("pods", "200")]);
+    pb::Node {
+        metadata: Some(pb::ObjectMeta { name: name.into(), ..Default::default() }),
+        spec: None,
+        status: Some(pb::NodeStatus {
+            capacity: cap.clone(),
+            allocatable: cap,
+            conditions: vec![pb::Condition { r#type: "Ready".into(), status: "True".into(), ..Default::default() }],
+            ..Default::default()
+        }),
+    }
+}
+
+fn pod(name: &str, cpu: &str) -> pb::Pod {
+    pb::Pod {
+        metadata: Some(pb::ObjectMeta { name: name.into(), namespace: "default".into(), ..Default::default() }),
+        spec: Some(pb::PodSpec {
+            containers: vec![pb::Container {
+                name: "main".into(),
+                image: "busybox:1.36".into(),
+                resources: Some(pb::ResourceRequirements { requests: labels(&[("cpu", cpu)]), ..Default::default() }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// A `flotilla scheduler` process; killed when dropped.
+struct Scheduler {
+    child: Child,
+    metrics: u16,
+}
+
+impl Scheduler {
+    fn start(c: &Cluster, identity: &str, ignore_loss: bool) -> Scheduler {
+        let metrics = free_port();
+        let log = std::fs::File::create(c.dir.path().join(format!("scheduler-{identity}.log"))).expect("log");
+        let mut cmd = Command::new(bin());
+        cmd.args(["scheduler", "--masters", &c.endpoints(), "--identity", identity])
+            .args(["--listen-metrics", &format!("127.0.0.1:{metrics}")])
+            .env("FLOTILLA_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        if ignore_loss {
+            cmd.env("FLOTILLA_FAULT_IGNORE_LEADERSHIP_LOSS", "1");
+        }
+        Scheduler { child: cmd.spawn().expect("spawn flotilla scheduler"), metrics }
+    }
+
+    fn metric(&self, name: &str) -> Option<f64> {
+        metric_at(self.metrics, name)
+    }
+
+    fn signal(&self, sig: &str) {
+        signal(self.child.id(), sig);
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().expect("kill").success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+/// Reads a metric from `/metrics` on a local port.
+fn metric_at(port: u16, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Waits for `f`, up to `within`.
+fn wait_for(c: &Cluster, within: Duration, what: &str, f: impl FnMut() -> bool) {
+    c.eventually(within, what, f);
+}
+
+/// Creates `n` schedulable pods named `prefix-i` and one that fits nowhere, and waits
+/// until the first are bound and the last is reported unschedulable.
+async fn churn(c: &Cluster, client: &Client, prefix: &str, n: usize) {
+    for i in 0..n {
+        client.create(pod(&format!("{prefix}-{i}"), "100m")).await.expect("pod");
+    }
+    client.create(pod(&format!("{prefix}-huge"), "1000")).await.expect("pod");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pods = client.list::<pb::Pod>(&ListParams { namespace: "default".into(), ..Default::default() }).await;
+        let pods = pods.expect("list").items;
+        let mine: Vec<&pb::Pod> =
+            pods.iter().filter(|p| p.metadata.as_ref().is_some_and(|m| m.name.starts_with(prefix))).collect();
+        let bound = mine.iter().filter(|p| p.spec.as_ref().is_some_and(|s| !s.node_name.is_empty())).count();
+        let reported = mine.iter().any(|p| {
+            p.status.iter().flat_map(|s| &s.conditions).any(|c| c.r#type == "PodScheduled" && c.status == "False")
+        });
+        if bound == n && reported {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{prefix}: {bound}/{n} bound, reported: {reported}\n{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every pod has at most one Scheduled Event, and the node its Event names is the node
+/// it is bound to: no pod was bound twice, and no deposed scheduler's Event landed.
+async fn bound_once(client: &Client) {
+    let events = client
+        .list::<pb::Event>(&ListParams { namespace: "default".into(), ..Default::default() })
+        .await
+        .expect("events")
+        .items;
+    let pods = client.list::<pb::Pod>(&ListParams { namespace: "default".into(), ..Default::default() }).await;
+    for p in pods.expect("pods").items {
+        let m = p.metadata.clone().unwrap_or_default();
+        let node = p.spec.map(|s| s.node_name).unwrap_or_default();
+        let scheduled: Vec<&pb::Event> = events
+            .iter()
+            .filter(|e| e.reason == "Scheduled" && e.involved_object.as_ref().is_some_and(|o| o.name == m.name))
+            .collect();
+        assert!(scheduled.len() <= 1, "{}: {} Scheduled events: {scheduled:?}", m.name, scheduled.len());
+        assert!(scheduled.iter().all(|e| e.message.ends_with(&format!(" to {node}"))), "{}: {scheduled:?}", m.name);
+        if let Some(e) = scheduled.first() {
+            assert_eq!(e.count, 1, "{}: {e:?}", m.name);
+        }
+    }
+}
+
+/// Two standalone schedulers. The first, which ignores losing its lock, leads and is then
+/// SIGSTOPped past its lease; the second takes over and places pods. Resumed, the first
+/// goes on scheduling as if it led: the store refuses its binds, status writes and Events
+/// as fenced, and every pod is bound once, by the second.
+#[test]
+fn a_paused_standalone_scheduler_is_fenced_when_it_wakes() {
+    let c = Cluster::start(3, &[]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = rt.block_on(async {
+        let client = Client::new(&c.members.iter().map(|m| m.endpoint()).collect::<Vec<_>>()).expect("client");
+        for n in ["n1", "n2", "n3"] {
+            client.create(node(n)).await.expect("node");
+        }
+        client
+    });
+    let first = Scheduler::start(&c, "first", true);
+    wait_for(&c, Duration::from_secs(30), "the first scheduler leads", || {
+        first.metric("flotilla_scheduler_is_leader") == Some(1.0)
+    });
+    rt.block_on(churn(&c, &client, "before", 5));
+    first.signal("STOP");
+    let second = Scheduler::start(&c, "second", false);
+    wait_for(&c, Duration::from_secs(30), "the second scheduler takes over", || {
+        second.metric("flotilla_scheduler_is_leader") == Some(1.0)
+    });
+    rt.block_on(churn(&c, &client, "during", 5));
+    first.signal("CONT");
+    rt.block_on(churn(&c, &client, "after", 20));
+    wait_for(&c, Duration::from_secs(30), "the woken scheduler's writes are refused as fenced", || {
+        first.metric("flotilla_scheduler_fenced_writes_total").is_some_and(|n| n > 0.0)
+    });
+    assert_eq!(first.metric("flotilla_scheduler_is_leader"), Some(1.0), "it still believes it leads (the fault)");
+    rt.block_on(bound_once(&client));
+}
+
+/// The same with whole masters: the master whose scheduler candidate leads is SIGSTOPped
+/// (its store member too) past the lock's lease; another master's candidate takes over;
+/// the first, resumed, is fenced through its own apiserver.
+#[test]
+fn a_paused_master_scheduler_is_fenced_when_it_wakes() {
+    // Every master's candidate ignores losing its lock: the worst case.
+    let c = Cluster::start_with_env(3, &[], &[("FLOTILLA_FAULT_IGNORE_LEADERSHIP_LOSS", "1")]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = rt.block_on(async {
+        let client = Client::new(&c.members.iter().map(|m| m.endpoint()).collect::<Vec<_>>()).expect("client");
+        for n in ["n1", "n2", "n3"] {
+            client.create(node(n)).await.expect("node");
+        }
+        client
+    });
+    let leading = |c: &Cluster| {
+        (0..3).filter(|&i| metric(&c.members[i], "flotilla_scheduler_is_leader") == Some(1.0)).collect::<Vec<_>>()
+    };
+    let mut first = None;
+    wait_for(&c, Duration::from_secs(30), "a master's scheduler leads", || {
+        first = leading(&c).first().copied();
+        first.is_some()
+    });
+    let first = first.expect("leader");
+    rt.block_on(churn(&c, &client, "before", 5));
+    let pid = c.members[first].child.as_ref().expect("running").id();
+    signal(pid, "STOP");
+    let others: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+    wait_for(&c, Duration::from_secs(30), "another master's scheduler takes over", || {
+        others.iter().any(|&i| metric(&c.members[i], "flotilla_scheduler_is_leader") == Some(1.0))
+    });
+    rt.block_on(churn(&c, &client, "during", 5));
+    signal(pid, "CONT");
+    rt.block_on(churn(&c, &client, "after", 20));
+    wait_for(&c, Duration::from_secs(30), "the woken master's scheduler is refused as fenced", || {
+        metric(&c.members[first], "flotilla_scheduler_fenced_writes_total").is_some_and(|n| n > 0.0)
+    });
+    rt.block_on(bound_once(&client));
+}
