@@ -252,14 +252,18 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
                         let stop = async move {
                             let _ = stopped.wait_for(|s| *s).await;
                         };
-                        let result = match flotilla_client::Client::new(&[own]) {
-                            Ok(client) => {
-                                flotilla_scheduler::run(client, sched, metrics, stop).await.map_err(|e| e.to_string())
-                            }
-                            Err(e) => Err(e.to_string()),
+                        let client = match flotilla_client::Client::new(&[own]) {
+                            Ok(c) => c,
+                            Err(e) => return tracing::error!(error = %e, "cannot start the scheduler candidate"),
                         };
-                        if let Err(e) = result {
-                            tracing::error!(error = %e, "the scheduler candidate stopped");
+                        let identity = sched.elector.identity.clone();
+                        match flotilla_scheduler::run(client.clone(), sched, metrics, stop).await {
+                            // Keep this master's store up until a successor holds the lock,
+                            // so that it takes over through it rather than after a store
+                            // election (this master may lead Raft too).
+                            Ok(true) => wait_for_successor(&client, &identity).await,
+                            Ok(false) => {}
+                            Err(e) => tracing::error!(error = %e, "the scheduler candidate stopped"),
                         }
                     });
                     *scheduler_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
@@ -271,4 +275,28 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
         .await
     })?;
     Ok(())
+}
+
+/// After a graceful handover the store keeps serving this long, so that the successor's
+/// first writes land through this master before its store member stops (when it leads
+/// Raft, its stop costs the cluster an election).
+const HANDOVER_DRAIN: Duration = Duration::from_millis(300);
+
+/// Waits (at most a second) until another candidate holds the scheduler lock, then
+/// [`HANDOVER_DRAIN`].
+async fn wait_for_successor(client: &flotilla_client::Client, me: &str) {
+    use flotilla_proto::api as pb;
+    let (ns, name) = flotilla_scheduler::LOCK;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(l) = client.get::<pb::Lease>(ns, name).await {
+            let holder = l.spec.map(|s| s.holder_identity).unwrap_or_default();
+            if !holder.is_empty() && holder != me {
+                tracing::info!(successor = %holder, "the scheduler lock has a successor");
+                tokio::time::sleep(HANDOVER_DRAIN).await;
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

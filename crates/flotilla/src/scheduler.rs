@@ -20,7 +20,7 @@ pub struct SchedulerFlags {
     pub scheduler_weights: Option<String>,
     /// How long the scheduler lock lasts without renewal, in milliseconds (its holder
     /// renews every quarter of it; a successor takes over this long after the holder
-    /// stops) [default: 1000].
+    /// crashes; a holder stopped with SIGTERM hands over at once) [default: 800].
     #[arg(long, value_name = "MS")]
     pub scheduler_lease_duration: Option<u64>,
 }

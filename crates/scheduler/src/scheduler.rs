@@ -92,13 +92,14 @@ struct Loop {
 }
 
 /// Runs the scheduler until `shutdown` completes: informers always (so a successor starts
-/// warm), scheduling while it holds its lock. On shutdown it releases the lock.
+/// warm), scheduling while it holds its lock. On shutdown it releases the lock; the result
+/// says whether it held the lock and released it.
 pub async fn run(
     client: Client,
     cfg: SchedulerConfig,
     metrics: Arc<SchedulerMetrics>,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), crate::SchedulerError> {
+) -> Result<bool, crate::SchedulerError> {
     let (filters, scores) =
         plugins::build(&cfg.disabled_plugins, &cfg.weights).map_err(crate::SchedulerError::Config)?;
     let elector = Elector::start(client.clone(), cfg.elector.clone());
@@ -156,8 +157,7 @@ pub async fn run(
         l.metrics.pending.set(l.queue.len() as i64);
     }
     drop((pods, nodes));
-    elector.release().await;
-    Ok(())
+    Ok(elector.release().await)
 }
 
 impl Loop {
