@@ -41,13 +41,20 @@ const SERVICE_IPS: &str = "/registry/serviceips/";
 pub struct ApiConfig {
     /// Range service cluster IPs are allocated from.
     pub service_cidr: (Ipv4Addr, u8),
+    /// How long Events live (zero: forever).
+    pub event_ttl: Duration,
 }
 
 impl Default for ApiConfig {
     fn default() -> ApiConfig {
-        ApiConfig { service_cidr: (Ipv4Addr::new(10, 96, 0, 0), 12) }
+        ApiConfig { service_cidr: (Ipv4Addr::new(10, 96, 0, 0), 12), event_ttl: Duration::from_secs(3600) }
     }
 }
+
+/// Events created within this long (or a tenth of the event TTL, if less) share one store
+/// lease, whose TTL is the event TTL plus that window, so each Event lives at least the
+/// event TTL (as kube-apiserver shares leases among Events).
+const EVENT_LEASE_REUSE: Duration = Duration::from_secs(60);
 
 /// Parses `10.96.0.0/12`.
 pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
@@ -93,10 +100,17 @@ fn cmp_mod(key: &str, rev: i64) -> ep::Compare {
 }
 
 fn op_put(key: &str, value: Vec<u8>) -> ep::RequestOp {
+    op_put_leased(key, value, 0)
+}
+
+/// A put attached to store lease `lease` (0: none; a put without a lease detaches the key
+/// from the one it had, so rewrites of leased keys pass theirs again).
+fn op_put_leased(key: &str, value: Vec<u8>, lease: i64) -> ep::RequestOp {
     ep::RequestOp {
         request: Some(request_op::Request::RequestPut(ep::PutRequest {
             key: key.as_bytes().to_vec(),
             value,
+            lease,
             ..Default::default()
         })),
     }
@@ -176,6 +190,8 @@ fn lock_ops(o: &O) -> Vec<ep::RequestOp> {
 struct Current {
     obj: O,
     rev: i64,
+    /// The store lease the key is attached to (0: none).
+    lease: i64,
     /// The value as stored, to tell whether a write would change anything.
     stored: Vec<u8>,
 }
@@ -196,6 +212,8 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 pub struct Registry {
     store: Arc<dyn Storage>,
     cfg: ApiConfig,
+    /// The store lease Events are created with now, and when it was granted.
+    event_lease: tokio::sync::Mutex<Option<(i64, tokio::time::Instant)>>,
 }
 
 /// What a delete did.
@@ -209,7 +227,25 @@ pub struct Deleted {
 impl Registry {
     /// A registry over `store`.
     pub fn new(store: Arc<dyn Storage>, cfg: ApiConfig) -> Registry {
-        Registry { store, cfg }
+        Registry { store, cfg, event_lease: tokio::sync::Mutex::new(None) }
+    }
+
+    /// The store lease a new Event is created with (None: Events do not expire).
+    async fn event_lease(&self, renew: bool) -> Result<Option<i64>, ApiError> {
+        if self.cfg.event_ttl.is_zero() {
+            return Ok(None);
+        }
+        let reuse = EVENT_LEASE_REUSE.min(self.cfg.event_ttl / 10);
+        let mut cur = self.event_lease.lock().await;
+        match *cur {
+            Some((id, at)) if !renew && at.elapsed() < reuse => Ok(Some(id)),
+            _ => {
+                let ttl = (self.cfg.event_ttl + reuse).as_secs_f64().ceil() as i64;
+                let id = self.store.lease_grant(ttl).await?;
+                *cur = Some((id, tokio::time::Instant::now()));
+                Ok(Some(id))
+            }
+        }
     }
 
     async fn read(&self, kind: Kind, ns: &str, name: &str) -> Result<Option<Current>, ApiError> {
@@ -219,7 +255,7 @@ impl Registry {
             None => Ok(None),
             Some(kv) => {
                 let obj = with_rv(kinds::decode(kind, &kv.value)?, kv.mod_revision);
-                Ok(Some(Current { obj, rev: kv.mod_revision, stored: kv.value }))
+                Ok(Some(Current { obj, rev: kv.mod_revision, lease: kv.lease, stored: kv.value }))
             }
         }
     }
@@ -307,9 +343,19 @@ impl Registry {
                     ops.push(op_put(&ip_key, key.as_bytes().to_vec()));
                 }
             }
-            ops.push(op_put(&key, stored_bytes(&o)?));
+            let lease = if kind == Kind::Event { self.event_lease(false).await?.unwrap_or(0) } else { 0 };
+            ops.push(op_put_leased(&key, stored_bytes(&o)?, lease));
             ops.extend(lock_ops(&o));
-            let r = self.txn(fence, ep::TxnRequest { compare: compares, success: ops, failure: vec![] }).await?;
+            let r = match self.txn(fence, ep::TxnRequest { compare: compares, success: ops, failure: vec![] }).await {
+                // The shared Event lease expired or was revoked: take a new one.
+                Err(ApiError::Store(StoreError::Remote { message, .. }))
+                    if lease != 0 && message.contains("lease not found") =>
+                {
+                    self.event_lease(true).await?;
+                    continue;
+                }
+                other => other?,
+            };
             if r.succeeded {
                 let rev = r.header.map_or(0, |h| h.revision);
                 return Ok(with_rv(o, rev));
@@ -523,7 +569,7 @@ impl Registry {
         if bytes == cur.stored {
             return Ok(Some(cur.obj.clone()));
         }
-        let mut ops = vec![op_put(&key, bytes)];
+        let mut ops = vec![op_put_leased(&key, bytes, cur.lease)];
         ops.extend(lock_ops(&new));
         Ok(self.if_unchanged(&key, cur.rev, ops, fence).await?.map(|rev| with_rv(new, rev)))
     }

@@ -42,6 +42,9 @@ pub trait Storage: Send + Sync + 'static {
     fn watch(&self, prefix: &[u8], start: i64) -> Box<dyn WatchFeed>;
     /// The newest revision this member has applied.
     fn revision(&self) -> i64;
+    /// Grants a store lease of `ttl` seconds (keys written with it go when it expires);
+    /// its id.
+    async fn lease_grant(&self, ttl: i64) -> Result<i64, ApiError>;
 }
 
 /// [`Storage`] on the store of this master process.
@@ -96,4 +99,20 @@ impl Storage for LocalStore {
     fn revision(&self) -> i64 {
         self.node.sm.mvcc.revision()
     }
+
+    async fn lease_grant(&self, ttl: i64) -> Result<i64, ApiError> {
+        let id = (rand_id() >> 1).max(1) as i64;
+        let cmd = rpb::Command { kind: Some(rpb::command::Kind::LeaseGrant(ep::LeaseGrantRequest { id, ttl })) };
+        match self.node.propose(cmd).await?.kind {
+            Some(rpb::command_result::Kind::LeaseGrant(g)) => Ok(g.id),
+            other => Err(ApiError::Internal(format!("a lease grant applied to {other:?}"))),
+        }
+    }
+}
+
+/// A random lease id (the store refuses a duplicate; the caller may try again).
+fn rand_id() -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..8]);
+    u64::from_le_bytes(b)
 }

@@ -89,6 +89,17 @@ pub struct MasterArgs {
     #[arg(long, value_name = "CIDR")]
     service_cluster_ip_range: Option<String>,
 
+    /// How long Events live before the store drops them, e.g. `1h`; `0` keeps them
+    /// [default: 1h].
+    #[arg(long, value_name = "DURATION")]
+    event_ttl: Option<String>,
+
+    /// History older than this is compacted away automatically, e.g. `5m`, `1h`; `0`
+    /// keeps everything (then compact with `etcdctl compaction`). A watch resumed within
+    /// this time never has to list again [default: 5m].
+    #[arg(long, value_name = "DURATION")]
+    compaction_retention: Option<String>,
+
     /// Do not run a scheduler candidate in this master (by default every master runs one,
     /// talking to its own apiserver; the elected one places pods). Run `flotilla scheduler`
     /// elsewhere instead.
@@ -118,6 +129,8 @@ struct FileConfig {
     snapshot_count: Option<u64>,
     request_timeout: Option<u64>,
     service_cluster_ip_range: Option<String>,
+    compaction_retention: Option<String>,
+    event_ttl: Option<String>,
     #[serde(default)]
     disable_scheduler: bool,
 }
@@ -187,8 +200,28 @@ pub fn config(args: MasterArgs) -> anyhow::Result<MasterConfig> {
         bail!("--snapshot-count must be at least 1");
     }
     let mut api = ApiConfig::default();
+    match args.event_ttl.or(file.event_ttl).as_deref() {
+        None => {}
+        Some("0") => api.event_ttl = Duration::ZERO,
+        Some(d) => {
+            api.event_ttl = humantime::parse_duration(d)
+                .with_context(|| format!("--event-ttl {d:?} is not a duration like 1h or 30m"))?;
+            if api.event_ttl < Duration::from_secs(1) {
+                bail!("--event-ttl must be at least 1s (or 0 to keep Events)");
+            }
+        }
+    }
     if let Some(r) = args.service_cluster_ip_range.or(file.service_cluster_ip_range) {
         api.service_cidr = parse_cidr(&r).map_err(|e| anyhow::anyhow!("--service-cluster-ip-range: {e}"))?;
+    }
+    let compaction_retention = match args.compaction_retention.or(file.compaction_retention).as_deref() {
+        None => Duration::from_secs(300),
+        Some("0") => Duration::ZERO,
+        Some(d) => humantime::parse_duration(d)
+            .with_context(|| format!("--compaction-retention {d:?} is not a duration like 5m or 1h"))?,
+    };
+    if !compaction_retention.is_zero() && compaction_retention < Duration::from_secs(1) {
+        bail!("--compaction-retention must be at least 1s (or 0 to keep everything)");
     }
     let node = NodeConfig {
         name,
@@ -208,6 +241,7 @@ pub fn config(args: MasterArgs) -> anyhow::Result<MasterConfig> {
         election_timeout: Duration::from_millis(election),
         snapshot_count,
         request_timeout: Duration::from_millis(args.request_timeout.or(file.request_timeout).unwrap_or(5000)),
+        compaction_retention,
     };
     let scheduler = if args.disable_scheduler || file.disable_scheduler {
         None

@@ -33,26 +33,54 @@ fn index_of(c: &Cluster, url: &str) -> usize {
 /// Reads and writes in a loop while the master in use is lost (`lose`); returns the time
 /// from the loss to the first successful read and to the first successful write, and how
 /// many writes were reported indeterminate.
-async fn stream_across_loss(client: &Client, lose: impl FnOnce()) -> (Duration, Duration, usize) {
+/// What a loss came to: when reads and writes resumed (None: not within the window), the
+/// writes of unknown outcome, and the last errors seen.
+struct Resumed {
+    read: Option<Duration>,
+    write: Option<Duration>,
+    indeterminate: usize,
+    last_errors: Vec<String>,
+}
+
+impl Resumed {
+    /// Both times, or a panic with what was seen and the members' logs.
+    fn times(&self, c: &Cluster) -> (Duration, Duration) {
+        match (self.read, self.write) {
+            (Some(r), Some(w)) => (r, w),
+            _ => panic!(
+                "reads or writes did not resume (read {:?}, write {:?}); last errors {:?}\n{}",
+                self.read,
+                self.write,
+                self.last_errors,
+                c.logs()
+            ),
+        }
+    }
+}
+
+async fn stream_across_loss(client: &Client, lose: impl FnOnce()) -> Resumed {
     client.create(pod("before")).await.expect("write before the loss");
     lose();
     let lost = Instant::now();
-    let (mut read_at, mut write_at, mut indeterminate) = (None, None, 0);
+    let mut r = Resumed { read: None, write: None, indeterminate: 0, last_errors: vec![] };
     let mut i = 0;
-    while (read_at.is_none() || write_at.is_none()) && lost.elapsed() < RESUMES_WITHIN + Duration::from_secs(5) {
+    while (r.read.is_none() || r.write.is_none()) && lost.elapsed() < RESUMES_WITHIN + Duration::from_secs(5) {
         i += 1;
-        if read_at.is_none() && client.get::<pb::Pod>("default", "before").await.is_ok() {
-            read_at = Some(lost.elapsed());
+        if r.read.is_none() {
+            match client.get::<pb::Pod>("default", "before").await {
+                Ok(_) => r.read = Some(lost.elapsed()),
+                Err(e) => r.last_errors = vec![format!("read at {:?}: {e}", lost.elapsed())],
+            }
         }
-        if write_at.is_none() {
+        if r.write.is_none() {
             match client.create(pod(&format!("after-{i}"))).await {
-                Ok(_) => write_at = Some(lost.elapsed()),
-                Err(ClientError::Indeterminate(_)) => indeterminate += 1,
-                Err(_) => {}
+                Ok(_) => r.write = Some(lost.elapsed()),
+                Err(ClientError::Indeterminate(_)) => r.indeterminate += 1,
+                Err(e) => r.last_errors.push(format!("write at {:?}: {e}", lost.elapsed())),
             }
         }
     }
-    (read_at.expect("a read succeeded"), write_at.expect("a write succeeded"), indeterminate)
+    r
 }
 
 /// How long a test lets the client take to resume: far above the 2 s it is built for
@@ -67,12 +95,16 @@ fn client_moves_to_another_master_after_a_kill() {
     let mut c = Cluster::start(3, &[]);
     let eps = endpoints(&c);
     let rt = rt();
-    let (read, write, ind) = rt.block_on(async {
+    let resumed = rt.block_on(async {
         let client = Client::new(&eps).expect("client");
         let victim = index_of(&c, &client.current_master());
         stream_across_loss(&client, || c.kill(victim)).await
     });
-    eprintln!("client failover after kill: first read {read:?}, first write {write:?}, indeterminate writes {ind}");
+    let (read, write) = resumed.times(&c);
+    eprintln!(
+        "client failover after kill: first read {read:?}, first write {write:?}, indeterminate writes {}",
+        resumed.indeterminate
+    );
     assert!(read < RESUMES_WITHIN, "read resumed after {read:?}");
     assert!(write < RESUMES_WITHIN, "write resumed after {write:?}");
 }
@@ -88,7 +120,7 @@ fn client_moves_away_from_a_frozen_leader() {
     eps.rotate_left(leader);
     let rt = rt();
     let mut frozen = None;
-    let (read, write, _) = rt.block_on(async {
+    let resumed = rt.block_on(async {
         let client = Client::new(&eps).expect("client");
         let victim = index_of(&c, &client.current_master());
         let pid = c.members[victim].child.as_ref().expect("running").id();
@@ -101,6 +133,7 @@ fn client_moves_away_from_a_frozen_leader() {
     if let Some(pid) = frozen {
         let _ = std::process::Command::new("kill").args(["-CONT", &pid.to_string()]).status();
     }
+    let (read, write) = resumed.times(&c);
     eprintln!("client failover from a frozen master: first read {read:?}, first write {write:?}");
     assert!(read < RESUMES_WITHIN, "read resumed after {read:?}");
     assert!(write < RESUMES_WITHIN, "write resumed after {write:?}");

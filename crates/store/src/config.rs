@@ -45,4 +45,6 @@ pub struct NodeConfig {
     pub snapshot_count: u64,
     /// How long a client request may wait for the cluster before failing.
     pub request_timeout: Duration,
+    /// History older than this is compacted away automatically (zero: never).
+    pub compaction_retention: Duration,
 }

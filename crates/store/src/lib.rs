@@ -10,6 +10,7 @@
 //! gRPC services in [`etcd`]. Nothing here depends on the apiserver or anything above it.
 
 pub mod codec;
+pub mod compactor;
 pub mod config;
 pub mod election;
 pub mod error;

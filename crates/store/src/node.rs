@@ -318,6 +318,7 @@ impl Node {
         tokio::spawn(crate::election::run(Arc::downgrade(&node), election));
         tokio::spawn(watch_raft_metrics(node.clone()));
         tokio::spawn(crate::lease::run(node.clone()));
+        tokio::spawn(crate::compactor::run(Arc::downgrade(&node), node.config.compaction_retention));
         tokio::spawn(publish_self(node.clone()));
         Ok(node)
     }
