@@ -2,11 +2,14 @@
 //! binary drives an etcd cluster and a Flotilla cluster; and `compare`, which runs the
 //! same workload matrix against both on one machine.
 //!
+//! `scheduler` measures scheduling on a Flotilla cluster (through the resource API).
+//!
 //! This crate talks to servers only over gRPC; it must not depend on the store.
 
 pub mod compare;
 pub mod error;
 pub mod report;
+pub mod scheduler;
 pub mod workload;
 
 pub use error::BenchError;

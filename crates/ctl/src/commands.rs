@@ -478,8 +478,13 @@ async fn describe(client: &Client, k: Kind, ns: &str, name: &str) -> Result<(), 
         }
         for e in events {
             if let O::Event(e) = e {
-                let when = e.metadata.as_ref().map(|m| m.creation_timestamp.clone()).unwrap_or_default();
-                outln!("  {}  {}  {}  {}", print::age(&when, SystemTime::now()), e.r#type, e.reason, e.message);
+                let when = if e.last_timestamp.is_empty() {
+                    e.metadata.as_ref().map(|m| m.creation_timestamp.clone()).unwrap_or_default()
+                } else {
+                    e.last_timestamp.clone()
+                };
+                let times = if e.count > 1 { format!(" (x{})", e.count) } else { String::new() };
+                outln!("  {}  {}  {}{times}  {}", print::age(&when, SystemTime::now()), e.r#type, e.reason, e.message);
             }
         }
     }

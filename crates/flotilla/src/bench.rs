@@ -78,6 +78,27 @@ enum WorkloadArgs {
     /// Run the workload matrix against a 3-member etcd and a 3-member Flotilla on this
     /// machine and print both with their ratio (see bench/compare).
     Compare(CompareArgs),
+    /// Scheduling throughput and latency on a Flotilla cluster: fake nodes, pending pods
+    /// created first, then binds per second from the first to the last; then create → bound
+    /// latency at half that rate. Runs its own scheduler (start the masters with
+    /// --disable-scheduler) unless --external-scheduler.
+    Scheduler {
+        /// Fake nodes (objects only: Ready, 64 cpu, 256 GiB, 250 pods; their Leases renewed).
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        /// Pods created before scheduling starts (100m cpu, 128 MiB each).
+        #[arg(long, default_value_t = 10000)]
+        pods: usize,
+        /// Pods for the latency phase [default: a fifth of --pods]; 0 skips it.
+        #[arg(long)]
+        latency_pods: Option<usize>,
+        /// Let the cluster's own scheduler place the pods (as they are created).
+        #[arg(long)]
+        external_scheduler: bool,
+        /// Concurrent creates.
+        #[arg(long, default_value_t = 64)]
+        creators: usize,
+    },
 }
 
 /// Flags of `flotilla bench compare`.
@@ -122,6 +143,36 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         };
         return rt.block_on(flotilla_bench::compare::run(cfg)).map_err(Into::into);
     }
+    if let WorkloadArgs::Scheduler { nodes, pods, latency_pods, external_scheduler, creators } = args.workload {
+        let b = flotilla_bench::scheduler::SchedulerBench {
+            endpoints: args.endpoints.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+            nodes,
+            pods,
+            latency_pods: latency_pods.unwrap_or(pods / 5),
+            external_scheduler,
+            creators,
+            progress: !args.json,
+        };
+        let r = rt.block_on(async move { flotilla_bench::scheduler::run(&b).await })?;
+        if args.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!(
+                "scheduler ({}): {} pods on {} nodes: {:.0} pods/s (created at {:.0}/s); \
+                 create->bound at {:.0}/s over {} pods: p50 {:.1} ms, p99 {:.1} ms",
+                r.scheduler,
+                r.pods,
+                r.nodes,
+                r.pods_per_second,
+                r.creates_per_second,
+                r.latency_rate,
+                r.latency_pods,
+                r.p50_ms,
+                r.p99_ms
+            );
+        }
+        return Ok(());
+    }
     let duration = args.duration.map(Duration::from_secs_f64);
     let common = Common {
         endpoints: args.endpoints.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
@@ -145,7 +196,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         WorkloadArgs::Failover { kill_cmd, kill_after, rate } => {
             Workload::Failover { kill_cmd, kill_after: Duration::from_secs_f64(kill_after), rate }
         }
-        WorkloadArgs::Compare(_) => unreachable!("handled above"),
+        WorkloadArgs::Compare(_) | WorkloadArgs::Scheduler { .. } => unreachable!("handled above"),
     };
     let report = rt.block_on(flotilla_bench::workload::run(&common, &workload))?;
     if args.json {

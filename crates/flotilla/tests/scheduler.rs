@@ -177,6 +177,23 @@ fn pods_go_only_where_every_filter_allows_and_the_rest_are_told_why() {
         let port2: pb::Pod = client.get("default", "port2").await.expect("get");
         assert!(port2.spec.expect("spec").node_name.is_empty());
     });
+    // flotctl shows where pods went, and why one is pending.
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .arg("ctl")
+            .args(["--endpoints", &c.endpoints()])
+            .args(args)
+            .output()
+            .expect("flotilla ctl");
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let wide = ctl(&["get", "pods", "-o", "wide"]);
+    assert!(wide.lines().next().is_some_and(|h| h.contains("NODE")), "{wide}");
+    assert!(wide.lines().any(|l| l.starts_with("cpu ") && l.trim_end().ends_with("big")), "{wide}");
+    let described = ctl(&["describe", "pod", "huge"]);
+    assert!(described.contains("PodScheduled") && described.contains("Insufficient cpu"), "{described}");
+    assert!(described.contains("FailedScheduling"), "{described}");
     assert_eq!(leaders(&c), 1, "exactly one scheduler leads");
 }
 
