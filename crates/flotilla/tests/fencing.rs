@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use flotilla_client::{Client, ListParams};
+use flotilla_client::{Client, ClientError, ListParams};
 use flotilla_proto::api as pb;
 
 fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -110,13 +110,29 @@ fn wait_for(c: &Cluster, within: Duration, what: &str, f: impl FnMut() -> bool) 
     c.eventually(within, what, f);
 }
 
+/// Creates a pod as a careful client does while a master may be paused: a create whose
+/// outcome is unknown (the master stopped answering mid-call) is sent again, and
+/// "already exists" after such a retry means the first one landed.
+async fn create_once(client: &Client, p: pb::Pod) {
+    let mut unsure = false;
+    for _ in 0..10 {
+        match client.create(p.clone()).await {
+            Ok(_) => return,
+            Err(ClientError::Indeterminate(_)) | Err(ClientError::Unavailable(_)) => unsure = true,
+            Err(e) if unsure && e.code() == Some(tonic::Code::AlreadyExists) => return,
+            Err(e) => panic!("create pod: {e}"),
+        }
+    }
+    panic!("create pod: no outcome after 10 tries");
+}
+
 /// Creates `n` schedulable pods named `prefix-i` and one that fits nowhere, and waits
 /// until the first are bound and the last is reported unschedulable.
 async fn churn(c: &Cluster, client: &Client, prefix: &str, n: usize) {
     for i in 0..n {
-        client.create(pod(&format!("{prefix}-{i}"), "100m")).await.expect("pod");
+        create_once(client, pod(&format!("{prefix}-{i}"), "100m")).await;
     }
-    client.create(pod(&format!("{prefix}-huge"), "1000")).await.expect("pod");
+    create_once(client, pod(&format!("{prefix}-huge"), "1000")).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let pods = client.list::<pb::Pod>(&ListParams { namespace: "default".into(), ..Default::default() }).await;

@@ -55,16 +55,32 @@ fn endpoints(c: &Cluster) -> Vec<String> {
     c.members.iter().map(|m| m.endpoint()).collect()
 }
 
-/// Waits until `pod` is bound; its node.
+/// Waits until `pod` exists and is bound; its node.
 async fn bound_node(client: &Client, name: &str) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let p: pb::Pod = client.get("default", name).await.expect("get pod");
-        let node = p.spec.map(|s| s.node_name).unwrap_or_default();
+        let node = match client.get::<pb::Pod>("default", name).await {
+            Ok(p) => p.spec.map(|s| s.node_name).unwrap_or_default(),
+            Err(e) if e.is_not_found() => String::new(), // not created yet
+            Err(e) => panic!("get pod {name}: {e}"),
+        };
         if !node.is_empty() {
             return node;
         }
-        assert!(std::time::Instant::now() < deadline, "pod {name} was not bound within 30 s");
+        if std::time::Instant::now() >= deadline {
+            let pods = client.list::<pb::Pod>(&ListParams { namespace: "default".into(), ..Default::default() }).await;
+            let summary: Vec<String> = pods
+                .map(|l| l.items)
+                .unwrap_or_default()
+                .iter()
+                .map(|p| {
+                    let m = p.metadata.clone().unwrap_or_default();
+                    let n = p.spec.as_ref().map(|s| s.node_name.clone()).unwrap_or_default();
+                    format!("{}@{}:{}", m.name, m.resource_version, n)
+                })
+                .collect();
+            panic!("pod {name} was not bound within 30 s; pods: {summary:?}");
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -334,5 +350,60 @@ fn small_pods_go_to_the_least_allocated_node() {
             client.create(pod(&name, "100m", |_| {})).await.expect("pod");
             assert_eq!(bound_node(&client, &name).await, "x2", "{name}");
         }
+    });
+}
+
+/// A node deleted while pods are being placed: the scheduler stops choosing it (a bind
+/// to it is refused by the store, which checks the node in the bind's transaction, and
+/// the pod is retried), so no pod bound after the delete is on it and every pod is placed
+/// on the node that remains. Without the scheduler dropping the node, pods stay pending.
+#[test]
+fn no_pod_is_bound_to_a_node_deleted_while_placing() {
+    let c = Cluster::start_with_scheduler(3, &[]);
+    rt().block_on(async {
+        let client = Client::new(&endpoints(&c)).expect("client");
+        for n in ["stay", "going"] {
+            let mut n = node(n, "64", &[], vec![]);
+            let status = n.status.as_mut().expect("status");
+            for m in [&mut status.capacity, &mut status.allocatable] {
+                m.insert("pods".into(), "110".into());
+            }
+            client.create(n).await.expect("node");
+        }
+        let creator = {
+            let client = client.clone();
+            tokio::spawn(async move {
+                for i in 0..60 {
+                    client.create(pod(&format!("p{i}"), "10m", |_| {})).await.expect("pod");
+                }
+            })
+        };
+        // Delete it while the pods are coming, once some are placed; the answer carries
+        // the delete's revision.
+        bound_node(&client, "p9").await;
+        let mut api = flotilla_proto::api::api_client::ApiClient::new(client.channel());
+        let deleted = api
+            .delete(pb::DeleteRequest { kind: "Node".into(), name: "going".into(), ..Default::default() })
+            .await
+            .expect("delete node")
+            .into_inner();
+        let deleted_at: i64 = match deleted.object.and_then(|o| o.kind) {
+            Some(pb::object::Kind::Node(n)) => n.metadata.expect("meta").resource_version.parse().expect("rv"),
+            other => panic!("{other:?}"),
+        };
+        creator.await.expect("creator");
+        let mut after = 0;
+        for i in 0..60 {
+            let name = format!("p{i}");
+            let on = bound_node(&client, &name).await;
+            let p: pb::Pod = client.get("default", &name).await.expect("pod");
+            let bound_at: i64 = p.metadata.expect("meta").resource_version.parse().expect("rv");
+            // The bind is the pod's last write here: its revision is the bind's.
+            if bound_at > deleted_at {
+                after += 1;
+                assert_eq!(on, "stay", "{name} was bound at revision {bound_at} to a node deleted at {deleted_at}");
+            }
+        }
+        assert!(after > 0, "no pod was placed after the delete: the test proved nothing");
     });
 }
