@@ -190,3 +190,46 @@ fn lagging_member_catches_up_through_large_entries() {
         })
     });
 }
+
+/// A follower that mostly takes longer over an AppendEntries than the leader waits for an
+/// answer (`FLOTILLA_FAULT_SLOW_APPEND`: 0–250 ms, against a 100 ms heartbeat) is busy, not
+/// gone: under a steady stream of writes nobody campaigns — the leader and its term stay
+/// for the whole run — and the slow member still applies everything. (Before this was
+/// fixed the leader backed off such a follower for 500 ms and the follower, hearing
+/// nothing, campaigned: an overloaded cluster changed leader every few seconds.)
+#[test]
+fn a_follower_slow_to_append_does_not_unseat_the_leader() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_leader(Duration::from_secs(30));
+    let slow = (leader + 1) % 3;
+    c.kill(slow);
+    c.members[slow].env.push(("FLOTILLA_FAULT_SLOW_APPEND".into(), "1".into()));
+    c.spawn(slow, "new");
+    assert_eq!(c.wait_leader(Duration::from_secs(30)), leader, "the restart moved the leader");
+    let term = |c: &Cluster, i: usize| status(&c.members[i]).map(|s| s.raft_term);
+    let start_term = term(&c, leader).expect("leader status");
+    let url = c.members[leader].url();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let until = Instant::now() + Duration::from_secs(6);
+    let mut n = 0u64;
+    while Instant::now() < until {
+        let r = rt.block_on(put(&url, &format!("/slow/{n:05}"), "v"));
+        r.unwrap_or_else(|e| panic!("put {n}: {e}\n{}", c.logs()));
+        n += 1;
+        if n % 20 == 0 {
+            for i in 0..3 {
+                let t = term(&c, i);
+                assert!(
+                    t.is_none_or(|t| t == start_term),
+                    "member {i} moved to term {t:?} from {start_term}\n{}",
+                    c.logs()
+                );
+            }
+        }
+    }
+    assert_eq!(c.wait_leader(Duration::from_secs(5)), leader, "the leader changed\n{}", c.logs());
+    let applied = |c: &Cluster, i: usize| status(&c.members[i]).map_or(0, |s| s.raft_applied_index);
+    let target = applied(&c, leader);
+    c.eventually(Duration::from_secs(30), "the slow member applies everything", || applied(&c, slow) >= target);
+    println!("{n} writes; leader and term {start_term} unchanged");
+}

@@ -12,6 +12,10 @@
 //!   each applied revision to readers. A store that let a linearizable read run between
 //!   "applied" and "published" (issue 10) serves stale reads under it; a correct one only
 //!   gets slower.
+//! * `FLOTILLA_FAULT_SLOW_APPEND=1`: not a bug but an overloaded follower: the member takes
+//!   0–250 ms (at random) over each AppendEntries it is sent, so most answers come after
+//!   the leader stopped waiting (one heartbeat interval); the work is done all the same. A follower must not campaign against a leader it keeps
+//!   hearing from, and a leader must not back off from a follower that is merely slow.
 
 use std::sync::OnceLock;
 
@@ -76,4 +80,20 @@ thread_local! {
 #[cfg(test)]
 pub fn set_before_publish(f: Option<Box<dyn FnMut()>>) {
     BEFORE_PUBLISH.with(|h| *h.borrow_mut() = f);
+}
+
+/// Whether this member is slow to append.
+fn slow_append_on() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    switch(&ON, "FLOTILLA_FAULT_SLOW_APPEND", "this member takes up to 250 ms over each AppendEntries")
+}
+
+/// Called before a follower appends what a leader sent: pauses 0–250 ms when
+/// `FLOTILLA_FAULT_SLOW_APPEND=1`.
+pub async fn slow_append() {
+    if slow_append_on() {
+        use rand::Rng;
+        let ms = rand::rng().random_range(0..=250);
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
 }

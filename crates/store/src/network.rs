@@ -131,9 +131,12 @@ type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, Member, RaftErro
 
 fn transport_err<E: std::error::Error>(status: tonic::Status) -> RPCError<NodeId, Member, RaftError<NodeId, E>> {
     match status.code() {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-            RPCError::Unreachable(Unreachable::new(&status))
-        }
+        // The peer could not be reached: openraft backs off (500 ms) before trying again.
+        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
+        // The peer was reached but did not answer within the RPC's deadline (one heartbeat
+        // interval for AppendEntries): it is busy, not gone. Backing off from it would
+        // starve it of heartbeats until it campaigned against a healthy leader; openraft
+        // sends again at once instead.
         _ => RPCError::Network(NetworkError::new(&status)),
     }
 }

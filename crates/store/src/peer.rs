@@ -64,7 +64,24 @@ impl RaftPeer for PeerService {
             entries,
             leader_commit: codec::opt_log_id_from_pb(r.leader_commit.as_ref()),
         };
-        let resp = self.node.raft.append_entries(rpc).await.map_err(fatal)?;
+        // From the leader this member follows: it is alive, whether or not the answer
+        // reaches it in time. (The leader gives up on an answer after one heartbeat
+        // interval; when appending takes longer — a busy CPU, a slow fsync — the work is
+        // done but the answer is dropped. Counting only answered requests as signs of
+        // life made such a follower campaign against a healthy leader, as etcd's
+        // followers do not: they reset their election clock when a message arrives.)
+        if rpc.vote.is_committed() && self.node.raft.metrics().borrow().vote == rpc.vote {
+            self.node.heard_from_leader();
+        }
+        // Appended to completion even when the leader stops waiting for the answer.
+        let raft = self.node.raft.clone();
+        let resp = tokio::spawn(async move {
+            crate::fault::slow_append().await;
+            raft.append_entries(rpc).await
+        })
+        .await
+        .map_err(fatal)?
+        .map_err(fatal)?;
         if matches!(
             resp,
             AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_) | AppendEntriesResponse::Conflict
