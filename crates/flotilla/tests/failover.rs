@@ -216,7 +216,7 @@ fn a_follower_slow_to_append_does_not_unseat_the_leader() {
         let r = rt.block_on(put(&url, &format!("/slow/{n:05}"), "v"));
         r.unwrap_or_else(|e| panic!("put {n}: {e}\n{}", c.logs()));
         n += 1;
-        if n % 20 == 0 {
+        if n.is_multiple_of(20) {
             for i in 0..3 {
                 let t = term(&c, i);
                 assert!(
