@@ -180,15 +180,23 @@ fn pods_go_only_where_every_filter_allows_and_the_rest_are_told_why() {
         let msg = unschedulable_message(&client, "huge").await;
         assert!(msg.contains("2 Insufficient cpu"), "{msg}");
         assert!(msg.contains("1 node(s) had untolerated taint {dedicated: db}"), "{msg}");
-        let events = client
-            .list::<pb::Event>(&ListParams {
-                namespace: "default".into(),
-                field_selector: "involvedObject.name=huge".into(),
-                ..Default::default()
-            })
-            .await
-            .expect("events");
-        assert!(events.items.iter().any(|e| e.reason == "FailedScheduling" && e.message == msg), "{:?}", events.items);
+        // The Event is written after the pod's condition: wait for it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let events = client
+                .list::<pb::Event>(&ListParams {
+                    namespace: "default".into(),
+                    field_selector: "involvedObject.name=huge".into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("events");
+            if events.items.iter().any(|e| e.reason == "FailedScheduling" && e.message == msg) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no FailedScheduling Event with {msg:?}: {:?}", events.items);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         // Nothing else moved.
         let port2: pb::Pod = client.get("default", "port2").await.expect("get");
         assert!(port2.spec.expect("spec").node_name.is_empty());

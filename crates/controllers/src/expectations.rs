@@ -1,0 +1,143 @@
+//! Expectations: what a controller has asked for and not yet seen in its caches.
+//!
+//! A ReplicaSet controller that creates 3 pods reads its pod cache again before the watch
+//! has delivered them; counting from that cache alone it would create 3 more. So before
+//! each batch of writes it records what it expects to see — `n` creations, the deletion of
+//! these pods (by uid) — and the informer's handlers mark each one observed. Until all are
+//! observed (or a write failed and was taken back), the owner is not "satisfied" and its
+//! reconcile makes no new creates or deletes. Records expire after a TTL (5 minutes, as in
+//! Kubernetes), so a lost watch event delays a controller but never blocks it forever.
+//!
+//! Deletions are tracked by pod uid, not counted: a pod already terminating when the
+//! controller deleted it, or deleted twice, is observed once.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How long a record holds before it no longer blocks its owner.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
+
+/// Outstanding expectations per owner key (`namespace/name`).
+#[derive(Debug)]
+pub struct Expectations {
+    records: Mutex<HashMap<String, Record>>,
+    ttl: Duration,
+}
+
+#[derive(Debug)]
+struct Record {
+    creations: u64,
+    deletions: HashSet<String>,
+    since: Instant,
+}
+
+impl Default for Expectations {
+    fn default() -> Self {
+        Expectations::new(DEFAULT_TTL)
+    }
+}
+
+impl Expectations {
+    /// Expectations whose records stop blocking after `ttl`.
+    pub fn new(ttl: Duration) -> Expectations {
+        Expectations { records: Mutex::new(HashMap::new()), ttl }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Record>> {
+        self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `owner` may act on its caches now: nothing is outstanding, or what is has
+    /// waited longer than the TTL.
+    pub fn satisfied(&self, owner: &str) -> bool {
+        match self.lock().get(owner) {
+            None => true,
+            Some(r) => (r.creations == 0 && r.deletions.is_empty()) || r.since.elapsed() >= self.ttl,
+        }
+    }
+
+    /// `owner` is about to create `n` objects (replacing any older record).
+    pub fn expect_creations(&self, owner: &str, n: u64) {
+        self.lock()
+            .insert(owner.to_string(), Record { creations: n, deletions: HashSet::new(), since: Instant::now() });
+    }
+
+    /// `owner` is about to delete the objects with these uids (replacing any older record).
+    pub fn expect_deletions<'a>(&self, owner: &str, uids: impl IntoIterator<Item = &'a str>) {
+        let deletions = uids.into_iter().map(str::to_string).collect();
+        self.lock().insert(owner.to_string(), Record { creations: 0, deletions, since: Instant::now() });
+    }
+
+    /// The cache showed one of `owner`'s creations — or a create failed, so it will never
+    /// show (the same bookkeeping).
+    pub fn creation_observed(&self, owner: &str) {
+        if let Some(r) = self.lock().get_mut(owner) {
+            r.creations = r.creations.saturating_sub(1);
+        }
+    }
+
+    /// The cache showed the deletion of `uid` (or the delete failed because it was gone).
+    pub fn deletion_observed(&self, owner: &str, uid: &str) {
+        if let Some(r) = self.lock().get_mut(owner) {
+            r.deletions.remove(uid);
+        }
+    }
+
+    /// A delete of `uid` failed and it still exists: stop waiting for it.
+    pub fn deletion_failed(&self, owner: &str, uid: &str) {
+        self.deletion_observed(owner, uid);
+    }
+
+    /// `owner` is gone: drop its record.
+    pub fn forget(&self, owner: &str) {
+        self.lock().remove(owner);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_owner_is_satisfied_once_every_expected_creation_is_seen() {
+        let e = Expectations::default();
+        assert!(e.satisfied("ns/rs"), "no record: free to act");
+        e.expect_creations("ns/rs", 3);
+        e.creation_observed("ns/rs");
+        e.creation_observed("ns/rs");
+        assert!(!e.satisfied("ns/rs"), "one still outstanding");
+        e.creation_observed("ns/rs"); // the third create failed: taken back
+        assert!(e.satisfied("ns/rs"));
+        e.creation_observed("ns/rs"); // a late event does not go below zero
+        e.expect_creations("ns/rs", 1);
+        assert!(!e.satisfied("ns/rs"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deletions_are_tracked_by_uid_so_a_repeat_is_counted_once() {
+        let e = Expectations::default();
+        e.expect_deletions("ns/rs", ["u1", "u2"]);
+        e.deletion_observed("ns/rs", "u1");
+        e.deletion_observed("ns/rs", "u1");
+        assert!(!e.satisfied("ns/rs"), "u2 is still outstanding");
+        e.deletion_observed("ns/rs", "u3");
+        assert!(!e.satisfied("ns/rs"), "someone else's pod does not count");
+        e.deletion_failed("ns/rs", "u2");
+        assert!(e.satisfied("ns/rs"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_record_whose_events_never_come_stops_blocking_after_the_ttl() {
+        let e = Expectations::new(Duration::from_secs(60));
+        e.expect_creations("ns/rs", 2);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(!e.satisfied("ns/rs"));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(e.satisfied("ns/rs"));
+        e.forget("ns/rs");
+        assert!(e.satisfied("ns/rs"));
+    }
+}
