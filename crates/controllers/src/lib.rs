@@ -17,6 +17,8 @@
 //!   selected with `--controllers` (`*`, `name`, `-name`), as Kubernetes'
 //!   `--controllers` flag does.
 //!
+//! Controllers so far: [`replicaset`] (its decisions, not yet wired to informers).
+//!
 //! One controller manager acts at a time (lock `kube-system/flotilla-controller-manager`,
 //! the client's fenced elector), and its writes carry the fencing token.
 //!
@@ -26,6 +28,7 @@ pub mod descriptor;
 pub mod error;
 pub mod expectations;
 pub mod queue;
+pub mod replicaset;
 pub mod worker;
 
 pub use error::ControllerError;

@@ -1,0 +1,358 @@
+//! The ReplicaSet controller's decisions, as a pure function of a ReplicaSet and the pods
+//! in its namespace (what the caches show): which pods to adopt and release, how many to
+//! create, which to delete, and the status to write. The controller around it (informers,
+//! expectations, the writes) is in the next step of issue 12.
+//!
+//! The rules are Kubernetes':
+//!
+//! * a pod belongs to the ReplicaSet whose uid its controller owner reference names; an
+//!   orphan (no controller reference, not being deleted) whose labels match the selector
+//!   is adopted; an owned pod whose labels stop matching is released. A ReplicaSet being
+//!   deleted adopts nothing. Pods controlled by something else are never touched;
+//! * the active pods are the owned ones neither finished (Succeeded, Failed) nor being
+//!   deleted; their count is brought to `replicas` (creates capped per round, so a
+//!   ReplicaSet of 10,000 does not send 10,000 creates at once);
+//! * surplus pods are deleted cheapest first: not yet on a node, then Pending before
+//!   Unknown before Running, not ready before ready, ready for less time before longer,
+//!   more restarts before fewer, newer before older;
+//! * status counts active pods (`replicas`), those whose labels match the template
+//!   (`fullyLabeledReplicas`), ready ones, and ones ready for at least `minReadySeconds`
+//!   (`availableReplicas`), and records the generation it saw.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use flotilla_core::selector::LabelSelector;
+use flotilla_proto::api as pb;
+
+/// At most this many creates per reconcile (Kubernetes' burstReplicas).
+pub const BURST_CREATES: usize = 500;
+
+/// What one reconcile of a ReplicaSet should do.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    /// Orphans to adopt (names).
+    pub adopt: Vec<String>,
+    /// Owned pods whose labels no longer match, to release (names).
+    pub release: Vec<String>,
+    /// Pods to create from the template.
+    pub create: usize,
+    /// Pods to delete, cheapest first: (name, uid).
+    pub delete: Vec<(String, String)>,
+    /// The status to write.
+    pub status: pb::ReplicaSetStatus,
+}
+
+fn meta(p: &pb::Pod) -> &pb::ObjectMeta {
+    static EMPTY: std::sync::OnceLock<pb::ObjectMeta> = std::sync::OnceLock::new();
+    p.metadata.as_ref().unwrap_or_else(|| EMPTY.get_or_init(Default::default))
+}
+
+fn controller_uid(m: &pb::ObjectMeta) -> Option<&str> {
+    m.owner_references.iter().find(|r| r.controller).map(|r| r.uid.as_str())
+}
+
+fn phase(p: &pb::Pod) -> &str {
+    p.status.as_ref().map_or("", |s| s.phase.as_str())
+}
+
+/// When the pod became Ready, if it is.
+fn ready_since(p: &pb::Pod) -> Option<Option<SystemTime>> {
+    let c = p.status.as_ref()?.conditions.iter().find(|c| c.r#type == "Ready" && c.status == "True")?;
+    Some(humantime::parse_rfc3339_weak(&c.last_transition_time).ok())
+}
+
+fn restarts(p: &pb::Pod) -> i64 {
+    p.status.as_ref().map_or(0, |s| s.container_statuses.iter().map(|c| i64::from(c.restart_count)).sum())
+}
+
+fn created(p: &pb::Pod) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(&meta(p).creation_timestamp).ok()
+}
+
+/// Orders pods cheapest to delete first (see the module docs).
+fn deletion_cost(a: &pb::Pod, b: &pb::Pod) -> Ordering {
+    let on_node = |p: &pb::Pod| p.spec.as_ref().is_some_and(|s| !s.node_name.is_empty());
+    let phase_rank = |p: &pb::Pod| match phase(p) {
+        "Pending" | "" => 0,
+        "Unknown" => 1,
+        _ => 2,
+    };
+    on_node(a)
+        .cmp(&on_node(b))
+        .then(phase_rank(a).cmp(&phase_rank(b)))
+        .then(ready_since(a).is_some().cmp(&ready_since(b).is_some()))
+        // Ready more recently first: a later time sorts first.
+        .then_with(|| match (ready_since(a).flatten(), ready_since(b).flatten()) {
+            (Some(x), Some(y)) => y.cmp(&x),
+            _ => Ordering::Equal,
+        })
+        .then(restarts(b).cmp(&restarts(a)))
+        .then_with(|| match (created(a), created(b)) {
+            (Some(x), Some(y)) => y.cmp(&x),
+            _ => Ordering::Equal,
+        })
+}
+
+/// Plans one reconcile of `rs` over `pods` (the pods of its namespace), at `now`.
+/// Fails only on a selector that does not parse (the apiserver refuses those).
+pub fn plan(rs: &pb::ReplicaSet, pods: &[&pb::Pod], now: SystemTime) -> Result<Plan, String> {
+    let m = rs.metadata.clone().unwrap_or_default();
+    let spec = rs.spec.clone().unwrap_or_default();
+    let selector = match &spec.selector {
+        Some(s) => flotilla_api::select::from_proto(s)?,
+        // No selector selects nothing (the apiserver requires one).
+        None => return Ok(Plan { status: status(&m, &spec, &[], now), ..Default::default() }),
+    };
+    let deleting = !m.deletion_timestamp.is_empty();
+    let mut plan = Plan::default();
+    let mut owned: Vec<&pb::Pod> = Vec::new();
+    for &p in pods {
+        let pm = meta(p);
+        let matches = !empty(&selector) && selector.matches(&pm.labels);
+        match controller_uid(pm) {
+            Some(uid) if uid == m.uid => {
+                if matches {
+                    owned.push(p);
+                } else if pm.deletion_timestamp.is_empty() {
+                    plan.release.push(pm.name.clone());
+                }
+            }
+            Some(_) => {} // another controller's
+            None if matches && !deleting && pm.deletion_timestamp.is_empty() => {
+                plan.adopt.push(pm.name.clone());
+                owned.push(p);
+            }
+            None => {}
+        }
+    }
+    let mut active: Vec<&pb::Pod> = owned
+        .iter()
+        .copied()
+        .filter(|p| meta(p).deletion_timestamp.is_empty() && !matches!(phase(p), "Succeeded" | "Failed"))
+        .collect();
+    let want = usize::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0);
+    if !deleting {
+        if active.len() < want {
+            plan.create = (want - active.len()).min(BURST_CREATES);
+        } else if active.len() > want {
+            active.sort_by(|a, b| deletion_cost(a, b));
+            plan.delete =
+                active[..active.len() - want].iter().map(|p| (meta(p).name.clone(), meta(p).uid.clone())).collect();
+        }
+    }
+    active.sort_by(|a, b| meta(a).name.cmp(&meta(b).name));
+    plan.status = status(&m, &spec, &active, now);
+    Ok(plan)
+}
+
+/// An empty structured selector would select every pod: treat it as selecting none.
+fn empty(s: &LabelSelector) -> bool {
+    s.requirements.is_empty()
+}
+
+fn status(m: &pb::ObjectMeta, spec: &pb::ReplicaSetSpec, active: &[&pb::Pod], now: SystemTime) -> pb::ReplicaSetStatus {
+    let template_labels: BTreeMap<String, String> = spec
+        .template
+        .as_ref()
+        .and_then(|t| t.metadata.as_ref())
+        .map(|tm| tm.labels.clone().into_iter().collect())
+        .unwrap_or_default();
+    let min_ready = Duration::from_secs(u64::try_from(spec.min_ready_seconds).unwrap_or(0));
+    let count =
+        |f: &dyn Fn(&pb::Pod) -> bool| i32::try_from(active.iter().filter(|p| f(p)).count()).unwrap_or(i32::MAX);
+    pb::ReplicaSetStatus {
+        replicas: count(&|_| true),
+        fully_labeled_replicas: count(&|p| template_labels.iter().all(|(k, v)| meta(p).labels.get(k) == Some(v))),
+        ready_replicas: count(&|p| ready_since(p).is_some()),
+        available_replicas: count(&|p| match ready_since(p) {
+            None => false,
+            Some(_) if min_ready.is_zero() => true,
+            Some(None) => false,
+            Some(Some(t)) => now.duration_since(t).is_ok_and(|d| d >= min_ready),
+        }),
+        observed_generation: m.generation,
+        conditions: vec![],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RS_UID: &str = "rs-uid";
+
+    fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn rs(replicas: i32) -> pb::ReplicaSet {
+        pb::ReplicaSet {
+            metadata: Some(pb::ObjectMeta {
+                name: "web".into(),
+                namespace: "ns".into(),
+                uid: RS_UID.into(),
+                generation: 3,
+                ..Default::default()
+            }),
+            spec: Some(pb::ReplicaSetSpec {
+                replicas: Some(replicas),
+                selector: Some(pb::LabelSelector {
+                    match_labels: labels(&[("app", "web")]).into_iter().collect(),
+                    ..Default::default()
+                }),
+                template: Some(pb::PodTemplateSpec {
+                    metadata: Some(pb::ObjectMeta {
+                        labels: labels(&[("app", "web"), ("tier", "front")]).into_iter().collect(),
+                        ..Default::default()
+                    }),
+                    spec: None,
+                }),
+                min_ready_seconds: 10,
+            }),
+            status: None,
+        }
+    }
+
+    /// A pod named `name`, owned by the ReplicaSet when `owner` is Some(true), by another
+    /// controller when Some(false), an orphan when None.
+    fn pod(name: &str, owner: Option<bool>, app: &str, f: impl FnOnce(&mut pb::Pod)) -> pb::Pod {
+        let owner_references = match owner {
+            None => vec![],
+            Some(ours) => vec![pb::OwnerReference {
+                kind: "ReplicaSet".into(),
+                name: "web".into(),
+                uid: if ours { RS_UID.into() } else { "other".into() },
+                controller: true,
+                ..Default::default()
+            }],
+        };
+        let mut p = pb::Pod {
+            metadata: Some(pb::ObjectMeta {
+                name: name.into(),
+                namespace: "ns".into(),
+                uid: format!("uid-{name}"),
+                labels: labels(&[("app", app)]).into_iter().collect(),
+                owner_references,
+                creation_timestamp: "2026-12-04T00:00:00Z".into(),
+                ..Default::default()
+            }),
+            spec: Some(pb::PodSpec::default()),
+            status: Some(pb::PodStatus { phase: "Pending".into(), ..Default::default() }),
+        };
+        f(&mut p);
+        p
+    }
+
+    fn running(node: &str, ready_at: Option<&str>) -> impl FnOnce(&mut pb::Pod) {
+        let (node, ready_at) = (node.to_string(), ready_at.map(str::to_string));
+        move |p| {
+            p.spec.as_mut().expect("spec").node_name = node;
+            let s = p.status.as_mut().expect("status");
+            s.phase = "Running".into();
+            if let Some(t) = ready_at {
+                s.conditions.push(pb::Condition {
+                    r#type: "Ready".into(),
+                    status: "True".into(),
+                    last_transition_time: t,
+                    ..Default::default()
+                });
+            }
+        }
+    }
+
+    fn at(t: &str) -> SystemTime {
+        humantime::parse_rfc3339(t).expect("time")
+    }
+
+    fn plan_of(rs: &pb::ReplicaSet, pods: &[pb::Pod]) -> Plan {
+        plan(rs, &pods.iter().collect::<Vec<_>>(), at("2026-12-04T01:00:00Z")).expect("plan")
+    }
+
+    #[test]
+    fn too_few_pods_are_made_up_and_too_many_cut_to_the_count() {
+        let pods = vec![pod("a", Some(true), "web", |_| {})];
+        assert_eq!(plan_of(&rs(3), &pods).create, 2);
+        assert!(plan_of(&rs(3), &pods).delete.is_empty());
+        assert_eq!(plan_of(&rs(0), &pods).delete, vec![("a".to_string(), "uid-a".to_string())]);
+        assert_eq!(plan_of(&rs(1), &pods), Plan { status: plan_of(&rs(1), &pods).status, ..Default::default() });
+        assert_eq!(plan_of(&rs(100_000), &[]).create, BURST_CREATES, "creates are capped per round");
+    }
+
+    #[test]
+    fn orphans_that_match_are_adopted_and_owned_pods_that_stop_matching_are_released() {
+        let pods = vec![
+            pod("orphan", None, "web", |_| {}),
+            pod("stray", Some(true), "db", |_| {}),
+            pod("theirs", Some(false), "web", |_| {}),
+            pod("orphan-db", None, "db", |_| {}),
+            pod("orphan-going", None, "web", |p| {
+                p.metadata.as_mut().expect("meta").deletion_timestamp = "2026-12-04T00:30:00Z".into()
+            }),
+        ];
+        let p = plan_of(&rs(1), &pods);
+        assert_eq!(p.adopt, vec!["orphan"]);
+        assert_eq!(p.release, vec!["stray"]);
+        assert_eq!((p.create, p.delete.len(), p.status.replicas), (0, 0, 1), "the adopted pod counts: {p:?}");
+        let mut going = rs(1);
+        going.metadata.as_mut().expect("meta").deletion_timestamp = "2026-12-04T00:59:00Z".into();
+        let p = plan_of(&going, &pods);
+        assert!(p.adopt.is_empty() && p.create == 0, "a ReplicaSet being deleted adopts and creates nothing: {p:?}");
+    }
+
+    #[test]
+    fn finished_and_terminating_pods_do_not_count_and_are_replaced() {
+        let pods = vec![
+            pod("done", Some(true), "web", |p| p.status.as_mut().expect("status").phase = "Succeeded".into()),
+            pod("failed", Some(true), "web", |p| p.status.as_mut().expect("status").phase = "Failed".into()),
+            pod("going", Some(true), "web", |p| {
+                p.metadata.as_mut().expect("meta").deletion_timestamp = "2026-12-04T00:30:00Z".into()
+            }),
+            pod("live", Some(true), "web", |_| {}),
+        ];
+        let p = plan_of(&rs(2), &pods);
+        assert_eq!((p.create, p.status.replicas), (1, 1), "{p:?}");
+        assert!(p.delete.is_empty());
+    }
+
+    #[test]
+    fn surplus_pods_go_cheapest_first() {
+        let pods = vec![
+            pod("ready-old", Some(true), "web", running("n1", Some("2026-12-04T00:10:00Z"))),
+            pod("ready-new", Some(true), "web", running("n1", Some("2026-12-04T00:50:00Z"))),
+            pod("running-unready", Some(true), "web", running("n1", None)),
+            pod("unknown", Some(true), "web", |p| {
+                p.spec.as_mut().expect("spec").node_name = "n2".into();
+                p.status.as_mut().expect("status").phase = "Unknown".into();
+            }),
+            pod("pending-on-node", Some(true), "web", |p| p.spec.as_mut().expect("spec").node_name = "n2".into()),
+            pod("unscheduled", Some(true), "web", |_| {}),
+        ];
+        let order: Vec<String> = plan_of(&rs(0), &pods).delete.into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            order,
+            vec!["unscheduled", "pending-on-node", "unknown", "running-unready", "ready-new", "ready-old"]
+        );
+        let keep_one: Vec<String> = plan_of(&rs(5), &pods).delete.into_iter().map(|(n, _)| n).collect();
+        assert_eq!(keep_one, vec!["unscheduled"]);
+    }
+
+    #[test]
+    fn status_counts_ready_available_after_min_ready_seconds_and_fully_labeled() {
+        let pods = vec![
+            // Ready 50 minutes before "now": available.
+            pod("a", Some(true), "web", running("n1", Some("2026-12-04T00:10:00Z"))),
+            // Ready 5 s before "now": ready, not yet available (minReadySeconds 10).
+            pod("b", Some(true), "web", running("n1", Some("2026-12-04T00:59:55Z"))),
+            pod("c", Some(true), "web", |p| {
+                p.metadata.as_mut().expect("meta").labels.insert("tier".into(), "front".into());
+            }),
+        ];
+        let s = plan_of(&rs(3), &pods).status;
+        assert_eq!(
+            (s.replicas, s.ready_replicas, s.available_replicas, s.fully_labeled_replicas, s.observed_generation),
+            (3, 2, 1, 1, 3)
+        );
+    }
+}
