@@ -17,7 +17,8 @@
 //!   selected with `--controllers` (`*`, `name`, `-name`), as Kubernetes'
 //!   `--controllers` flag does.
 //!
-//! Controllers so far: [`replicaset`] (its decisions, not yet wired to informers).
+//! Controllers so far: [`replicaset`]. The controller manager process that elects one
+//! instance and runs the selected controllers comes next (issue 12).
 //!
 //! One controller manager acts at a time (lock `kube-system/flotilla-controller-manager`,
 //! the client's fenced elector), and its writes carry the fencing token.

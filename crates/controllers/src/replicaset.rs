@@ -1,7 +1,11 @@
-//! The ReplicaSet controller's decisions, as a pure function of a ReplicaSet and the pods
-//! in its namespace (what the caches show): which pods to adopt and release, how many to
-//! create, which to delete, and the status to write. The controller around it (informers,
-//! expectations, the writes) is in the next step of issue 12.
+//! The ReplicaSet controller: keeps each ReplicaSet's count of pods.
+//!
+//! [`plan`] decides, as a pure function of a ReplicaSet and the pods in its namespace
+//! (what the caches show), which pods to adopt and release, how many to create, which to
+//! delete, and the status to write. [`ReplicaSetController`] runs it: informer changes
+//! queue the ReplicaSets they concern and mark [`Expectations`] observed; a reconcile
+//! makes the writes, and makes no creates or deletes while earlier ones are still
+//! unobserved in its cache.
 //!
 //! The rules are Kubernetes':
 //!
@@ -21,10 +25,18 @@
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use flotilla_client::reflector::{Cache, Change};
+use flotilla_client::{Client, ClientError, DeleteParams, ListParams, Reflector};
 use flotilla_core::selector::LabelSelector;
 use flotilla_proto::api as pb;
+
+use crate::expectations::Expectations;
+use crate::queue::WorkQueue;
+use crate::worker::Reconcile;
+use crate::ControllerError;
 
 /// At most this many creates per reconcile (Kubernetes' burstReplicas).
 pub const BURST_CREATES: usize = 500;
@@ -175,6 +187,254 @@ fn status(m: &pb::ObjectMeta, spec: &pb::ReplicaSetSpec, active: &[&pb::Pod], no
         observed_generation: m.generation,
         conditions: vec![],
     }
+}
+
+/// The running controller: its caches, expectations and client (fenced when elected).
+pub struct ReplicaSetController {
+    client: Client,
+    sets: Cache<pb::ReplicaSet>,
+    pods: Cache<pb::Pod>,
+    expectations: Expectations,
+}
+
+fn key_of(m: &pb::ObjectMeta) -> String {
+    format!("{}/{}", m.namespace, m.name)
+}
+
+/// The ReplicaSet that controls `pod`, as `namespace/name`, if a ReplicaSet does.
+fn owner_key(pod: &pb::Pod) -> Option<String> {
+    let m = meta(pod);
+    m.owner_references
+        .iter()
+        .find(|r| r.controller && r.kind == "ReplicaSet")
+        .map(|r| format!("{}/{}", m.namespace, r.name))
+}
+
+/// The pod `rs` makes from its template.
+fn new_pod(rs: &pb::ReplicaSet) -> pb::Pod {
+    let m = rs.metadata.clone().unwrap_or_default();
+    let template = rs.spec.as_ref().and_then(|s| s.template.clone()).unwrap_or_default();
+    let tm = template.metadata.unwrap_or_default();
+    pb::Pod {
+        metadata: Some(pb::ObjectMeta {
+            generate_name: format!("{}-", m.name),
+            namespace: m.namespace.clone(),
+            labels: tm.labels,
+            annotations: tm.annotations,
+            owner_references: vec![owner_ref(&m)],
+            ..Default::default()
+        }),
+        spec: template.spec,
+        status: None,
+    }
+}
+
+fn owner_ref(m: &pb::ObjectMeta) -> pb::OwnerReference {
+    pb::OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: "ReplicaSet".into(),
+        name: m.name.clone(),
+        uid: m.uid.clone(),
+        controller: true,
+        block_owner_deletion: true,
+    }
+}
+
+impl ReplicaSetController {
+    /// A controller over these caches, writing through `client`.
+    pub fn new(client: Client, sets: Cache<pb::ReplicaSet>, pods: Cache<pb::Pod>) -> ReplicaSetController {
+        ReplicaSetController { client, sets, pods, expectations: Expectations::default() }
+    }
+
+    /// The ReplicaSets in `namespace` whose selector matches `labels`.
+    fn matching_sets(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Vec<String> {
+        let sets = self.sets.read().unwrap_or_else(|p| p.into_inner());
+        sets.range(format!("{namespace}/")..)
+            .take_while(|(k, _)| k.starts_with(&format!("{namespace}/")))
+            .filter(|(_, rs)| {
+                rs.spec.as_ref().and_then(|s| s.selector.as_ref()).is_some_and(|sel| {
+                    flotilla_api::select::from_proto(sel).is_ok_and(|s| !empty(&s) && s.matches(labels))
+                })
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Takes in a change of the pod cache: marks expectations observed and queues the
+    /// ReplicaSets the pod concerns (its owner, before and after; for an orphan, those
+    /// that could adopt it).
+    pub fn pod_changed(&self, queue: &WorkQueue, c: &Change<pb::Pod>) {
+        match c {
+            Change::Listed => self.all_changed(queue),
+            Change::Upsert { old: None, new } => match owner_key(new) {
+                Some(owner) => {
+                    self.expectations.creation_observed(&owner);
+                    queue.add(&owner);
+                }
+                None => self.matching_sets(&meta(new).namespace, &meta(new).labels).iter().for_each(|k| queue.add(k)),
+            },
+            Change::Upsert { old: Some(old), new } => {
+                let (om, nm) = (meta(old), meta(new));
+                if !nm.deletion_timestamp.is_empty() && om.deletion_timestamp.is_empty() {
+                    // Being deleted gracefully counts as the deletion (it no longer counts).
+                    if let Some(owner) = owner_key(new) {
+                        self.expectations.deletion_observed(&owner, &nm.uid);
+                    }
+                }
+                let (was, is) = (owner_key(old), owner_key(new));
+                for k in was.iter().chain(is.iter().filter(|k| Some(*k) != was.as_ref())) {
+                    queue.add(k);
+                }
+                if is.is_none() && (om.labels != nm.labels || was.is_some()) {
+                    self.matching_sets(&nm.namespace, &nm.labels).iter().for_each(|k| queue.add(k));
+                }
+            }
+            Change::Deleted(p) => {
+                if let Some(owner) = owner_key(p) {
+                    self.expectations.deletion_observed(&owner, &meta(p).uid);
+                    queue.add(&owner);
+                }
+            }
+        }
+    }
+
+    /// Takes in a change of the ReplicaSet cache.
+    pub fn set_changed(&self, queue: &WorkQueue, c: &Change<pb::ReplicaSet>) {
+        match c {
+            Change::Listed => self.all_changed(queue),
+            Change::Upsert { new, .. } => queue.add(&key_of(&new.metadata.clone().unwrap_or_default())),
+            Change::Deleted(rs) => {
+                let k = key_of(&rs.metadata.clone().unwrap_or_default());
+                self.expectations.forget(&k);
+                queue.add(&k);
+            }
+        }
+    }
+
+    fn all_changed(&self, queue: &WorkQueue) {
+        let keys: Vec<String> = self.sets.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        keys.iter().for_each(|k| queue.add(k));
+    }
+
+    async fn set_owner(&self, pod: &pb::Pod, rs: &pb::ObjectMeta, adopt: bool) -> Result<(), ClientError> {
+        let mut p = pod.clone();
+        let m = p.metadata.get_or_insert_with(Default::default);
+        m.owner_references.retain(|r| !(r.controller && (r.uid == rs.uid || adopt)));
+        if adopt {
+            m.owner_references.push(owner_ref(rs));
+        }
+        // A compare-and-swap on the cached version: a pod changed meanwhile is looked
+        // at again, never overwritten.
+        self.client.update(p).await.map(|_| ())
+    }
+}
+
+impl Reconcile for ReplicaSetController {
+    fn name(&self) -> &str {
+        "replicaset"
+    }
+
+    async fn reconcile(&self, key: &str) -> Result<Option<Duration>, ControllerError> {
+        let Some(rs) = self.sets.read().unwrap_or_else(|p| p.into_inner()).get(key).cloned() else {
+            self.expectations.forget(key);
+            return Ok(None);
+        };
+        let m = rs.metadata.clone().unwrap_or_default();
+        let satisfied = self.expectations.satisfied(key);
+        let pods: Vec<pb::Pod> = {
+            let all = self.pods.read().unwrap_or_else(|p| p.into_inner());
+            let prefix = format!("{}/", m.namespace);
+            all.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)).map(|(_, p)| p.clone()).collect()
+        };
+        let by_name: BTreeMap<&str, &pb::Pod> = pods.iter().map(|p| (meta(p).name.as_str(), p)).collect();
+        let plan =
+            plan(&rs, &pods.iter().collect::<Vec<_>>(), SystemTime::now()).map_err(ControllerError::Reconcile)?;
+        let mut errors: Vec<String> = Vec::new();
+        for (names, adopt) in [(&plan.adopt, true), (&plan.release, false)] {
+            for name in names {
+                if let Some(p) = by_name.get(name.as_str()) {
+                    if let Err(e) = self.set_owner(p, &m, adopt).await {
+                        if !e.is_not_found() {
+                            errors.push(format!("{} pod {name}: {e}", if adopt { "adopting" } else { "releasing" }));
+                        }
+                    }
+                }
+            }
+        }
+        if satisfied && plan.create > 0 {
+            self.expectations.expect_creations(key, plan.create as u64);
+            let template = new_pod(&rs);
+            let creates = (0..plan.create).map(|_| self.client.create(template.clone()));
+            for r in futures::future::join_all(creates).await {
+                if let Err(e) = r {
+                    // It will never be observed: take it back.
+                    self.expectations.creation_observed(key);
+                    errors.push(format!("creating a pod: {e}"));
+                }
+            }
+        }
+        if satisfied && !plan.delete.is_empty() {
+            self.expectations.expect_deletions(key, plan.delete.iter().map(|(_, uid)| uid.as_str()));
+            for (name, uid) in &plan.delete {
+                let p = DeleteParams { uid: uid.clone(), ..Default::default() };
+                match self.client.delete::<pb::Pod>(&m.namespace, name, &p).await {
+                    Ok(_) => {}
+                    Err(e) if e.is_not_found() => self.expectations.deletion_observed(key, uid),
+                    Err(e) => {
+                        self.expectations.deletion_failed(key, uid);
+                        errors.push(format!("deleting pod {name}: {e}"));
+                    }
+                }
+            }
+        }
+        let current = rs.status.clone().unwrap_or_default();
+        let mut want = plan.status.clone();
+        want.conditions = current.conditions.clone();
+        if want != current {
+            let mut updated = rs.clone();
+            updated.status = Some(want.clone());
+            if let Err(e) = self.client.update_status(updated).await {
+                if !e.is_not_found() {
+                    errors.push(format!("writing status: {e}"));
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ControllerError::Reconcile(errors.join("; ")));
+        }
+        // Pods ready but not yet available: look again when they may be.
+        let min_ready = rs.spec.as_ref().map_or(0, |s| s.min_ready_seconds);
+        Ok((want.ready_replicas > want.available_replicas && min_ready > 0)
+            .then(|| Duration::from_secs(u64::try_from(min_ready).unwrap_or(0))))
+    }
+}
+
+/// Runs the ReplicaSet controller with `workers` workers, writing through `client`,
+/// until `shutdown` completes.
+pub async fn run(client: Client, workers: usize, shutdown: impl std::future::Future<Output = ()>) {
+    let (set_tx, mut set_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (pod_tx, mut pod_rx) = tokio::sync::mpsc::unbounded_channel();
+    let sets = Reflector::<pb::ReplicaSet>::start_notifying(client.clone(), ListParams::default(), Some(set_tx));
+    let pods = Reflector::<pb::Pod>::start_notifying(client.clone(), ListParams::default(), Some(pod_tx));
+    let ctl = Arc::new(ReplicaSetController::new(client, sets.cache(), pods.cache()));
+    let queue = Arc::new(WorkQueue::default());
+    let workers = tokio::spawn(crate::worker::run(queue.clone(), ctl.clone(), workers));
+    let dispatch = async {
+        loop {
+            tokio::select! {
+                Some(c) = set_rx.recv() => ctl.set_changed(&queue, &c),
+                Some(c) = pod_rx.recv() => ctl.pod_changed(&queue, &c),
+                else => return,
+            }
+        }
+    };
+    tokio::select! {
+        () = shutdown => {}
+        () = dispatch => {}
+    }
+    queue.shut_down();
+    let _ = workers.await;
+    drop((sets, pods));
 }
 
 #[cfg(test)]

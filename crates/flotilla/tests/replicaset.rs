@@ -1,0 +1,194 @@
+//! The ReplicaSet controller against real masters. It runs in the test process here (the
+//! controller manager process and its election come next, issue 12); everything it reads
+//! and writes goes through the masters' API.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use flotilla_client::{Client, DeleteParams, ListParams};
+use flotilla_proto::api as pb;
+
+fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+    kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn replicaset(name: &str, replicas: i32) -> pb::ReplicaSet {
+    pb::ReplicaSet {
+        metadata: Some(pb::ObjectMeta { name: name.into(), namespace: "default".into(), ..Default::default() }),
+        spec: Some(pb::ReplicaSetSpec {
+            replicas: Some(replicas),
+            selector: Some(pb::LabelSelector { match_labels: labels(&[("app", name)]), ..Default::default() }),
+            template: Some(pb::PodTemplateSpec {
+                metadata: Some(pb::ObjectMeta { labels: labels(&[("app", name)]), ..Default::default() }),
+                spec: Some(pb::PodSpec {
+                    containers: vec![pb::Container {
+                        name: "main".into(),
+                        image: "busybox:1.36".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            }),
+            min_ready_seconds: 0,
+        }),
+        status: None,
+    }
+}
+
+/// Sets the ReplicaSet's replicas, reading it again when the controller's status write
+/// got in between (as any client must).
+async fn scale(client: &Client, name: &str, replicas: i32) {
+    for _ in 0..20 {
+        let mut rs: pb::ReplicaSet = client.get("default", name).await.expect("get replicaset");
+        rs.spec.as_mut().expect("spec").replicas = Some(replicas);
+        match client.update(rs).await {
+            Ok(_) => return,
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => panic!("scaling {name}: {e}"),
+        }
+    }
+    panic!("scaling {name}: 20 conflicts in a row");
+}
+
+/// The live (not being deleted) pods labelled `app=<app>`, by name.
+async fn live_pods(client: &Client, app: &str) -> Vec<pb::Pod> {
+    let p = ListParams { namespace: "default".into(), label_selector: format!("app={app}"), ..Default::default() };
+    let mut pods: Vec<pb::Pod> = client
+        .list::<pb::Pod>(&p)
+        .await
+        .expect("list pods")
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.as_ref().is_some_and(|m| m.deletion_timestamp.is_empty()))
+        .collect();
+    pods.sort_by_key(|p| p.metadata.as_ref().map(|m| m.name.clone()));
+    pods
+}
+
+fn name(p: &pb::Pod) -> String {
+    p.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default()
+}
+
+/// Waits until exactly `n` live pods of `app` exist, all controlled by the ReplicaSet
+/// `app`, and its status says so; fails if more than `most` are ever seen.
+async fn settles_at(c: &Cluster, client: &Client, app: &str, n: usize, most: usize) -> Vec<pb::Pod> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pods = live_pods(client, app).await;
+        assert!(
+            pods.len() <= most,
+            "{} pods of {app}, more than {most}: {:?}",
+            pods.len(),
+            pods.iter().map(name).collect::<Vec<_>>()
+        );
+        let rs: pb::ReplicaSet = client.get("default", app).await.expect("get replicaset");
+        let uid = rs.metadata.as_ref().map(|m| m.uid.clone()).unwrap_or_default();
+        let owned = pods.iter().all(|p| {
+            p.metadata.as_ref().is_some_and(|m| m.owner_references.iter().any(|r| r.controller && r.uid == uid))
+        });
+        let status = rs.status.clone().unwrap_or_default();
+        let generation = rs.metadata.as_ref().map_or(0, |m| m.generation);
+        if pods.len() == n && owned && status.replicas as usize == n && status.observed_generation == generation {
+            return pods;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "{app} did not settle at {n}: pods {:?}, owned by it: {owned}, status {status:?}\n{}",
+                pods.iter().map(name).collect::<Vec<_>>(),
+                c.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A ReplicaSet gets its pods; a deleted pod is replaced; scaling down deletes the
+/// surplus; a matching orphan is adopted (and, being surplus and newest, deleted); a
+/// restarted controller does nothing twice. The count never goes above what was asked
+/// plus the one orphan the test adds.
+#[test]
+fn a_replicaset_keeps_its_count_through_deletes_scaling_orphans_and_restarts() {
+    let c = Cluster::start(3, &[]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let client = Client::new(&c.members.iter().map(|m| m.endpoint()).collect::<Vec<_>>()).expect("client");
+        let start = |client: &Client| {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(flotilla_controllers::replicaset::run(client.clone(), 2, async move {
+                let _ = stopped.await;
+            }));
+            (stop, task)
+        };
+        let (stop, task) = start(&client);
+        client.create(replicaset("web", 3)).await.expect("create replicaset");
+        let pods = settles_at(&c, &client, "web", 3, 3).await;
+
+        // A pod deleted is replaced by a new one.
+        let gone = name(&pods[0]);
+        client.delete::<pb::Pod>("default", &gone, &DeleteParams::default()).await.expect("delete pod");
+        let pods = settles_at(&c, &client, "web", 3, 3).await;
+        assert!(pods.iter().all(|p| name(p) != gone), "{gone} came back");
+
+        // Scaled down: two go.
+        scale(&client, "web", 1).await;
+        let pods = settles_at(&c, &client, "web", 1, 3).await;
+        let kept = name(&pods[0]);
+
+        // An orphan that matches is adopted; being the newest, it is the surplus deleted.
+        let mut stray = pods[0].clone();
+        stray.metadata = Some(pb::ObjectMeta {
+            name: "stray".into(),
+            namespace: "default".into(),
+            labels: labels(&[("app", "web")]),
+            ..Default::default()
+        });
+        stray.spec.as_mut().expect("spec").node_name.clear();
+        stray.status = None;
+        client.create(stray).await.expect("create orphan");
+        let pods = settles_at(&c, &client, "web", 1, 2).await;
+        assert_eq!(name(&pods[0]), kept, "the older pod stays");
+
+        // A new controller (as after a restart or a failover) starts from the caches and
+        // changes nothing; scaled up, it makes exactly the difference.
+        let _ = stop.send(());
+        task.await.expect("controller");
+        let (stop, task) = start(&client);
+        scale(&client, "web", 2).await;
+        let pods = settles_at(&c, &client, "web", 2, 2).await;
+        assert!(pods.iter().any(|p| name(p) == kept), "the old pod was kept");
+        let _ = stop.send(());
+        task.await.expect("controller");
+    });
+}
+
+/// A pod cache that lags behind the controller's own creates (here: one that never sees
+/// them) never makes it create twice: the second reconcile waits for the creations it
+/// expects instead of counting from the stale cache.
+#[test]
+fn a_cache_behind_its_own_creates_never_makes_extra_pods() {
+    use flotilla_controllers::replicaset::ReplicaSetController;
+    use flotilla_controllers::worker::Reconcile;
+    use std::sync::{Arc, RwLock};
+
+    let c = Cluster::start(3, &[]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let client = Client::new(&c.members.iter().map(|m| m.endpoint()).collect::<Vec<_>>()).expect("client");
+        let rs = client.create(replicaset("lag", 3)).await.expect("create replicaset");
+        // The ReplicaSet cache is current (refreshed before each round); the pod cache
+        // stays empty.
+        let sets = Arc::new(RwLock::new(BTreeMap::from([("default/lag".to_string(), rs)])));
+        let frozen_pods = Arc::new(RwLock::new(BTreeMap::new()));
+        let ctl = ReplicaSetController::new(client.clone(), sets.clone(), frozen_pods);
+        for round in 0..3 {
+            let rs: pb::ReplicaSet = client.get("default", "lag").await.expect("get");
+            sets.write().expect("lock").insert("default/lag".into(), rs);
+            ctl.reconcile("default/lag").await.unwrap_or_else(|e| panic!("reconcile {round}: {e}"));
+        }
+        let pods = live_pods(&client, "lag").await;
+        assert_eq!(pods.len(), 3, "{:?}", pods.iter().map(name).collect::<Vec<_>>());
+    });
+}
