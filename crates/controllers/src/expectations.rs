@@ -86,6 +86,20 @@ impl Expectations {
         }
     }
 
+    /// The cache showed the deletion of `uid`, whoever owns the pod now (a pod released
+    /// or re-owned between the delete and its observation still counts).
+    pub fn deletion_observed_anywhere(&self, uid: &str) {
+        for r in self.lock().values_mut() {
+            r.deletions.remove(uid);
+        }
+    }
+
+    /// Drops the records of owners for which `keep` is false (after a cache was filled
+    /// again from a list, which shows every acknowledged write).
+    pub fn retain(&self, mut keep: impl FnMut(&str) -> bool) {
+        self.lock().retain(|k, _| keep(k));
+    }
+
     /// A delete of `uid` failed and it still exists: stop waiting for it.
     pub fn deletion_failed(&self, owner: &str, uid: &str) {
         self.deletion_observed(owner, uid);

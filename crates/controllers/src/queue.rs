@@ -197,12 +197,17 @@ impl WorkQueue {
     /// A worker is finished with `key`: if it was added meanwhile, it is queued again.
     pub fn done(&self, key: &str) {
         let mut s = self.lock();
-        s.processing.remove(key);
-        if s.dirty.contains(key) && !s.shut_down {
+        // Only a key a worker holds: a stray `done` must not queue a key twice.
+        if s.processing.remove(key) && s.dirty.contains(key) && !s.shut_down {
             s.ready.push_back(key.to_string());
             drop(s);
             self.wake.notify_one();
         }
+    }
+
+    /// Whether a worker holds `key` now.
+    pub fn is_processing(&self, key: &str) -> bool {
+        self.lock().processing.contains(key)
     }
 
     /// Keys waiting for a worker now (not counting those held or due later).

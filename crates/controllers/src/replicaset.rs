@@ -10,9 +10,9 @@
 //! The rules are Kubernetes':
 //!
 //! * a pod belongs to the ReplicaSet whose uid its controller owner reference names; an
-//!   orphan (no controller reference, not being deleted) whose labels match the selector
-//!   is adopted; an owned pod whose labels stop matching is released. A ReplicaSet being
-//!   deleted adopts nothing. Pods controlled by something else are never touched;
+//!   active orphan (no controller reference, not finished, not being deleted) whose labels
+//!   match the selector is adopted; an owned pod whose labels stop matching is released. A
+//!   ReplicaSet being deleted adopts and releases nothing. Pods controlled by something else are never touched;
 //! * the active pods are the owned ones neither finished (Succeeded, Failed) nor being
 //!   deleted; their count is brought to `replicas` (creates capped per round, so a
 //!   ReplicaSet of 10,000 does not send 10,000 creates at once);
@@ -127,12 +127,16 @@ pub fn plan(rs: &pb::ReplicaSet, pods: &[&pb::Pod], now: SystemTime) -> Result<P
             Some(uid) if uid == m.uid => {
                 if matches {
                     owned.push(p);
-                } else if pm.deletion_timestamp.is_empty() {
+                } else if pm.deletion_timestamp.is_empty() && !deleting {
                     plan.release.push(pm.name.clone());
                 }
             }
             Some(_) => {} // another controller's
-            None if matches && !deleting && pm.deletion_timestamp.is_empty() => {
+            None if matches
+                && !deleting
+                && pm.deletion_timestamp.is_empty()
+                && !matches!(phase(p), "Succeeded" | "Failed") =>
+            {
                 plan.adopt.push(pm.name.clone());
                 owned.push(p);
             }
@@ -201,15 +205,6 @@ fn key_of(m: &pb::ObjectMeta) -> String {
     format!("{}/{}", m.namespace, m.name)
 }
 
-/// The ReplicaSet that controls `pod`, as `namespace/name`, if a ReplicaSet does.
-fn owner_key(pod: &pb::Pod) -> Option<String> {
-    let m = meta(pod);
-    m.owner_references
-        .iter()
-        .find(|r| r.controller && r.kind == "ReplicaSet")
-        .map(|r| format!("{}/{}", m.namespace, r.name))
-}
-
 /// The pod `rs` makes from its template.
 fn new_pod(rs: &pb::ReplicaSet) -> pb::Pod {
     let m = rs.metadata.clone().unwrap_or_default();
@@ -246,6 +241,17 @@ impl ReplicaSetController {
         ReplicaSetController { client, sets, pods, expectations: Expectations::default() }
     }
 
+    /// The cached ReplicaSet that controls `pod`, as `namespace/name` — only if its uid
+    /// is the one the owner reference names (not a namesake made after it was deleted).
+    fn owner_key(&self, pod: &pb::Pod) -> Option<String> {
+        let m = meta(pod);
+        let r = m.owner_references.iter().find(|r| r.controller && r.kind == "ReplicaSet")?;
+        let key = format!("{}/{}", m.namespace, r.name);
+        let sets = self.sets.read().unwrap_or_else(|p| p.into_inner());
+        let rs = sets.get(&key)?;
+        rs.metadata.as_ref().is_some_and(|rm| rm.uid == r.uid).then_some(key)
+    }
+
     /// The ReplicaSets in `namespace` whose selector matches `labels`.
     fn matching_sets(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Vec<String> {
         let sets = self.sets.read().unwrap_or_else(|p| p.into_inner());
@@ -265,8 +271,15 @@ impl ReplicaSetController {
     /// that could adopt it).
     pub fn pod_changed(&self, queue: &WorkQueue, c: &Change<pb::Pod>) {
         match c {
-            Change::Listed => self.all_changed(queue),
-            Change::Upsert { old: None, new } => match owner_key(new) {
+            Change::Listed => {
+                // The cache was filled from a list: it shows every acknowledged create
+                // and delete, so what was expected of a ReplicaSet with no writes in
+                // flight (no worker holds it) is settled. The others keep their records;
+                // their writes' events come through the watch that follows the list.
+                self.expectations.retain(|k| queue.is_processing(k));
+                self.all_changed(queue);
+            }
+            Change::Upsert { old: None, new } => match self.owner_key(new) {
                 Some(owner) => {
                     self.expectations.creation_observed(&owner);
                     queue.add(&owner);
@@ -277,11 +290,9 @@ impl ReplicaSetController {
                 let (om, nm) = (meta(old), meta(new));
                 if !nm.deletion_timestamp.is_empty() && om.deletion_timestamp.is_empty() {
                     // Being deleted gracefully counts as the deletion (it no longer counts).
-                    if let Some(owner) = owner_key(new) {
-                        self.expectations.deletion_observed(&owner, &nm.uid);
-                    }
+                    self.expectations.deletion_observed_anywhere(&nm.uid);
                 }
-                let (was, is) = (owner_key(old), owner_key(new));
+                let (was, is) = (self.owner_key(old), self.owner_key(new));
                 for k in was.iter().chain(is.iter().filter(|k| Some(*k) != was.as_ref())) {
                     queue.add(k);
                 }
@@ -290,8 +301,8 @@ impl ReplicaSetController {
                 }
             }
             Change::Deleted(p) => {
-                if let Some(owner) = owner_key(p) {
-                    self.expectations.deletion_observed(&owner, &meta(p).uid);
+                self.expectations.deletion_observed_anywhere(&meta(p).uid);
+                if let Some(owner) = self.owner_key(p) {
                     queue.add(&owner);
                 }
             }
@@ -316,12 +327,42 @@ impl ReplicaSetController {
         keys.iter().for_each(|k| queue.add(k));
     }
 
+    /// Writes `status` (a compare-and-swap); when the cached ReplicaSet is behind (often
+    /// behind this controller's own last status write), reads it again and retries once.
+    async fn write_status(&self, rs: &pb::ReplicaSet, status: &pb::ReplicaSetStatus) -> Result<(), ClientError> {
+        let mut updated = rs.clone();
+        updated.status = Some(status.clone());
+        match self.client.update_status(updated).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) if e.is_conflict() => {
+                let m = rs.metadata.clone().unwrap_or_default();
+                let mut fresh: pb::ReplicaSet = match self.client.get(&m.namespace, &m.name).await {
+                    Err(e) if e.is_not_found() => return Ok(()),
+                    other => other?,
+                };
+                if fresh.metadata.as_ref().is_none_or(|f| f.uid != m.uid || f.generation != m.generation) {
+                    return Ok(()); // changed under us: its own event brings the key back
+                }
+                let mut status = status.clone();
+                status.conditions = fresh.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+                fresh.status = Some(status);
+                self.client.update_status(fresh).await.map(|_| ())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     async fn set_owner(&self, pod: &pb::Pod, rs: &pb::ObjectMeta, adopt: bool) -> Result<(), ClientError> {
         let mut p = pod.clone();
         let m = p.metadata.get_or_insert_with(Default::default);
-        m.owner_references.retain(|r| !(r.controller && (r.uid == rs.uid || adopt)));
         if adopt {
+            // An orphan has no controller; a non-controlling reference to this
+            // ReplicaSet is replaced, not doubled.
+            m.owner_references.retain(|r| r.uid != rs.uid);
             m.owner_references.push(owner_ref(rs));
+        } else {
+            m.owner_references.retain(|r| !(r.controller && r.uid == rs.uid));
         }
         // A compare-and-swap on the cached version: a pod changed meanwhile is looked
         // at again, never overwritten.
@@ -350,6 +391,19 @@ impl Reconcile for ReplicaSetController {
         let plan =
             plan(&rs, &pods.iter().collect::<Vec<_>>(), SystemTime::now()).map_err(ControllerError::Reconcile)?;
         let mut errors: Vec<String> = Vec::new();
+        if !plan.adopt.is_empty() {
+            // Adopt only for the ReplicaSet that exists now, and is not being deleted:
+            // the cache may still hold a namesake that was deleted.
+            let fresh: pb::ReplicaSet = match self.client.get(&m.namespace, &m.name).await {
+                Ok(f) => f,
+                Err(e) if e.is_not_found() => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let fm = fresh.metadata.unwrap_or_default();
+            if fm.uid != m.uid || !fm.deletion_timestamp.is_empty() {
+                return Ok(None); // its own events bring the key back
+            }
+        }
         for (names, adopt) in [(&plan.adopt, true), (&plan.release, false)] {
             for name in names {
                 if let Some(p) = by_name.get(name.as_str()) {
@@ -361,15 +415,26 @@ impl Reconcile for ReplicaSetController {
                 }
             }
         }
+        if !errors.is_empty() {
+            // The plan counted pods it failed to claim: no creates or deletes from it
+            // (another ReplicaSet may have claimed them), as Kubernetes does.
+            return Err(ControllerError::Reconcile(errors.join("; ")));
+        }
         if satisfied && plan.create > 0 {
             self.expectations.expect_creations(key, plan.create as u64);
             let template = new_pod(&rs);
             let creates = (0..plan.create).map(|_| self.client.create(template.clone()));
             for r in futures::future::join_all(creates).await {
-                if let Err(e) = r {
-                    // It will never be observed: take it back.
-                    self.expectations.creation_observed(key);
-                    errors.push(format!("creating a pod: {e}"));
+                match r {
+                    Ok(_) => {}
+                    // It may have been made: its event will say so (or the record's TTL
+                    // runs out). Taking it back could let a later event count twice.
+                    Err(e @ ClientError::Indeterminate(_)) => errors.push(format!("creating a pod: {e}")),
+                    Err(e) => {
+                        // It will never be observed: take it back.
+                        self.expectations.creation_observed(key);
+                        errors.push(format!("creating a pod: {e}"));
+                    }
                 }
             }
         }
@@ -391,12 +456,8 @@ impl Reconcile for ReplicaSetController {
         let mut want = plan.status.clone();
         want.conditions = current.conditions.clone();
         if want != current {
-            let mut updated = rs.clone();
-            updated.status = Some(want.clone());
-            if let Err(e) = self.client.update_status(updated).await {
-                if !e.is_not_found() {
-                    errors.push(format!("writing status: {e}"));
-                }
+            if let Err(e) = self.write_status(&rs, &want).await {
+                errors.push(format!("writing status: {e}"));
             }
         }
         if !errors.is_empty() {
@@ -414,11 +475,18 @@ impl Reconcile for ReplicaSetController {
 pub async fn run(client: Client, workers: usize, shutdown: impl std::future::Future<Output = ()>) {
     let (set_tx, mut set_rx) = tokio::sync::mpsc::unbounded_channel();
     let (pod_tx, mut pod_rx) = tokio::sync::mpsc::unbounded_channel();
-    let sets = Reflector::<pb::ReplicaSet>::start_notifying(client.clone(), ListParams::default(), Some(set_tx));
-    let pods = Reflector::<pb::Pod>::start_notifying(client.clone(), ListParams::default(), Some(pod_tx));
+    let mut sets = Reflector::<pb::ReplicaSet>::start_notifying(client.clone(), ListParams::default(), Some(set_tx));
+    let mut pods = Reflector::<pb::Pod>::start_notifying(client.clone(), ListParams::default(), Some(pod_tx));
     let ctl = Arc::new(ReplicaSetController::new(client, sets.cache(), pods.cache()));
     let queue = Arc::new(WorkQueue::default());
-    let workers = tokio::spawn(crate::worker::run(queue.clone(), ctl.clone(), workers));
+    tokio::pin!(shutdown);
+    // No reconcile before both caches hold their first list: planning against an empty
+    // pod cache would create every ReplicaSet's pods again.
+    tokio::select! {
+        () = &mut shutdown => return,
+        () = async { sets.wait_synced().await; pods.wait_synced().await; } => {}
+    }
+    let mut workers = tokio::spawn(crate::worker::run(queue.clone(), ctl.clone(), workers));
     let dispatch = async {
         loop {
             tokio::select! {
@@ -429,8 +497,17 @@ pub async fn run(client: Client, workers: usize, shutdown: impl std::future::Fut
         }
     };
     tokio::select! {
-        () = shutdown => {}
+        () = &mut shutdown => {}
         () = dispatch => {}
+        r = &mut workers => {
+            // Workers end only on shutdown; earlier, one panicked: a bug, made loud.
+            if let Err(e) = r {
+                if e.is_panic() {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
+            return;
+        }
     }
     queue.shut_down();
     let _ = workers.await;

@@ -138,9 +138,17 @@ fn a_replicaset_keeps_its_count_through_deletes_scaling_orphans_and_restarts() {
         let kept = name(&pods[0]);
 
         // An orphan that matches is adopted; being the newest, it is the surplus deleted.
+        // (Creation times have one-second resolution: it is made in a later second than
+        // the pod it competes with, and named to sort after it, so that only its age can
+        // make it the one to go.)
+        let kept_created = pods[0].metadata.as_ref().map(|m| m.creation_timestamp.clone()).unwrap_or_default();
+        let kept_at = humantime::parse_rfc3339_weak(&kept_created).expect("creationTimestamp");
+        while std::time::SystemTime::now().duration_since(kept_at).map_or(true, |d| d < Duration::from_millis(1100)) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let mut stray = pods[0].clone();
         stray.metadata = Some(pb::ObjectMeta {
-            name: "stray".into(),
+            name: "zz-stray".into(),
             namespace: "default".into(),
             labels: labels(&[("app", "web")]),
             ..Default::default()
