@@ -2,12 +2,15 @@
 //! binary drives an etcd cluster and a Flotilla cluster; and `compare`, which runs the
 //! same workload matrix against both on one machine.
 //!
-//! `scheduler` measures scheduling on a Flotilla cluster (through the resource API).
+//! `scheduler` measures scheduling on a Flotilla cluster (through the resource API);
+//! `hollow` keeps Node objects alive and reports their pods running, without containers
+//! (for tests and benchmarks of the control plane).
 //!
 //! This crate talks to servers only over gRPC; it must not depend on the store.
 
 pub mod compare;
 pub mod error;
+pub mod hollow;
 pub mod report;
 pub mod scheduler;
 pub mod workload;

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flotilla_client::{Client, ListParams, WatchEvent};
+
+use crate::hollow::{node_lease, NODE_LEASES};
 use flotilla_proto::api as pb;
 use serde::Serialize;
 use tokio_stream::StreamExt;
@@ -108,21 +110,6 @@ fn pod(ns: &str, name: &str) -> pb::Pod {
         status: None,
     }
 }
-
-fn node_lease(name: &str) -> pb::Lease {
-    pb::Lease {
-        metadata: Some(pb::ObjectMeta { name: name.into(), namespace: NODE_LEASES.into(), ..Default::default() }),
-        spec: Some(pb::LeaseSpec {
-            holder_identity: name.into(),
-            lease_duration_seconds: Some(40),
-            renew_time: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
-            ..Default::default()
-        }),
-    }
-}
-
-/// Where node Leases live, as in Kubernetes.
-const NODE_LEASES: &str = "kube-node-lease";
 
 /// Runs `f(i)` for `0..n`, `conc` at a time; the first error stops it.
 async fn in_parallel<F, Fut>(n: usize, conc: usize, f: F) -> Result<(), BenchError>

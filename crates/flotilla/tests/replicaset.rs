@@ -200,3 +200,90 @@ fn a_cache_behind_its_own_creates_never_makes_extra_pods() {
         assert_eq!(pods.len(), 3, "{:?}", pods.iter().map(name).collect::<Vec<_>>());
     });
 }
+
+/// Waits until the ReplicaSet `app` counts `n` pods ready and available and `n` live pods
+/// exist; those pods.
+async fn all_ready(c: &Cluster, client: &Client, app: &str, n: i32) -> Vec<pb::Pod> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rs: pb::ReplicaSet = client.get("default", app).await.expect("get");
+        let s = rs.status.clone().unwrap_or_default();
+        let pods = live_pods(client, app).await;
+        if (s.replicas, s.ready_replicas, s.available_replicas) == (n, n, n) && pods.len() == n as usize {
+            return pods;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{app}: not {n} ready: {s:?}, pods {:?}\n{}",
+            pods.iter()
+                .map(|p| format!(
+                    "{}@{}:{}",
+                    name(p),
+                    p.spec.as_ref().map(|s| s.node_name.as_str()).unwrap_or_default(),
+                    p.status.as_ref().map(|s| s.phase.as_str()).unwrap_or_default()
+                ))
+                .collect::<Vec<_>>(),
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// End to end on the control plane: a ReplicaSet's pods are made by the controller,
+/// placed by the masters' scheduler on hollow nodes (which report them Running and Ready,
+/// as a kubelet would), and counted ready and available in its status; spread over both
+/// nodes. A pod deleted gracefully is confirmed by its node and replaced.
+#[test]
+fn replicaset_pods_are_scheduled_reported_ready_and_replaced() {
+    let c = Cluster::start_with_scheduler(3, &[]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let client = Client::new(&c.members.iter().map(|m| m.endpoint()).collect::<Vec<_>>()).expect("client");
+        let (stop_nodes, nodes_stopped) = tokio::sync::oneshot::channel::<()>();
+        let nodes = tokio::spawn(flotilla_bench::hollow::run(
+            client.clone(),
+            vec!["h1".into(), "h2".into()],
+            BTreeMap::new(),
+            async move {
+                let _ = nodes_stopped.await;
+            },
+        ));
+        // Both nodes registered before any pod is placed.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for n in ["h1", "h2"] {
+            while client.get::<pb::Node>("", n).await.is_err() {
+                assert!(!nodes.is_finished(), "the hollow nodes stopped early");
+                assert!(Instant::now() < deadline, "hollow node {n} did not register");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let ctl = tokio::spawn(flotilla_controllers::replicaset::run(client.clone(), 2, async move {
+            let _ = stopped.await;
+        }));
+        client.create(replicaset("api", 4)).await.expect("create replicaset");
+        let pods = all_ready(&c, &client, "api", 4).await;
+        let on: std::collections::BTreeSet<String> =
+            pods.iter().map(|p| p.spec.as_ref().map(|s| s.node_name.clone()).unwrap_or_default()).collect();
+        assert_eq!(on, ["h1", "h2"].iter().map(|s| s.to_string()).collect(), "spread over both nodes");
+        assert!(pods.iter().all(|p| p.status.as_ref().is_some_and(|s| s.phase == "Running" && !s.pod_ip.is_empty())));
+
+        // A graceful delete (60 s) only marks the pod; its node confirms it (as a kubelet
+        // does once the containers stopped), well before the grace period ends.
+        let gone = name(&pods[0]);
+        let graceful = DeleteParams { grace_period_seconds: Some(60), ..Default::default() };
+        let removed = client.delete::<pb::Pod>("default", &gone, &graceful).await.expect("delete pod");
+        assert!(!removed, "a pod on a node is only marked for deletion");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client.get::<pb::Pod>("default", &gone).await.is_ok() {
+            assert!(Instant::now() < deadline, "{gone} was not confirmed deleted by its node");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let pods = all_ready(&c, &client, "api", 4).await;
+        assert!(pods.iter().all(|p| name(p) != gone));
+        let _ = stop.send(());
+        ctl.await.expect("controller");
+        let _ = stop_nodes.send(());
+        nodes.await.expect("hollow nodes").expect("hollow nodes ran");
+    });
+}
