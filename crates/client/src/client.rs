@@ -21,6 +21,8 @@ pub struct Client {
     /// The fencing token every write carries, if this client acts for an elected
     /// component (see [`Client::fenced`]).
     fence: Option<pb::FenceToken>,
+    /// Called for every write the store refuses as fenced (a metric's counter).
+    on_fenced: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 /// Parameters of a list (or of the list under a watch).
@@ -93,14 +95,20 @@ impl Client {
 
     /// A client with explicit timing.
     pub fn with_options(endpoints: &[String], opts: Options) -> Result<Client, ClientError> {
-        Ok(Client { pool: Pool::new(endpoints, opts)?, fence: None })
+        Ok(Client { pool: Pool::new(endpoints, opts)?, fence: None, on_fenced: None })
     }
 
     /// The same client, every write of which carries `fence`: the store refuses them
     /// (`ClientError::is_fenced`) once the lock has another holder or term
     /// (docs/rfcs/0001-fenced-leadership.md).
     pub fn fenced(&self, fence: &flotilla_api::Fence) -> Client {
-        Client { pool: self.pool.clone(), fence: Some(fence.to_proto()) }
+        Client { pool: self.pool.clone(), fence: Some(fence.to_proto()), on_fenced: self.on_fenced.clone() }
+    }
+
+    /// The same client, calling `f` for every write the store refuses as fenced (to count
+    /// them in a metric); clients made from it with [`Client::fenced`] keep it.
+    pub fn on_fenced(&self, f: impl Fn() + Send + Sync + 'static) -> Client {
+        Client { pool: self.pool.clone(), fence: self.fence.clone(), on_fenced: Some(Arc::new(f)) }
     }
 
     /// The fencing token this client's writes carry.
@@ -136,7 +144,13 @@ impl Client {
             let res = tokio::time::timeout(self.pool.opts.request_timeout, f(client)).await;
             let status = match res {
                 Ok(Ok(r)) => return Ok(r.into_inner()),
-                Ok(Err(s)) if !is_transport(&s) => return Err(ClientError::Api(s)),
+                Ok(Err(s)) if !is_transport(&s) => {
+                    let e = ClientError::Api(s);
+                    if let (true, Some(f)) = (e.is_fenced(), &self.on_fenced) {
+                        f();
+                    }
+                    return Err(e);
+                }
                 Ok(Err(s)) => s,
                 Err(_) => Status::deadline_exceeded("no answer within the request timeout"),
             };

@@ -100,3 +100,16 @@ pub fn pod_ref(pod: &pb::Pod) -> pb::ObjectReference {
         field_path: String::new(),
     }
 }
+
+/// A reference to any object for an Event.
+pub fn object_ref<T: crate::Resource>(o: &T) -> pb::ObjectReference {
+    let m = o.metadata().cloned().unwrap_or_default();
+    pb::ObjectReference {
+        kind: T::KIND.into(),
+        namespace: m.namespace,
+        name: m.name,
+        uid: m.uid,
+        resource_version: m.resource_version,
+        field_path: String::new(),
+    }
+}

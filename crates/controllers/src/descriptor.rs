@@ -8,7 +8,16 @@
 
 use std::collections::BTreeSet;
 
+use crate::informers::Informers;
+use crate::manager::Context;
 use crate::ControllerError;
+
+/// Runs a controller for one term of leadership, until [`Context::stopped`].
+pub type StartFn = fn(Context) -> futures::future::BoxFuture<'static, ()>;
+
+/// Starts the informers a controller reads, so that a candidate waiting for the lock
+/// keeps them warm and takes over without listing everything first.
+pub type WarmFn = fn(&Informers);
 
 /// One controller in the table.
 #[derive(Debug, Clone, Copy)]
@@ -19,6 +28,10 @@ pub struct Descriptor {
     pub on_by_default: bool,
     /// One line for `--help`.
     pub about: &'static str,
+    /// Runs it.
+    pub start: StartFn,
+    /// Starts its informers.
+    pub warm: WarmFn,
 }
 
 /// The controllers `spec` selects from `table` (see the module docs).
@@ -62,10 +75,16 @@ pub fn select(table: &[Descriptor], spec: &str) -> Result<BTreeSet<&'static str>
 mod tests {
     use super::*;
 
+    fn start(_: Context) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
+
+    fn warm(_: &Informers) {}
+
     const TABLE: &[Descriptor] = &[
-        Descriptor { name: "replicaset", on_by_default: true, about: "" },
-        Descriptor { name: "deployment", on_by_default: true, about: "" },
-        Descriptor { name: "bootstrap", on_by_default: false, about: "" },
+        Descriptor { name: "replicaset", on_by_default: true, about: "", start, warm },
+        Descriptor { name: "deployment", on_by_default: true, about: "", start, warm },
+        Descriptor { name: "bootstrap", on_by_default: false, about: "", start, warm },
     ];
 
     fn names(spec: &str) -> Vec<&'static str> {

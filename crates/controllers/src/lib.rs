@@ -17,22 +17,29 @@
 //!   selected with `--controllers` (`*`, `name`, `-name`), as Kubernetes'
 //!   `--controllers` flag does.
 //!
-//! Controllers so far: [`replicaset`]. The controller manager process that elects one
-//! instance and runs the selected controllers comes next (issue 12).
+//! * [`informers`]: one reflector per kind, shared by every controller that reads it;
+//! * [`manager`]: one controller manager acts at a time (lock
+//!   `kube-system/flotilla-controller-manager`, the client's fenced elector); while it
+//!   holds the lock it runs the selected controllers, and their writes carry the fencing
+//!   token; [`metrics`] says what they do.
 //!
-//! One controller manager acts at a time (lock `kube-system/flotilla-controller-manager`,
-//! the client's fenced elector), and its writes carry the fencing token.
+//! Controllers so far: [`replicaset`].
 //!
 //! A client of the apiserver only: it must not depend on the store or the apiserver.
 
 pub mod descriptor;
 pub mod error;
 pub mod expectations;
+pub mod informers;
+pub mod manager;
+pub mod metrics;
 pub mod queue;
 pub mod replicaset;
 pub mod worker;
 
 pub use error::ControllerError;
+pub use manager::{run, ManagerConfig, CONTROLLERS};
+pub use metrics::ControllerMetrics;
 
 /// The controller manager's lock: namespace and name.
 pub const LOCK: (&str, &str) = ("kube-system", "flotilla-controller-manager");

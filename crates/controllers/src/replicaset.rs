@@ -28,12 +28,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use flotilla_client::events::object_ref;
 use flotilla_client::reflector::{Cache, Change};
-use flotilla_client::{Client, ClientError, DeleteParams, ListParams, Reflector};
+use flotilla_client::{Client, ClientError, DeleteParams, EventRecorder};
 use flotilla_core::selector::LabelSelector;
 use flotilla_proto::api as pb;
 
 use crate::expectations::Expectations;
+use crate::informers::Informers;
+use crate::manager::Context;
 use crate::queue::WorkQueue;
 use crate::worker::Reconcile;
 use crate::ControllerError;
@@ -196,6 +199,7 @@ fn status(m: &pb::ObjectMeta, spec: &pb::ReplicaSetSpec, active: &[&pb::Pod], no
 /// The running controller: its caches, expectations and client (fenced when elected).
 pub struct ReplicaSetController {
     client: Client,
+    recorder: EventRecorder,
     sets: Cache<pb::ReplicaSet>,
     pods: Cache<pb::Pod>,
     expectations: Expectations,
@@ -238,7 +242,14 @@ fn owner_ref(m: &pb::ObjectMeta) -> pb::OwnerReference {
 impl ReplicaSetController {
     /// A controller over these caches, writing through `client`.
     pub fn new(client: Client, sets: Cache<pb::ReplicaSet>, pods: Cache<pb::Pod>) -> ReplicaSetController {
-        ReplicaSetController { client, sets, pods, expectations: Expectations::default() }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        ReplicaSetController {
+            client,
+            recorder: EventRecorder::new("replicaset-controller", host.trim()),
+            sets,
+            pods,
+            expectations: Expectations::default(),
+        }
     }
 
     /// The cached ReplicaSet that controls `pod`, as `namespace/name` — only if its uid
@@ -329,6 +340,13 @@ impl ReplicaSetController {
 
     /// Writes `status` (a compare-and-swap); when the cached ReplicaSet is behind (often
     /// behind this controller's own last status write), reads it again and retries once.
+    /// Records an Event about `rs` (a failure to record is only logged).
+    async fn event(&self, rs: &pb::ReplicaSet, kind: &str, reason: &str, message: &str) {
+        if let Err(e) = self.recorder.record(&self.client, object_ref(rs), kind, reason, message).await {
+            tracing::debug!(error = %e, reason, "cannot record an Event");
+        }
+    }
+
     async fn write_status(&self, rs: &pb::ReplicaSet, status: &pb::ReplicaSetStatus) -> Result<(), ClientError> {
         let mut updated = rs.clone();
         updated.status = Some(status.clone());
@@ -423,7 +441,13 @@ impl Reconcile for ReplicaSetController {
         if satisfied && plan.create > 0 {
             self.expectations.expect_creations(key, plan.create as u64);
             let template = new_pod(&rs);
-            let creates = (0..plan.create).map(|_| self.client.create(template.clone()));
+            let creates = (0..plan.create).map(|_| async {
+                let r = self.client.create(template.clone()).await;
+                if let Ok(p) = &r {
+                    self.event(&rs, "Normal", "SuccessfulCreate", &format!("Created pod: {}", meta(p).name)).await;
+                }
+                r
+            });
             for r in futures::future::join_all(creates).await {
                 match r {
                     Ok(_) => {}
@@ -433,6 +457,9 @@ impl Reconcile for ReplicaSetController {
                     Err(e) => {
                         // It will never be observed: take it back.
                         self.expectations.creation_observed(key);
+                        if !e.is_fenced() {
+                            self.event(&rs, "Warning", "FailedCreate", &format!("Error creating: {e}")).await;
+                        }
                         errors.push(format!("creating a pod: {e}"));
                     }
                 }
@@ -443,7 +470,7 @@ impl Reconcile for ReplicaSetController {
             for (name, uid) in &plan.delete {
                 let p = DeleteParams { uid: uid.clone(), ..Default::default() };
                 match self.client.delete::<pb::Pod>(&m.namespace, name, &p).await {
-                    Ok(_) => {}
+                    Ok(_) => self.event(&rs, "Normal", "SuccessfulDelete", &format!("Deleted pod: {name}")).await,
                     Err(e) if e.is_not_found() => self.expectations.deletion_observed(key, uid),
                     Err(e) => {
                         self.expectations.deletion_failed(key, uid);
@@ -470,23 +497,24 @@ impl Reconcile for ReplicaSetController {
     }
 }
 
-/// Runs the ReplicaSet controller with `workers` workers, writing through `client`,
-/// until `shutdown` completes.
-pub async fn run(client: Client, workers: usize, shutdown: impl std::future::Future<Output = ()>) {
-    let (set_tx, mut set_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (pod_tx, mut pod_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut sets = Reflector::<pb::ReplicaSet>::start_notifying(client.clone(), ListParams::default(), Some(set_tx));
-    let mut pods = Reflector::<pb::Pod>::start_notifying(client.clone(), ListParams::default(), Some(pod_tx));
-    let ctl = Arc::new(ReplicaSetController::new(client, sets.cache(), pods.cache()));
+/// Starts the informers the ReplicaSet controller reads.
+pub fn warm(informers: &Informers) {
+    informers.get::<pb::ReplicaSet>();
+    informers.get::<pb::Pod>();
+}
+
+/// Runs the ReplicaSet controller for one term (until `ctx` says stop).
+pub async fn start(ctx: Context) {
+    let (sets, pods) = (ctx.informers.get::<pb::ReplicaSet>(), ctx.informers.get::<pb::Pod>());
+    let (mut set_rx, mut pod_rx) = (sets.subscribe(), pods.subscribe());
+    let ctl = Arc::new(ReplicaSetController::new(ctx.client.clone(), sets.cache(), pods.cache()));
     let queue = Arc::new(WorkQueue::default());
-    tokio::pin!(shutdown);
     // No reconcile before both caches hold their first list: planning against an empty
     // pod cache would create every ReplicaSet's pods again.
     tokio::select! {
-        () = &mut shutdown => return,
+        () = ctx.stopped() => return,
         () = async { sets.wait_synced().await; pods.wait_synced().await; } => {}
     }
-    let mut workers = tokio::spawn(crate::worker::run(queue.clone(), ctl.clone(), workers));
     let dispatch = async {
         loop {
             tokio::select! {
@@ -496,22 +524,8 @@ pub async fn run(client: Client, workers: usize, shutdown: impl std::future::Fut
             }
         }
     };
-    tokio::select! {
-        () = &mut shutdown => {}
-        () = dispatch => {}
-        r = &mut workers => {
-            // Workers end only on shutdown; earlier, one panicked: a bug, made loud.
-            if let Err(e) = r {
-                if e.is_panic() {
-                    std::panic::resume_unwind(e.into_panic());
-                }
-            }
-            return;
-        }
-    }
-    queue.shut_down();
-    let _ = workers.await;
-    drop((sets, pods));
+    crate::worker::serve(queue.clone(), ctl.clone(), ctx.workers, ctx.metrics("replicaset"), dispatch, ctx.stopped())
+        .await;
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::metrics::PerController;
 use crate::queue::WorkQueue;
 use crate::ControllerError;
 
@@ -22,15 +23,25 @@ pub trait Reconcile: Send + Sync + 'static {
     fn reconcile(&self, key: &str) -> impl Future<Output = Result<Option<Duration>, ControllerError>> + Send;
 }
 
-/// Runs `workers` workers on `queue` until it is shut down.
-pub async fn run<R: Reconcile>(queue: Arc<WorkQueue>, reconciler: Arc<R>, workers: usize) {
+/// Runs `workers` workers on `queue` until it is shut down, recording into `metrics`.
+pub async fn run<R: Reconcile>(queue: Arc<WorkQueue>, reconciler: Arc<R>, workers: usize, metrics: PerController) {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..workers.max(1) {
-        let (queue, reconciler) = (queue.clone(), reconciler.clone());
+        let (queue, reconciler, metrics) = (queue.clone(), reconciler.clone(), metrics.clone());
         tasks.spawn(async move {
             while let Some(key) = queue.get().await {
-                reconcile_one(&queue, reconciler.as_ref(), &key).await;
+                metrics.queue_depth.set(queue.len() as i64);
+                let started = tokio::time::Instant::now();
+                let ok = reconcile_one(&queue, reconciler.as_ref(), &key).await;
+                if let Some(h) = &metrics.reconcile_seconds {
+                    h.observe(started.elapsed().as_secs_f64());
+                }
+                metrics.reconciles.inc();
+                if !ok {
+                    metrics.reconcile_errors.inc();
+                }
                 queue.done(&key);
+                metrics.queue_depth.set(queue.len() as i64);
             }
         });
     }
@@ -44,18 +55,54 @@ pub async fn run<R: Reconcile>(queue: Arc<WorkQueue>, reconciler: Arc<R>, worker
     }
 }
 
-async fn reconcile_one<R: Reconcile>(queue: &WorkQueue, reconciler: &R, key: &str) {
+/// One reconcile; whether it succeeded.
+async fn reconcile_one<R: Reconcile>(queue: &WorkQueue, reconciler: &R, key: &str) -> bool {
     match reconciler.reconcile(key).await {
         Ok(again) => {
             queue.forget(key);
             if let Some(after) = again {
                 queue.add_after(key, after);
             }
+            true
         }
         Err(e) => {
             let delay = queue.retry(key);
             let failures = queue.failures(key);
             tracing::warn!(controller = reconciler.name(), key, error = %e, failures, retry_in = ?delay, "reconcile failed");
+            false
+        }
+    }
+}
+
+/// Runs a controller for one term: `workers` workers on `queue`, and `dispatch` (which
+/// turns informer changes into keys), until `stop` completes; then shuts the queue down
+/// and waits for the reconciles in flight. A panicking worker is re-raised.
+pub async fn serve<R: Reconcile>(
+    queue: Arc<WorkQueue>,
+    reconciler: Arc<R>,
+    workers: usize,
+    metrics: PerController,
+    dispatch: impl Future<Output = ()>,
+    stop: impl Future<Output = ()>,
+) {
+    let mut tasks = tokio::spawn(run(queue.clone(), reconciler, workers, metrics));
+    tokio::select! {
+        () = stop => {}
+        () = dispatch => {}
+        r = &mut tasks => {
+            // Workers end only on shutdown; earlier, one panicked: a bug, made loud.
+            if let Err(e) = r {
+                if e.is_panic() {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
+            return;
+        }
+    }
+    queue.shut_down();
+    if let Err(e) = tasks.await {
+        if e.is_panic() {
+            std::panic::resume_unwind(e.into_panic());
         }
     }
 }
@@ -106,7 +153,7 @@ mod tests {
         let t0 = tokio::time::Instant::now();
         q.add("ns/bad");
         q.add("ns/good");
-        let run = tokio::spawn(run(q.clone(), fake.clone(), 2));
+        let run = tokio::spawn(run(q.clone(), fake.clone(), 2, PerController::default()));
         // Failures at 0, then after 100, 200 and 400 ms of back-off: the fourth succeeds.
         while fake.calls.lock().expect("lock").iter().filter(|(k, _)| k == "ns/bad").count() < 4 {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -128,7 +175,7 @@ mod tests {
     async fn many_workers_never_reconcile_one_key_at_once() {
         let q = Arc::new(WorkQueue::default());
         let fake = Arc::new(Fake::default());
-        let run = tokio::spawn(run(q.clone(), fake.clone(), 8));
+        let run = tokio::spawn(run(q.clone(), fake.clone(), 8, PerController::default()));
         for round in 0..20 {
             for k in 0..3 {
                 q.add(&format!("ns/{k}"));

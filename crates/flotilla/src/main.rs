@@ -2,6 +2,7 @@
 //! library crate of the chosen component. No logic lives here.
 
 mod bench;
+mod controller_manager;
 mod master;
 mod scheduler;
 
@@ -29,6 +30,10 @@ enum Command {
     /// Run a scheduler candidate of its own against any masters (every master also runs
     /// one unless started with --disable-scheduler); the elected one places pods.
     Scheduler(Box<scheduler::SchedulerArgs>),
+    /// Run a controller-manager candidate of its own against any masters (every master
+    /// also runs one unless started with --disable-controller-manager); the elected one
+    /// runs the controllers.
+    ControllerManager(Box<controller_manager::ControllerManagerArgs>),
     /// Load-test an etcd v3 endpoint (Flotilla or etcd), or compare the two.
     Bench(Box<bench::BenchArgs>),
     /// Manage objects and masters (the same as the `flotctl` binary).
@@ -53,6 +58,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Master(args) => master::run(*args),
         Command::Scheduler(args) => scheduler::run(*args),
+        Command::ControllerManager(args) => controller_manager::run(*args),
         Command::Bench(args) => bench::run(*args),
         Command::Ctl(_) => Ok(()),
     };

@@ -108,6 +108,15 @@ pub struct MasterArgs {
 
     #[command(flatten)]
     scheduler: crate::scheduler::SchedulerFlags,
+
+    /// Do not run a controller-manager candidate in this master (by default every master
+    /// runs one, talking to its own apiserver; the elected one runs the controllers). Run
+    /// `flotilla controller-manager` elsewhere instead.
+    #[arg(long)]
+    disable_controller_manager: bool,
+
+    #[command(flatten)]
+    controller_manager: crate::controller_manager::ControllerManagerFlags,
 }
 
 /// The YAML config file: the same settings as the flags.
@@ -133,10 +142,13 @@ struct FileConfig {
     event_ttl: Option<String>,
     #[serde(default)]
     disable_scheduler: bool,
+    #[serde(default)]
+    disable_controller_manager: bool,
+    controllers: Option<String>,
 }
 
-/// What `flotilla master` runs: the store member, the apiserver beside it, and a
-/// scheduler candidate.
+/// What `flotilla master` runs: the store member, the apiserver beside it, a scheduler
+/// candidate and a controller-manager candidate.
 pub struct MasterConfig {
     /// The store member.
     pub node: NodeConfig,
@@ -144,6 +156,8 @@ pub struct MasterConfig {
     pub api: ApiConfig,
     /// The scheduler candidate (None: switched off).
     pub scheduler: Option<flotilla_scheduler::SchedulerConfig>,
+    /// The controller-manager candidate (None: switched off).
+    pub controller_manager: Option<flotilla_controllers::ManagerConfig>,
 }
 
 fn url(flag: &str, v: &str) -> anyhow::Result<Url> {
@@ -248,59 +262,120 @@ pub fn config(args: MasterArgs) -> anyhow::Result<MasterConfig> {
     } else {
         Some(args.scheduler.config(&format!("{}/{}", node.name, flotilla_client::elector::unique_identity()))?)
     };
-    Ok(MasterConfig { node, api, scheduler })
+    let controller_manager = if args.disable_controller_manager || file.disable_controller_manager {
+        None
+    } else {
+        let mut flags = args.controller_manager;
+        if let (true, Some(c)) = (flags.controllers.is_empty() || flags.controllers == "*", file.controllers) {
+            flags.controllers = c;
+        }
+        Some(flags.config(&format!("{}/{}", node.name, flotilla_client::elector::unique_identity()))?)
+    };
+    Ok(MasterConfig { node, api, scheduler, controller_manager })
 }
 
-/// Runs a master until SIGINT or SIGTERM. On a graceful stop the scheduler candidate
-/// releases its lock first (a successor takes over at once), then the store stops.
+/// An elected component a master runs beside its store: a scheduler or a controller
+/// manager candidate, talking to this master's own apiserver.
+struct Candidate {
+    /// For logs.
+    what: &'static str,
+    /// Its lock (namespace, name).
+    lock: (&'static str, &'static str),
+    /// Its identity in the lock.
+    identity: String,
+    /// Its `/metrics` text, added to the master's.
+    render: Box<dyn Fn() -> String + Send + Sync>,
+    /// Runs it until the future given completes; whether it held the lock and released it.
+    run: RunFn,
+}
+
+type Client = flotilla_client::Client;
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+/// Runs a candidate through a client until the future given completes.
+type RunFn = Box<dyn FnOnce(Client, BoxFuture<'static, ()>) -> BoxFuture<'static, anyhow::Result<bool>> + Send>;
+
+fn candidates(
+    scheduler: Option<flotilla_scheduler::SchedulerConfig>,
+    manager: Option<flotilla_controllers::ManagerConfig>,
+) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    if let Some(cfg) = scheduler {
+        let metrics = Arc::new(flotilla_scheduler::SchedulerMetrics::new());
+        let m = metrics.clone();
+        out.push(Candidate {
+            what: "scheduler",
+            lock: flotilla_scheduler::LOCK,
+            identity: cfg.elector.identity.clone(),
+            render: Box::new(move || m.render()),
+            run: Box::new(move |client, stop| {
+                Box::pin(async move { Ok(flotilla_scheduler::run(client, cfg, metrics, stop).await?) })
+            }),
+        });
+    }
+    if let Some(cfg) = manager {
+        let metrics = Arc::new(flotilla_controllers::ControllerMetrics::new());
+        let m = metrics.clone();
+        out.push(Candidate {
+            what: "controller manager",
+            lock: flotilla_controllers::LOCK,
+            identity: cfg.elector.identity.clone(),
+            render: Box::new(move || m.render()),
+            run: Box::new(move |client, stop| {
+                Box::pin(async move { Ok(flotilla_controllers::run(client, cfg, metrics, stop).await?) })
+            }),
+        });
+    }
+    out
+}
+
+/// Runs a master until SIGINT or SIGTERM. On a graceful stop the scheduler and
+/// controller-manager candidates release their locks first (successors take over at
+/// once), then the store stops.
 pub fn run(args: MasterArgs) -> anyhow::Result<()> {
     let cfg = config(args)?;
     let rt =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let (stop_scheduler, scheduler_stopped) = tokio::sync::watch::channel(false);
-        let scheduler_task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>> = Arc::default();
-        let task = scheduler_task.clone();
+        let (stop_candidates, candidates_stopped) = tokio::sync::watch::channel(false);
+        let tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let running = tasks.clone();
         let shutdown = async move {
             crate::scheduler::signalled().await;
-            let _ = stop_scheduler.send(true);
-            let handle = task.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(h) = handle {
-                if tokio::time::timeout(Duration::from_secs(3), h).await.is_err() {
-                    tracing::warn!("the scheduler did not stop within 3 s");
-                }
+            let _ = stop_candidates.send(true);
+            let handles = std::mem::take(&mut *running.lock().unwrap_or_else(|p| p.into_inner()));
+            let all = futures::future::join_all(handles);
+            if tokio::time::timeout(Duration::from_secs(3), all).await.is_err() {
+                tracing::warn!("the scheduler and controller manager did not stop within 3 s");
             }
         };
         let api = cfg.api;
-        let scheduler = cfg.scheduler;
+        let candidates = candidates(cfg.scheduler, cfg.controller_manager);
         let own = cfg.node.advertise_client.to_string();
         flotilla_store::server::run(
             cfg.node,
             move |node, routes| {
-                if let Some(sched) = scheduler {
-                    let metrics = Arc::new(flotilla_scheduler::SchedulerMetrics::new());
-                    let m = metrics.clone();
-                    node.metrics.add_renderer(Box::new(move || m.render()));
-                    let mut stopped = scheduler_stopped;
+                for c in candidates {
+                    node.metrics.add_renderer(c.render);
+                    let mut stopped = candidates_stopped.clone();
+                    let own = own.clone();
                     let handle = tokio::spawn(async move {
-                        let stop = async move {
+                        let stop = Box::pin(async move {
                             let _ = stopped.wait_for(|s| *s).await;
-                        };
+                        });
                         let client = match flotilla_client::Client::new(&[own]) {
                             Ok(c) => c,
-                            Err(e) => return tracing::error!(error = %e, "cannot start the scheduler candidate"),
+                            Err(e) => return tracing::error!(error = %e, "cannot start the {} candidate", c.what),
                         };
-                        let identity = sched.elector.identity.clone();
-                        match flotilla_scheduler::run(client.clone(), sched, metrics, stop).await {
+                        match (c.run)(client.clone(), stop).await {
                             // Keep this master's store up until a successor holds the lock,
                             // so that it takes over through it rather than after a store
                             // election (this master may lead Raft too).
-                            Ok(true) => wait_for_successor(&client, &identity).await,
+                            Ok(true) => wait_for_successor(&client, c.lock, &c.identity).await,
                             Ok(false) => {}
-                            Err(e) => tracing::error!(error = %e, "the scheduler candidate stopped"),
+                            Err(e) => tracing::error!(error = %e, "the {} candidate stopped", c.what),
                         }
                     });
-                    *scheduler_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+                    tasks.lock().unwrap_or_else(|p| p.into_inner()).push(handle);
                 }
                 routes.add_service(flotilla_apiserver::service(node, api))
             },
@@ -316,17 +391,16 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
 /// Raft, its stop costs the cluster an election).
 const HANDOVER_DRAIN: Duration = Duration::from_millis(300);
 
-/// Waits (at most a second) until another candidate holds the scheduler lock, then
-/// [`HANDOVER_DRAIN`].
-async fn wait_for_successor(client: &flotilla_client::Client, me: &str) {
+/// Waits (at most a second) until another candidate holds `lock`, then [`HANDOVER_DRAIN`].
+async fn wait_for_successor(client: &flotilla_client::Client, lock: (&str, &str), me: &str) {
     use flotilla_proto::api as pb;
-    let (ns, name) = flotilla_scheduler::LOCK;
+    let (ns, name) = lock;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
     while tokio::time::Instant::now() < deadline {
         if let Ok(l) = client.get::<pb::Lease>(ns, name).await {
             let holder = l.spec.map(|s| s.holder_identity).unwrap_or_default();
             if !holder.is_empty() && holder != me {
-                tracing::info!(successor = %holder, "the scheduler lock has a successor");
+                tracing::info!(successor = %holder, lock = name, "the lock has a successor");
                 tokio::time::sleep(HANDOVER_DRAIN).await;
                 return;
             }

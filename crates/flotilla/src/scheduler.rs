@@ -43,17 +43,24 @@ impl SchedulerFlags {
             }
             cfg.weights = weights;
         }
-        if let Some(ms) = self.scheduler_lease_duration {
-            if ms < 200 {
-                bail!("--scheduler-lease-duration must be at least 200 ms, not {ms}");
-            }
-            cfg.elector.lease_duration = Duration::from_millis(ms);
-            cfg.elector.renew_every = Duration::from_millis(ms / 4);
-        }
+        lease_duration("scheduler-lease-duration", self.scheduler_lease_duration, &mut cfg.elector)?;
         // Unknown plugin names and bad weights are refused here, before anything runs.
         flotilla_scheduler::plugins::build(&cfg.disabled_plugins, &cfg.weights).map_err(anyhow::Error::msg)?;
         Ok(cfg)
     }
+}
+
+/// Applies a `--*-lease-duration` flag (milliseconds) to an elector: the lease, renewed
+/// every quarter of it.
+pub fn lease_duration(flag: &str, ms: Option<u64>, elector: &mut flotilla_client::ElectorConfig) -> anyhow::Result<()> {
+    if let Some(ms) = ms {
+        if ms < 200 {
+            bail!("--{flag} must be at least 200 ms, not {ms}");
+        }
+        elector.lease_duration = Duration::from_millis(ms);
+        elector.renew_every = Duration::from_millis(ms / 4);
+    }
+    Ok(())
 }
 
 /// Flags of `flotilla scheduler`.
@@ -96,7 +103,8 @@ pub fn run(args: SchedulerArgs) -> anyhow::Result<()> {
         let metrics = Arc::new(SchedulerMetrics::new());
         if let Some(addr) = &args.listen_metrics {
             let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--listen-metrics {addr}"))?;
-            tokio::spawn(serve_metrics(l, metrics.clone()));
+            let m = metrics.clone();
+            tokio::spawn(serve_metrics(l, move || m.render()));
         }
         tracing::info!(%identity, masters = ?args.masters, "scheduler candidate started");
         flotilla_scheduler::run(client, cfg, metrics, signalled()).await?;
@@ -104,8 +112,8 @@ pub fn run(args: SchedulerArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Serves `/healthz` and `/metrics`.
-async fn serve_metrics(l: tokio::net::TcpListener, metrics: Arc<SchedulerMetrics>) {
+/// Serves `/healthz`, and `/metrics` from `render`.
+pub async fn serve_metrics(l: tokio::net::TcpListener, render: impl Fn() -> String + Clone + Send + Sync + 'static) {
     use axum::http::header;
     use axum::routing::get;
     let app = axum::Router::new()
@@ -113,7 +121,7 @@ async fn serve_metrics(l: tokio::net::TcpListener, metrics: Arc<SchedulerMetrics
         .route(
             "/metrics",
             get(move || {
-                let body = metrics.render();
+                let body = render();
                 async move {
                     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
                 }

@@ -189,6 +189,9 @@ fn bad_flags_are_refused_with_a_clear_message() {
         (with(&["--initial-cluster", "b=http://127.0.0.1:2"]), "is not in --initial-cluster"),
         (with(&["--initial-cluster-state", "old"]), "must be `new` or `existing`"),
         (vec!["--data-dir", d], "--name is required"),
+        (with(&["--controllers", "*,-replicaseet"]), "unknown controller \"replicaseet\" (known: replicaset"),
+        (with(&["--controllers", "-replicaset"]), "selects no controller"),
+        (with(&["--controller-workers", "0"]), "--controller-workers must be at least 1"),
     ];
     for (args, want) in &cases {
         let out = start_once(args);
@@ -197,4 +200,12 @@ fn bad_flags_are_refused_with_a_clear_message() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
     assert!(!data.exists(), "nothing created for bad flags");
+    // The standalone controller manager refuses the same before it connects anywhere.
+    let out = Command::new(bin())
+        .args(["controller-manager", "--masters", "127.0.0.1:1", "--controllers", "replicaset,bogus"])
+        .output()
+        .expect("run flotilla");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown controller \"bogus\""), "{err}");
 }

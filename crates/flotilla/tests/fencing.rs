@@ -1,22 +1,19 @@
 //! Fencing proven by the store, not by the elector's good manners: a scheduler that keeps
 //! acting after losing its lock (the debug-only FLOTILLA_FAULT_IGNORE_LEADERSHIP_LOSS) has
-//! every bind, status write and Event refused as fenced, and no pod is bound twice. CI
+//! every bind, status write and Event refused as fenced, and no pod is bound twice; a
+//! controller manager doing the same has its creates refused, and no ReplicaSet gets a
+//! pod more than it asked for. CI
 //! also runs these tests with the apiserver's fence compare switched off
 //! (FLOTILLA_FAULT_NO_FENCE=1) and requires them to fail.
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use flotilla_client::{Client, ClientError, ListParams};
 use flotilla_proto::api as pb;
-
-fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-    kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-}
 
 fn node(name: &str) -> pb::Node {
     let cap = labels(&[("cpu", "64"), ("memory", "64Gi"), ("pods", "200")]);
@@ -48,18 +45,19 @@ fn pod(name: &str, cpu: &str) -> pb::Pod {
     }
 }
 
-/// A `flotilla scheduler` process; killed when dropped.
-struct Scheduler {
+/// A `flotilla scheduler` or `flotilla controller-manager` process; killed when dropped.
+struct Candidate {
     child: Child,
     metrics: u16,
 }
 
-impl Scheduler {
-    fn start(c: &Cluster, identity: &str, ignore_loss: bool) -> Scheduler {
+impl Candidate {
+    /// Starts `flotilla <command>` (scheduler or controller-manager) against the cluster.
+    fn start(c: &Cluster, command: &str, identity: &str, ignore_loss: bool) -> Candidate {
         let metrics = free_port();
-        let log = std::fs::File::create(c.dir.path().join(format!("scheduler-{identity}.log"))).expect("log");
+        let log = std::fs::File::create(c.dir.path().join(format!("{command}-{identity}.log"))).expect("log");
         let mut cmd = Command::new(bin());
-        cmd.args(["scheduler", "--masters", &c.endpoints(), "--identity", identity])
+        cmd.args([command, "--masters", &c.endpoints(), "--identity", identity])
             .args(["--listen-metrics", &format!("127.0.0.1:{metrics}")])
             .env("FLOTILLA_LOG", "info")
             .stdout(Stdio::null())
@@ -67,7 +65,7 @@ impl Scheduler {
         if ignore_loss {
             cmd.env("FLOTILLA_FAULT_IGNORE_LEADERSHIP_LOSS", "1");
         }
-        Scheduler { child: cmd.spawn().expect("spawn flotilla scheduler"), metrics }
+        Candidate { child: cmd.spawn().unwrap_or_else(|e| panic!("spawn flotilla {command}: {e}")), metrics }
     }
 
     fn metric(&self, name: &str) -> Option<f64> {
@@ -79,7 +77,7 @@ impl Scheduler {
     }
 }
 
-impl Drop for Scheduler {
+impl Drop for Candidate {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -190,13 +188,13 @@ fn a_paused_standalone_scheduler_is_fenced_when_it_wakes() {
         }
         client
     });
-    let first = Scheduler::start(&c, "first", true);
+    let first = Candidate::start(&c, "scheduler", "first", true);
     wait_for(&c, Duration::from_secs(30), "the first scheduler leads", || {
         first.metric("flotilla_scheduler_is_leader") == Some(1.0)
     });
     rt.block_on(churn(&c, &client, "before", 5));
     first.signal("STOP");
-    let second = Scheduler::start(&c, "second", false);
+    let second = Candidate::start(&c, "scheduler", "second", false);
     wait_for(&c, Duration::from_secs(30), "the second scheduler takes over", || {
         second.metric("flotilla_scheduler_is_leader") == Some(1.0)
     });
@@ -248,4 +246,91 @@ fn a_paused_master_scheduler_is_fenced_when_it_wakes() {
         metric(&c.members[first], "flotilla_scheduler_fenced_writes_total").is_some_and(|n| n > 0.0)
     });
     rt.block_on(bound_once(&client));
+}
+
+/// Creates ReplicaSets `<prefix>-i` of `replicas` pods each (re-sending a create whose
+/// outcome is unknown), and waits until each has exactly that many pods.
+async fn replica_churn(c: &Cluster, client: &Client, prefix: &str, sets: usize, replicas: usize) {
+    for i in 0..sets {
+        let rs = replicaset(&format!("{prefix}-{i}"), replicas as i32);
+        let mut unsure = false;
+        loop {
+            match client.create(rs.clone()).await {
+                Ok(_) => break,
+                Err(ClientError::Indeterminate(_)) | Err(ClientError::Unavailable(_)) => unsure = true,
+                Err(e) if unsure && e.code() == Some(tonic::Code::AlreadyExists) => break,
+                Err(e) => panic!("create replicaset: {e}"),
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for i in 0..sets {
+        let app = format!("{prefix}-{i}");
+        loop {
+            let p =
+                ListParams { namespace: "default".into(), label_selector: format!("app={app}"), ..Default::default() };
+            let n = client.list::<pb::Pod>(&p).await.map(|l| l.items.len()).unwrap_or(usize::MAX);
+            if n == replicas {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{app}: {n} pods, not {replicas}\n{}", c.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Every ReplicaSet created exactly as many pods as it asked for, and deleted none: the
+/// pods its SuccessfulCreate Events name are as many as its replicas.
+async fn created_once(client: &Client) {
+    let events = client
+        .list::<pb::Event>(&ListParams { namespace: "default".into(), ..Default::default() })
+        .await
+        .expect("events")
+        .items;
+    let sets = client.list::<pb::ReplicaSet>(&ListParams::default()).await.expect("replicasets").items;
+    assert!(!sets.is_empty());
+    for rs in sets {
+        let name = rs.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+        let about = |reason: &str| -> std::collections::BTreeSet<String> {
+            events
+                .iter()
+                .filter(|e| e.reason == reason && e.involved_object.as_ref().is_some_and(|o| o.name == name))
+                .map(|e| e.message.clone())
+                .collect()
+        };
+        let want = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1) as usize;
+        let created = about("SuccessfulCreate");
+        assert_eq!(created.len(), want, "{name}: created {created:?}");
+        assert_eq!(about("SuccessfulDelete"), Default::default(), "{name}: a surplus pod was made and deleted");
+    }
+}
+
+/// Two standalone controller managers. The first, which ignores losing its lock, leads
+/// and is SIGSTOPped past its lease; the second takes over and makes ReplicaSets' pods.
+/// Resumed, the first goes on as if it led: the store refuses its creates as fenced, and
+/// every ReplicaSet has created exactly its count of pods, none twice.
+#[test]
+fn a_paused_controller_manager_is_fenced_when_it_wakes() {
+    let c = Cluster::start(3, &[]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let endpoints: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
+    let client = rt.block_on(async { Client::new(&endpoints) }).expect("client");
+    let first = Candidate::start(&c, "controller-manager", "first", true);
+    wait_for(&c, Duration::from_secs(30), "the first controller manager leads", || {
+        first.metric("flotilla_controller_manager_is_leader") == Some(1.0)
+    });
+    rt.block_on(replica_churn(&c, &client, "before", 2, 3));
+    first.signal("STOP");
+    let second = Candidate::start(&c, "controller-manager", "second", false);
+    wait_for(&c, Duration::from_secs(30), "the second controller manager takes over", || {
+        second.metric("flotilla_controller_manager_is_leader") == Some(1.0)
+    });
+    rt.block_on(replica_churn(&c, &client, "during", 2, 3));
+    first.signal("CONT");
+    rt.block_on(replica_churn(&c, &client, "after", 8, 3));
+    wait_for(&c, Duration::from_secs(30), "the woken controller manager's writes are refused as fenced", || {
+        first.metric("flotilla_controller_manager_fenced_writes_total").is_some_and(|n| n > 0.0)
+    });
+    assert_eq!(first.metric("flotilla_controller_manager_is_leader"), Some(1.0), "it still believes it leads");
+    rt.block_on(created_once(&client));
 }

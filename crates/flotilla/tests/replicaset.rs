@@ -1,6 +1,5 @@
-//! The ReplicaSet controller against real masters. It runs in the test process here (the
-//! controller manager process and its election come next, issue 12); everything it reads
-//! and writes goes through the masters' API.
+//! The ReplicaSet controller against real masters: run by the masters' own controller
+//! managers (one elected), and once in the test process with a frozen cache.
 
 mod common;
 
@@ -10,33 +9,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use flotilla_client::{Client, DeleteParams, ListParams};
 use flotilla_proto::api as pb;
-
-fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-    kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-}
-
-fn replicaset(name: &str, replicas: i32) -> pb::ReplicaSet {
-    pb::ReplicaSet {
-        metadata: Some(pb::ObjectMeta { name: name.into(), namespace: "default".into(), ..Default::default() }),
-        spec: Some(pb::ReplicaSetSpec {
-            replicas: Some(replicas),
-            selector: Some(pb::LabelSelector { match_labels: labels(&[("app", name)]), ..Default::default() }),
-            template: Some(pb::PodTemplateSpec {
-                metadata: Some(pb::ObjectMeta { labels: labels(&[("app", name)]), ..Default::default() }),
-                spec: Some(pb::PodSpec {
-                    containers: vec![pb::Container {
-                        name: "main".into(),
-                        image: "busybox:1.36".into(),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
-            }),
-            min_ready_seconds: 0,
-        }),
-        status: None,
-    }
-}
 
 /// Sets the ReplicaSet's replicas, reading it again when the controller's status write
 /// got in between (as any client must).
@@ -105,24 +77,25 @@ async fn settles_at(c: &Cluster, client: &Client, app: &str, n: usize, most: usi
     }
 }
 
+/// The master whose controller manager holds the lock, if one does.
+fn manager_leader(c: &Cluster) -> Option<usize> {
+    (0..c.members.len()).find(|&i| {
+        c.members[i].child.is_some() && metric(&c.members[i], "flotilla_controller_manager_is_leader") == Some(1.0)
+    })
+}
+
 /// A ReplicaSet gets its pods; a deleted pod is replaced; scaling down deletes the
-/// surplus; a matching orphan is adopted (and, being surplus and newest, deleted); a
-/// restarted controller does nothing twice. The count never goes above what was asked
-/// plus the one orphan the test adds.
+/// surplus; a matching orphan is adopted (and, being surplus and newest, deleted). Then
+/// the master whose controller manager leads is SIGKILLed: another master's takes over
+/// from its own caches, changes nothing, and scaled up makes exactly the difference. The
+/// count never goes above what was asked plus the one orphan the test adds.
 #[test]
-fn a_replicaset_keeps_its_count_through_deletes_scaling_orphans_and_restarts() {
-    let c = Cluster::start(3, &[]);
+fn a_replicaset_keeps_its_count_through_deletes_scaling_orphans_and_failover() {
+    let mut c = Cluster::start_with_scheduler(3, &["--disable-scheduler"]);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let client = Client::new(&c.members.iter().map(|m| m.endpoint()).collect::<Vec<_>>()).expect("client");
-        let start = |client: &Client| {
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let task = tokio::spawn(flotilla_controllers::replicaset::run(client.clone(), 2, async move {
-                let _ = stopped.await;
-            }));
-            (stop, task)
-        };
-        let (stop, task) = start(&client);
+    let endpoints: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
+    let client = rt.block_on(async { Client::new(&endpoints) }).expect("client");
+    let kept = rt.block_on(async {
         client.create(replicaset("web", 3)).await.expect("create replicaset");
         let pods = settles_at(&c, &client, "web", 3, 3).await;
 
@@ -158,17 +131,29 @@ fn a_replicaset_keeps_its_count_through_deletes_scaling_orphans_and_restarts() {
         client.create(stray).await.expect("create orphan");
         let pods = settles_at(&c, &client, "web", 1, 2).await;
         assert_eq!(name(&pods[0]), kept, "the older pod stays");
+        kept
+    });
 
-        // A new controller (as after a restart or a failover) starts from the caches and
-        // changes nothing; scaled up, it makes exactly the difference.
-        let _ = stop.send(());
-        task.await.expect("controller");
-        let (stop, task) = start(&client);
+    // Failover: the leading controller manager's master dies; another takes over.
+    let mut leader = None;
+    c.eventually(Duration::from_secs(10), "a controller manager leads", || {
+        leader = manager_leader(&c);
+        leader.is_some()
+    });
+    let killed = leader.expect("leader");
+    let t0 = Instant::now();
+    c.kill(killed);
+    let mut successor = None;
+    c.eventually(Duration::from_secs(20), "another master's controller manager takes over", || {
+        successor = manager_leader(&c);
+        successor.is_some()
+    });
+    eprintln!("controller-manager failover after SIGKILL of its master: {} ms", t0.elapsed().as_millis());
+    assert_ne!(successor, Some(killed));
+    rt.block_on(async {
         scale(&client, "web", 2).await;
         let pods = settles_at(&c, &client, "web", 2, 2).await;
         assert!(pods.iter().any(|p| name(p) == kept), "the old pod was kept");
-        let _ = stop.send(());
-        task.await.expect("controller");
     });
 }
 
@@ -229,8 +214,8 @@ async fn all_ready(c: &Cluster, client: &Client, app: &str, n: i32) -> Vec<pb::P
     }
 }
 
-/// End to end on the control plane: a ReplicaSet's pods are made by the controller,
-/// placed by the masters' scheduler on hollow nodes (which report them Running and Ready,
+/// End to end on the control plane: a ReplicaSet's pods are made by the masters'
+/// controller manager, placed by their scheduler on hollow nodes (which report them Running and Ready,
 /// as a kubelet would), and counted ready and available in its status; spread over both
 /// nodes. A pod deleted gracefully is confirmed by its node and replaced.
 #[test]
@@ -257,10 +242,6 @@ fn replicaset_pods_are_scheduled_reported_ready_and_replaced() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let ctl = tokio::spawn(flotilla_controllers::replicaset::run(client.clone(), 2, async move {
-            let _ = stopped.await;
-        }));
         client.create(replicaset("api", 4)).await.expect("create replicaset");
         let pods = all_ready(&c, &client, "api", 4).await;
         let on: std::collections::BTreeSet<String> =
@@ -281,8 +262,6 @@ fn replicaset_pods_are_scheduled_reported_ready_and_replaced() {
         }
         let pods = all_ready(&c, &client, "api", 4).await;
         assert!(pods.iter().all(|p| name(p) != gone));
-        let _ = stop.send(());
-        ctl.await.expect("controller");
         let _ = stop_nodes.send(());
         nodes.await.expect("hollow nodes").expect("hollow nodes ran");
     });

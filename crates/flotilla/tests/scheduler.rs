@@ -11,10 +11,6 @@ use common::*;
 use flotilla_client::{Client, ListParams};
 use flotilla_proto::api as pb;
 
-fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-    kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-}
-
 /// A Ready node with `cpu` cores, 8 GiB and room for 20 pods.
 fn node(name: &str, cpu: &str, node_labels: &[(&str, &str)], taints: Vec<pb::Taint>) -> pb::Node {
     let cap: BTreeMap<String, String> = labels(&[("cpu", cpu), ("memory", "8Gi"), ("pods", "20")]);

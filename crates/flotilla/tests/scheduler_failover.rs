@@ -11,16 +11,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
 use flotilla_client::{Client, ListParams, WatchEvent};
 use flotilla_proto::api as pb;
-
-fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-    kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-}
 
 fn node(name: &str) -> pb::Node {
     let cap = labels(&[("cpu", "64"), ("memory", "64Gi"), ("pods", "1000")]);

@@ -91,16 +91,18 @@ impl Cluster {
     }
 
     /// Starts `n` members with extra flags, and waits for a leader. The masters' own
-    /// scheduler candidates are switched off (they would place, or mark unschedulable,
-    /// the pods API tests create): see [`Cluster::start_with_scheduler`].
+    /// scheduler and controller-manager candidates are switched off (they would place,
+    /// or mark unschedulable, the pods API tests create, and act on their ReplicaSets):
+    /// see [`Cluster::start_with_scheduler`].
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
-        let mut flags = vec!["--disable-scheduler"];
+        let mut flags = vec!["--disable-scheduler", "--disable-controller-manager"];
         flags.extend_from_slice(extra);
         Cluster::start_with_scheduler(n, &flags)
     }
 
-    /// Starts `n` members with extra flags (each running a scheduler candidate unless the
-    /// flags say otherwise), and waits for a leader.
+    /// Starts `n` members with extra flags (each running a scheduler and a
+    /// controller-manager candidate unless the flags say otherwise), and waits for a
+    /// leader.
     pub fn start_with_scheduler(n: usize, extra: &[&str]) -> Cluster {
         Cluster::start_with_env(n, extra, &[])
     }
@@ -335,4 +337,37 @@ pub async fn local_range(url: &str, prefix: &str) -> Result<Vec<(String, String)
         .into_iter()
         .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), String::from_utf8_lossy(&kv.value).into_owned()))
         .collect())
+}
+
+/// Labels from pairs.
+pub fn labels(kv: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// A ReplicaSet `default/<name>` of `replicas` pods labelled `app=<name>`, each one
+/// busybox container asking for 100m CPU.
+pub fn replicaset(name: &str, replicas: i32) -> flotilla_proto::api::ReplicaSet {
+    use flotilla_proto::api as pb;
+    let requests = labels(&[("cpu", "100m")]);
+    pb::ReplicaSet {
+        metadata: Some(pb::ObjectMeta { name: name.into(), namespace: "default".into(), ..Default::default() }),
+        spec: Some(pb::ReplicaSetSpec {
+            replicas: Some(replicas),
+            selector: Some(pb::LabelSelector { match_labels: labels(&[("app", name)]), ..Default::default() }),
+            template: Some(pb::PodTemplateSpec {
+                metadata: Some(pb::ObjectMeta { labels: labels(&[("app", name)]), ..Default::default() }),
+                spec: Some(pb::PodSpec {
+                    containers: vec![pb::Container {
+                        name: "main".into(),
+                        image: "busybox:1.36".into(),
+                        resources: Some(pb::ResourceRequirements { requests, ..Default::default() }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            }),
+            min_ready_seconds: 0,
+        }),
+        status: None,
+    }
 }

@@ -1,0 +1,97 @@
+//! `flotilla controller-manager`: flags → a controller-manager candidate of its own,
+//! against any masters; and the flags a master uses for the candidate it runs itself.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use flotilla_controllers::{ControllerMetrics, ManagerConfig};
+
+fn controllers_help() -> String {
+    let list: Vec<String> = flotilla_controllers::CONTROLLERS
+        .iter()
+        .map(|d| format!("{}{}: {}", d.name, if d.on_by_default { "" } else { " (off by default)" }, d.about))
+        .collect();
+    format!(
+        "Controllers to run: `*` for those on by default, `name` to add one, `-name` to leave one out \
+         (e.g. `*,-replicaset`). Known: {}",
+        list.join("; ")
+    )
+}
+
+/// Controller-manager settings shared by `flotilla controller-manager` and the candidate
+/// every master runs.
+#[derive(Args, Debug, Default, Clone)]
+pub struct ControllerManagerFlags {
+    #[arg(long, value_name = "LIST", default_value = "*", allow_hyphen_values = true, long_help = controllers_help())]
+    pub controllers: String,
+    /// Keys each controller reconciles at once [default: 5].
+    #[arg(long, value_name = "N")]
+    pub controller_workers: Option<usize>,
+    /// How long the controller-manager lock lasts without renewal, in milliseconds (its
+    /// holder renews every quarter of it; a successor takes over this long after the
+    /// holder crashes; a holder stopped with SIGTERM hands over at once) [default: 800].
+    #[arg(long, value_name = "MS")]
+    pub controller_manager_lease_duration: Option<u64>,
+}
+
+impl ControllerManagerFlags {
+    /// The configuration, campaigning as `identity`. Unknown controllers are refused here,
+    /// before anything runs.
+    pub fn config(&self, identity: &str) -> anyhow::Result<ManagerConfig> {
+        let mut cfg = ManagerConfig::new(identity);
+        cfg.select(if self.controllers.is_empty() { "*" } else { &self.controllers }).map_err(anyhow::Error::msg)?;
+        if cfg.controllers.is_empty() {
+            bail!("--controllers {:?} selects no controller", self.controllers);
+        }
+        if let Some(n) = self.controller_workers {
+            if n == 0 {
+                bail!("--controller-workers must be at least 1");
+            }
+            cfg.workers = n;
+        }
+        crate::scheduler::lease_duration(
+            "controller-manager-lease-duration",
+            self.controller_manager_lease_duration,
+            &mut cfg.elector,
+        )?;
+        Ok(cfg)
+    }
+}
+
+/// Flags of `flotilla controller-manager`.
+#[derive(Args, Debug)]
+pub struct ControllerManagerArgs {
+    /// Masters to talk to (comma-separated host:port or http://host:port); the controller
+    /// manager moves between them by itself.
+    #[arg(long, value_name = "ENDPOINTS", value_delimiter = ',', required = true, env = "FLOTILLA_ENDPOINTS")]
+    masters: Vec<String>,
+    /// Address serving /healthz and /metrics, e.g. 127.0.0.1:10257.
+    #[arg(long, value_name = "HOST:PORT")]
+    listen_metrics: Option<String>,
+    /// This candidate's identity in the lock [default: host/pid/random].
+    #[arg(long)]
+    identity: Option<String>,
+    #[command(flatten)]
+    flags: ControllerManagerFlags,
+}
+
+/// Runs a controller-manager candidate until SIGINT or SIGTERM (then releases the lock).
+pub fn run(args: ControllerManagerArgs) -> anyhow::Result<()> {
+    let identity = args.identity.clone().unwrap_or_else(flotilla_client::elector::unique_identity);
+    let cfg = args.flags.config(&identity)?;
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let client = flotilla_client::Client::new(&args.masters).context("--masters")?;
+        let metrics = Arc::new(ControllerMetrics::new());
+        if let Some(addr) = &args.listen_metrics {
+            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--listen-metrics {addr}"))?;
+            let m = metrics.clone();
+            tokio::spawn(crate::scheduler::serve_metrics(l, move || m.render()));
+        }
+        tracing::info!(%identity, masters = ?args.masters, controllers = ?cfg.controllers, "controller-manager candidate started");
+        flotilla_controllers::run(client, cfg, metrics, crate::scheduler::signalled()).await?;
+        Ok(())
+    })
+}
