@@ -702,11 +702,21 @@ impl Registry {
             .and_then(|v| v.as_str())
             .map(|s| parse_rv("metadata.resourceVersion", s))
             .transpose()?;
+        // A uid in the patch is a precondition, as in Kubernetes: never patch a namesake.
+        let uid = patch.pointer("/metadata/uid").and_then(|v| v.as_str()).filter(|u| !u.is_empty());
         for _ in 0..MAX_RETRIES {
             let cur = self.read_existing(kind, ns, &req.name).await?;
             if let Some(want) = expected {
                 if want != cur.rev {
                     return Err(self.conflict(kind, ns, &req.name, want, cur.rev));
+                }
+            }
+            if let Some(u) = uid {
+                if u != meta(&cur.obj).uid {
+                    return Err(ApiError::FailedPrecondition(format!(
+                        "precondition failed: uid {u:?} was asked for, the object's is {:?}",
+                        meta(&cur.obj).uid
+                    )));
                 }
             }
             let mut doc = kinds::to_json(&cur.obj);

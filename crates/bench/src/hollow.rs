@@ -154,28 +154,41 @@ pub async fn run(
             if !ours.contains(&node) {
                 return;
             }
-            let m = pod.metadata.clone().unwrap_or_default();
-            if !m.deletion_timestamp.is_empty() {
-                let p = DeleteParams { uid: m.uid.clone(), grace_period_seconds: Some(0), ..Default::default() };
-                if let Err(e) = client.delete::<pb::Pod>(&m.namespace, &m.name, &p).await {
-                    if !e.is_not_found() {
-                        tracing::warn!(pod = %m.name, error = %e, "hollow node: confirming a deletion failed");
+            let mut pod = pod;
+            let mut pod_ip = None;
+            // A report whose outcome is unknown (a master died mid-call) is made again
+            // after a pause, from the pod as it is then, as a kubelet's next sync would.
+            for attempt in 0..8u32 {
+                let m = pod.metadata.clone().unwrap_or_default();
+                let result = if !m.deletion_timestamp.is_empty() {
+                    let p = DeleteParams { uid: m.uid.clone(), grace_period_seconds: Some(0), ..Default::default() };
+                    client.delete::<pb::Pod>(&m.namespace, &m.name, &p).await.map(|_| ())
+                } else if pod.status.as_ref().is_some_and(|s| s.phase == "Running") {
+                    return;
+                } else {
+                    let ip = pod_ip.get_or_insert_with(|| {
+                        let n = next_ip.fetch_add(1, Ordering::Relaxed);
+                        format!("10.{}.{}.{}", 100 + i % 100, (n >> 8) & 0xff, n & 0xff)
+                    });
+                    let mut running = pod.clone();
+                    running.status = Some(running_status(&pod, &format!("10.255.{}.{}", i >> 8, i & 0xff), ip.clone()));
+                    // A compare-and-swap on the version seen: a pod changed meanwhile
+                    // comes back through the watch.
+                    client.update_status(running).await.map(|_| ())
+                };
+                match result {
+                    Ok(()) => return,
+                    Err(e) if e.is_not_found() || e.is_conflict() => return,
+                    Err(e) => {
+                        tracing::warn!(pod = %m.name, error = %e, attempt, "hollow node: reporting a pod failed");
+                        tokio::time::sleep(Duration::from_millis(100 << attempt.min(4))).await;
+                        match client.get::<pb::Pod>(&m.namespace, &m.name).await {
+                            Ok(p) if p.metadata.as_ref().is_some_and(|pm| pm.uid == m.uid) => pod = p,
+                            Ok(_) => return,
+                            Err(e) if e.is_not_found() => return,
+                            Err(_) => {}
+                        }
                     }
-                }
-                return;
-            }
-            if pod.status.as_ref().is_some_and(|s| s.phase == "Running") {
-                return;
-            }
-            let n = next_ip.fetch_add(1, Ordering::Relaxed);
-            let pod_ip = format!("10.{}.{}.{}", 100 + i % 100, (n >> 8) & 0xff, n & 0xff);
-            let mut running = pod.clone();
-            running.status = Some(running_status(&pod, &format!("10.255.{}.{}", i >> 8, i & 0xff), pod_ip));
-            // A compare-and-swap on the version seen: a pod changed meanwhile comes back
-            // through the watch.
-            if let Err(e) = client.update_status(running).await {
-                if !e.is_conflict() && !e.is_not_found() {
-                    tracing::warn!(pod = %m.name, error = %e, "hollow node: reporting a pod running failed");
                 }
             }
         }

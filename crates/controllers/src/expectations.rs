@@ -30,8 +30,18 @@ pub struct Expectations {
 #[derive(Debug)]
 struct Record {
     creations: u64,
+    /// Creations whose outcome is unknown (the master failed before answering): waited
+    /// for until `unsure_until`, then assumed lost.
+    unsure: u64,
+    unsure_until: Option<Instant>,
     deletions: HashSet<String>,
     since: Instant,
+}
+
+impl Record {
+    fn new(creations: u64, deletions: HashSet<String>) -> Record {
+        Record { creations, unsure: 0, unsure_until: None, deletions, since: Instant::now() }
+    }
 }
 
 impl Default for Expectations {
@@ -55,27 +65,46 @@ impl Expectations {
     pub fn satisfied(&self, owner: &str) -> bool {
         match self.lock().get(owner) {
             None => true,
-            Some(r) => (r.creations == 0 && r.deletions.is_empty()) || r.since.elapsed() >= self.ttl,
+            Some(r) => {
+                let unsure_settled = r.unsure == 0 || r.unsure_until.is_none_or(|t| Instant::now() >= t);
+                (r.creations == 0 && r.deletions.is_empty() && unsure_settled) || r.since.elapsed() >= self.ttl
+            }
         }
     }
 
     /// `owner` is about to create `n` objects (replacing any older record).
     pub fn expect_creations(&self, owner: &str, n: u64) {
-        self.lock()
-            .insert(owner.to_string(), Record { creations: n, deletions: HashSet::new(), since: Instant::now() });
+        self.lock().insert(owner.to_string(), Record::new(n, HashSet::new()));
     }
 
     /// `owner` is about to delete the objects with these uids (replacing any older record).
     pub fn expect_deletions<'a>(&self, owner: &str, uids: impl IntoIterator<Item = &'a str>) {
         let deletions = uids.into_iter().map(str::to_string).collect();
-        self.lock().insert(owner.to_string(), Record { creations: 0, deletions, since: Instant::now() });
+        self.lock().insert(owner.to_string(), Record::new(0, deletions));
     }
 
     /// The cache showed one of `owner`'s creations — or a create failed, so it will never
     /// show (the same bookkeeping).
     pub fn creation_observed(&self, owner: &str) {
         if let Some(r) = self.lock().get_mut(owner) {
-            r.creations = r.creations.saturating_sub(1);
+            if r.creations > 0 {
+                r.creations -= 1;
+            } else {
+                r.unsure = r.unsure.saturating_sub(1);
+            }
+        }
+    }
+
+    /// A create's outcome is unknown (the master failed before answering): it may still
+    /// show up. `owner` waits for it `within` (long enough for a write in flight to land
+    /// or be lost), not the whole TTL; past that it is taken as lost.
+    pub fn creation_unsure(&self, owner: &str, within: Duration) {
+        if let Some(r) = self.lock().get_mut(owner) {
+            if r.creations > 0 {
+                r.creations -= 1;
+                r.unsure += 1;
+                r.unsure_until = Some(Instant::now() + within);
+            }
         }
     }
 
@@ -114,6 +143,23 @@ impl Expectations {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unsure_creation_blocks_only_until_its_window_ends_or_it_shows_up() {
+        let e = Expectations::default();
+        e.expect_creations("ns/a", 2);
+        e.creation_observed("ns/a");
+        e.creation_unsure("ns/a", Duration::from_secs(15));
+        assert!(!e.satisfied("ns/a"), "it may still land");
+        tokio::time::advance(Duration::from_secs(16)).await;
+        assert!(e.satisfied("ns/a"), "taken as lost after its window, not after the TTL");
+        // Seen within its window: settled at once.
+        e.expect_creations("ns/b", 1);
+        e.creation_unsure("ns/b", Duration::from_secs(15));
+        assert!(!e.satisfied("ns/b"));
+        e.creation_observed("ns/b");
+        assert!(e.satisfied("ns/b"));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn an_owner_is_satisfied_once_every_expected_creation_is_seen() {

@@ -23,17 +23,20 @@
 //!   holds the lock it runs the selected controllers, and their writes carry the fencing
 //!   token; [`metrics`] says what they do.
 //!
-//! Controllers so far: [`replicaset`].
+//! Controllers so far: [`replicaset`], [`deployment`].
 //!
 //! A client of the apiserver only: it must not depend on the store or the apiserver.
 
+pub mod deployment;
 pub mod descriptor;
 pub mod error;
 pub mod expectations;
 pub mod informers;
 pub mod manager;
 pub mod metrics;
+pub mod pods;
 pub mod queue;
+pub mod recent;
 pub mod replicaset;
 pub mod worker;
 

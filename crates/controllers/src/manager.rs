@@ -22,13 +22,23 @@ use crate::metrics::{ControllerMetrics, PerController};
 use crate::ControllerError;
 
 /// Every controller, in the order they start.
-pub const CONTROLLERS: &[Descriptor] = &[Descriptor {
-    name: "replicaset",
-    on_by_default: true,
-    about: "keeps each ReplicaSet's count of pods (adopts, releases, creates, deletes), and its status",
-    start: |ctx| Box::pin(crate::replicaset::start(ctx)),
-    warm: crate::replicaset::warm,
-}];
+pub const CONTROLLERS: &[Descriptor] = &[
+    Descriptor {
+        name: "replicaset",
+        on_by_default: true,
+        about: "keeps each ReplicaSet's count of pods (adopts, releases, creates, deletes), and its status",
+        start: |ctx| Box::pin(crate::replicaset::start(ctx)),
+        warm: crate::replicaset::warm,
+    },
+    Descriptor {
+        name: "deployment",
+        on_by_default: true,
+        about: "rolls Deployments from template to template through a ReplicaSet each (RollingUpdate, Recreate), \
+                keeps revisions, and their status and conditions",
+        start: |ctx| Box::pin(crate::deployment::start(ctx)),
+        warm: crate::deployment::warm,
+    },
+];
 
 /// How long the controllers of a term that ended may take to finish what they were
 /// doing before they are cut off.

@@ -37,9 +37,14 @@ use flotilla_proto::api as pb;
 use crate::expectations::Expectations;
 use crate::informers::Informers;
 use crate::manager::Context;
+use crate::pods::{available, controller_uid, meta, phase, ready_since};
 use crate::queue::WorkQueue;
 use crate::worker::Reconcile;
 use crate::ControllerError;
+
+/// How long a create whose outcome is unknown is waited for before it is taken as lost:
+/// the request timeout and a store election, with room to spare.
+pub const UNSURE_CREATE: Duration = Duration::from_secs(15);
 
 /// At most this many creates per reconcile (Kubernetes' burstReplicas).
 pub const BURST_CREATES: usize = 500;
@@ -57,25 +62,6 @@ pub struct Plan {
     pub delete: Vec<(String, String)>,
     /// The status to write.
     pub status: pb::ReplicaSetStatus,
-}
-
-fn meta(p: &pb::Pod) -> &pb::ObjectMeta {
-    static EMPTY: std::sync::OnceLock<pb::ObjectMeta> = std::sync::OnceLock::new();
-    p.metadata.as_ref().unwrap_or_else(|| EMPTY.get_or_init(Default::default))
-}
-
-fn controller_uid(m: &pb::ObjectMeta) -> Option<&str> {
-    m.owner_references.iter().find(|r| r.controller).map(|r| r.uid.as_str())
-}
-
-fn phase(p: &pb::Pod) -> &str {
-    p.status.as_ref().map_or("", |s| s.phase.as_str())
-}
-
-/// When the pod became Ready, if it is.
-fn ready_since(p: &pb::Pod) -> Option<Option<SystemTime>> {
-    let c = p.status.as_ref()?.conditions.iter().find(|c| c.r#type == "Ready" && c.status == "True")?;
-    Some(humantime::parse_rfc3339_weak(&c.last_transition_time).ok())
 }
 
 fn restarts(p: &pb::Pod) -> i64 {
@@ -185,12 +171,7 @@ fn status(m: &pb::ObjectMeta, spec: &pb::ReplicaSetSpec, active: &[&pb::Pod], no
         replicas: count(&|_| true),
         fully_labeled_replicas: count(&|p| template_labels.iter().all(|(k, v)| meta(p).labels.get(k) == Some(v))),
         ready_replicas: count(&|p| ready_since(p).is_some()),
-        available_replicas: count(&|p| match ready_since(p) {
-            None => false,
-            Some(_) if min_ready.is_zero() => true,
-            Some(None) => false,
-            Some(Some(t)) => now.duration_since(t).is_ok_and(|d| d >= min_ready),
-        }),
+        available_replicas: count(&|p| available(p, min_ready, now)),
         observed_generation: m.generation,
         conditions: vec![],
     }
@@ -338,8 +319,6 @@ impl ReplicaSetController {
         keys.iter().for_each(|k| queue.add(k));
     }
 
-    /// Writes `status` (a compare-and-swap); when the cached ReplicaSet is behind (often
-    /// behind this controller's own last status write), reads it again and retries once.
     /// Records an Event about `rs` (a failure to record is only logged).
     async fn event(&self, rs: &pb::ReplicaSet, kind: &str, reason: &str, message: &str) {
         if let Err(e) = self.recorder.record(&self.client, object_ref(rs), kind, reason, message).await {
@@ -347,6 +326,8 @@ impl ReplicaSetController {
         }
     }
 
+    /// Writes `status` (a compare-and-swap); when the cached ReplicaSet is behind (often
+    /// behind this controller's own last status write), reads it again and retries once.
     async fn write_status(&self, rs: &pb::ReplicaSet, status: &pb::ReplicaSetStatus) -> Result<(), ClientError> {
         let mut updated = rs.clone();
         updated.status = Some(status.clone());
@@ -451,9 +432,12 @@ impl Reconcile for ReplicaSetController {
             for r in futures::future::join_all(creates).await {
                 match r {
                     Ok(_) => {}
-                    // It may have been made: its event will say so (or the record's TTL
-                    // runs out). Taking it back could let a later event count twice.
-                    Err(e @ ClientError::Indeterminate(_)) => errors.push(format!("creating a pod: {e}")),
+                    // It may have been made: wait a little for its event (taking it
+                    // back at once could make one pod too many), then take it as lost.
+                    Err(e @ ClientError::Indeterminate(_)) => {
+                        self.expectations.creation_unsure(key, UNSURE_CREATE);
+                        errors.push(format!("creating a pod: {e}"));
+                    }
                     Err(e) => {
                         // It will never be observed: take it back.
                         self.expectations.creation_observed(key);

@@ -203,6 +203,8 @@ pub async fn dispatch(args: CtlArgs) -> Result<(), CtlError> {
             outln!("{}/{name} scaled", k.name().to_lowercase());
             Ok(())
         }
+        Command::Rollout(c) => crate::rollout::rollout(&client, &ns, c).await,
+        Command::Set(c) => crate::rollout::set(&client, &ns, c).await,
         Command::Cluster(c) => cluster(&eps, c).await,
     }
 }

@@ -25,6 +25,7 @@ macro_rules! outln {
 pub mod commands;
 pub mod manifest;
 pub mod print;
+pub mod rollout;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -160,6 +161,12 @@ pub enum Command {
         #[arg(long)]
         replicas: i32,
     },
+    /// Deployments' rollouts: status, history, undo, restart, pause, resume.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
+    /// Change part of an object: `set image deployment/web main=nginx:1.27`.
+    #[command(subcommand)]
+    Set(rollout::SetCommand),
     /// The masters: members, status, leader, move-leader, snapshot save.
     #[command(subcommand)]
     Cluster(ClusterCommand),

@@ -475,7 +475,8 @@ fn service_ips_are_unique_and_binding_happens_once() {
 }
 
 /// A JSON merge patch changes only what it names; a patch with an unknown field is
-/// INVALID_ARGUMENT naming its path; a status patch leaves the spec alone.
+/// INVALID_ARGUMENT naming its path; a status patch leaves the spec alone; a uid in the
+/// patch is a precondition.
 #[test]
 fn merge_patch_changes_what_it_names() {
     let c = Cluster::start(3, &[]);
@@ -515,6 +516,17 @@ fn merge_patch_changes_what_it_names() {
         let O::Pod(pod) = &s else { unreachable!() };
         assert_eq!(pod.status.as_ref().map(|x| x.pod_ip.as_str()), Some("10.244.0.9"));
         assert_eq!(pod.spec.as_ref().map(|x| x.node_name.as_str()), Some(""), "spec untouched by a status patch");
+        // A uid in the patch is a precondition: a namesake is left alone.
+        let e = a
+            .patch(patch(r#"{"metadata":{"uid":"not-this-one","labels":{"d":"4"}}}"#, false))
+            .await
+            .expect_err("another uid");
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        assert!(e.message().contains("\"not-this-one\""), "{}", e.message());
+        let uid = m(&p).uid.clone();
+        let body = format!(r#"{{"metadata":{{"uid":"{uid}","labels":{{"d":"4"}}}}}}"#);
+        let p = inner(a.patch(patch(&body, false)).await.expect("its own uid").into_inner());
+        assert_eq!(m(&p).labels.get("d").map(String::as_str), Some("4"));
     });
 }
 

@@ -4,28 +4,9 @@
 
 mod common;
 
-use std::process::{Command, Output};
-
 use common::*;
 
-fn ctl(endpoints: &str, args: &[&str]) -> Output {
-    Command::new(bin()).arg("ctl").args(["--endpoints", endpoints]).args(args).output().expect("run flotilla ctl")
-}
-
-fn ok(endpoints: &str, args: &[&str]) -> String {
-    let out = ctl(endpoints, args);
-    assert!(out.status.success(), "flotctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails(endpoints: &str, args: &[&str]) -> String {
-    let out = ctl(endpoints, args);
-    assert!(!out.status.success(), "flotctl {args:?} should fail");
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
-    assert!(err.starts_with("error: "), "{err}");
-    err
-}
+use common::{ctl_fails as fails, ctl_ok as ok};
 
 const APP: &str = "\
 apiVersion: v1

@@ -19,13 +19,17 @@ use tonic::transport::Channel;
 
 /// A free loopback port below the ephemeral range (32768 and up on Linux), so that the
 /// many outgoing connections of a test cannot take it while its member is down for a
-/// restart.
+/// restart; never one this process handed out before (two members of a cluster given
+/// the same port would fail to start).
 pub fn free_port() -> u16 {
     use rand::Rng;
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
     let mut rng = rand::rng();
     loop {
         let port = rng.random_range(12_000..32_000);
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return port;
         }
     }
@@ -370,4 +374,26 @@ pub fn replicaset(name: &str, replicas: i32) -> flotilla_proto::api::ReplicaSet 
         }),
         status: None,
     }
+}
+
+/// Runs `flotilla ctl --endpoints <endpoints> <args>`.
+pub fn ctl(endpoints: &str, args: &[&str]) -> Output {
+    Command::new(bin()).arg("ctl").args(["--endpoints", endpoints]).args(args).output().expect("run flotilla ctl")
+}
+
+/// Runs flotctl, which must succeed; its stdout.
+pub fn ctl_ok(endpoints: &str, args: &[&str]) -> String {
+    let out = ctl(endpoints, args);
+    assert!(out.status.success(), "flotctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs flotctl, which must fail with one `error: ` line on stderr; that line.
+pub fn ctl_fails(endpoints: &str, args: &[&str]) -> String {
+    let out = ctl(endpoints, args);
+    assert!(!out.status.success(), "flotctl {args:?} should fail");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    err
 }
