@@ -93,3 +93,21 @@ impl Selectors {
         self.labels.is_empty() && self.fields.requirements.is_empty()
     }
 }
+
+/// Whether toleration `t` tolerates `taint` (key, value with Equal or any with Exists;
+/// an empty key with Exists tolerates every taint; an empty effect every effect).
+pub fn tolerates(t: &pb::Toleration, taint: &pb::Taint) -> bool {
+    if !t.effect.is_empty() && t.effect != taint.effect {
+        return false;
+    }
+    if t.key.is_empty() {
+        return t.operator == "Exists";
+    }
+    if t.key != taint.key {
+        return false;
+    }
+    match t.operator.as_str() {
+        "Exists" => true,
+        _ => t.value == taint.value,
+    }
+}

@@ -31,7 +31,7 @@ pub fn service(
 }
 
 /// Namespaces every cluster has, as in Kubernetes.
-pub const BUILTIN_NAMESPACES: [&str; 2] = ["default", "kube-system"];
+pub const BUILTIN_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-node-lease"];
 
 /// Creates the built-in namespaces if they are missing, retrying until the store has a
 /// leader. Every master does this; all but the first find them there.

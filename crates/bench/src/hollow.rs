@@ -134,14 +134,37 @@ pub async fn run(
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let pods = Reflector::<pb::Pod>::start_notifying(client.clone(), ListParams::default(), Some(tx));
     let next_ip = Arc::new(AtomicU32::new(2));
+    let node_cache = Reflector::<pb::Node>::start(client.clone(), ListParams::default());
     let renew = {
-        let (client, names) = (client.clone(), names.clone());
+        let (client, names, nodes) = (client.clone(), names.clone(), node_cache.cache());
         async move {
             let mut tick = tokio::time::interval(RENEW_EVERY);
             loop {
                 tick.tick().await;
                 for n in &names {
                     let _ = client.update(node_lease(n)).await;
+                }
+                // A node marked Ready Unknown while it was silent says Ready again, as a
+                // kubelet posting its status does.
+                let unready: Vec<pb::Node> = nodes
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .filter(|n| n.metadata.as_ref().is_some_and(|m| ours_names(&names, &m.name)))
+                    .filter(|n| {
+                        !n.status
+                            .as_ref()
+                            .is_some_and(|s| s.conditions.iter().any(|c| c.r#type == "Ready" && c.status == "True"))
+                    })
+                    .cloned()
+                    .collect();
+                for mut n in unready {
+                    let name = n.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+                    let fresh = node(&name, BTreeMap::new()).status.unwrap_or_default().conditions;
+                    let st = n.status.get_or_insert_with(Default::default);
+                    st.conditions.retain(|c| c.r#type != "Ready");
+                    st.conditions.extend(fresh);
+                    let _ = client.update_status(n).await;
                 }
             }
         }
@@ -215,6 +238,10 @@ pub async fn run(
         () = renew => {}
         () = dispatch => {}
     }
-    drop(pods);
+    drop((pods, node_cache));
     Ok(())
+}
+
+fn ours_names(names: &[String], name: &str) -> bool {
+    names.iter().any(|n| n == name)
 }

@@ -23,7 +23,7 @@
 //!   holds the lock it runs the selected controllers, and their writes carry the fencing
 //!   token; [`metrics`] says what they do.
 //!
-//! Controllers so far: [`replicaset`], [`deployment`].
+//! Controllers so far: [`replicaset`], [`deployment`], [`nodelifecycle`], [`podgc`].
 //!
 //! A client of the apiserver only: it must not depend on the store or the apiserver.
 
@@ -34,6 +34,8 @@ pub mod expectations;
 pub mod informers;
 pub mod manager;
 pub mod metrics;
+pub mod nodelifecycle;
+pub mod podgc;
 pub mod pods;
 pub mod queue;
 pub mod recent;

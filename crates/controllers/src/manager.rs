@@ -38,7 +38,38 @@ pub const CONTROLLERS: &[Descriptor] = &[
         start: |ctx| Box::pin(crate::deployment::start(ctx)),
         warm: crate::deployment::warm,
     },
+    Descriptor {
+        name: "nodelifecycle",
+        on_by_default: true,
+        about: "marks nodes that stopped renewing their Lease (Ready Unknown, unreachable taints) and evicts \
+                their pods, unless half the nodes (or of a zone) went silent at once",
+        start: |ctx| Box::pin(crate::nodelifecycle::start(ctx)),
+        warm: crate::nodelifecycle::warm,
+    },
+    Descriptor {
+        name: "podgc",
+        on_by_default: true,
+        about: "force-deletes pods bound to nodes that do not exist, and finished pods beyond a threshold",
+        start: |ctx| Box::pin(crate::podgc::start(ctx)),
+        warm: crate::podgc::warm,
+    },
 ];
+
+/// Settings of individual controllers.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long a node may go without renewing its Lease (or posting status) before it is
+    /// taken as silent.
+    pub node_monitor_grace_period: Duration,
+    /// Finished pods kept before the oldest are deleted.
+    pub terminated_pod_gc_threshold: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings { node_monitor_grace_period: Duration::from_secs(15), terminated_pod_gc_threshold: 12_500 }
+    }
+}
 
 /// How long the controllers of a term that ended may take to finish what they were
 /// doing before they are cut off.
@@ -53,6 +84,8 @@ pub struct ManagerConfig {
     pub controllers: BTreeSet<&'static str>,
     /// Workers per controller (keys reconciled at once).
     pub workers: usize,
+    /// Settings of individual controllers.
+    pub settings: Settings,
 }
 
 impl ManagerConfig {
@@ -62,6 +95,7 @@ impl ManagerConfig {
             elector: ElectorConfig::new(crate::LOCK.0, crate::LOCK.1, identity),
             controllers: CONTROLLERS.iter().filter(|d| d.on_by_default).map(|d| d.name).collect(),
             workers: 5,
+            settings: Settings::default(),
         }
     }
 
@@ -83,6 +117,8 @@ pub struct Context {
     pub recorder: Arc<EventRecorder>,
     /// Workers per controller.
     pub workers: usize,
+    /// Settings of individual controllers.
+    pub settings: Arc<Settings>,
     metrics: Arc<ControllerMetrics>,
     stop: watch::Receiver<bool>,
 }
@@ -96,6 +132,7 @@ impl Context {
             informers,
             recorder: Arc::new(EventRecorder::new("flotilla-controller-manager", &hostname())),
             workers,
+            settings: Arc::new(Settings::default()),
             metrics: Arc::new(ControllerMetrics::new()),
             stop,
         }
@@ -137,6 +174,7 @@ impl Term {
             informers: informers.clone(),
             recorder: Arc::new(EventRecorder::new("flotilla-controller-manager", &hostname())),
             workers: cfg.workers,
+            settings: Arc::new(cfg.settings.clone()),
             metrics: metrics.clone(),
             stop: stopped,
         };

@@ -33,6 +33,14 @@ pub struct ControllerManagerFlags {
     /// holder crashes; a holder stopped with SIGTERM hands over at once) [default: 800].
     #[arg(long, value_name = "MS")]
     pub controller_manager_lease_duration: Option<u64>,
+    /// How long a node may go without renewing its Lease in kube-node-lease (or posting
+    /// its status) before it is marked Ready=Unknown, tainted unreachable and its pods are
+    /// evicted; keep it above the kubelets' renew interval (10 s) [default: 15s].
+    #[arg(long, value_name = "DURATION")]
+    pub node_monitor_grace_period: Option<String>,
+    /// Finished pods (Succeeded, Failed) kept before the oldest are deleted [default: 12500].
+    #[arg(long, value_name = "N")]
+    pub terminated_pod_gc_threshold: Option<usize>,
 }
 
 impl ControllerManagerFlags {
@@ -49,6 +57,17 @@ impl ControllerManagerFlags {
                 bail!("--controller-workers must be at least 1");
             }
             cfg.workers = n;
+        }
+        if let Some(g) = &self.node_monitor_grace_period {
+            let d = humantime::parse_duration(g)
+                .with_context(|| format!("--node-monitor-grace-period {g:?} is not a duration like 15s"))?;
+            if d < std::time::Duration::from_secs(1) {
+                bail!("--node-monitor-grace-period must be at least 1s, not {g}");
+            }
+            cfg.settings.node_monitor_grace_period = d;
+        }
+        if let Some(n) = self.terminated_pod_gc_threshold {
+            cfg.settings.terminated_pod_gc_threshold = n;
         }
         crate::scheduler::lease_duration(
             "controller-manager-lease-duration",

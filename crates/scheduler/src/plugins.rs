@@ -228,22 +228,7 @@ impl Filter for NodeAffinity {
     }
 }
 
-/// Whether `t` tolerates `taint`.
-pub fn tolerates(t: &pb::Toleration, taint: &pb::Taint) -> bool {
-    if !t.effect.is_empty() && t.effect != taint.effect {
-        return false;
-    }
-    if t.key.is_empty() {
-        return t.operator == "Exists";
-    }
-    if t.key != taint.key {
-        return false;
-    }
-    match t.operator.as_str() {
-        "Exists" => true,
-        _ => t.value == taint.value,
-    }
-}
+pub use flotilla_api::select::tolerates;
 
 /// `NoSchedule` and `NoExecute` taints must be tolerated.
 pub struct TaintToleration;
