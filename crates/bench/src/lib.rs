@@ -9,6 +9,7 @@
 //! This crate talks to servers only over gRPC; it must not depend on the store.
 
 pub mod compare;
+pub mod controllers;
 pub mod error;
 pub mod hollow;
 pub mod report;

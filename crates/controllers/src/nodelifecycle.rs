@@ -126,6 +126,9 @@ pub async fn start(ctx: Context) {
     }
     let metrics = ctx.metrics("nodelifecycle");
     let mut seen: HashMap<String, Seen> = HashMap::new();
+    // Silent nodes whose suppressed eviction was already told in an Event (once per
+    // silence, not once per look).
+    let mut told: std::collections::HashSet<String> = Default::default();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_tick = Instant::now();
@@ -210,14 +213,20 @@ pub async fn start(ctx: Context) {
                     let msg = format!(
                         "{why}: not evicting this node's pods (a partition is likelier than that many dead machines)"
                     );
-                    let _ =
-                        ctx.recorder.record(&ctx.client, object_ref(n), "Warning", "EvictionSuppressed", &msg).await;
+                    if !told.contains(&m.name) {
+                        tracing::warn!(node = %m.name, "{msg}");
+                        let e = "EvictionSuppressed";
+                        if ctx.recorder.record(&ctx.client, object_ref(n), "Warning", e, &msg).await.is_ok() {
+                            told.insert(m.name.clone());
+                        }
+                    }
                     continue;
                 }
                 let tainted_for = seen.get(&m.name).and_then(|s| s.tainted_at).map(|t| now.duration_since(t));
                 let Some(tainted_for) = tainted_for else { continue };
                 failed |= !evict(&ctx, &pods.cache(), n, tainted_for).await;
             } else if has_taint(n, "NoExecute") || has_taint(n, "NoSchedule") {
+                told.remove(&m.name);
                 failed |= !unmark(&ctx, n).await;
             }
         }

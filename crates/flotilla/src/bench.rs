@@ -99,6 +99,20 @@ enum WorkloadArgs {
         #[arg(long, default_value_t = 64)]
         creators: usize,
     },
+    /// A Deployment's pods made and placed by the cluster's own controller manager and
+    /// scheduler: hollow nodes, one Deployment of --replicas, time until every pod exists
+    /// and until every pod is bound. Run against a fresh cluster of normal masters.
+    Controllers {
+        /// Hollow nodes (Node objects with renewed Leases; bound pods reported Running).
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        /// Replicas of the Deployment (100m cpu, 64 MiB each).
+        #[arg(long, default_value_t = 5000)]
+        replicas: usize,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
 }
 
 /// Flags of `flotilla bench compare`.
@@ -173,6 +187,26 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let WorkloadArgs::Controllers { nodes, replicas, timeout } = args.workload {
+        let b = flotilla_bench::controllers::ControllersBench {
+            endpoints: args.endpoints.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+            nodes,
+            replicas,
+            timeout: Duration::from_secs(timeout),
+            progress: !args.json,
+        };
+        let r = rt.block_on(async move { flotilla_bench::controllers::run(&b).await })?;
+        if args.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!(
+                "controllers: a Deployment of {} replicas on {} hollow nodes: all created after {:.2} s ({:.0} pods/s), \
+                 all bound after {:.2} s ({:.0} pods/s)",
+                r.replicas, r.nodes, r.all_created_seconds, r.created_per_second, r.all_bound_seconds, r.pods_per_second
+            );
+        }
+        return Ok(());
+    }
     let duration = args.duration.map(Duration::from_secs_f64);
     let common = Common {
         endpoints: args.endpoints.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
@@ -196,7 +230,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         WorkloadArgs::Failover { kill_cmd, kill_after, rate } => {
             Workload::Failover { kill_cmd, kill_after: Duration::from_secs_f64(kill_after), rate }
         }
-        WorkloadArgs::Compare(_) | WorkloadArgs::Scheduler { .. } => unreachable!("handled above"),
+        WorkloadArgs::Compare(_) | WorkloadArgs::Scheduler { .. } | WorkloadArgs::Controllers { .. } => {
+            unreachable!("handled above")
+        }
     };
     let report = rt.block_on(flotilla_bench::workload::run(&common, &workload))?;
     if args.json {
