@@ -21,3 +21,10 @@ pub use kinds::Kind;
 
 #[cfg(test)]
 mod tests;
+
+/// The finalizer a Foreground delete puts on an object: the garbage collector removes it
+/// once the object's dependents are gone.
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+/// The finalizer an Orphan delete puts on an object: the garbage collector removes it once
+/// no dependent names the object as an owner any more.
+pub const ORPHAN_FINALIZER: &str = "orphan";

@@ -752,6 +752,17 @@ impl Registry {
         if req.grace_period_seconds.is_some_and(|g| g < 0) {
             return Err(ApiError::invalid("gracePeriodSeconds", "must not be negative"));
         }
+        let finalizer = match req.propagation_policy.as_str() {
+            "" | "Background" => None,
+            "Foreground" => Some(flotilla_api::FOREGROUND_FINALIZER),
+            "Orphan" => Some(flotilla_api::ORPHAN_FINALIZER),
+            other => {
+                return Err(ApiError::invalid(
+                    "propagationPolicy",
+                    format!("{other:?} is not one of Background, Foreground, Orphan"),
+                ))
+            }
+        };
         for _ in 0..MAX_RETRIES {
             let cur = self.read_existing(kind, ns, &req.name).await?;
             if let Some(p) = &req.preconditions {
@@ -783,6 +794,15 @@ impl Registry {
             let result = if kind == Kind::Namespace {
                 self.delete_namespace(&cur, fence).await?
             } else {
+                let mut cur = cur;
+                if let Some(f) = finalizer {
+                    // The garbage collector finishes the delete once it has dealt with
+                    // the dependents, by removing this finalizer.
+                    let m = meta_mut(&mut cur.obj);
+                    if m.deletion_timestamp.is_empty() && !m.finalizers.iter().any(|x| x == f) {
+                        m.finalizers.push(f.to_string());
+                    }
+                }
                 self.delete_one(kind, &cur, req.grace_period_seconds, fence).await?
             };
             if let Some(d) = result {

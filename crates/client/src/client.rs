@@ -56,6 +56,9 @@ pub struct DeleteParams {
     pub resource_version: String,
     /// Grace period for a pod on a node; Some(0) deletes at once.
     pub grace_period_seconds: Option<i64>,
+    /// What happens to the objects it owns: Background ("", the default), Foreground or
+    /// Orphan.
+    pub propagation_policy: String,
 }
 
 /// Largest answer accepted (a page of up to [`DEFAULT_PAGE`] objects of up to 1.5 MiB
@@ -332,6 +335,7 @@ impl Client {
             preconditions: Some(pb::Preconditions { uid: p.uid.clone(), resource_version: p.resource_version.clone() }),
             grace_period_seconds: p.grace_period_seconds,
             fence: self.fence.clone(),
+            propagation_policy: p.propagation_policy.clone(),
         };
         let r = self
             .call(Call::Write, |mut c| {

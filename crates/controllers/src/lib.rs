@@ -23,7 +23,7 @@
 //!   holds the lock it runs the selected controllers, and their writes carry the fencing
 //!   token; [`metrics`] says what they do.
 //!
-//! Controllers so far: [`replicaset`], [`deployment`], [`nodelifecycle`], [`podgc`].
+//! Controllers so far: [`replicaset`], [`deployment`], [`nodelifecycle`], [`podgc`], [`gc`].
 //!
 //! A client of the apiserver only: it must not depend on the store or the apiserver.
 
@@ -31,6 +31,7 @@ pub mod deployment;
 pub mod descriptor;
 pub mod error;
 pub mod expectations;
+pub mod gc;
 pub mod informers;
 pub mod manager;
 pub mod metrics;

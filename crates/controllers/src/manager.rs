@@ -47,6 +47,14 @@ pub const CONTROLLERS: &[Descriptor] = &[
         warm: crate::nodelifecycle::warm,
     },
     Descriptor {
+        name: "garbagecollector",
+        on_by_default: true,
+        about: "deletes objects whose owners are gone (background), before their owner (foreground), or \
+                frees them (orphan), as ownerReferences and the delete's propagationPolicy say",
+        start: |ctx| Box::pin(crate::gc::start(ctx)),
+        warm: crate::gc::warm,
+    },
+    Descriptor {
         name: "podgc",
         on_by_default: true,
         about: "force-deletes pods bound to nodes that do not exist, and finished pods beyond a threshold",

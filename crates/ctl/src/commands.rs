@@ -149,8 +149,20 @@ pub async fn dispatch(args: CtlArgs) -> Result<(), CtlError> {
             }
             Ok(())
         }
-        Command::Delete { kind: k, names, files, selector, grace_period } => {
-            let p = DeleteParams { grace_period_seconds: grace_period, ..Default::default() };
+        Command::Delete { kind: k, names, files, selector, grace_period, cascade } => {
+            let policy = match cascade.as_str() {
+                "background" => "Background",
+                "foreground" => "Foreground",
+                "orphan" => "Orphan",
+                other => {
+                    return Err(CtlError::Usage(format!("--cascade {other:?}: use background, foreground or orphan")))
+                }
+            };
+            let p = DeleteParams {
+                grace_period_seconds: grace_period,
+                propagation_policy: policy.into(),
+                ..Default::default()
+            };
             let mut targets: Vec<(Kind, String, String)> = Vec::new();
             if !files.is_empty() {
                 // Last first: a namespace at the top of a file goes after what is in it.

@@ -146,6 +146,10 @@ pub enum Command {
         /// Seconds a running pod gets to stop (0: at once).
         #[arg(long)]
         grace_period: Option<i64>,
+        /// What happens to what the objects own: background (deleted after them),
+        /// foreground (deleted before them) or orphan (kept, without the owner).
+        #[arg(long, value_name = "background|foreground|orphan", default_value = "background")]
+        cascade: String,
     },
     /// Set or remove labels: `label pod web tier=front old-`.
     Label(MapChanges),
