@@ -94,7 +94,7 @@ pub fn object(o: &mut O) {
                 set_if_empty(&mut spec.session_affinity, "None");
                 for p in &mut spec.ports {
                     set_if_empty(&mut p.protocol, "TCP");
-                    if p.target_port == 0 {
+                    if p.target_port == 0 && p.target_port_name.is_empty() {
                         p.target_port = p.port;
                     }
                 }

@@ -223,7 +223,37 @@ pub fn decode(kind: Kind, bytes: &[u8]) -> Result<O, Error> {
 
 /// The JSON form of the inner message (Kubernetes field names, empty fields left out).
 pub fn to_json(o: &O) -> serde_json::Value {
-    with_inner!(o, |x| serde_json::to_value(x)).unwrap_or(serde_json::Value::Null)
+    let mut v = with_inner!(o, |x| serde_json::to_value(x)).unwrap_or(serde_json::Value::Null);
+    if matches!(o, O::Service(_)) {
+        service_ports_to_json(&mut v);
+    }
+    v
+}
+
+/// A Service's ports in JSON: `targetPort` is a number or a name (Kubernetes'
+/// IntOrString); in protobuf the name is the separate `target_port_name`.
+fn service_ports_to_json(v: &mut serde_json::Value) {
+    let Some(ports) = v.pointer_mut("/spec/ports").and_then(|p| p.as_array_mut()) else { return };
+    for p in ports.iter_mut().filter_map(|p| p.as_object_mut()) {
+        if let Some(name) = p.remove("targetPortName") {
+            p.insert("targetPort".into(), name);
+        }
+    }
+}
+
+fn service_ports_from_json(v: &mut serde_json::Value) {
+    let Some(ports) = v.pointer_mut("/spec/ports").and_then(|p| p.as_array_mut()) else { return };
+    for p in ports.iter_mut().filter_map(|p| p.as_object_mut()) {
+        if p.get("targetPort").is_some_and(|t| t.is_string()) {
+            if let Some(name) = p.remove("targetPort") {
+                // "8080" is a number written as a string; anything else a name.
+                match name.as_str().and_then(|s| s.parse::<i32>().ok()) {
+                    Some(n) => p.insert("targetPort".into(), n.into()),
+                    None => p.insert("targetPortName".into(), name),
+                };
+            }
+        }
+    }
 }
 
 /// Decodes the JSON form of an object of `kind`; an unknown field or a wrong type is an
@@ -242,7 +272,11 @@ pub fn from_json(kind: Kind, v: serde_json::Value) -> Result<O, Error> {
         Kind::Pod => O::Pod(de(v)?),
         Kind::ReplicaSet => O::ReplicaSet(de(v)?),
         Kind::Deployment => O::Deployment(de(v)?),
-        Kind::Service => O::Service(de(v)?),
+        Kind::Service => O::Service(de({
+            let mut v = v;
+            service_ports_from_json(&mut v);
+            v
+        })?),
         Kind::Endpoints => O::Endpoints(de(v)?),
         Kind::Lease => O::Lease(de(v)?),
         Kind::Event => O::Event(de(v)?),

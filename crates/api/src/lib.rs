@@ -28,3 +28,6 @@ pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
 /// The finalizer an Orphan delete puts on an object: the garbage collector removes it once
 /// no dependent names the object as an owner any more.
 pub const ORPHAN_FINALIZER: &str = "orphan";
+/// The finalizer (in a namespace's spec) that holds a Terminating namespace until the
+/// namespace controller has deleted everything in it.
+pub const NAMESPACE_FINALIZER: &str = "kubernetes";

@@ -87,7 +87,7 @@ fn object() -> impl Strategy<Value = O> {
         (meta(), text()).prop_map(|(metadata, phase)| O::Namespace(pb::Namespace {
             metadata,
             spec: None,
-            status: Some(pb::NamespaceStatus { phase })
+            status: Some(pb::NamespaceStatus { phase, ..Default::default() })
         })),
         (meta(), any::<bool>(), map()).prop_map(|(metadata, unschedulable, capacity)| O::Node(pb::Node {
             metadata,
@@ -321,6 +321,35 @@ fn pod_update_may_change_only_images_and_add_tolerations() {
 }
 
 #[test]
+fn a_nodes_pod_cidr_is_set_once_and_a_terminating_namespace_only_loses_finalizers() {
+    let node = |cidr: &str| {
+        O::Node(pb::Node {
+            metadata: Some(pb::ObjectMeta { name: "n1".into(), ..Default::default() }),
+            spec: Some(pb::NodeSpec { pod_cidr: cidr.into(), ..Default::default() }),
+            status: None,
+        })
+    };
+    assert!(crate::validate::update(&node(""), &node("10.244.1.0/24")).is_ok(), "given once");
+    assert!(matches!(crate::validate::update(&node("10.244.1.0/24"), &node("10.244.2.0/24")),
+            Err(crate::Error::Invalid { field, .. }) if field == "spec.podCIDR"));
+    let ns = |deleting: bool, finalizers: &[&str]| {
+        O::Namespace(pb::Namespace {
+            metadata: Some(pb::ObjectMeta {
+                name: "team".into(),
+                deletion_timestamp: if deleting { "2026-01-01T00:00:00Z".into() } else { String::new() },
+                ..Default::default()
+            }),
+            spec: Some(pb::NamespaceSpec { finalizers: finalizers.iter().map(|f| f.to_string()).collect() }),
+            status: None,
+        })
+    };
+    assert!(crate::validate::update(&ns(true, &["kubernetes"]), &ns(true, &[])).is_ok());
+    assert!(matches!(crate::validate::update(&ns(true, &["kubernetes"]), &ns(true, &["kubernetes", "x.io/y"])),
+            Err(crate::Error::Invalid { field, .. }) if field == "spec.finalizers"));
+    assert!(crate::validate::update(&ns(false, &[]), &ns(false, &["x.io/y"])).is_ok(), "while active");
+}
+
+#[test]
 fn unknown_json_field_and_wrong_type_are_named_by_path() {
     let v: Value =
         serde_json::json!({"metadata": {"name": "x"}, "spec": {"containers": [{"name": "c", "imagee": "x"}]}});
@@ -336,4 +365,36 @@ fn unknown_json_field_and_wrong_type_are_named_by_path() {
         Err(crate::Error::Invalid { field, .. }) => assert_eq!(field, "spec.replicas"),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_service_target_port_is_a_number_or_a_name_in_json() {
+    let v: Value = serde_json::json!({
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"selector": {"app": "web"}, "ports": [
+            {"name": "http", "port": 80, "targetPort": "web-http"},
+            {"name": "alt", "port": 81, "targetPort": "8081"},
+            {"name": "raw", "port": 82, "targetPort": 8082}
+        ]}
+    });
+    let o = kinds::from_json(Kind::Service, v).expect("decodes");
+    let O::Service(s) = &o else { unreachable!() };
+    let ports = &s.spec.as_ref().expect("spec").ports;
+    assert_eq!((ports[0].target_port, ports[0].target_port_name.as_str()), (0, "web-http"));
+    assert_eq!((ports[1].target_port, ports[1].target_port_name.as_str()), (8081, ""));
+    assert_eq!(ports[2].target_port, 8082);
+    crate::validate::object(&o).expect("valid");
+    let back = kinds::to_json(&o);
+    assert_eq!(back["spec"]["ports"][0]["targetPort"], Value::from("web-http"));
+    assert_eq!(back["spec"]["ports"][1]["targetPort"], Value::from(8081));
+    assert!(back["spec"]["ports"][0].get("targetPortName").is_none());
+
+    let bad = |name: &str| {
+        let mut o = o.clone();
+        let O::Service(s) = &mut o else { unreachable!() };
+        s.spec.as_mut().expect("spec").ports[0].target_port_name = name.into();
+        crate::validate::object(&o).expect_err("refused").to_string()
+    };
+    assert!(bad("a-name-longer-than-15").contains("spec.ports[0].targetPort"));
+    assert!(bad("Web_Http").contains("spec.ports[0].targetPort"));
 }

@@ -313,7 +313,20 @@ fn service(s: &pb::Service) -> R {
     for (i, p) in spec.ports.iter().enumerate() {
         let f = format!("spec.ports[{i}]");
         at(format!("{f}.port"), names::port(p.port))?;
-        if p.target_port != 0 {
+        if !p.target_port_name.is_empty() {
+            // A container port name (IANA service name: at most 15 characters, a letter).
+            let n = &p.target_port_name;
+            at(format!("{f}.targetPort"), names::dns1123_label(n))?;
+            if n.len() > 15 || !n.chars().any(|c| c.is_ascii_lowercase()) {
+                fail(
+                    format!("{f}.targetPort"),
+                    format!("{n:?} must be a port number or a port name of at most 15 characters with a letter"),
+                )?;
+            }
+            if p.target_port != 0 {
+                fail(format!("{f}.targetPort"), "is either a number or a name, not both")?;
+            }
+        } else if p.target_port != 0 {
             at(format!("{f}.targetPort"), names::port(p.target_port))?;
         }
         if p.node_port != 0 && !(30000..=32767).contains(&p.node_port) {
@@ -501,6 +514,20 @@ pub fn update(old: &O, new: &O) -> R {
             let ip = |s: &pb::Service| s.spec.as_ref().map(|x| x.cluster_ip.clone()).unwrap_or_default();
             if ip(a) != ip(b) {
                 fail("spec.clusterIP", "is immutable")?;
+            }
+        }
+        (O::Node(a), O::Node(b)) => {
+            // A podCIDR is given once (by Node IPAM or the kubelet) and then kept.
+            let cidr = |n: &pb::Node| n.spec.as_ref().map(|s| s.pod_cidr.clone()).unwrap_or_default();
+            if !cidr(a).is_empty() && cidr(a) != cidr(b) {
+                fail("spec.podCIDR", format!("may not be changed once set (it is {})", cidr(a)))?;
+            }
+        }
+        (O::Namespace(a), O::Namespace(b)) if !a.metadata.as_ref().is_none_or(|m| m.deletion_timestamp.is_empty()) => {
+            // Finalizers of a namespace being deleted may only be removed.
+            let fin = |n: &pb::Namespace| n.spec.as_ref().map(|s| s.finalizers.clone()).unwrap_or_default();
+            if let Some(f) = fin(b).iter().find(|f| !fin(a).contains(f)) {
+                fail("spec.finalizers", format!("{f:?} may not be added to a namespace being deleted"))?;
             }
         }
         (O::Lease(a), O::Lease(b)) => {

@@ -56,17 +56,7 @@ impl Default for ApiConfig {
 /// event TTL (as kube-apiserver shares leases among Events).
 const EVENT_LEASE_REUSE: Duration = Duration::from_secs(60);
 
-/// Parses `10.96.0.0/12`.
-pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
-    let (a, p) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR like 10.96.0.0/12"))?;
-    let addr: Ipv4Addr = a.parse().map_err(|_| format!("{a:?} in {s:?} is not an IPv4 address"))?;
-    let prefix: u8 = p.parse().map_err(|_| format!("{p:?} in {s:?} is not a prefix length"))?;
-    if !(8..=30).contains(&prefix) {
-        return Err(format!("prefix length /{prefix} in {s:?} must be between /8 and /30"));
-    }
-    let mask = u32::MAX << (32 - prefix);
-    Ok((Ipv4Addr::from(u32::from(addr) & mask), prefix))
-}
+pub use flotilla_core::cidr::parse as parse_cidr;
 
 /// Read-modify-write attempts ran out: other writers kept changing the object. Nothing
 /// was written by this request.
@@ -557,10 +547,12 @@ impl Registry {
         }
         let m = meta(&new);
         let key = keys::key(kind, &m.namespace, &m.name);
-        if !m.deletion_timestamp.is_empty() && m.finalizers.is_empty() && !self.waits_for_kubelet(&new) {
+        if !m.deletion_timestamp.is_empty() && finalized(&new) && !self.waits_for_kubelet(&new) {
             let mut ops = vec![op_delete(&key)];
             ops.extend(self.release_ops(&cur.obj));
             if kind == Kind::Namespace {
+                // The namespace controller emptied it through the API; this sweeps up
+                // anything left if its finalizer was removed by hand.
                 ops.extend(self.namespace_content_ops(&m.name).await?);
             }
             return Ok(self.if_unchanged(&key, cur.rev, ops, fence).await?.map(|rev| with_rv(new, rev)));
@@ -847,32 +839,27 @@ impl Registry {
         Ok(Some(Deleted { object: with_rv(cur.obj.clone(), rev), gone: true }))
     }
 
-    /// Deletes a namespace and everything in it: first marks it Terminating (so no create
-    /// in it can succeed any more), then deletes its objects and itself in one transaction.
+    /// Deletes a namespace: marks it Terminating (so no create in it can succeed any more)
+    /// with the `kubernetes` finalizer in its spec. The namespace controller then deletes
+    /// what is inside through the API — pods gracefully, finalizers honoured — and removes
+    /// that finalizer, which deletes the namespace (see [`Registry::write_over`]).
     async fn delete_namespace(&self, cur: &Current, fence: Option<&Fence>) -> Result<Option<Deleted>, ApiError> {
         let name = meta(&cur.obj).name.clone();
         let key = keys::key(Kind::Namespace, "", &name);
+        if !meta(&cur.obj).deletion_timestamp.is_empty() {
+            return Ok(Some(Deleted { object: cur.obj.clone(), gone: false }));
+        }
         let mut marked = cur.obj.clone();
         if let O::Namespace(n) = &mut marked {
             n.status.get_or_insert_with(Default::default).phase = "Terminating".into();
+            let spec = n.spec.get_or_insert_with(Default::default);
+            if !spec.finalizers.iter().any(|f| f == flotilla_api::NAMESPACE_FINALIZER) {
+                spec.finalizers.push(flotilla_api::NAMESPACE_FINALIZER.into());
+            }
         }
-        let mm = meta_mut(&mut marked);
-        if mm.deletion_timestamp.is_empty() {
-            mm.deletion_timestamp = now();
-        }
-        let Some(marked_rev) =
-            self.if_unchanged(&key, cur.rev, vec![op_put(&key, stored_bytes(&marked)?)], fence).await?
-        else {
-            return Ok(None);
-        };
-        // Nothing can be created in the namespace now.
-        let mut ops = self.namespace_content_ops(&name).await?;
-        if meta(&marked).finalizers.is_empty() {
-            ops.push(op_delete(&key));
-        }
-        let Some(rev) = self.if_unchanged(&key, marked_rev, ops, fence).await? else { return Ok(None) };
-        let gone = meta(&marked).finalizers.is_empty();
-        Ok(Some(Deleted { object: with_rv(marked, rev), gone }))
+        meta_mut(&mut marked).deletion_timestamp = now();
+        let done = self.if_unchanged(&key, cur.rev, vec![op_put(&key, stored_bytes(&marked)?)], fence).await?;
+        Ok(done.map(|rev| Deleted { object: with_rv(marked, rev), gone: false }))
     }
 
     /// pods/binding: sets a pod's nodeName, once.
@@ -1077,6 +1064,15 @@ fn translate(
 /// The object an update writes: for a status update, the stored object with the new
 /// status; otherwise the new object with the server-managed metadata and the status of
 /// the stored one.
+/// Whether no finalizer holds `o` back any more (a namespace's spec has its own).
+fn finalized(o: &O) -> bool {
+    meta(o).finalizers.is_empty()
+        && match o {
+            O::Namespace(n) => n.spec.as_ref().is_none_or(|s| s.finalizers.is_empty()),
+            _ => true,
+        }
+}
+
 fn merge_update(cur: &O, new: O, status_only: bool) -> Result<O, ApiError> {
     if Kind::of(cur) != Kind::of(&new) {
         return Err(ApiError::Internal("update of a different kind".into()));
@@ -1115,14 +1111,6 @@ fn merge_update(cur: &O, new: O, status_only: bool) -> Result<O, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cidr_parsing_masks_the_host_bits_and_names_the_problem() {
-        assert_eq!(parse_cidr("10.96.0.7/12"), Ok((Ipv4Addr::new(10, 96, 0, 0), 12)));
-        assert!(parse_cidr("10.96.0.0").expect_err("no prefix").contains("CIDR"));
-        assert!(parse_cidr("10.96.0.0/31").expect_err("too small").contains("/31"));
-        assert!(parse_cidr("x/12").expect_err("bad addr").contains("IPv4"));
-    }
 
     #[test]
     fn continue_tokens_round_trip() {

@@ -39,6 +39,14 @@ pub const CONTROLLERS: &[Descriptor] = &[
         warm: crate::deployment::warm,
     },
     Descriptor {
+        name: "endpoints",
+        on_by_default: true,
+        about: "keeps an Endpoints object per Service with a selector: its ready and not-ready pods' \
+                addresses and ports (named target ports resolved per pod)",
+        start: |ctx| Box::pin(crate::endpoints::start(ctx)),
+        warm: crate::endpoints::warm,
+    },
+    Descriptor {
         name: "nodelifecycle",
         on_by_default: true,
         about: "marks nodes that stopped renewing their Lease (Ready Unknown, unreachable taints) and evicts \
@@ -53,6 +61,30 @@ pub const CONTROLLERS: &[Descriptor] = &[
                 frees them (orphan), as ownerReferences and the delete's propagationPolicy say",
         start: |ctx| Box::pin(crate::gc::start(ctx)),
         warm: crate::gc::warm,
+    },
+    Descriptor {
+        name: "namespace",
+        on_by_default: true,
+        about: "empties namespaces being deleted through the API (pods gracefully, finalizers honoured), then \
+                removes their `kubernetes` finalizer",
+        start: |ctx| Box::pin(crate::namespace::start(ctx)),
+        warm: crate::namespace::warm,
+    },
+    Descriptor {
+        name: "nodeipam",
+        on_by_default: true,
+        about: "gives every Node a podCIDR from --cluster-cidr, never one another node has (off without \
+                --cluster-cidr)",
+        start: |ctx| Box::pin(crate::nodeipam::start(ctx)),
+        warm: crate::nodeipam::warm,
+    },
+    Descriptor {
+        name: "loadbalancer",
+        on_by_default: true,
+        about: "gives each Service of type LoadBalancer an address of --load-balancer-pool (status.loadBalancer), \
+                never one another has, freed when it goes (off without --load-balancer-pool)",
+        start: |ctx| Box::pin(crate::loadbalancer::start(ctx)),
+        warm: crate::loadbalancer::warm,
     },
     Descriptor {
         name: "podgc",
@@ -71,11 +103,21 @@ pub struct Settings {
     pub node_monitor_grace_period: Duration,
     /// Finished pods kept before the oldest are deleted.
     pub terminated_pod_gc_threshold: usize,
+    /// The pod ranges Node IPAM hands out (`--cluster-cidr`); None: Node IPAM is off.
+    pub pod_ranges: Option<crate::nodeipam::PodRanges>,
+    /// The addresses LoadBalancer Services get (`--load-balancer-pool`); None: the
+    /// allocator is off.
+    pub load_balancer_pool: Option<crate::loadbalancer::Pool>,
 }
 
 impl Default for Settings {
     fn default() -> Settings {
-        Settings { node_monitor_grace_period: Duration::from_secs(15), terminated_pod_gc_threshold: 12_500 }
+        Settings {
+            node_monitor_grace_period: Duration::from_secs(15),
+            terminated_pod_gc_threshold: 12_500,
+            pod_ranges: None,
+            load_balancer_pool: None,
+        }
     }
 }
 

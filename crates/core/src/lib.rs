@@ -3,6 +3,7 @@
 //! This crate is pure: it must not depend on tokio, gRPC, RocksDB or any I/O, so that
 //! every other crate (and every test) can use it freely.
 
+pub mod cidr;
 pub mod cluster;
 pub mod error;
 pub mod keys;

@@ -217,6 +217,15 @@ pub async fn dispatch(args: CtlArgs) -> Result<(), CtlError> {
         }
         Command::Rollout(c) => crate::rollout::rollout(&client, &ns, c).await,
         Command::Set(c) => crate::rollout::set(&client, &ns, c).await,
+        Command::Cordon { node } => {
+            outln!("{}", crate::node::cordon(&client, &node, true).await?);
+            Ok(())
+        }
+        Command::Uncordon { node } => {
+            outln!("{}", crate::node::cordon(&client, &node, false).await?);
+            Ok(())
+        }
+        Command::Drain(a) => crate::node::drain(&client, a).await,
         Command::Cluster(c) => cluster(&eps, c).await,
     }
 }

@@ -24,6 +24,7 @@ macro_rules! outln {
 
 pub mod commands;
 pub mod manifest;
+pub mod node;
 pub mod print;
 pub mod rollout;
 
@@ -171,6 +172,20 @@ pub enum Command {
     /// Change part of an object: `set image deployment/web main=nginx:1.27`.
     #[command(subcommand)]
     Set(rollout::SetCommand),
+    /// Mark a node unschedulable: nothing new is placed there (what runs stays).
+    Cordon {
+        /// Node name.
+        node: String,
+    },
+    /// Let the scheduler place pods on a cordoned node again.
+    Uncordon {
+        /// Node name.
+        node: String,
+    },
+    /// Cordon a node, then delete its pods gracefully and wait until they are gone (their
+    /// controllers recreate them elsewhere). Refuses, changing nothing, while pods that
+    /// no controller owns are there, unless --force.
+    Drain(node::DrainArgs),
     /// The masters: members, status, leader, move-leader, snapshot save.
     #[command(subcommand)]
     Cluster(ClusterCommand),

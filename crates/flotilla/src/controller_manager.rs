@@ -41,6 +41,19 @@ pub struct ControllerManagerFlags {
     /// Finished pods (Succeeded, Failed) kept before the oldest are deleted [default: 12500].
     #[arg(long, value_name = "N")]
     pub terminated_pod_gc_threshold: Option<usize>,
+    /// The cluster's pod address range: each Node gets a block of it as its podCIDR
+    /// (`--node-cidr-mask-size` long), never one another node has [default: none; Node
+    /// IPAM is off and kubelets bring their own --pod-cidr].
+    #[arg(long, value_name = "CIDR")]
+    pub cluster_cidr: Option<String>,
+    /// The prefix length of each Node's block of --cluster-cidr [default: 24].
+    #[arg(long, value_name = "BITS")]
+    pub node_cidr_mask_size: Option<u8>,
+    /// Addresses for Services of type LoadBalancer, as CIDRs (comma-separated; a /32 is one
+    /// address), handed out in order, each to one Service at a time [default: none; such
+    /// Services get no address].
+    #[arg(long, value_name = "CIDR,...")]
+    pub load_balancer_pool: Option<String>,
 }
 
 impl ControllerManagerFlags {
@@ -68,6 +81,19 @@ impl ControllerManagerFlags {
         }
         if let Some(n) = self.terminated_pod_gc_threshold {
             cfg.settings.terminated_pod_gc_threshold = n;
+        }
+        match (&self.cluster_cidr, self.node_cidr_mask_size) {
+            (Some(c), size) => {
+                let r = flotilla_controllers::nodeipam::PodRanges::new(c, size.unwrap_or(24))
+                    .map_err(anyhow::Error::msg)?;
+                cfg.settings.pod_ranges = Some(r);
+            }
+            (None, Some(_)) => bail!("--node-cidr-mask-size needs --cluster-cidr"),
+            (None, None) => {}
+        }
+        if let Some(p) = &self.load_balancer_pool {
+            cfg.settings.load_balancer_pool =
+                Some(flotilla_controllers::loadbalancer::Pool::parse(p).map_err(anyhow::Error::msg)?);
         }
         crate::scheduler::lease_duration(
             "controller-manager-lease-duration",

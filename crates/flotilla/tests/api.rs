@@ -531,8 +531,10 @@ fn merge_patch_changes_what_it_names() {
 }
 
 /// Deleting an object with finalizers only marks it; it goes when the last finalizer is
-/// removed. Deleting a namespace deletes what is in it and frees its services' addresses;
-/// the built-in namespaces cannot be deleted.
+/// removed. Deleting a namespace marks it Terminating with the `kubernetes` finalizer
+/// (no controller manager runs here to empty it); removing that finalizer by hand deletes
+/// it with whatever is left inside, and frees its services' addresses; the built-in
+/// namespaces cannot be deleted.
 #[test]
 fn finalizers_hold_deletion_and_namespace_deletion_cascades() {
     let c = Cluster::start(3, &[]);
@@ -578,7 +580,23 @@ fn finalizers_hold_deletion_and_namespace_deletion_cascades() {
         assert!(before >= 1);
 
         let d = a.delete(del("", "Namespace", "team")).await.expect("delete ns").into_inner();
-        assert!(d.deleted);
+        assert!(!d.deleted, "only marked");
+        let O::Namespace(mut ns) = get(&mut a, "Namespace", "", "team").await.expect("terminating") else {
+            panic!("not a namespace")
+        };
+        assert_eq!(ns.status.as_ref().map(|s| s.phase.as_str()), Some("Terminating"));
+        let spec = ns.spec.as_mut().expect("spec");
+        assert_eq!(spec.finalizers, vec!["kubernetes".to_string()]);
+        get(&mut a, "Pod", "team", "plain").await.expect("still inside");
+        let e = create(&mut a, pod("team", "late", &[])).await.expect_err("terminating");
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        // No finalizer may be added to a namespace being deleted; removing it deletes it.
+        let mut more = ns.clone();
+        more.spec.as_mut().expect("spec").finalizers.push("example.com/x".into());
+        let e = a.update(pb::UpdateRequest { object: wrap(O::Namespace(more)), ..Default::default() }).await;
+        assert_eq!(e.expect_err("may not add").code(), Code::InvalidArgument);
+        ns.spec.as_mut().expect("spec").finalizers.clear();
+        a.update(pb::UpdateRequest { object: wrap(O::Namespace(ns)), ..Default::default() }).await.expect("finalize");
         get(&mut a, "Namespace", "", "default").await.expect("barrier");
         assert_eq!(reserved(url.clone()).await, before - 1, "the namespace's service address was freed");
         let e = a.delete(del("", "Namespace", "default")).await.expect_err("built in");

@@ -34,28 +34,6 @@ fn deployment(name: &str, replicas: i32, image: &str, surge: &str, unavailable: 
     }
 }
 
-/// Starts hollow nodes `names` and waits until they are registered; stop them by sending.
-async fn hollow_nodes(client: &Client, names: &[&str]) -> tokio::sync::oneshot::Sender<()> {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let nodes = tokio::spawn(flotilla_bench::hollow::run(
-        client.clone(),
-        names.iter().map(|s| s.to_string()).collect(),
-        BTreeMap::new(),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for n in names {
-        while client.get::<pb::Node>("", n).await.is_err() {
-            assert!(!nodes.is_finished(), "the hollow nodes stopped early");
-            assert!(Instant::now() < deadline, "hollow node {n} did not register");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    stop
-}
-
 fn image_of(p: &pb::Pod) -> String {
     p.spec.as_ref().map(|s| s.containers[0].image.clone()).unwrap_or_default()
 }

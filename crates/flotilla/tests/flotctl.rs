@@ -114,9 +114,13 @@ fn flotctl_applies_gets_scales_and_deletes_a_manifest() {
     let bytes = std::fs::read(&snap).expect("snapshot file");
     assert!(bytes.starts_with(b"FLOTSNAP1") && bytes.windows(13).any(|w| w == b"/registry/dep"), "holds the data");
 
-    assert_eq!(ok(&eps, &["delete", "-f", f]), "service/web deleted\ndeployment/web deleted\nnamespace/shop deleted\n");
-    let ns = ok(&eps, &["get", "ns", "-o", "name"]);
-    assert!(!ns.contains("shop"), "{ns}");
+    assert_eq!(
+        ok(&eps, &["delete", "-f", f]),
+        "service/web deleted\ndeployment/web deleted\nnamespace/shop marked for deletion\n"
+    );
+    // No controller manager runs here to empty it: it stays Terminating.
+    let ns = ok(&eps, &["get", "ns", "shop", "-o", "yaml"]);
+    assert!(ns.contains("phase: Terminating") && ns.contains("- kubernetes"), "{ns}");
 }
 
 /// Malformed YAML, an unknown kind, a wrong apiVersion, a wrong field type, an unknown

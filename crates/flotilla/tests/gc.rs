@@ -11,20 +11,6 @@ use common::*;
 use flotilla_client::{Client, ListParams};
 use flotilla_proto::api as pb;
 
-fn deployment(name: &str, replicas: i32) -> pb::Deployment {
-    let rs = replicaset(name, replicas).spec.expect("spec");
-    pb::Deployment {
-        metadata: Some(pb::ObjectMeta { name: name.into(), namespace: "default".into(), ..Default::default() }),
-        spec: Some(pb::DeploymentSpec {
-            replicas: Some(replicas),
-            selector: rs.selector,
-            template: rs.template,
-            ..Default::default()
-        }),
-        status: None,
-    }
-}
-
 /// `app`'s ReplicaSets, pods, and whether its Deployment exists.
 async fn count(client: &Client, app: &str) -> (usize, usize, bool) {
     let p = ListParams { namespace: "default".into(), label_selector: format!("app={app}"), ..Default::default() };

@@ -20,20 +20,6 @@ fn hollow(client: &Client, name: &str) -> tokio::sync::oneshot::Sender<()> {
     stop
 }
 
-fn deployment(name: &str, replicas: i32) -> pb::Deployment {
-    let rs = replicaset(name, replicas).spec.expect("spec");
-    pb::Deployment {
-        metadata: Some(pb::ObjectMeta { name: name.into(), namespace: "default".into(), ..Default::default() }),
-        spec: Some(pb::DeploymentSpec {
-            replicas: Some(replicas),
-            selector: rs.selector,
-            template: rs.template,
-            ..Default::default()
-        }),
-        status: None,
-    }
-}
-
 fn node_of(p: &pb::Pod) -> String {
     p.spec.as_ref().map(|s| s.node_name.clone()).unwrap_or_default()
 }

@@ -397,3 +397,43 @@ pub fn ctl_fails(endpoints: &str, args: &[&str]) -> String {
     assert!(err.starts_with("error: "), "{err}");
     err
 }
+
+/// A Deployment `default/<name>` of `replicas` pods, with [`replicaset`]'s template.
+pub fn deployment(name: &str, replicas: i32) -> flotilla_proto::api::Deployment {
+    use flotilla_proto::api as pb;
+    let rs = replicaset(name, replicas).spec.expect("spec");
+    pb::Deployment {
+        metadata: Some(pb::ObjectMeta { name: name.into(), namespace: "default".into(), ..Default::default() }),
+        spec: Some(pb::DeploymentSpec {
+            replicas: Some(replicas),
+            selector: rs.selector,
+            template: rs.template,
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// Starts hollow nodes `names` (in this process) and waits until they are registered;
+/// they stop when the sender is used or dropped.
+pub async fn hollow_nodes(client: &flotilla_client::Client, names: &[&str]) -> tokio::sync::oneshot::Sender<()> {
+    use flotilla_proto::api as pb;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let nodes = tokio::spawn(flotilla_bench::hollow::run(
+        client.clone(),
+        names.iter().map(|s| s.to_string()).collect(),
+        std::collections::BTreeMap::new(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for n in names {
+        while client.get::<pb::Node>("", n).await.is_err() {
+            assert!(!nodes.is_finished(), "the hollow nodes stopped early");
+            assert!(Instant::now() < deadline, "hollow node {n} did not register");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    stop
+}
