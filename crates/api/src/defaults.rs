@@ -56,6 +56,9 @@ fn template(t: &mut Option<pb::PodTemplateSpec>) {
     }
 }
 
+/// The label a Job's pods carry when the Job names no selector.
+pub const JOB_NAME_LABEL: &str = "job-name";
+
 /// Applies the defaults of `o`'s kind.
 pub fn object(o: &mut O) {
     match o {
@@ -84,6 +87,38 @@ pub fn object(o: &mut O) {
                     let ru = st.rolling_update.get_or_insert_with(Default::default);
                     set_if_empty(&mut ru.max_surge, "25%");
                     set_if_empty(&mut ru.max_unavailable, "25%");
+                }
+                template(&mut s.template);
+            }
+        }
+        O::DaemonSet(d) => {
+            if let Some(s) = &mut d.spec {
+                let st = s.update_strategy.get_or_insert_with(Default::default);
+                set_if_empty(&mut st.r#type, "RollingUpdate");
+                if st.r#type == "RollingUpdate" {
+                    set_if_empty(&mut st.rolling_update.get_or_insert_with(Default::default).max_unavailable, "1");
+                }
+                template(&mut s.template);
+            }
+        }
+        O::Job(j) => {
+            let name = j.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+            if let Some(s) = &mut j.spec {
+                s.parallelism.get_or_insert(1);
+                s.completions.get_or_insert(1);
+                s.backoff_limit.get_or_insert(6);
+                // As Kubernetes does: without a selector, the pods are told apart by a
+                // `job-name` label the template gets.
+                if s.selector.is_none() && !name.is_empty() {
+                    let t = s.template.get_or_insert_with(Default::default);
+                    t.metadata.get_or_insert_with(Default::default).labels.insert(JOB_NAME_LABEL.into(), name.clone());
+                    s.selector = Some(pb::LabelSelector {
+                        match_labels: [(JOB_NAME_LABEL.to_string(), name)].into(),
+                        ..Default::default()
+                    });
+                }
+                if let Some(spec) = s.template.as_mut().and_then(|t| t.spec.as_mut()) {
+                    set_if_empty(&mut spec.restart_policy, "Never");
                 }
                 template(&mut s.template);
             }

@@ -26,11 +26,15 @@ pub enum Kind {
     Lease,
     /// Event.
     Event,
+    /// DaemonSet.
+    DaemonSet,
+    /// Job.
+    Job,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -40,6 +44,8 @@ impl Kind {
         Kind::Endpoints,
         Kind::Lease,
         Kind::Event,
+        Kind::DaemonSet,
+        Kind::Job,
     ];
 
     /// The name used in manifests and requests (`Pod`).
@@ -54,6 +60,8 @@ impl Kind {
             Kind::Endpoints => "Endpoints",
             Kind::Lease => "Lease",
             Kind::Event => "Event",
+            Kind::DaemonSet => "DaemonSet",
+            Kind::Job => "Job",
         }
     }
 
@@ -69,13 +77,16 @@ impl Kind {
             Kind::Endpoints => "endpoints",
             Kind::Lease => "leases",
             Kind::Event => "events",
+            Kind::DaemonSet => "daemonsets",
+            Kind::Job => "jobs",
         }
     }
 
     /// The `apiVersion` a manifest of this kind carries (Kubernetes' group/version).
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::ReplicaSet | Kind::Deployment => "apps/v1",
+            Kind::ReplicaSet | Kind::Deployment | Kind::DaemonSet => "apps/v1",
+            Kind::Job => "batch/v1",
             Kind::Lease => "coordination.k8s.io/v1",
             _ => "v1",
         }
@@ -111,6 +122,7 @@ impl Kind {
             "svc" => Some(Kind::Service),
             "ep" => Some(Kind::Endpoints),
             "ev" => Some(Kind::Event),
+            "ds" => Some(Kind::DaemonSet),
             _ => None,
         };
         short.or_else(|| {
@@ -133,6 +145,8 @@ impl Kind {
             O::Endpoints(_) => Kind::Endpoints,
             O::Lease(_) => Kind::Lease,
             O::Event(_) => Kind::Event,
+            O::DaemonSet(_) => Kind::DaemonSet,
+            O::Job(_) => Kind::Job,
         }
     }
 
@@ -183,6 +197,8 @@ macro_rules! with_inner {
             __O::Endpoints($x) => $body,
             __O::Lease($x) => $body,
             __O::Event($x) => $body,
+            __O::DaemonSet($x) => $body,
+            __O::Job($x) => $body,
         }
     }};
 }
@@ -218,6 +234,8 @@ pub fn decode(kind: Kind, bytes: &[u8]) -> Result<O, Error> {
         Kind::Endpoints => O::Endpoints(pb::Endpoints::decode(bytes).map_err(bad)?),
         Kind::Lease => O::Lease(pb::Lease::decode(bytes).map_err(bad)?),
         Kind::Event => O::Event(pb::Event::decode(bytes).map_err(bad)?),
+        Kind::DaemonSet => O::DaemonSet(pb::DaemonSet::decode(bytes).map_err(bad)?),
+        Kind::Job => O::Job(pb::Job::decode(bytes).map_err(bad)?),
     })
 }
 
@@ -280,6 +298,8 @@ pub fn from_json(kind: Kind, v: serde_json::Value) -> Result<O, Error> {
         Kind::Endpoints => O::Endpoints(de(v)?),
         Kind::Lease => O::Lease(de(v)?),
         Kind::Event => O::Event(de(v)?),
+        Kind::DaemonSet => O::DaemonSet(de(v)?),
+        Kind::Job => O::Job(de(v)?),
     })
 }
 
@@ -297,6 +317,8 @@ pub fn spec_bytes(o: &O) -> Vec<u8> {
         O::Endpoints(x) => pb::Endpoints { metadata: None, ..x.clone() }.encode_to_vec(),
         O::Lease(x) => x.spec.as_ref().map(|v| v.encode_to_vec()).unwrap_or_default(),
         O::Event(x) => pb::Event { metadata: None, ..x.clone() }.encode_to_vec(),
+        O::DaemonSet(x) => x.spec.as_ref().map(|v| v.encode_to_vec()).unwrap_or_default(),
+        O::Job(x) => x.spec.as_ref().map(|v| v.encode_to_vec()).unwrap_or_default(),
     }
 }
 
@@ -309,6 +331,8 @@ pub fn copy_status(from: &O, to: &mut O) {
         (O::ReplicaSet(a), O::ReplicaSet(b)) => b.status = a.status.clone(),
         (O::Deployment(a), O::Deployment(b)) => b.status = a.status.clone(),
         (O::Service(a), O::Service(b)) => b.status = a.status.clone(),
+        (O::DaemonSet(a), O::DaemonSet(b)) => b.status = a.status,
+        (O::Job(a), O::Job(b)) => b.status = a.status.clone(),
         _ => {}
     }
 }

@@ -1,5 +1,8 @@
 //! Selectors applied to objects: a list or watch request's label and field selectors, and
-//! a ReplicaSet's or Deployment's structured selector.
+//! a ReplicaSet's or Deployment's structured selector; which nodes a pod may run on
+//! (nodeSelector, node affinity, taints and tolerations).
+
+use std::collections::BTreeMap;
 
 use flotilla_core::selector::{FieldSelector, LabelSelector, Requirement};
 use flotilla_proto::api::{self as pb, object::Kind as O};
@@ -110,4 +113,46 @@ pub fn tolerates(t: &pb::Toleration, taint: &pb::Taint) -> bool {
         "Exists" => true,
         _ => t.value == taint.value,
     }
+}
+
+/// Whether one requirement holds for `labels`.
+pub fn requirement_matches(r: &pb::NodeSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
+    let v = labels.get(&r.key);
+    match r.operator.as_str() {
+        "In" => v.is_some_and(|v| r.values.contains(v)),
+        "NotIn" => v.is_none_or(|v| !r.values.contains(v)),
+        "Exists" => v.is_some(),
+        "DoesNotExist" => v.is_none(),
+        "Gt" | "Lt" => {
+            let (Some(have), Some(bound)) =
+                (v.and_then(|v| v.parse::<i64>().ok()), r.values.first().and_then(|b| b.parse::<i64>().ok()))
+            else {
+                return false;
+            };
+            if r.operator == "Gt" {
+                have > bound
+            } else {
+                have < bound
+            }
+        }
+        _ => false,
+    }
+}
+
+/// Whether every requirement of a term holds (an empty term matches nothing, as in
+/// Kubernetes).
+pub fn term_matches(t: &pb::NodeSelectorTerm, labels: &BTreeMap<String, String>) -> bool {
+    !t.match_expressions.is_empty() && t.match_expressions.iter().all(|r| requirement_matches(r, labels))
+}
+
+/// Whether a pod with `spec` may run on a node with `labels`: its `nodeSelector` and its
+/// required node affinity (terms ORed, requirements ANDed) hold.
+pub fn node_selected(spec: &pb::PodSpec, labels: &BTreeMap<String, String>) -> bool {
+    let selector_ok = spec.node_selector.iter().all(|(k, v)| labels.get(k) == Some(v));
+    let required = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| n.required_during_scheduling_ignored_during_execution.as_ref());
+    selector_ok && required.is_none_or(|sel| sel.node_selector_terms.iter().any(|t| term_matches(t, labels)))
 }

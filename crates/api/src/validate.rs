@@ -271,6 +271,17 @@ fn label_selector(field: &str, s: &Option<pb::LabelSelector>) -> Result<flotilla
 }
 
 fn template(field: &str, selector: &flotilla_core::selector::LabelSelector, t: &Option<pb::PodTemplateSpec>) -> R {
+    template_with(field, selector, t, &["Always"])
+}
+
+/// A pod template whose labels match `selector` and whose restartPolicy is one of
+/// `policies`.
+fn template_with(
+    field: &str,
+    selector: &flotilla_core::selector::LabelSelector,
+    t: &Option<pb::PodTemplateSpec>,
+    policies: &[&str],
+) -> R {
     let t = t.as_ref().ok_or_else(|| Error::invalid(field, "is required"))?;
     let tl = t.metadata.as_ref().map(|m| m.labels.clone()).unwrap_or_default();
     labels(&format!("{field}.metadata.labels"), &tl)?;
@@ -279,8 +290,11 @@ fn template(field: &str, selector: &flotilla_core::selector::LabelSelector, t: &
     }
     let spec = t.spec.as_ref().ok_or_else(|| Error::invalid(format!("{field}.spec"), "is required"))?;
     pod_spec(&format!("{field}.spec"), spec)?;
-    if !spec.restart_policy.is_empty() && spec.restart_policy != "Always" {
-        fail(format!("{field}.spec.restartPolicy"), "must be Always for pods managed by a controller")?;
+    if !spec.restart_policy.is_empty() && !policies.contains(&spec.restart_policy.as_str()) {
+        fail(
+            format!("{field}.spec.restartPolicy"),
+            format!("must be {} for pods of this kind", policies.join(" or ")),
+        )?;
     }
     Ok(())
 }
@@ -449,6 +463,46 @@ pub fn object(o: &O) -> R {
                 }
             }
         }
+        O::DaemonSet(d) => {
+            let spec = d.spec.as_ref().ok_or_else(|| Error::invalid("spec", "is required"))?;
+            let sel = label_selector("spec.selector", &spec.selector)?;
+            template("spec.template", &sel, &spec.template)?;
+            if spec.min_ready_seconds < 0 {
+                fail("spec.minReadySeconds", "must not be negative")?;
+            }
+            if let Some(st) = &spec.update_strategy {
+                if !st.r#type.is_empty() {
+                    one_of("spec.updateStrategy.type", &st.r#type, &["RollingUpdate", "OnDelete"])?;
+                }
+                if let Some(ru) = &st.rolling_update {
+                    if st.r#type == "OnDelete" {
+                        fail("spec.updateStrategy.rollingUpdate", "must be empty for the OnDelete strategy")?;
+                    }
+                    int_or_percent("spec.updateStrategy.rollingUpdate.maxUnavailable", &ru.max_unavailable)?;
+                    if ru.max_unavailable.trim_end_matches('%') == "0" {
+                        fail("spec.updateStrategy.rollingUpdate.maxUnavailable", "must not be 0")?;
+                    }
+                }
+            }
+        }
+        O::Job(j) => {
+            let spec = j.spec.as_ref().ok_or_else(|| Error::invalid("spec", "is required"))?;
+            for (f, v) in [
+                ("spec.parallelism", spec.parallelism),
+                ("spec.completions", spec.completions),
+                ("spec.backoffLimit", spec.backoff_limit),
+                ("spec.ttlSecondsAfterFinished", spec.ttl_seconds_after_finished),
+            ] {
+                if v.is_some_and(|n| n < 0) {
+                    fail(f, "must not be negative")?;
+                }
+            }
+            if spec.active_deadline_seconds.is_some_and(|n| n <= 0) {
+                fail("spec.activeDeadlineSeconds", "must be positive")?;
+            }
+            let sel = label_selector("spec.selector", &spec.selector)?;
+            template_with("spec.template", &sel, &spec.template, &["Never", "OnFailure"])?;
+        }
         O::Service(s) => service(s)?,
         O::Endpoints(e) => {
             for (i, s) in e.subsets.iter().enumerate() {
@@ -514,6 +568,23 @@ pub fn update(old: &O, new: &O) -> R {
             let ip = |s: &pb::Service| s.spec.as_ref().map(|x| x.cluster_ip.clone()).unwrap_or_default();
             if ip(a) != ip(b) {
                 fail("spec.clusterIP", "is immutable")?;
+            }
+        }
+        (O::DaemonSet(a), O::DaemonSet(b))
+            if a.spec.as_ref().map(|s| &s.selector) != b.spec.as_ref().map(|s| &s.selector) =>
+        {
+            fail("spec.selector", "is immutable")?;
+        }
+        (O::Job(a), O::Job(b)) => {
+            let (sa, sb) = (a.spec.clone().unwrap_or_default(), b.spec.clone().unwrap_or_default());
+            if sa.selector != sb.selector {
+                fail("spec.selector", "is immutable")?;
+            }
+            if sa.template != sb.template {
+                fail("spec.template", "is immutable (a Job's pods all run one template)")?;
+            }
+            if sa.completions != sb.completions {
+                fail("spec.completions", "is immutable")?;
             }
         }
         (O::Node(a), O::Node(b)) => {

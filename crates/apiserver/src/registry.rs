@@ -1028,6 +1028,8 @@ fn kind_template(kind: Kind) -> O {
         Kind::Endpoints => O::Endpoints(Default::default()),
         Kind::Lease => O::Lease(Default::default()),
         Kind::Event => O::Event(Default::default()),
+        Kind::DaemonSet => O::DaemonSet(Default::default()),
+        Kind::Job => O::Job(Default::default()),
     }
 }
 

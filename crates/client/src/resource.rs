@@ -59,3 +59,5 @@ resource!(Service, true);
 resource!(Endpoints, true);
 resource!(Lease, true);
 resource!(Event, true);
+resource!(DaemonSet, true);
+resource!(Job, true);

@@ -77,6 +77,13 @@ impl Expectations {
         self.lock().insert(owner.to_string(), Record::new(n, HashSet::new()));
     }
 
+    /// `owner` is about to create `n` objects and delete the objects with these uids
+    /// (replacing any older record).
+    pub fn expect<'a>(&self, owner: &str, n: u64, uids: impl IntoIterator<Item = &'a str>) {
+        let deletions = uids.into_iter().map(str::to_string).collect();
+        self.lock().insert(owner.to_string(), Record::new(n, deletions));
+    }
+
     /// `owner` is about to delete the objects with these uids (replacing any older record).
     pub fn expect_deletions<'a>(&self, owner: &str, uids: impl IntoIterator<Item = &'a str>) {
         let deletions = uids.into_iter().map(str::to_string).collect();

@@ -39,6 +39,8 @@ struct Owner {
 pub fn warm(informers: &Informers) {
     informers.get::<pb::Deployment>();
     informers.get::<pb::ReplicaSet>();
+    informers.get::<pb::DaemonSet>();
+    informers.get::<pb::Job>();
     informers.get::<pb::Pod>();
 }
 
@@ -57,9 +59,16 @@ fn kind_name(o: &O) -> &'static str {
 pub async fn start(ctx: Context) {
     let (d, r, p) =
         (ctx.informers.get::<pb::Deployment>(), ctx.informers.get::<pb::ReplicaSet>(), ctx.informers.get::<pb::Pod>());
+    let (ds, j) = (ctx.informers.get::<pb::DaemonSet>(), ctx.informers.get::<pb::Job>());
     tokio::select! {
         () = ctx.stopped() => return,
-        () = async { d.wait_synced().await; r.wait_synced().await; p.wait_synced().await; } => {}
+        () = async {
+            d.wait_synced().await;
+            r.wait_synced().await;
+            ds.wait_synced().await;
+            j.wait_synced().await;
+            p.wait_synced().await;
+        } => {}
     }
     let metrics = ctx.metrics("garbagecollector");
     let mut tick = tokio::time::interval(EVERY);
@@ -84,9 +93,14 @@ pub async fn start(ctx: Context) {
 async fn pass(client: &Client, informers: &Informers) -> bool {
     // Every kind watched can be an owner (a pod deleted in the foreground owns nothing,
     // but carries the finalizer to remove), and a dependent.
-    let all: Vec<O> =
-        [snapshot::<pb::Deployment>(informers), snapshot::<pb::ReplicaSet>(informers), snapshot::<pb::Pod>(informers)]
-            .concat();
+    let all: Vec<O> = [
+        snapshot::<pb::Deployment>(informers),
+        snapshot::<pb::ReplicaSet>(informers),
+        snapshot::<pb::DaemonSet>(informers),
+        snapshot::<pb::Job>(informers),
+        snapshot::<pb::Pod>(informers),
+    ]
+    .concat();
     let dependents: Vec<O> = all.iter().filter(|o| !meta(o).owner_references.is_empty()).cloned().collect();
     let owners = all;
     let by_uid: HashMap<String, Owner> =

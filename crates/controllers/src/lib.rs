@@ -23,12 +23,13 @@
 //!   holds the lock it runs the selected controllers, and their writes carry the fencing
 //!   token; [`metrics`] says what they do.
 //!
-//! Controllers so far: [`replicaset`], [`deployment`], [`endpoints`], [`nodelifecycle`], [`podgc`], [`gc`],
-//! [`namespace`], [`nodeipam`], [`loadbalancer`].
+//! Controllers: [`replicaset`], [`deployment`], [`daemonset`], [`job`], [`endpoints`],
+//! [`nodelifecycle`], [`podgc`], [`gc`], [`namespace`], [`nodeipam`], [`loadbalancer`].
 //!
 //! A client of the apiserver only: it must not depend on the store or the apiserver.
 
 pub mod allocator;
+pub mod daemonset;
 pub mod deployment;
 pub mod descriptor;
 pub mod endpoints;
@@ -36,12 +37,14 @@ pub mod error;
 pub mod expectations;
 pub mod gc;
 pub mod informers;
+pub mod job;
 pub mod loadbalancer;
 pub mod manager;
 pub mod metrics;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod podcontrol;
 pub mod podgc;
 pub mod pods;
 pub mod queue;

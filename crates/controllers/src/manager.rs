@@ -39,6 +39,22 @@ pub const CONTROLLERS: &[Descriptor] = &[
         warm: crate::deployment::warm,
     },
     Descriptor {
+        name: "daemonset",
+        on_by_default: true,
+        about: "keeps one pod of each DaemonSet on every node it is eligible for (node selector, affinity, \
+                taints), rolling to a new template within maxUnavailable",
+        start: |ctx| Box::pin(crate::daemonset::start(ctx)),
+        warm: crate::daemonset::warm,
+    },
+    Descriptor {
+        name: "job",
+        on_by_default: true,
+        about: "runs each Job's pods until its completions succeed (parallelism, backoffLimit, \
+                activeDeadlineSeconds), then deletes it after ttlSecondsAfterFinished",
+        start: |ctx| Box::pin(crate::job::start(ctx)),
+        warm: crate::job::warm,
+    },
+    Descriptor {
         name: "endpoints",
         on_by_default: true,
         about: "keeps an Endpoints object per Service with a selector: its ready and not-ready pods' \

@@ -28,15 +28,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use flotilla_client::events::object_ref;
 use flotilla_client::reflector::{Cache, Change};
-use flotilla_client::{Client, ClientError, DeleteParams, EventRecorder};
+use flotilla_client::{Client, ClientError};
 use flotilla_core::selector::LabelSelector;
 use flotilla_proto::api as pb;
 
-use crate::expectations::Expectations;
 use crate::informers::Informers;
 use crate::manager::Context;
+use crate::podcontrol::PodControl;
 use crate::pods::{available, controller_uid, meta, phase, ready_since};
 use crate::queue::WorkQueue;
 use crate::worker::Reconcile;
@@ -180,10 +179,9 @@ fn status(m: &pb::ObjectMeta, spec: &pb::ReplicaSetSpec, active: &[&pb::Pod], no
 /// The running controller: its caches, expectations and client (fenced when elected).
 pub struct ReplicaSetController {
     client: Client,
-    recorder: EventRecorder,
+    control: PodControl<pb::ReplicaSet>,
     sets: Cache<pb::ReplicaSet>,
     pods: Cache<pb::Pod>,
-    expectations: Expectations,
 }
 
 fn key_of(m: &pb::ObjectMeta) -> String {
@@ -210,26 +208,17 @@ fn new_pod(rs: &pb::ReplicaSet) -> pb::Pod {
 }
 
 fn owner_ref(m: &pb::ObjectMeta) -> pb::OwnerReference {
-    pb::OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "ReplicaSet".into(),
-        name: m.name.clone(),
-        uid: m.uid.clone(),
-        controller: true,
-        block_owner_deletion: true,
-    }
+    crate::podcontrol::owner_ref::<pb::ReplicaSet>(m, "apps/v1")
 }
 
 impl ReplicaSetController {
     /// A controller over these caches, writing through `client`.
     pub fn new(client: Client, sets: Cache<pb::ReplicaSet>, pods: Cache<pb::Pod>) -> ReplicaSetController {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         ReplicaSetController {
+            control: PodControl::new(client.clone(), sets.clone(), "replicaset-controller"),
             client,
-            recorder: EventRecorder::new("replicaset-controller", host.trim()),
             sets,
             pods,
-            expectations: Expectations::default(),
         }
     }
 
@@ -268,12 +257,12 @@ impl ReplicaSetController {
                 // and delete, so what was expected of a ReplicaSet with no writes in
                 // flight (no worker holds it) is settled. The others keep their records;
                 // their writes' events come through the watch that follows the list.
-                self.expectations.retain(|k| queue.is_processing(k));
+                self.control.expectations.retain(|k| queue.is_processing(k));
                 self.all_changed(queue);
             }
             Change::Upsert { old: None, new } => match self.owner_key(new) {
                 Some(owner) => {
-                    self.expectations.creation_observed(&owner);
+                    self.control.expectations.creation_observed(&owner);
                     queue.add(&owner);
                 }
                 None => self.matching_sets(&meta(new).namespace, &meta(new).labels).iter().for_each(|k| queue.add(k)),
@@ -282,7 +271,7 @@ impl ReplicaSetController {
                 let (om, nm) = (meta(old), meta(new));
                 if !nm.deletion_timestamp.is_empty() && om.deletion_timestamp.is_empty() {
                     // Being deleted gracefully counts as the deletion (it no longer counts).
-                    self.expectations.deletion_observed_anywhere(&nm.uid);
+                    self.control.expectations.deletion_observed_anywhere(&nm.uid);
                 }
                 let (was, is) = (self.owner_key(old), self.owner_key(new));
                 for k in was.iter().chain(is.iter().filter(|k| Some(*k) != was.as_ref())) {
@@ -293,7 +282,7 @@ impl ReplicaSetController {
                 }
             }
             Change::Deleted(p) => {
-                self.expectations.deletion_observed_anywhere(&meta(p).uid);
+                self.control.expectations.deletion_observed_anywhere(&meta(p).uid);
                 if let Some(owner) = self.owner_key(p) {
                     queue.add(&owner);
                 }
@@ -308,7 +297,7 @@ impl ReplicaSetController {
             Change::Upsert { new, .. } => queue.add(&key_of(&new.metadata.clone().unwrap_or_default())),
             Change::Deleted(rs) => {
                 let k = key_of(&rs.metadata.clone().unwrap_or_default());
-                self.expectations.forget(&k);
+                self.control.expectations.forget(&k);
                 queue.add(&k);
             }
         }
@@ -317,13 +306,6 @@ impl ReplicaSetController {
     fn all_changed(&self, queue: &WorkQueue) {
         let keys: Vec<String> = self.sets.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
         keys.iter().for_each(|k| queue.add(k));
-    }
-
-    /// Records an Event about `rs` (a failure to record is only logged).
-    async fn event(&self, rs: &pb::ReplicaSet, kind: &str, reason: &str, message: &str) {
-        if let Err(e) = self.recorder.record(&self.client, object_ref(rs), kind, reason, message).await {
-            tracing::debug!(error = %e, reason, "cannot record an Event");
-        }
     }
 
     /// Writes `status` (a compare-and-swap); when the cached ReplicaSet is behind (often
@@ -376,11 +358,11 @@ impl Reconcile for ReplicaSetController {
 
     async fn reconcile(&self, key: &str) -> Result<Option<Duration>, ControllerError> {
         let Some(rs) = self.sets.read().unwrap_or_else(|p| p.into_inner()).get(key).cloned() else {
-            self.expectations.forget(key);
+            self.control.expectations.forget(key);
             return Ok(None);
         };
         let m = rs.metadata.clone().unwrap_or_default();
-        let satisfied = self.expectations.satisfied(key);
+        let satisfied = self.control.expectations.satisfied(key);
         let pods: Vec<pb::Pod> = {
             let all = self.pods.read().unwrap_or_else(|p| p.into_inner());
             let prefix = format!("{}/", m.namespace);
@@ -419,49 +401,9 @@ impl Reconcile for ReplicaSetController {
             // (another ReplicaSet may have claimed them), as Kubernetes does.
             return Err(ControllerError::Reconcile(errors.join("; ")));
         }
-        if satisfied && plan.create > 0 {
-            self.expectations.expect_creations(key, plan.create as u64);
-            let template = new_pod(&rs);
-            let creates = (0..plan.create).map(|_| async {
-                let r = self.client.create(template.clone()).await;
-                if let Ok(p) = &r {
-                    self.event(&rs, "Normal", "SuccessfulCreate", &format!("Created pod: {}", meta(p).name)).await;
-                }
-                r
-            });
-            for r in futures::future::join_all(creates).await {
-                match r {
-                    Ok(_) => {}
-                    // It may have been made: wait a little for its event (taking it
-                    // back at once could make one pod too many), then take it as lost.
-                    Err(e @ ClientError::Indeterminate(_)) => {
-                        self.expectations.creation_unsure(key, UNSURE_CREATE);
-                        errors.push(format!("creating a pod: {e}"));
-                    }
-                    Err(e) => {
-                        // It will never be observed: take it back.
-                        self.expectations.creation_observed(key);
-                        if !e.is_fenced() {
-                            self.event(&rs, "Warning", "FailedCreate", &format!("Error creating: {e}")).await;
-                        }
-                        errors.push(format!("creating a pod: {e}"));
-                    }
-                }
-            }
-        }
-        if satisfied && !plan.delete.is_empty() {
-            self.expectations.expect_deletions(key, plan.delete.iter().map(|(_, uid)| uid.as_str()));
-            for (name, uid) in &plan.delete {
-                let p = DeleteParams { uid: uid.clone(), ..Default::default() };
-                match self.client.delete::<pb::Pod>(&m.namespace, name, &p).await {
-                    Ok(_) => self.event(&rs, "Normal", "SuccessfulDelete", &format!("Deleted pod: {name}")).await,
-                    Err(e) if e.is_not_found() => self.expectations.deletion_observed(key, uid),
-                    Err(e) => {
-                        self.expectations.deletion_failed(key, uid);
-                        errors.push(format!("deleting pod {name}: {e}"));
-                    }
-                }
-            }
+        if satisfied {
+            let creates = (0..plan.create).map(|_| new_pod(&rs)).collect();
+            errors.extend(self.control.sync(key, &rs, creates, &plan.delete).await);
         }
         let current = rs.status.clone().unwrap_or_default();
         let mut want = plan.status.clone();

@@ -93,7 +93,8 @@ pub enum Command {
     /// List objects, or show one (`get pods`, `get pod web-0 -o yaml`, `get deploy -A -w`).
     Get {
         /// Kind: pod(s)/po, deployment(s)/deploy, replicaset(s)/rs, service(s)/svc,
-        /// endpoints/ep, node(s)/no, namespace(s)/ns, lease(s), event(s)/ev.
+        /// daemonset(s)/ds, job(s), endpoints/ep, node(s)/no, namespace(s)/ns, lease(s),
+        /// event(s)/ev.
         kind: String,
         /// Names (all when none).
         names: Vec<String>,

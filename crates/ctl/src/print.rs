@@ -9,7 +9,12 @@ use flotilla_proto::api::object::Kind as O;
 /// kubectl's short age: `45s`, `3m20s`, `12m`, `5h4m`, `3d`.
 pub fn age(created: &str, now: SystemTime) -> String {
     let Ok(t) = humantime::parse_rfc3339(created) else { return "<unknown>".into() };
-    let d = now.duration_since(t).unwrap_or(Duration::ZERO).as_secs();
+    age_of(now.duration_since(t).unwrap_or(Duration::ZERO))
+}
+
+/// A duration the way [`age`] shows it.
+pub fn age_of(d: Duration) -> String {
+    let d = d.as_secs();
     let (m, h, days) = (d / 60, d / 3600, d / 86400);
     match d {
         _ if d < 120 => format!("{d}s"),
@@ -35,12 +40,14 @@ pub fn headers(kind: Kind, wide: bool) -> Vec<&'static str> {
         Kind::Endpoints => vec!["NAME", "ENDPOINTS", "AGE"],
         Kind::Lease => vec!["NAME", "HOLDER", "AGE"],
         Kind::Event => vec!["NAME", "TYPE", "REASON", "OBJECT", "MESSAGE", "AGE"],
+        Kind::DaemonSet => vec!["NAME", "DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+        Kind::Job => vec!["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"],
     };
     if wide {
         match kind {
             Kind::Pod => h.extend(["IP", "NODE"]),
             Kind::Node => h.extend(["INTERNAL-IP", "POD-CIDR", "TAINTS"]),
-            Kind::Deployment | Kind::ReplicaSet => h.extend(["SELECTOR"]),
+            Kind::Deployment | Kind::ReplicaSet | Kind::DaemonSet | Kind::Job => h.extend(["SELECTOR"]),
             Kind::Service => h.extend(["SELECTOR"]),
             _ => {}
         }
@@ -145,6 +152,49 @@ pub fn row(o: &O, wide: bool, now: SystemTime) -> Vec<String> {
                 st.available_replicas.to_string(),
                 age,
             ];
+            if wide {
+                r.push(selector_text(&spec.selector));
+            }
+            r
+        }
+        O::DaemonSet(d) => {
+            let spec = d.spec.clone().unwrap_or_default();
+            let st = d.status.unwrap_or_default();
+            let mut r = vec![name];
+            r.extend(
+                [
+                    st.desired_number_scheduled,
+                    st.current_number_scheduled,
+                    st.number_ready,
+                    st.updated_number_scheduled,
+                    st.number_available,
+                ]
+                .map(|n| n.to_string()),
+            );
+            r.push(age);
+            if wide {
+                r.push(selector_text(&spec.selector));
+            }
+            r
+        }
+        O::Job(j) => {
+            let spec = j.spec.clone().unwrap_or_default();
+            let st = j.status.clone().unwrap_or_default();
+            let finished =
+                st.conditions.iter().find(|c| c.status == "True" && matches!(c.r#type.as_str(), "Complete" | "Failed"));
+            let status = match finished {
+                Some(c) => c.r#type.clone(),
+                None if st.active > 0 => "Running".into(),
+                None => "Pending".into(),
+            };
+            let start = humantime::parse_rfc3339(&st.start_time).ok();
+            let end = humantime::parse_rfc3339(&st.completion_time).ok().or_else(|| finished.map(|_| now));
+            let duration = match start {
+                Some(s) => age_of(end.unwrap_or(now).duration_since(s).unwrap_or_default()),
+                None => "<none>".into(),
+            };
+            let mut r =
+                vec![name, status, format!("{}/{}", st.succeeded, spec.completions.unwrap_or(1)), duration, age];
             if wide {
                 r.push(selector_text(&spec.selector));
             }

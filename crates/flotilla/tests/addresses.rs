@@ -7,28 +7,10 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
-
 use common::*;
 use flotilla_client::{Client, DeleteParams, ListParams};
 use flotilla_proto::api as pb;
-
-/// Waits until `f` gives Some, at most 30 s.
-async fn until<T, F, Fut>(c: &Cluster, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "waiting for: {what}\n{}", c.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use std::collections::BTreeSet;
 
 /// Node name → podCIDR ("" when none).
 async fn cidrs(client: &Client) -> Vec<(String, String)> {

@@ -117,6 +117,27 @@ fn one_of_each(ns: &str) -> Vec<O> {
             reason: "Scheduled".into(),
             ..Default::default()
         }),
+        O::DaemonSet(pb::DaemonSet {
+            metadata: meta(ns, "agent", &[]),
+            spec: Some(pb::DaemonSetSpec {
+                selector: selector("agent"),
+                template: template("agent"),
+                ..Default::default()
+            }),
+            status: None,
+        }),
+        O::Job(pb::Job {
+            metadata: meta(ns, "once", &[]),
+            spec: Some(pb::JobSpec {
+                completions: Some(2),
+                template: template("once").map(|mut t| {
+                    t.spec.get_or_insert_with(Default::default).restart_policy = "Never".into();
+                    t
+                }),
+                ..Default::default()
+            }),
+            status: None,
+        }),
     ]
 }
 
@@ -131,6 +152,8 @@ fn kind_name(o: &O) -> &'static str {
         O::Endpoints(_) => "Endpoints",
         O::Lease(_) => "Lease",
         O::Event(_) => "Event",
+        O::DaemonSet(_) => "DaemonSet",
+        O::Job(_) => "Job",
     }
 }
 

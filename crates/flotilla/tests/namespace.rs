@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::*;
 use flotilla_client::{Client, DeleteParams, ListParams};
 use flotilla_proto::api as pb;
@@ -21,19 +19,6 @@ fn namespace(name: &str) -> pb::Namespace {
 fn in_team<T>(mut o: T, meta: impl FnOnce(&mut T) -> &mut Option<pb::ObjectMeta>) -> T {
     meta(&mut o).get_or_insert_with(Default::default).namespace = "team".into();
     o
-}
-
-/// Waits until `f` holds (reading through `client`), at most 30 s.
-async fn until<F, Fut>(c: &Cluster, what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f().await {
-        assert!(Instant::now() < deadline, "waiting for: {what}\n{}", c.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn count<T: flotilla_client::Resource>(client: &Client) -> usize {
@@ -90,7 +75,7 @@ fn a_deleted_namespace_is_emptied_through_the_api_honouring_grace_and_finalizers
         };
         client.create(in_team(lease, |l| &mut l.metadata)).await.expect("lease");
         until(&c, "the deployment's pods and the endpoints exist", || async {
-            count::<pb::Pod>(&client).await == 3 && count::<pb::Endpoints>(&client).await == 1
+            (count::<pb::Pod>(&client).await == 3 && count::<pb::Endpoints>(&client).await == 1).then_some(())
         })
         .await;
     });
@@ -116,7 +101,7 @@ fn a_deleted_namespace_is_emptied_through_the_api_honouring_grace_and_finalizers
                 count::<pb::Lease>(&client).await,
             );
             let cond = conditions(&client).await;
-            left == (0, 0, 0, 0, 1, 1)
+            (left == (0, 0, 0, 0, 1, 1)
                 && cond.contains(&(
                     "NamespaceContentRemaining".into(),
                     "True".into(),
@@ -126,7 +111,8 @@ fn a_deleted_namespace_is_emptied_through_the_api_honouring_grace_and_finalizers
                     "NamespaceFinalizersRemaining".into(),
                     "True".into(),
                     "finalizers hold objects: example.com/hold: 1".into(),
-                ))
+                )))
+            .then_some(())
         })
         .await;
         let p: pb::Pod = client.get("team", "bound").await.expect("bound pod");
@@ -142,7 +128,10 @@ fn a_deleted_namespace_is_emptied_through_the_api_honouring_grace_and_finalizers
         let mut l: pb::Lease = client.get("team", "held").await.expect("lease");
         l.metadata.as_mut().expect("meta").finalizers.clear();
         client.update(l).await.expect("remove finalizer");
-        until(&c, "the namespace is gone", || async { client.get::<pb::Namespace>("", "team").await.is_err() }).await;
+        until(&c, "the namespace is gone", || async {
+            client.get::<pb::Namespace>("", "team").await.is_err().then_some(())
+        })
+        .await;
 
         // A namespace of the same name starts empty.
         client.create(namespace("team")).await.expect("namespace again");

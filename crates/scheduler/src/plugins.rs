@@ -10,8 +10,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use flotilla_proto::api as pb;
-
 use crate::cache::{Cache, NodeInfo, PodInfo};
 
 /// Why a node cannot take a pod, in the words of the unschedulable message
@@ -176,51 +174,14 @@ impl Filter for NodeResourcesFit {
     }
 }
 
-/// Whether one requirement holds for `labels`.
-pub fn requirement_matches(r: &pb::NodeSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
-    let v = labels.get(&r.key);
-    match r.operator.as_str() {
-        "In" => v.is_some_and(|v| r.values.contains(v)),
-        "NotIn" => v.is_none_or(|v| !r.values.contains(v)),
-        "Exists" => v.is_some(),
-        "DoesNotExist" => v.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(have), Some(bound)) =
-                (v.and_then(|v| v.parse::<i64>().ok()), r.values.first().and_then(|b| b.parse::<i64>().ok()))
-            else {
-                return false;
-            };
-            if r.operator == "Gt" {
-                have > bound
-            } else {
-                have < bound
-            }
-        }
-        _ => false,
-    }
-}
-
-/// Whether every requirement of a term holds (an empty term matches nothing, as in
-/// Kubernetes).
-pub fn term_matches(t: &pb::NodeSelectorTerm, labels: &BTreeMap<String, String>) -> bool {
-    !t.match_expressions.is_empty() && t.match_expressions.iter().all(|r| requirement_matches(r, labels))
-}
+pub use flotilla_api::select::{requirement_matches, term_matches};
 
 /// `nodeSelector` and required node affinity (terms ORed, requirements ANDed).
 pub struct NodeAffinity;
 
 impl Filter for NodeAffinity {
     fn filter(&self, pod: &PodInfo, node: &NodeInfo) -> Result<(), Reason> {
-        let spec = pod.spec();
-        let labels = node.labels();
-        let selector_ok = spec.node_selector.iter().all(|(k, v)| labels.get(k) == Some(v));
-        let required = spec
-            .affinity
-            .as_ref()
-            .and_then(|a| a.node_affinity.as_ref())
-            .and_then(|n| n.required_during_scheduling_ignored_during_execution.as_ref());
-        let affinity_ok = required.is_none_or(|sel| sel.node_selector_terms.iter().any(|t| term_matches(t, labels)));
-        if selector_ok && affinity_ok {
+        if flotilla_api::select::node_selected(pod.spec(), node.labels()) {
             Ok(())
         } else {
             Err("node(s) didn't match Pod's node affinity/selector".into())
@@ -377,6 +338,8 @@ impl Score for Spread {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    use flotilla_proto::api as pb;
 
     use super::*;
     use crate::cache::Cache;

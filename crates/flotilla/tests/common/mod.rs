@@ -437,3 +437,20 @@ pub async fn hollow_nodes(client: &flotilla_client::Client, names: &[&str]) -> t
     }
     stop
 }
+
+/// Waits until `f` gives Some (looking every 50 ms), at most 30 s; panics with `what`
+/// and the cluster's logs when it does not.
+pub async fn until<T, F, Fut>(c: &Cluster, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "waiting for: {what}\n{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
