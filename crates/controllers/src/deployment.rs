@@ -753,7 +753,15 @@ impl Reconcile for DeploymentController {
                 .collect()
         };
         let views: Vec<(&pb::ReplicaSet, PodCounts)> = sets.iter().map(|(rs, c)| (rs, *c)).collect();
-        let plan = plan(&d, &views, now).map_err(ControllerError::Reconcile)?;
+        let plan = match plan(&d, &views, now) {
+            Ok(p) => p,
+            // A spec the apiserver would refuse today (stored before a rule existed):
+            // said once per change, and left alone until it changes.
+            Err(e) => {
+                self.event(&d, "Warning", "InvalidSpec", &format!("cannot act on it: {e}")).await;
+                return Ok(None);
+            }
+        };
         let by_name: BTreeMap<&str, &pb::ReplicaSet> =
             sets.iter().map(|(rs, _)| (rs_meta(rs).name.as_str(), rs)).collect();
 

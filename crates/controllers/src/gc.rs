@@ -1,6 +1,7 @@
 //! The garbage collector: objects whose owners are gone are deleted, as `ownerReferences`
-//! say — for every kind the controllers make (Deployments own ReplicaSets, ReplicaSets
-//! own pods).
+//! say — for every kind but Namespaces (deleted by the namespace controller) and Events
+//! (too many to watch for nothing; they expire): Deployments own ReplicaSets, which own
+//! pods, as DaemonSets and Jobs do; any object may name any other as its owner.
 //!
 //! * **Background** (a plain delete): the owner goes at once; a dependent all of whose
 //!   owners are gone is deleted, one whose other owners remain loses the dangling
@@ -35,13 +36,29 @@ struct Owner {
     obj: O,
 }
 
+/// Runs `$m!(T)` for every kind the garbage collector watches.
+macro_rules! for_each_kind {
+    ($m:ident) => {{
+        $m!(pb::Node);
+        $m!(pb::Deployment);
+        $m!(pb::ReplicaSet);
+        $m!(pb::DaemonSet);
+        $m!(pb::Job);
+        $m!(pb::Pod);
+        $m!(pb::Service);
+        $m!(pb::Endpoints);
+        $m!(pb::Lease);
+    }};
+}
+
 /// Starts the informers the garbage collector reads.
 pub fn warm(informers: &Informers) {
-    informers.get::<pb::Deployment>();
-    informers.get::<pb::ReplicaSet>();
-    informers.get::<pb::DaemonSet>();
-    informers.get::<pb::Job>();
-    informers.get::<pb::Pod>();
+    macro_rules! get {
+        ($t:ty) => {
+            informers.get::<$t>();
+        };
+    }
+    for_each_kind!(get);
 }
 
 fn snapshot<T: Resource>(informers: &Informers) -> Vec<O> {
@@ -51,24 +68,35 @@ fn snapshot<T: Resource>(informers: &Informers) -> Vec<O> {
     objects
 }
 
+/// Every watched object, as the caches show it.
+fn everything(informers: &Informers) -> Vec<O> {
+    let mut all = Vec::new();
+    macro_rules! add {
+        ($t:ty) => {
+            all.extend(snapshot::<$t>(informers));
+        };
+    }
+    for_each_kind!(add);
+    all
+}
+
 fn kind_name(o: &O) -> &'static str {
     flotilla_api::Kind::of(o).name()
 }
 
 /// Runs the garbage collector for one term (until `ctx` says stop).
 pub async fn start(ctx: Context) {
-    let (d, r, p) =
-        (ctx.informers.get::<pb::Deployment>(), ctx.informers.get::<pb::ReplicaSet>(), ctx.informers.get::<pb::Pod>());
-    let (ds, j) = (ctx.informers.get::<pb::DaemonSet>(), ctx.informers.get::<pb::Job>());
+    let synced = async {
+        macro_rules! wait {
+            ($t:ty) => {
+                ctx.informers.get::<$t>().wait_synced().await;
+            };
+        }
+        for_each_kind!(wait);
+    };
     tokio::select! {
         () = ctx.stopped() => return,
-        () = async {
-            d.wait_synced().await;
-            r.wait_synced().await;
-            ds.wait_synced().await;
-            j.wait_synced().await;
-            p.wait_synced().await;
-        } => {}
+        () = synced => {}
     }
     let metrics = ctx.metrics("garbagecollector");
     let mut tick = tokio::time::interval(EVERY);
@@ -93,14 +121,7 @@ pub async fn start(ctx: Context) {
 async fn pass(client: &Client, informers: &Informers) -> bool {
     // Every kind watched can be an owner (a pod deleted in the foreground owns nothing,
     // but carries the finalizer to remove), and a dependent.
-    let all: Vec<O> = [
-        snapshot::<pb::Deployment>(informers),
-        snapshot::<pb::ReplicaSet>(informers),
-        snapshot::<pb::DaemonSet>(informers),
-        snapshot::<pb::Job>(informers),
-        snapshot::<pb::Pod>(informers),
-    ]
-    .concat();
+    let all = everything(informers);
     let dependents: Vec<O> = all.iter().filter(|o| !meta(o).owner_references.is_empty()).cloned().collect();
     let owners = all;
     let by_uid: HashMap<String, Owner> =

@@ -369,8 +369,15 @@ impl Reconcile for ReplicaSetController {
             all.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)).map(|(_, p)| p.clone()).collect()
         };
         let by_name: BTreeMap<&str, &pb::Pod> = pods.iter().map(|p| (meta(p).name.as_str(), p)).collect();
-        let plan =
-            plan(&rs, &pods.iter().collect::<Vec<_>>(), SystemTime::now()).map_err(ControllerError::Reconcile)?;
+        let plan = match plan(&rs, &pods.iter().collect::<Vec<_>>(), SystemTime::now()) {
+            Ok(p) => p,
+            // A spec the apiserver would refuse today (stored before a rule existed):
+            // said in an Event, and left alone until it changes; the others go on.
+            Err(e) => {
+                self.control.event(&rs, "Warning", "InvalidSpec", &format!("cannot act on it: {e}")).await;
+                return Ok(None);
+            }
+        };
         let mut errors: Vec<String> = Vec::new();
         if !plan.adopt.is_empty() {
             // Adopt only for the ReplicaSet that exists now, and is not being deleted:

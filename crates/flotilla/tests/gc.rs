@@ -98,10 +98,41 @@ fn deleting_a_deployment_cascades_in_the_background_foreground_or_orphans() {
         settles(&c, &client, "bg", 1, 3, true).await;
     });
 
-    // Background: the Deployment goes at once, then its ReplicaSet, then the pods.
+    // A Service owned by the Deployment (any kind may own any kind).
+    rt.block_on(async {
+        let d: pb::Deployment = client.get("default", "bg").await.expect("deployment");
+        let m = d.metadata.expect("meta");
+        let svc = pb::Service {
+            metadata: Some(pb::ObjectMeta {
+                name: "bg".into(),
+                namespace: "default".into(),
+                owner_references: vec![pb::OwnerReference {
+                    api_version: "apps/v1".into(),
+                    kind: "Deployment".into(),
+                    name: m.name,
+                    uid: m.uid,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            spec: Some(pb::ServiceSpec {
+                selector: labels(&[("app", "bg")]),
+                ports: vec![pb::ServicePort { port: 80, ..Default::default() }],
+                ..Default::default()
+            }),
+            status: None,
+        };
+        client.create(svc).await.expect("service");
+    });
+
+    // Background: the Deployment goes at once, then its ReplicaSet, then the pods; and
+    // the Service it owns.
     let out = ctl_ok(&eps, &["delete", "deployment", "bg"]);
     assert!(out.contains("deployment/bg deleted"), "{out}");
     rt.block_on(settles(&c, &client, "bg", 0, 0, false));
+    rt.block_on(until(&c, "the owned service goes", || async {
+        client.get::<pb::Service>("default", "bg").await.is_err().then_some(())
+    }));
 
     // Foreground: the Deployment stays, marked, until what it owns is gone.
     let out = ctl_ok(&eps, &["delete", "deployment", "fg", "--cascade", "foreground"]);

@@ -186,6 +186,46 @@ fn a_cache_behind_its_own_creates_never_makes_extra_pods() {
     });
 }
 
+/// A ReplicaSet the apiserver would refuse (here put straight into the controller's cache,
+/// as one stored before a rule existed would be) gets an Event saying why, and is left
+/// alone — no error, no retry loop — while a good one beside it is served.
+#[test]
+fn a_bad_replicaset_gets_an_event_and_the_others_go_on() {
+    use flotilla_controllers::replicaset::ReplicaSetController;
+    use flotilla_controllers::worker::Reconcile;
+    use std::sync::{Arc, RwLock};
+
+    let c = Cluster::start(3, &[]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let client = Client::new(&c.members.iter().map(|m| m.endpoint()).collect::<Vec<_>>()).expect("client");
+        let good = client.create(replicaset("good", 2)).await.expect("create replicaset");
+        let mut bad = client.create(replicaset("bad", 2)).await.expect("create replicaset");
+        let sel = bad.spec.as_mut().and_then(|s| s.selector.as_mut()).expect("selector");
+        sel.match_expressions.push(pb::LabelSelectorRequirement {
+            key: "app".into(),
+            operator: "Sideways".into(),
+            values: vec![],
+        });
+        let sets = Arc::new(RwLock::new(BTreeMap::from([
+            ("default/good".to_string(), good),
+            ("default/bad".to_string(), bad),
+        ])));
+        let ctl = ReplicaSetController::new(client.clone(), sets, Arc::new(RwLock::new(BTreeMap::new())));
+        let again = ctl.reconcile("default/bad").await.expect("a bad object is no error");
+        assert_eq!(again, None, "and not looked at again until it changes");
+        ctl.reconcile("default/good").await.expect("the good one");
+        assert_eq!(live_pods(&client, "good").await.len(), 2);
+        assert_eq!(live_pods(&client, "bad").await.len(), 0);
+        let events = client.list::<pb::Event>(&ListParams::default()).await.expect("events").items;
+        let said = events
+            .iter()
+            .find(|e| e.reason == "InvalidSpec" && e.involved_object.as_ref().is_some_and(|o| o.name == "bad"));
+        let said = said.unwrap_or_else(|| panic!("no InvalidSpec event: {events:?}"));
+        assert!(said.message.contains("Sideways"), "{}", said.message);
+    });
+}
+
 /// Waits until the ReplicaSet `app` counts `n` pods ready and available and `n` live pods
 /// exist; those pods.
 async fn all_ready(c: &Cluster, client: &Client, app: &str, n: i32) -> Vec<pb::Pod> {
