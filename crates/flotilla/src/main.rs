@@ -5,6 +5,7 @@ mod bench;
 mod controller_manager;
 mod master;
 mod scheduler;
+mod worker;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +35,12 @@ enum Command {
     /// also runs one unless started with --disable-controller-manager); the elected one
     /// runs the controllers.
     ControllerManager(Box<controller_manager::ControllerManagerArgs>),
+    /// Run a worker: the kubelet that registers this machine as a Node and runs the pods
+    /// bound to it.
+    Worker(Box<worker::WorkerArgs>),
+    /// The shim each container of the process runtime runs under (started by the worker).
+    #[command(hide = true)]
+    ProcessShim(worker::ShimArgs),
     /// Load-test an etcd v3 endpoint (Flotilla or etcd), or compare the two.
     Bench(Box<bench::BenchArgs>),
     /// Manage objects and masters (the same as the `flotctl` binary).
@@ -45,6 +52,8 @@ fn main() -> std::process::ExitCode {
     // flotctl prints its own one-line errors and keeps logs quiet.
     let cli = match cli.command {
         Command::Ctl(args) => return flotilla_ctl::run(*args),
+        // The shim logs nothing: it must not hold the worker's stderr open.
+        Command::ProcessShim(args) => return worker::shim(args),
         other => Cli { command: other },
     };
     tracing_subscriber::fmt()
@@ -59,8 +68,9 @@ fn main() -> std::process::ExitCode {
         Command::Master(args) => master::run(*args),
         Command::Scheduler(args) => scheduler::run(*args),
         Command::ControllerManager(args) => controller_manager::run(*args),
+        Command::Worker(args) => worker::run(*args),
         Command::Bench(args) => bench::run(*args),
-        Command::Ctl(_) => Ok(()),
+        Command::Ctl(_) | Command::ProcessShim(_) => Ok(()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

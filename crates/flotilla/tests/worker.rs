@@ -1,0 +1,191 @@
+//! A worker with the process runtime against real masters (their scheduler and controller
+//! manager): it registers its Node and renews its Lease; a pod placed on it runs, with
+//! its output in the container's log, and reports Running and Ready; a pod deleted
+//! gracefully gets SIGTERM and goes; a crashing container is restarted with back-off
+//! (CrashLoopBackOff, the exit code in lastState); a pod that runs to its end Succeeds; a
+//! pod the runtime cannot run (resource limits) fails saying why; a worker killed with
+//! SIGKILL and started again adopts its running container instead of starting another.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+use flotilla_client::{Client, DeleteParams};
+use flotilla_proto::api as pb;
+
+/// Starts `flotilla worker --runtime process` named `name`, keeping its state in `dir`.
+fn worker(c: &Cluster, name: &str, dir: &Path) -> Child {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
+    Command::new(bin())
+        .args(["worker", "--runtime", "process", "--name", name, "--node-ip", "127.0.0.1"])
+        .args(["--masters", &c.endpoints(), "--dir"])
+        .arg(dir.join(name))
+        .env("FLOTILLA_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start worker")
+}
+
+fn pod(name: &str, script: &str, policy: &str) -> pb::Pod {
+    pb::Pod {
+        metadata: Some(pb::ObjectMeta { name: name.into(), namespace: "default".into(), ..Default::default() }),
+        spec: Some(pb::PodSpec {
+            restart_policy: policy.into(),
+            termination_grace_period_seconds: Some(10),
+            containers: vec![pb::Container {
+                name: "main".into(),
+                image: "busybox".into(),
+                command: vec!["sh".into(), "-c".into(), script.into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn main_status(p: &pb::Pod) -> pb::ContainerStatus {
+    p.status.as_ref().and_then(|s| s.container_statuses.first().cloned()).unwrap_or_default()
+}
+
+fn ready(p: &pb::Pod) -> bool {
+    p.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.r#type == "Ready" && c.status == "True"))
+}
+
+/// The log of the newest container of the pod with uid `uid` under the worker's `dir`.
+fn log_of(dir: &Path, uid: &str) -> String {
+    let containers = dir.join("containers");
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(&containers)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    logs.retain(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(uid)));
+    logs.sort();
+    logs.last().map(|p| std::fs::read_to_string(p.join("log")).unwrap_or_default()).unwrap_or_default()
+}
+
+#[test]
+fn a_process_worker_runs_restarts_stops_and_adopts_pods() {
+    let c = Cluster::start_with_scheduler(3, &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut w = worker(&c, "w1", dir.path());
+    let wdir = dir.path().join("w1");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let endpoints: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
+    let client = rt.block_on(async { Client::new(&endpoints) }).expect("client");
+    rt.block_on(async {
+        // The Node, Ready, with the machine's capacity, and its Lease.
+        let node = until(&c, "the worker's node", || async { client.get::<pb::Node>("", "w1").await.ok() }).await;
+        let st = node.status.expect("status");
+        assert!(st.capacity.contains_key("cpu") && st.capacity.contains_key("memory"), "{:?}", st.capacity);
+        assert!(st.node_info.is_some_and(|i| i.container_runtime_version.starts_with("process://")));
+        until(&c, "the node lease", || async { client.get::<pb::Lease>("kube-node-lease", "w1").await.ok() }).await;
+
+        // A pod runs: Running, Ready, its output in the log.
+        let script = "echo hello; trap 'echo bye > $MARK; exit 0' TERM; while true; do sleep 0.1; done";
+        let mark = dir.path().join("web-terminated");
+        let mut web = pod("web", script, "Always");
+        web.spec.as_mut().expect("spec").containers[0].env =
+            vec![pb::EnvVar { name: "MARK".into(), value: mark.display().to_string() }];
+        client.create(web).await.expect("pod");
+        let p = until(&c, "web running and ready", || async {
+            let p: pb::Pod = client.get("default", "web").await.ok()?;
+            (p.status.as_ref().is_some_and(|s| s.phase == "Running") && ready(&p)).then_some(p)
+        })
+        .await;
+        let uid = p.metadata.as_ref().map(|m| m.uid.clone()).expect("uid");
+        assert_eq!(p.status.as_ref().map(|s| s.pod_ip.as_str()), Some("127.0.0.1"), "host network");
+        until(&c, "hello in the log", || async { log_of(&wdir, &uid).contains("hello").then_some(()) }).await;
+
+        // SIGKILL of the worker, and a new one: the same container goes on (no restart).
+        w.kill().expect("kill worker");
+        let _ = w.wait();
+        w = worker(&c, "w1", dir.path());
+        // A pod made now runs once the new worker has made a pass over all its pods.
+        client.create(pod("after", "sleep 1000", "Always")).await.expect("pod");
+        until(&c, "the new worker runs a new pod", || async {
+            let p: pb::Pod = client.get("default", "after").await.ok()?;
+            ready(&p).then_some(())
+        })
+        .await;
+        let p: pb::Pod = client.get("default", "web").await.expect("pod");
+        assert_eq!(main_status(&p).restart_count, 0, "adopted, not restarted: {:?}", main_status(&p));
+        assert!(ready(&p));
+        assert_eq!(log_of(&wdir, &uid).matches("hello").count(), 1, "one container, started once");
+
+        // Deleted gracefully: SIGTERM reaches it, and the pod goes.
+        let grace = DeleteParams { grace_period_seconds: Some(10), ..Default::default() };
+        client.delete::<pb::Pod>("default", "web", &grace).await.expect("delete");
+        client.delete::<pb::Pod>("default", "after", &grace).await.expect("delete");
+        until(&c, "web gone", || async { client.get::<pb::Pod>("default", "web").await.is_err().then_some(()) }).await;
+        assert_eq!(std::fs::read_to_string(&mark).unwrap_or_default(), "bye\n", "SIGTERM reached it");
+        assert!(log_of(&wdir, &uid).is_empty(), "its container was removed before the pod went");
+
+        // A crashing container: restarted once at once, then backing off.
+        client.create(pod("crash", "echo crashing; exit 3", "Always")).await.expect("pod");
+        let p = until(&c, "crash backing off", || async {
+            let p: pb::Pod = client.get("default", "crash").await.ok()?;
+            let cs = main_status(&p);
+            let waiting = cs.state.as_ref().and_then(|s| s.waiting.as_ref()).map(|w| w.reason.clone());
+            (waiting.as_deref() == Some("CrashLoopBackOff")).then_some(p)
+        })
+        .await;
+        let cs = main_status(&p);
+        assert!(cs.restart_count >= 1, "{cs:?}");
+        let last = cs.last_state.and_then(|s| s.terminated).expect("last state");
+        assert_eq!((last.exit_code, last.reason.as_str()), (3, "Error"));
+
+        // Runs to its end: Succeeded.
+        client.create(pod("once", "echo done", "Never")).await.expect("pod");
+        until(&c, "once succeeded", || async {
+            let p: pb::Pod = client.get("default", "once").await.ok()?;
+            (p.status.as_ref()?.phase == "Succeeded").then_some(())
+        })
+        .await;
+
+        // Limits cannot be enforced by host processes: refused, saying so.
+        let mut limited = pod("limited", "sleep 100", "Always");
+        limited.spec.as_mut().expect("spec").containers[0].resources = Some(pb::ResourceRequirements {
+            limits: [("memory".to_string(), "64Mi".to_string())].into(),
+            ..Default::default()
+        });
+        client.create(limited).await.expect("pod");
+        let st = until(&c, "limited refused", || async {
+            let p: pb::Pod = client.get("default", "limited").await.ok()?;
+            p.status.filter(|s| s.phase == "Failed")
+        })
+        .await;
+        assert_eq!(st.reason, "Unsupported");
+        assert!(st.message.contains("resources.limits"), "{}", st.message);
+    });
+    let _ = w.kill();
+    let _ = w.wait();
+    // What the worker started is stopped with its pods; nothing of ours is left running.
+    let _ = Command::new("pkill").args(["-f", &dir.path().display().to_string()]).status();
+}
+
+/// Bad worker flags are refused before anything starts, naming the flag.
+#[test]
+fn bad_worker_flags_are_refused_naming_the_flag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display().to_string();
+    for (args, want) in [
+        (vec!["--node-ip", "not-an-ip"], "--node-ip"),
+        (vec!["--node-ip", "127.0.0.1", "--runtime", "containerd"], "not built yet"),
+        (vec!["--node-ip", "127.0.0.1", "--runtime", "process", "--register-with-taints", "a=b:Sometimes"], "effect"),
+        (vec!["--node-ip", "127.0.0.1", "--runtime", "process", "--node-labels", "novalue"], "--node-labels"),
+        (vec!["--node-ip", "127.0.0.1", "--runtime", "process", "--pod-cidr", "10.244.1.0"], "--pod-cidr"),
+        (vec!["--node-ip", "127.0.0.1", "--runtime", "process", "--lease-interval", "soon"], "--lease-interval"),
+    ] {
+        let out = Command::new(bin())
+            .args(["worker", "--masters", "127.0.0.1:1", "--dir", &d])
+            .args(&args)
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "{args:?} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}

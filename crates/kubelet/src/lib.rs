@@ -1,0 +1,120 @@
+//! Flotilla's kubelet: the node agent of a worker. It registers the worker's Node,
+//! renews the node's Lease, and runs the pods bound to it through a container runtime,
+//! reporting their status.
+//!
+//! * [`node`]: the Node (capacity from the machine, addresses, labels, taints, node info)
+//!   and its Lease;
+//! * [`runtime`]: the `Runtime` trait; [`process`] runs containers as host processes under
+//!   a shim (development and tests without root); containerd comes next (issue 13);
+//! * [`pods`]: the pod sync loop — start, restart with back-off, stop gracefully, status.
+//!
+//! It talks to the masters only through the client crate (which moves between masters by
+//! itself and resumes its watches without a relist); it must not depend on the store or
+//! the apiserver.
+
+pub mod error;
+pub mod node;
+pub mod pods;
+pub mod process;
+pub mod runtime;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_client::{Client, ListParams, Reflector};
+use flotilla_proto::api as pb;
+
+pub use error::KubeletError;
+pub use runtime::Runtime;
+
+/// How a worker's kubelet is set up.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The Node's name.
+    pub name: String,
+    /// The node's address (its InternalIP).
+    pub node_ip: String,
+    /// Labels the Node gets (besides the `kubernetes.io/` ones it always has).
+    pub labels: BTreeMap<String, String>,
+    /// Taints the Node is registered with.
+    pub taints: Vec<pb::Taint>,
+    /// A podCIDR of its own, when Node IPAM does not give one.
+    pub pod_cidr: String,
+    /// Pods the node takes.
+    pub max_pods: u32,
+    /// How often the node's Lease is renewed.
+    pub lease_interval: Duration,
+    /// How often every pod is looked at even without a change.
+    pub resync: Duration,
+}
+
+impl WorkerConfig {
+    /// A configuration with the defaults: 110 pods, Lease every 2 s, resync every second.
+    pub fn new(name: &str, node_ip: &str) -> WorkerConfig {
+        WorkerConfig {
+            name: name.into(),
+            node_ip: node_ip.into(),
+            labels: BTreeMap::new(),
+            taints: Vec::new(),
+            pod_cidr: String::new(),
+            max_pods: 110,
+            lease_interval: Duration::from_secs(2),
+            resync: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Runs the kubelet until `shutdown` completes: registers the Node, renews its Lease and
+/// syncs its pods. Containers keep running when it stops (a restarted worker adopts them).
+pub async fn run<R: Runtime>(
+    client: Client,
+    cfg: WorkerConfig,
+    runtime: R,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), KubeletError> {
+    let runtime = Arc::new(runtime);
+    let cfg = Arc::new(cfg);
+    // Registration waits for a master to answer; until then nothing can be known.
+    let node = loop {
+        match node::register(&client, &cfg, &runtime.version()).await {
+            Ok(n) => break n,
+            Err(KubeletError::Client(e)) => {
+                tracing::warn!(error = %e, "cannot register the node yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    tracing::info!(node = %cfg.name, pod_cidr = %node.spec.as_ref().map(|s| s.pod_cidr.clone()).unwrap_or_default(), runtime = %runtime.version(), "node registered");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let lease =
+        tokio::spawn(node::renew_lease(client.clone(), cfg.name.clone(), cfg.lease_interval, stopped(stop_rx.clone())));
+    let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    let on_node = ListParams { field_selector: format!("spec.nodeName={}", cfg.name), ..Default::default() };
+    let mut pods = Reflector::<pb::Pod>::start_notifying(client.clone(), on_node, Some(tx));
+    pods.wait_synced().await;
+    let sync = pods::PodSync::new(client.clone(), runtime, cfg.clone(), pods.cache());
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(cfg.resync);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = tick.tick() => {}
+            Some(_) = changes.recv() => {
+                // Take every change waiting, then one pass.
+                while changes.try_recv().is_ok() {}
+            }
+        }
+        if let Err(e) = sync.sync_all().await {
+            tracing::warn!(error = %e, "pod sync pass failed");
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = lease.await;
+    Ok(())
+}

@@ -1,0 +1,447 @@
+//! The pod sync loop: the pods bound to this node (a reflector with the field selector
+//! `spec.nodeName=<node>`, resuming across masters) against what the runtime runs.
+//!
+//! Level-triggered, on every change and every second: each container without an instance
+//! is started; an ended one is started again as the pod's `restartPolicy` says, after
+//! Kubernetes' back-off (at once the first time, then 10 s doubling to 5 min; a container
+//! that ran 10 minutes starts the count afresh), waiting meanwhile in `CrashLoopBackOff`;
+//! a pod being deleted has its containers stopped (SIGTERM, then SIGKILL after its grace
+//! period) and is then deleted for good; containers of pods that no longer exist are
+//! stopped and removed. The status — phase, conditions, addresses, container states,
+//! restart counts, exit codes — is derived from the runtime's view and written only when
+//! it changed. What runs is read back from the runtime, never remembered only in memory,
+//! so a restarted worker adopts its containers instead of starting them again.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use flotilla_client::events::object_ref;
+use flotilla_client::reflector::Cache;
+use flotilla_client::{Client, DeleteParams, EventRecorder};
+use flotilla_proto::api as pb;
+
+use crate::runtime::{ContainerInfo, ContainerSpec, Runtime, State};
+use crate::{KubeletError, WorkerConfig};
+
+/// The longest back-off before restarting a container.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// A container that ran this long is restarted at once, as if it had never failed.
+pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+/// How long to wait before starting attempt `attempt + 1` of a container whose attempt
+/// `attempt` (0-based) ran for `ran`.
+pub fn backoff(attempt: u32, ran: Duration) -> Duration {
+    if attempt == 0 || ran >= BACKOFF_RESET {
+        return Duration::ZERO;
+    }
+    Duration::from_secs(10u64.saturating_mul(1 << (attempt - 1).min(16))).min(MAX_BACKOFF)
+}
+
+fn stamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn meta(p: &pb::Pod) -> pb::ObjectMeta {
+    p.metadata.clone().unwrap_or_default()
+}
+
+/// What to do with one container of a pod.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// Nothing: it runs, or it ended for good.
+    Nothing,
+    /// Start this attempt now.
+    Start(u32),
+    /// Start again, but not before this long.
+    Wait(Duration),
+}
+
+fn restarts(policy: &str, code: i32) -> bool {
+    match policy {
+        "Never" => false,
+        "OnFailure" => code != 0,
+        _ => true,
+    }
+}
+
+/// Decides for one container from its newest instance.
+fn next(policy: &str, newest: Option<&ContainerInfo>, now: SystemTime) -> Next {
+    match newest.map(|c| (&c.state, c.attempt)) {
+        None => Next::Start(0),
+        Some((State::Running { .. }, _)) => Next::Nothing,
+        Some((State::Exited { code, started_at, finished_at, .. }, attempt)) => {
+            if !restarts(policy, *code) {
+                return Next::Nothing;
+            }
+            let ran = finished_at.duration_since(*started_at).unwrap_or_default();
+            let due = *finished_at + backoff(attempt, ran);
+            match due.duration_since(now) {
+                Ok(left) if !left.is_zero() => Next::Wait(left),
+                _ => Next::Start(attempt + 1),
+            }
+        }
+    }
+}
+
+fn terminated(c: &ContainerInfo) -> Option<pb::ContainerStateTerminated> {
+    match &c.state {
+        State::Exited { code, signal, started_at, finished_at } => Some(pb::ContainerStateTerminated {
+            exit_code: *code,
+            signal: signal.unwrap_or(0),
+            reason: if *code == 0 { "Completed" } else { "Error" }.into(),
+            message: String::new(),
+            started_at: stamp(*started_at),
+            finished_at: stamp(*finished_at),
+        }),
+        State::Running { .. } => None,
+    }
+}
+
+/// The status of `pod` given its containers' instances (oldest first, per container).
+pub fn status(
+    pod: &pb::Pod,
+    instances: &BTreeMap<String, Vec<ContainerInfo>>,
+    pod_ip: &str,
+    node_ip: &str,
+    now: SystemTime,
+) -> pb::PodStatus {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let old = pod.status.clone().unwrap_or_default();
+    let policy = spec.restart_policy.as_str();
+    let mut statuses = Vec::new();
+    let (mut running, mut ended_ok, mut ended_bad, mut waiting) = (0, 0, 0, 0);
+    for c in &spec.containers {
+        let list = instances.get(&c.name).map(Vec::as_slice).unwrap_or_default();
+        let newest = list.last();
+        let previous = list.len().checked_sub(2).and_then(|i| list.get(i));
+        let mut cs = pb::ContainerStatus {
+            name: c.name.clone(),
+            image: c.image.clone(),
+            restart_count: i32::try_from(newest.map_or(0, |n| n.attempt)).unwrap_or(i32::MAX),
+            container_id: newest.map(|n| format!("flotilla://{}", n.id)).unwrap_or_default(),
+            ..Default::default()
+        };
+        let state = match newest {
+            None => {
+                waiting += 1;
+                pb::ContainerState {
+                    waiting: Some(pb::ContainerStateWaiting {
+                        reason: "ContainerCreating".into(),
+                        message: String::new(),
+                    }),
+                    ..Default::default()
+                }
+            }
+            Some(n) => match &n.state {
+                State::Running { started_at } => {
+                    running += 1;
+                    cs.ready = true;
+                    cs.started = true;
+                    cs.last_state = previous
+                        .and_then(terminated)
+                        .map(|t| pb::ContainerState { terminated: Some(t), ..Default::default() });
+                    pb::ContainerState {
+                        running: Some(pb::ContainerStateRunning { started_at: stamp(*started_at) }),
+                        ..Default::default()
+                    }
+                }
+                State::Exited { code, .. } => match next(policy, Some(n), now) {
+                    Next::Wait(left) => {
+                        waiting += 1;
+                        cs.last_state =
+                            terminated(n).map(|t| pb::ContainerState { terminated: Some(t), ..Default::default() });
+                        let secs = backoff(n.attempt, Duration::ZERO).as_secs().max(left.as_secs());
+                        pb::ContainerState {
+                            waiting: Some(pb::ContainerStateWaiting {
+                                reason: "CrashLoopBackOff".into(),
+                                message: format!("back-off {secs}s restarting failed container {}", c.name),
+                            }),
+                            ..Default::default()
+                        }
+                    }
+                    _ => {
+                        if *code == 0 {
+                            ended_ok += 1;
+                        } else {
+                            ended_bad += 1;
+                        }
+                        pb::ContainerState { terminated: terminated(n), ..Default::default() }
+                    }
+                },
+            },
+        };
+        cs.state = Some(state);
+        statuses.push(cs);
+    }
+    let total = spec.containers.len();
+    let ever_started = instances.values().any(|v| !v.is_empty());
+    let phase = if total > 0 && ended_ok + ended_bad == total {
+        if ended_bad == 0 {
+            "Succeeded"
+        } else {
+            "Failed"
+        }
+    } else if running > 0 || (ever_started && waiting < total) || (ever_started && policy != "Never") {
+        "Running"
+    } else {
+        "Pending"
+    };
+    let ready = total > 0 && running == total;
+    let condition = |kind: &str, on: bool| {
+        let status = if on { "True" } else { "False" };
+        let since = old
+            .conditions
+            .iter()
+            .find(|c| c.r#type == kind && c.status == status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| stamp(now));
+        pb::Condition { r#type: kind.into(), status: status.into(), last_transition_time: since, ..Default::default() }
+    };
+    pb::PodStatus {
+        phase: phase.into(),
+        conditions: vec![
+            condition("PodScheduled", true),
+            condition("Initialized", true),
+            condition("ContainersReady", ready),
+            condition("Ready", ready),
+        ],
+        message: String::new(),
+        reason: String::new(),
+        host_ip: node_ip.into(),
+        pod_ip: if ever_started { pod_ip.into() } else { String::new() },
+        start_time: if old.start_time.is_empty() { stamp(now) } else { old.start_time },
+        container_statuses: statuses,
+    }
+}
+
+/// The sync loop of one worker.
+pub struct PodSync<R: Runtime> {
+    client: Client,
+    runtime: Arc<R>,
+    cfg: Arc<WorkerConfig>,
+    pods: Cache<pb::Pod>,
+    recorder: EventRecorder,
+    /// Pods (by uid) being stopped in the background.
+    stopping: Arc<Mutex<HashSet<String>>>,
+    /// Pods (by uid) told that the runtime cannot run them.
+    refused: Mutex<HashSet<String>>,
+}
+
+impl<R: Runtime> PodSync<R> {
+    /// A sync loop over `pods` (this node's), running them with `runtime`.
+    pub fn new(client: Client, runtime: Arc<R>, cfg: Arc<WorkerConfig>, pods: Cache<pb::Pod>) -> PodSync<R> {
+        let recorder = EventRecorder::new("kubelet", &cfg.name);
+        PodSync { client, runtime, cfg, pods, recorder, stopping: Arc::default(), refused: Mutex::default() }
+    }
+
+    async fn event(&self, pod: &pb::Pod, kind: &str, reason: &str, message: &str) {
+        if let Err(e) = self.recorder.record(&self.client, object_ref(pod), kind, reason, message).await {
+            tracing::debug!(error = %e, reason, "cannot record an Event");
+        }
+    }
+
+    /// One pass over every pod and container.
+    pub async fn sync_all(&self) -> Result<(), KubeletError> {
+        let containers = self.runtime.list().await?;
+        let mut by_pod: HashMap<String, Vec<ContainerInfo>> = HashMap::new();
+        for c in containers {
+            by_pod.entry(c.pod_uid.clone()).or_default().push(c);
+        }
+        let pods: Vec<pb::Pod> = self.pods.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let known: HashSet<String> = pods.iter().map(|p| meta(p).uid).collect();
+        for pod in pods {
+            let uid = meta(&pod).uid;
+            let mine = by_pod.remove(&uid).unwrap_or_default();
+            if !meta(&pod).deletion_timestamp.is_empty() {
+                let grace = meta(&pod)
+                    .deletion_grace_period_seconds
+                    .or(pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+                    .unwrap_or(30);
+                self.stop_pod(Some(pod), uid, mine, Duration::from_secs(u64::try_from(grace).unwrap_or(0)));
+                continue;
+            }
+            if let Err(e) = self.sync_pod(&pod, mine).await {
+                tracing::debug!(pod = %meta(&pod).name, error = %e, "pod sync failed; trying again");
+            }
+        }
+        // Containers of pods that are gone (deleted while this worker was away, or forced).
+        for (uid, mine) in by_pod {
+            if !known.contains(&uid) {
+                self.stop_pod(None, uid, mine, Duration::from_secs(2));
+            }
+        }
+        self.refused.lock().unwrap_or_else(|p| p.into_inner()).retain(|u| known.contains(u));
+        Ok(())
+    }
+
+    /// Stops and removes a pod's containers in the background, then deletes the pod for
+    /// good (if it still exists).
+    fn stop_pod(&self, pod: Option<pb::Pod>, uid: String, containers: Vec<ContainerInfo>, grace: Duration) {
+        if !self.stopping.lock().unwrap_or_else(|p| p.into_inner()).insert(uid.clone()) {
+            return;
+        }
+        let (runtime, client, stopping) = (self.runtime.clone(), self.client.clone(), self.stopping.clone());
+        tokio::spawn(async move {
+            let stops = containers.iter().map(|c| runtime.stop(&c.id, grace));
+            let stopped = futures::future::join_all(stops).await;
+            let mut ok = stopped.iter().all(Result::is_ok);
+            for c in &containers {
+                ok &= runtime.remove(&c.id).await.is_ok();
+            }
+            if let (true, Some(p)) = (ok, pod) {
+                let m = meta(&p);
+                let now = DeleteParams { uid: m.uid.clone(), grace_period_seconds: Some(0), ..Default::default() };
+                match client.delete::<pb::Pod>(&m.namespace, &m.name, &now).await {
+                    Ok(_) => tracing::info!(pod = %m.name, "pod stopped and deleted"),
+                    Err(e) if e.is_not_found() || e.code() == Some(tonic::Code::FailedPrecondition) => {}
+                    Err(e) => tracing::debug!(pod = %m.name, error = %e, "confirming a pod's deletion failed"),
+                }
+            }
+            stopping.lock().unwrap_or_else(|p| p.into_inner()).remove(&uid);
+        });
+    }
+
+    async fn sync_pod(&self, pod: &pb::Pod, containers: Vec<ContainerInfo>) -> Result<(), KubeletError> {
+        let m = meta(pod);
+        let spec = pod.spec.clone().unwrap_or_default();
+        if let Err(why) = self.runtime.check(&spec) {
+            if self.refused.lock().unwrap_or_else(|p| p.into_inner()).insert(m.uid.clone()) {
+                self.event(pod, "Warning", "Unsupported", &why).await;
+                let mut p = pod.clone();
+                let st = p.status.get_or_insert_with(Default::default);
+                st.phase = "Failed".into();
+                st.reason = "Unsupported".into();
+                st.message = why;
+                self.client.update_status(p).await?;
+            }
+            return Ok(());
+        }
+        let mut instances: BTreeMap<String, Vec<ContainerInfo>> = BTreeMap::new();
+        for c in containers {
+            instances.entry(c.name.clone()).or_default().push(c);
+        }
+        for list in instances.values_mut() {
+            list.sort_by_key(|c| c.attempt);
+            // Keep the newest two (the previous one's output is `logs --previous`).
+            while list.len() > 2 {
+                let old = list.remove(0);
+                self.runtime.remove(&old.id).await?;
+            }
+        }
+        let now = SystemTime::now();
+        let done = matches!(pod.status.as_ref().map(|s| s.phase.as_str()), Some("Succeeded" | "Failed"));
+        for c in spec.containers.iter().filter(|_| !done) {
+            let newest = instances.get(&c.name).and_then(|l| l.last());
+            if let Next::Start(attempt) = next(&spec.restart_policy, newest, now) {
+                let cs = ContainerSpec {
+                    pod_uid: m.uid.clone(),
+                    pod: format!("{}/{}", m.namespace, m.name),
+                    container: c.clone(),
+                    attempt,
+                };
+                match self.runtime.start(&cs).await {
+                    Ok(_) => {
+                        let what = if attempt == 0 { "Started" } else { "Restarted" };
+                        self.event(pod, "Normal", "Started", &format!("{what} container {}", c.name)).await;
+                    }
+                    Err(e) => {
+                        self.event(pod, "Warning", "Failed", &format!("Error starting container {}: {e}", c.name))
+                            .await;
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        // Read back what now runs, and say so.
+        let mut instances: BTreeMap<String, Vec<ContainerInfo>> = BTreeMap::new();
+        for c in self.runtime.list().await?.into_iter().filter(|c| c.pod_uid == m.uid) {
+            instances.entry(c.name.clone()).or_default().push(c);
+        }
+        for list in instances.values_mut() {
+            list.sort_by_key(|c| c.attempt);
+        }
+        let pod_ip = self.runtime.pod_ip(&self.cfg.node_ip);
+        let want = status(pod, &instances, &pod_ip, &self.cfg.node_ip, now);
+        if pod.status.as_ref() != Some(&want) {
+            let mut p = pod.clone();
+            p.status = Some(want);
+            match self.client.update_status(p).await {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() || e.is_conflict() => {} // the next pass sees it
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fixed "now" for the tests.
+    fn base() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    fn exited(attempt: u32, code: i32, ran: u64, ago: u64) -> ContainerInfo {
+        let finished_at = base() - Duration::from_secs(ago);
+        ContainerInfo {
+            id: format!("c-{attempt}"),
+            pod_uid: "u".into(),
+            name: "main".into(),
+            attempt,
+            state: State::Exited {
+                code,
+                signal: None,
+                started_at: finished_at - Duration::from_secs(ran),
+                finished_at,
+            },
+            log: "/dev/null".into(),
+        }
+    }
+
+    #[test]
+    fn restarts_follow_the_policy_and_back_off_as_kubernetes_does() {
+        let now = base();
+        assert_eq!(next("Always", None, now), Next::Start(0));
+        assert_eq!(next("Always", Some(&exited(0, 1, 1, 0)), now), Next::Start(1), "the first restart at once");
+        assert!(matches!(next("Always", Some(&exited(1, 1, 1, 0)), now), Next::Wait(d) if d > Duration::from_secs(9)));
+        assert_eq!(next("Always", Some(&exited(1, 1, 1, 11)), now), Next::Start(2), "10 s later");
+        assert!(matches!(next("Always", Some(&exited(3, 1, 1, 30)), now), Next::Wait(_)), "40 s after the fourth");
+        assert_eq!(next("Always", Some(&exited(5, 1, 700, 0)), now), Next::Start(6), "ran 10 min: at once");
+        assert_eq!(next("OnFailure", Some(&exited(0, 0, 1, 0)), now), Next::Nothing);
+        assert_eq!(next("OnFailure", Some(&exited(0, 2, 1, 0)), now), Next::Start(1));
+        assert_eq!(next("Never", Some(&exited(0, 2, 1, 0)), now), Next::Nothing);
+        assert_eq!(backoff(9, Duration::ZERO), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn the_phase_follows_the_containers() {
+        let pod = |policy: &str| pb::Pod {
+            spec: Some(pb::PodSpec {
+                restart_policy: policy.into(),
+                containers: vec![pb::Container { name: "main".into(), ..Default::default() }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let one = |c: ContainerInfo| BTreeMap::from([("main".to_string(), vec![c])]);
+        let now = base();
+        let st = status(&pod("Always"), &BTreeMap::new(), "10.0.0.2", "10.0.0.2", now);
+        assert_eq!((st.phase.as_str(), st.pod_ip.as_str()), ("Pending", ""));
+        let st = status(&pod("Never"), &one(exited(0, 0, 1, 0)), "ip", "ip", now);
+        assert_eq!(st.phase, "Succeeded");
+        let st = status(&pod("Never"), &one(exited(0, 3, 1, 0)), "ip", "ip", now);
+        assert_eq!(st.phase, "Failed");
+        let t = st.container_statuses[0].state.clone().and_then(|s| s.terminated).expect("terminated");
+        assert_eq!((t.exit_code, t.reason.as_str()), (3, "Error"));
+        let st = status(&pod("Always"), &one(exited(1, 3, 1, 0)), "ip", "ip", now);
+        assert_eq!(st.phase, "Running", "restarting");
+        let w = st.container_statuses[0].state.clone().and_then(|s| s.waiting).expect("waiting");
+        assert_eq!(w.reason, "CrashLoopBackOff");
+        assert_eq!(st.container_statuses[0].restart_count, 1);
+        assert!(st.conditions.iter().any(|c| c.r#type == "Ready" && c.status == "False"));
+    }
+}

@@ -1,0 +1,89 @@
+//! The `Runtime` trait: what the pod sync loop needs from a container runtime — start a
+//! container, list what runs (so a restarted worker re-adopts its containers instead of
+//! starting them again), stop one gracefully, remove one. Implemented by
+//! [`crate::process::ProcessRuntime`] (host processes) and, next, containerd.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use flotilla_proto::api as pb;
+
+use crate::KubeletError;
+
+/// One container to start: the pod's container, where it belongs, and where its output
+/// goes.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    /// The pod's uid.
+    pub pod_uid: String,
+    /// `namespace/name` of the pod (for messages).
+    pub pod: String,
+    /// The container, as the pod spec says.
+    pub container: pb::Container,
+    /// Which start of this container this is (0, then one more per restart).
+    pub attempt: u32,
+}
+
+/// What a container is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Running since.
+    Running {
+        /// When it started.
+        started_at: SystemTime,
+    },
+    /// Ended.
+    Exited {
+        /// Exit code (128 + signal when a signal ended it).
+        code: i32,
+        /// The signal that ended it, if one did.
+        signal: Option<i32>,
+        /// When it started.
+        started_at: SystemTime,
+        /// When it ended.
+        finished_at: SystemTime,
+    },
+}
+
+/// A container the runtime knows about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    /// The runtime's id for it.
+    pub id: String,
+    /// Its pod's uid.
+    pub pod_uid: String,
+    /// The container's name in the pod.
+    pub name: String,
+    /// Which start it is.
+    pub attempt: u32,
+    /// What it is doing.
+    pub state: State,
+    /// Its output (stdout and stderr).
+    pub log: PathBuf,
+}
+
+/// A container runtime.
+pub trait Runtime: Send + Sync + 'static {
+    /// Its name, with a version where it has one (shown in the Node's info).
+    fn version(&self) -> String;
+
+    /// Refuses, with a message naming the field, what this runtime cannot honour in
+    /// `spec` (never ignored silently).
+    fn check(&self, spec: &pb::PodSpec) -> Result<(), String>;
+
+    /// The address pods get (the node's own, for a runtime on the host network).
+    fn pod_ip(&self, node_ip: &str) -> String;
+
+    /// Starts a container; its id.
+    fn start(&self, c: &ContainerSpec) -> impl Future<Output = Result<String, KubeletError>> + Send;
+
+    /// Every container this runtime has, running or exited.
+    fn list(&self) -> impl Future<Output = Result<Vec<ContainerInfo>, KubeletError>> + Send;
+
+    /// Stops a container: SIGTERM, then SIGKILL after `grace`; returns once it has ended.
+    fn stop(&self, id: &str, grace: Duration) -> impl Future<Output = Result<(), KubeletError>> + Send;
+
+    /// Forgets an ended container (its output with it).
+    fn remove(&self, id: &str) -> impl Future<Output = Result<(), KubeletError>> + Send;
+}
