@@ -41,7 +41,7 @@ pub fn pod_spec(s: &mut pb::PodSpec) {
         for p in &mut c.ports {
             set_if_empty(&mut p.protocol, "TCP");
         }
-        for p in [&mut c.liveness_probe, &mut c.readiness_probe].into_iter().flatten() {
+        for p in [&mut c.liveness_probe, &mut c.readiness_probe, &mut c.startup_probe].into_iter().flatten() {
             probe(p);
         }
     }

@@ -170,6 +170,9 @@ fn container(field: &str, c: &pb::Container) -> R {
     if let Some(p) = &c.readiness_probe {
         probe(&format!("{field}.readinessProbe"), p)?;
     }
+    if let Some(p) = &c.startup_probe {
+        probe(&format!("{field}.startupProbe"), p)?;
+    }
     if !c.image_pull_policy.is_empty() {
         one_of(&format!("{field}.imagePullPolicy"), &c.image_pull_policy, &["Always", "IfNotPresent", "Never"])?;
     }

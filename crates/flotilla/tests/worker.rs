@@ -15,18 +15,52 @@ use common::*;
 use flotilla_client::{Client, DeleteParams};
 use flotilla_proto::api as pb;
 
-/// Starts `flotilla worker --runtime process` named `name`, keeping its state in `dir`.
-fn worker(c: &Cluster, name: &str, dir: &Path) -> Child {
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
-    Command::new(bin())
+/// A running `flotilla worker`; killed when dropped (its log printed if the test failed).
+struct Worker {
+    child: Child,
+    log: PathBuf,
+    dir: PathBuf,
+}
+
+impl Worker {
+    /// Kills what the worker started (each container's process group, then the shims).
+    fn kill_containers(&self) {
+        let containers = self.dir.join("containers");
+        for d in std::fs::read_dir(&containers).into_iter().flatten().flatten() {
+            if let Ok(pid) = std::fs::read_to_string(d.path().join("pid")) {
+                let _ = Command::new("kill").args(["-9", "--", &format!("-{}", pid.trim())]).status();
+            }
+        }
+        let _ = Command::new("pkill").args(["-9", "-f", &containers.display().to_string()]).status();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- worker log ---\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            self.kill_containers();
+        }
+    }
+}
+
+/// Starts `flotilla worker --runtime process` named `name`, keeping its state in `dir`
+/// (its log appended to `dir/<name>.log`).
+fn worker(c: &Cluster, name: &str, dir: &Path) -> Worker {
+    let path = dir.join(format!("{name}.log"));
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&path).expect("log file");
+    let child = Command::new(bin())
         .args(["worker", "--runtime", "process", "--name", name, "--node-ip", "127.0.0.1"])
         .args(["--masters", &c.endpoints(), "--dir"])
         .arg(dir.join(name))
-        .env("FLOTILLA_LOG", "info")
+        .env("FLOTILLA_LOG", "info,flotilla_kubelet=debug")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .expect("start worker")
+        .expect("start worker");
+    Worker { child, log: path, dir: dir.join(name) }
 }
 
 fn pod(name: &str, script: &str, policy: &str) -> pb::Pod {
@@ -100,8 +134,8 @@ fn a_process_worker_runs_restarts_stops_and_adopts_pods() {
         until(&c, "hello in the log", || async { log_of(&wdir, &uid).contains("hello").then_some(()) }).await;
 
         // SIGKILL of the worker, and a new one: the same container goes on (no restart).
-        w.kill().expect("kill worker");
-        let _ = w.wait();
+        w.child.kill().expect("kill worker");
+        let _ = w.child.wait();
         w = worker(&c, "w1", dir.path());
         // A pod made now runs once the new worker has made a pass over all its pods.
         client.create(pod("after", "sleep 1000", "Always")).await.expect("pod");
@@ -160,10 +194,8 @@ fn a_process_worker_runs_restarts_stops_and_adopts_pods() {
         assert_eq!(st.reason, "Unsupported");
         assert!(st.message.contains("resources.limits"), "{}", st.message);
     });
-    let _ = w.kill();
-    let _ = w.wait();
-    // What the worker started is stopped with its pods; nothing of ours is left running.
-    let _ = Command::new("pkill").args(["-f", &dir.path().display().to_string()]).status();
+    // Nothing of ours is left running.
+    w.kill_containers();
 }
 
 /// Bad worker flags are refused before anything starts, naming the flag.
@@ -188,4 +220,110 @@ fn bad_worker_flags_are_refused_naming_the_flag() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(want), "{args:?}: {err}");
     }
+}
+
+fn exec_probe(command: &[&str]) -> pb::Probe {
+    pb::Probe {
+        exec: Some(pb::ExecAction { command: command.iter().map(|s| s.to_string()).collect() }),
+        period_seconds: 1,
+        failure_threshold: 1,
+        ..Default::default()
+    }
+}
+
+/// Probes on a process worker: an exec readiness probe gates Ready both ways; a busybox
+/// httpd is started and Ready by TCP probes and kept alive by an HTTP probe, and restarted
+/// (with an `Unhealthy` Event) once that probe gets a 404.
+#[test]
+fn probes_decide_readiness_and_restarts() {
+    let c = Cluster::start_with_scheduler(3, &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = worker(&c, "w2", dir.path());
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let endpoints: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
+    let client = rt.block_on(async { Client::new(&endpoints) }).expect("client");
+    let is_ready = |name: &'static str| {
+        let client = client.clone();
+        async move { client.get::<pb::Pod>("default", name).await.ok().map(|p| ready(&p)) }
+    };
+    rt.block_on(async {
+        until(&c, "the worker's node", || async { client.get::<pb::Node>("", "w2").await.ok() }).await;
+
+        // Readiness by exec: not ready until the gate file exists, then not again once
+        // it is gone; running all along.
+        let gate = dir.path().join("gate");
+        let mut gated = pod("gated", "sleep 1000", "Always");
+        let c0 = &mut gated.spec.as_mut().expect("spec").containers[0];
+        c0.env = vec![pb::EnvVar { name: "GATE".into(), value: gate.display().to_string() }];
+        c0.readiness_probe = Some(exec_probe(&["sh", "-c", "test -f $GATE"]));
+        client.create(gated).await.expect("pod");
+        until(&c, "gated running, not ready", || async {
+            let p: pb::Pod = client.get("default", "gated").await.ok()?;
+            (p.status.as_ref()?.phase == "Running" && main_status(&p).started && !ready(&p)).then_some(())
+        })
+        .await;
+        std::fs::write(&gate, "open").expect("gate");
+        until(&c, "gated ready", || async { is_ready("gated").await.filter(|r| *r) }).await;
+        std::fs::remove_file(&gate).expect("close the gate");
+        until(&c, "gated not ready again", || async { is_ready("gated").await.filter(|r| !*r) }).await;
+
+        // busybox httpd: ready by TCP, alive by HTTP.
+        let port = free_port();
+        let site = dir.path().join("site");
+        std::fs::create_dir_all(&site).expect("site");
+        std::fs::write(site.join("index.html"), "hello").expect("index");
+        let mut web = pod("web", "", "Always");
+        let c0 = &mut web.spec.as_mut().expect("spec").containers[0];
+        c0.command = ["busybox", "httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h", &site.display().to_string()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let tcp = pb::Probe {
+            tcp_socket: Some(pb::TcpSocketAction { port: i32::from(port), host: String::new() }),
+            period_seconds: 1,
+            failure_threshold: 10,
+            ..Default::default()
+        };
+        // Started once it listens; only then does the liveness probe run.
+        c0.startup_probe = Some(tcp.clone());
+        c0.readiness_probe = Some(tcp);
+        c0.liveness_probe = Some(pb::Probe {
+            http_get: Some(pb::HttpGetAction {
+                path: "/index.html".into(),
+                port: i32::from(port),
+                ..Default::default()
+            }),
+            period_seconds: 1,
+            failure_threshold: 1,
+            ..Default::default()
+        });
+        client.create(web).await.expect("pod");
+        until(&c, "web ready", || async { is_ready("web").await.filter(|r| *r) }).await;
+        let before = main_status(&client.get::<pb::Pod>("default", "web").await.expect("pod")).restart_count;
+        assert_eq!(before, 0);
+        // The page goes: the liveness probe gets 404, and the container is restarted.
+        std::fs::remove_file(site.join("index.html")).expect("remove the page");
+        until(&c, "web restarted by its liveness probe", || async {
+            let p: pb::Pod = client.get("default", "web").await.ok()?;
+            (main_status(&p).restart_count >= 1).then_some(())
+        })
+        .await;
+        let events = client.list::<pb::Event>(&flotilla_client::ListParams::default()).await.expect("events").items;
+        let unhealthy = events
+            .iter()
+            .find(|e| e.reason == "Unhealthy" && e.involved_object.as_ref().is_some_and(|o| o.name == "web"))
+            .unwrap_or_else(|| panic!("no Unhealthy event: {events:?}"));
+        assert!(unhealthy.message.contains("404"), "{}", unhealthy.message);
+        for name in ["gated", "web"] {
+            let now = DeleteParams { grace_period_seconds: Some(1), ..Default::default() };
+            client.delete::<pb::Pod>("default", name, &now).await.expect("delete");
+        }
+        until(&c, "pods gone", || async {
+            let gone = client.get::<pb::Pod>("default", "gated").await.is_err()
+                && client.get::<pb::Pod>("default", "web").await.is_err();
+            gone.then_some(())
+        })
+        .await;
+    });
+    w.kill_containers();
 }

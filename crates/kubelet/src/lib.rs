@@ -6,7 +6,8 @@
 //!   and its Lease;
 //! * [`runtime`]: the `Runtime` trait; [`process`] runs containers as host processes under
 //!   a shim (development and tests without root); containerd comes next (issue 13);
-//! * [`pods`]: the pod sync loop — start, restart with back-off, stop gracefully, status.
+//! * [`pods`]: the pod sync loop — start, restart with back-off, stop gracefully, status;
+//! * [`prober`]: startup, liveness and readiness probes (exec, TCP, HTTP).
 //!
 //! It talks to the masters only through the client crate (which moves between masters by
 //! itself and resumes its watches without a relist); it must not depend on the store or
@@ -15,6 +16,7 @@
 pub mod error;
 pub mod node;
 pub mod pods;
+pub mod prober;
 pub mod process;
 pub mod runtime;
 
@@ -97,7 +99,8 @@ pub async fn run<R: Runtime>(
     let on_node = ListParams { field_selector: format!("spec.nodeName={}", cfg.name), ..Default::default() };
     let mut pods = Reflector::<pb::Pod>::start_notifying(client.clone(), on_node, Some(tx));
     pods.wait_synced().await;
-    let sync = pods::PodSync::new(client.clone(), runtime, cfg.clone(), pods.cache());
+    let (probe_tx, mut probe_changes) = tokio::sync::mpsc::unbounded_channel();
+    let sync = pods::PodSync::new(client.clone(), runtime, cfg.clone(), pods.cache(), probe_tx);
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(cfg.resync);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -109,6 +112,7 @@ pub async fn run<R: Runtime>(
                 // Take every change waiting, then one pass.
                 while changes.try_recv().is_ok() {}
             }
+            Some(()) = probe_changes.recv() => while probe_changes.try_recv().is_ok() {},
         }
         if let Err(e) = sync.sync_all().await {
             tracing::warn!(error = %e, "pod sync pass failed");

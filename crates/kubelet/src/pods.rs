@@ -21,6 +21,7 @@ use flotilla_client::reflector::Cache;
 use flotilla_client::{Client, DeleteParams, EventRecorder};
 use flotilla_proto::api as pb;
 
+use crate::prober::{Prober, Results};
 use crate::runtime::{ContainerInfo, ContainerSpec, Runtime, State};
 use crate::{KubeletError, WorkerConfig};
 
@@ -75,7 +76,11 @@ fn next(policy: &str, newest: Option<&ContainerInfo>, now: SystemTime) -> Next {
                 return Next::Nothing;
             }
             let ran = finished_at.duration_since(*started_at).unwrap_or_default();
-            let due = *finished_at + backoff(attempt, ran);
+            let wait = backoff(attempt, ran);
+            if wait.is_zero() {
+                return Next::Start(attempt + 1);
+            }
+            let due = *finished_at + wait;
             match due.duration_since(now) {
                 Ok(left) if !left.is_zero() => Next::Wait(left),
                 _ => Next::Start(attempt + 1),
@@ -102,15 +107,16 @@ fn terminated(c: &ContainerInfo) -> Option<pb::ContainerStateTerminated> {
 pub fn status(
     pod: &pb::Pod,
     instances: &BTreeMap<String, Vec<ContainerInfo>>,
-    pod_ip: &str,
-    node_ip: &str,
+    probes: &dyn Fn(&str) -> Results,
+    addresses: (&str, &str),
     now: SystemTime,
 ) -> pb::PodStatus {
+    let (pod_ip, node_ip) = addresses;
     let spec = pod.spec.clone().unwrap_or_default();
     let old = pod.status.clone().unwrap_or_default();
     let policy = spec.restart_policy.as_str();
     let mut statuses = Vec::new();
-    let (mut running, mut ended_ok, mut ended_bad, mut waiting) = (0, 0, 0, 0);
+    let (mut running, mut ended_ok, mut ended_bad, mut waiting, mut ready_count) = (0, 0, 0, 0, 0);
     for c in &spec.containers {
         let list = instances.get(&c.name).map(Vec::as_slice).unwrap_or_default();
         let newest = list.last();
@@ -135,9 +141,13 @@ pub fn status(
             }
             Some(n) => match &n.state {
                 State::Running { started_at } => {
+                    let r = probes(&n.id);
                     running += 1;
-                    cs.ready = true;
-                    cs.started = true;
+                    if r.ready {
+                        ready_count += 1;
+                    }
+                    cs.ready = r.ready;
+                    cs.started = r.started;
                     cs.last_state = previous
                         .and_then(terminated)
                         .map(|t| pb::ContainerState { terminated: Some(t), ..Default::default() });
@@ -146,29 +156,34 @@ pub fn status(
                         ..Default::default()
                     }
                 }
-                State::Exited { code, .. } => match next(policy, Some(n), now) {
-                    Next::Wait(left) => {
-                        waiting += 1;
-                        cs.last_state =
-                            terminated(n).map(|t| pb::ContainerState { terminated: Some(t), ..Default::default() });
-                        let secs = backoff(n.attempt, Duration::ZERO).as_secs().max(left.as_secs());
-                        pb::ContainerState {
-                            waiting: Some(pb::ContainerStateWaiting {
-                                reason: "CrashLoopBackOff".into(),
-                                message: format!("back-off {secs}s restarting failed container {}", c.name),
-                            }),
-                            ..Default::default()
+                State::Exited { code, .. } if restarts(policy, *code) => {
+                    // To be started again: the pod goes on (phase Running), backing off
+                    // or about to restart.
+                    waiting += 1;
+                    cs.last_state =
+                        terminated(n).map(|t| pb::ContainerState { terminated: Some(t), ..Default::default() });
+                    match next(policy, Some(n), now) {
+                        Next::Wait(left) => {
+                            let secs = backoff(n.attempt, Duration::ZERO).as_secs().max(left.as_secs());
+                            pb::ContainerState {
+                                waiting: Some(pb::ContainerStateWaiting {
+                                    reason: "CrashLoopBackOff".into(),
+                                    message: format!("back-off {secs}s restarting failed container {}", c.name),
+                                }),
+                                ..Default::default()
+                            }
                         }
+                        _ => pb::ContainerState { terminated: terminated(n), ..Default::default() },
                     }
-                    _ => {
-                        if *code == 0 {
-                            ended_ok += 1;
-                        } else {
-                            ended_bad += 1;
-                        }
-                        pb::ContainerState { terminated: terminated(n), ..Default::default() }
+                }
+                State::Exited { code, .. } => {
+                    if *code == 0 {
+                        ended_ok += 1;
+                    } else {
+                        ended_bad += 1;
                     }
-                },
+                    pb::ContainerState { terminated: terminated(n), ..Default::default() }
+                }
             },
         };
         cs.state = Some(state);
@@ -187,7 +202,7 @@ pub fn status(
     } else {
         "Pending"
     };
-    let ready = total > 0 && running == total;
+    let ready = total > 0 && ready_count == total;
     let condition = |kind: &str, on: bool| {
         let status = if on { "True" } else { "False" };
         let since = old
@@ -226,13 +241,33 @@ pub struct PodSync<R: Runtime> {
     stopping: Arc<Mutex<HashSet<String>>>,
     /// Pods (by uid) told that the runtime cannot run them.
     refused: Mutex<HashSet<String>>,
+    prober: Prober<R>,
+    /// Containers (by id) being killed for failing a probe.
+    killing: Arc<Mutex<HashSet<String>>>,
 }
 
 impl<R: Runtime> PodSync<R> {
-    /// A sync loop over `pods` (this node's), running them with `runtime`.
-    pub fn new(client: Client, runtime: Arc<R>, cfg: Arc<WorkerConfig>, pods: Cache<pb::Pod>) -> PodSync<R> {
+    /// A sync loop over `pods` (this node's), running them with `runtime`; a change of a
+    /// probe's result is said on `probe_changed`.
+    pub fn new(
+        client: Client,
+        runtime: Arc<R>,
+        cfg: Arc<WorkerConfig>,
+        pods: Cache<pb::Pod>,
+        probe_changed: tokio::sync::mpsc::UnboundedSender<()>,
+    ) -> PodSync<R> {
         let recorder = EventRecorder::new("kubelet", &cfg.name);
-        PodSync { client, runtime, cfg, pods, recorder, stopping: Arc::default(), refused: Mutex::default() }
+        PodSync {
+            client,
+            prober: Prober::new(runtime.clone(), probe_changed),
+            runtime,
+            cfg,
+            pods,
+            recorder,
+            stopping: Arc::default(),
+            refused: Mutex::default(),
+            killing: Arc::default(),
+        }
     }
 
     async fn event(&self, pod: &pb::Pod, kind: &str, reason: &str, message: &str) {
@@ -244,6 +279,9 @@ impl<R: Runtime> PodSync<R> {
     /// One pass over every pod and container.
     pub async fn sync_all(&self) -> Result<(), KubeletError> {
         let containers = self.runtime.list().await?;
+        let running: HashSet<String> =
+            containers.iter().filter(|c| matches!(c.state, State::Running { .. })).map(|c| c.id.clone()).collect();
+        self.prober.retain(&running);
         let mut by_pod: HashMap<String, Vec<ContainerInfo>> = HashMap::new();
         for c in containers {
             by_pod.entry(c.pod_uid.clone()).or_default().push(c);
@@ -305,7 +343,7 @@ impl<R: Runtime> PodSync<R> {
     async fn sync_pod(&self, pod: &pb::Pod, containers: Vec<ContainerInfo>) -> Result<(), KubeletError> {
         let m = meta(pod);
         let spec = pod.spec.clone().unwrap_or_default();
-        if let Err(why) = self.runtime.check(&spec) {
+        if let Err(why) = self.runtime.check(&spec).and_then(|()| probes_supported(&spec)) {
             if self.refused.lock().unwrap_or_else(|p| p.into_inner()).insert(m.uid.clone()) {
                 self.event(pod, "Warning", "Unsupported", &why).await;
                 let mut p = pod.clone();
@@ -362,7 +400,29 @@ impl<R: Runtime> PodSync<R> {
             list.sort_by_key(|c| c.attempt);
         }
         let pod_ip = self.runtime.pod_ip(&self.cfg.node_ip);
-        let want = status(pod, &instances, &pod_ip, &self.cfg.node_ip, now);
+        let grace =
+            Duration::from_secs(u64::try_from(spec.termination_grace_period_seconds.unwrap_or(30)).unwrap_or(0));
+        for c in &spec.containers {
+            let Some(n) = instances.get(&c.name).and_then(|l| l.last()) else { continue };
+            if !matches!(n.state, State::Running { .. }) {
+                continue;
+            }
+            self.prober.ensure(&n.id, c, &pod_ip);
+            if let Some(why) = self.prober.results(&n.id).kill {
+                if self.killing.lock().unwrap_or_else(|p| p.into_inner()).insert(n.id.clone()) {
+                    self.event(pod, "Warning", "Unhealthy", &why).await;
+                    self.event(pod, "Normal", "Killing", &format!("Stopping container {}: {why}", c.name)).await;
+                    let (runtime, killing, id) = (self.runtime.clone(), self.killing.clone(), n.id.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = runtime.stop(&id, grace).await {
+                            tracing::warn!(container = %id, error = %e, "killing an unhealthy container failed");
+                        }
+                        killing.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                    });
+                }
+            }
+        }
+        let want = status(pod, &instances, &|id| self.prober.results(id), (&pod_ip, &self.cfg.node_ip), now);
         if pod.status.as_ref() != Some(&want) {
             let mut p = pod.clone();
             p.status = Some(want);
@@ -374,6 +434,22 @@ impl<R: Runtime> PodSync<R> {
         }
         Ok(())
     }
+}
+
+/// Refuses probes the kubelet cannot run yet, naming the field.
+fn probes_supported(spec: &pb::PodSpec) -> Result<(), String> {
+    for (i, c) in spec.containers.iter().enumerate() {
+        for (name, p) in [
+            ("livenessProbe", &c.liveness_probe),
+            ("readinessProbe", &c.readiness_probe),
+            ("startupProbe", &c.startup_probe),
+        ] {
+            if p.as_ref().and_then(|p| p.http_get.as_ref()).is_some_and(|h| h.scheme == "HTTPS") {
+                return Err(format!("spec.containers[{i}].{name}.httpGet.scheme: HTTPS probes are not supported yet"));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -428,16 +504,19 @@ mod tests {
             ..Default::default()
         };
         let one = |c: ContainerInfo| BTreeMap::from([("main".to_string(), vec![c])]);
+        let ready = |_: &str| Results { started: true, ready: true, kill: None };
         let now = base();
-        let st = status(&pod("Always"), &BTreeMap::new(), "10.0.0.2", "10.0.0.2", now);
+        let st = status(&pod("Always"), &BTreeMap::new(), &ready, ("10.0.0.2", "10.0.0.2"), now);
         assert_eq!((st.phase.as_str(), st.pod_ip.as_str()), ("Pending", ""));
-        let st = status(&pod("Never"), &one(exited(0, 0, 1, 0)), "ip", "ip", now);
+        let st = status(&pod("Never"), &one(exited(0, 0, 1, 0)), &ready, ("ip", "ip"), now);
         assert_eq!(st.phase, "Succeeded");
-        let st = status(&pod("Never"), &one(exited(0, 3, 1, 0)), "ip", "ip", now);
+        let st = status(&pod("Never"), &one(exited(0, 3, 1, 0)), &ready, ("ip", "ip"), now);
         assert_eq!(st.phase, "Failed");
         let t = st.container_statuses[0].state.clone().and_then(|s| s.terminated).expect("terminated");
         assert_eq!((t.exit_code, t.reason.as_str()), (3, "Error"));
-        let st = status(&pod("Always"), &one(exited(1, 3, 1, 0)), "ip", "ip", now);
+        let st = status(&pod("Always"), &one(exited(0, 3, 1, 0)), &ready, ("ip", "ip"), now);
+        assert_eq!(st.phase, "Running", "about to restart at once: not Failed");
+        let st = status(&pod("Always"), &one(exited(1, 3, 1, 0)), &ready, ("ip", "ip"), now);
         assert_eq!(st.phase, "Running", "restarting");
         let w = st.container_statuses[0].state.clone().and_then(|s| s.waiting).expect("waiting");
         assert_eq!(w.reason, "CrashLoopBackOff");

@@ -30,6 +30,11 @@ struct Meta {
     pod_uid: String,
     name: String,
     attempt: u32,
+    /// The container's environment and working directory (for exec).
+    #[serde(default)]
+    env: Vec<(String, String)>,
+    #[serde(default)]
+    working_dir: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -71,8 +76,10 @@ impl ProcessRuntime {
     fn read(&self, id: &str) -> Option<ContainerInfo> {
         let d = self.dir.join(id);
         let meta: Meta = serde_json::from_slice(&std::fs::read(d.join("meta.json")).ok()?).ok()?;
-        let started_at = std::fs::read_to_string(d.join("started")).map(|s| parse_stamp(&s)).ok();
+        // `exit` before `started`: the shim writes `started` first, so an exit read here
+        // always comes with its start.
         let exit: Option<Exit> = std::fs::read(d.join("exit")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let started_at = std::fs::read_to_string(d.join("started")).map(|s| parse_stamp(&s)).ok();
         let state = match (exit, started_at) {
             (Some(e), s) => State::Exited {
                 code: e.code,
@@ -170,7 +177,13 @@ impl Runtime for ProcessRuntime {
         let child = cmd.spawn().map_err(|e| KubeletError::Runtime(format!("starting the shim for {}: {e}", c.pod)))?;
         write_atomic(&d.join("shim.pid"), child.id().to_string().as_bytes()).map_err(|e| KubeletError::io(&d, e))?;
         // Written last: a container is listed only once its shim's pid is known.
-        let meta = Meta { pod_uid: c.pod_uid.clone(), name: c.container.name.clone(), attempt: c.attempt };
+        let meta = Meta {
+            pod_uid: c.pod_uid.clone(),
+            name: c.container.name.clone(),
+            attempt: c.attempt,
+            env: c.container.env.iter().map(|e| (e.name.clone(), e.value.clone())).collect(),
+            working_dir: c.container.working_dir.clone(),
+        };
         let meta = serde_json::to_vec(&meta).map_err(|e| KubeletError::Runtime(e.to_string()))?;
         write_atomic(&d.join("meta.json"), &meta).map_err(|e| KubeletError::io(&d, e))?;
         // The shim is not waited for here: it is reaped by whoever adopts it (init, once
@@ -208,6 +221,28 @@ impl Runtime for ProcessRuntime {
             Ok(())
         } else {
             Err(KubeletError::Runtime(format!("container {id} did not end after SIGKILL")))
+        }
+    }
+
+    async fn exec(&self, id: &str, command: &[String], timeout: Duration) -> Result<Option<i32>, KubeletError> {
+        let d = self.dir.join(id);
+        let meta: Meta = std::fs::read(d.join("meta.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| KubeletError::Runtime(format!("container {id} is not known")))?;
+        let Some((program, args)) = command.split_first() else { return Ok(None) };
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args).env_clear();
+        cmd.env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()));
+        cmd.envs(meta.env.iter().map(|(k, v)| (k, v)));
+        if !meta.working_dir.is_empty() {
+            cmd.current_dir(&meta.working_dir);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
+        let Ok(mut child) = cmd.spawn() else { return Ok(None) };
+        match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(Ok(status)) => Ok(status.code()),
+            _ => Ok(None), // timed out (the child is killed when dropped) or lost
         }
     }
 

@@ -84,6 +84,15 @@ pub trait Runtime: Send + Sync + 'static {
     /// Stops a container: SIGTERM, then SIGKILL after `grace`; returns once it has ended.
     fn stop(&self, id: &str, grace: Duration) -> impl Future<Output = Result<(), KubeletError>> + Send;
 
+    /// Runs `command` in a running container (its environment and working directory),
+    /// killed after `timeout`; its exit code (None when it timed out or could not run).
+    fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Option<i32>, KubeletError>> + Send;
+
     /// Forgets an ended container (its output with it).
     fn remove(&self, id: &str) -> impl Future<Output = Result<(), KubeletError>> + Send;
 }
