@@ -37,6 +37,7 @@ pub enum Change<T> {
 /// A running reflector. Dropping it stops it.
 pub struct Reflector<T: Resource> {
     cache: Cache<T>,
+    lists: Arc<std::sync::atomic::AtomicU64>,
     synced: watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -60,9 +61,11 @@ impl<T: Resource> Reflector<T> {
         let cache: Cache<T> = Arc::new(RwLock::new(BTreeMap::new()));
         let (synced_tx, synced) = watch::channel(false);
         let c = cache.clone();
+        let lists = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = lists.clone();
         let task = tokio::spawn(async move {
             loop {
-                match sync::<T>(&client, &p, &c, &synced_tx, changes.as_ref()).await {
+                match sync::<T>(&client, &p, &c, &synced_tx, changes.as_ref(), &counted).await {
                     Err(ClientError::Expired(_)) => continue, // list again
                     Err(e) => {
                         tracing::warn!(kind = T::KIND, error = %e, "reflector: retrying");
@@ -72,7 +75,7 @@ impl<T: Resource> Reflector<T> {
                 }
             }
         });
-        Reflector { cache, synced, task }
+        Reflector { cache, lists, synced, task }
     }
 
     /// Waits until the first list is in the cache.
@@ -83,6 +86,17 @@ impl<T: Resource> Reflector<T> {
     /// The cache (read it; do not write it).
     pub fn cache(&self) -> Cache<T> {
         self.cache.clone()
+    }
+
+    /// How many times it has listed (1 after the first list; each more is a relist,
+    /// which a watch resumed across masters avoids).
+    pub fn lists(&self) -> u64 {
+        self.lists.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A counter of its lists, to read after the reflector is moved.
+    pub fn list_counter(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.lists.clone()
     }
 
     /// A copy of every cached object.
@@ -103,8 +117,10 @@ async fn sync<T: Resource>(
     cache: &Cache<T>,
     synced: &watch::Sender<bool>,
     changes: Option<&tokio::sync::mpsc::UnboundedSender<Change<T>>>,
+    lists: &std::sync::atomic::AtomicU64,
 ) -> Result<(), ClientError> {
     let list = client.list::<T>(p).await?;
+    lists.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     {
         let mut c = cache.write().unwrap_or_else(|p| p.into_inner());
         *c = list.items.into_iter().map(|o| (key(&o), o)).collect();

@@ -55,6 +55,9 @@ pub struct WorkerArgs {
     /// --node-monitor-grace-period is marked and its pods moved).
     #[arg(long, value_name = "DURATION", default_value = "2s")]
     lease_interval: String,
+    /// Address serving /healthz and /metrics, e.g. 127.0.0.1:10248.
+    #[arg(long, value_name = "HOST:PORT")]
+    listen_metrics: Option<String>,
 }
 
 fn labels(list: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
@@ -110,8 +113,14 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     rt.block_on(async move {
         let client = flotilla_client::Client::new(&args.masters).context("--masters")?;
+        let metrics = std::sync::Arc::new(flotilla_kubelet::metrics::KubeletMetrics::new());
+        if let Some(addr) = &args.listen_metrics {
+            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--listen-metrics {addr}"))?;
+            let m = metrics.clone();
+            tokio::spawn(crate::scheduler::serve_metrics(l, move || m.render()));
+        }
         tracing::info!(node = %name, masters = ?args.masters, dir = %dir.display(), "worker started");
-        flotilla_kubelet::run(client, cfg, runtime, crate::scheduler::signalled()).await?;
+        flotilla_kubelet::run(client, cfg, runtime, metrics, crate::scheduler::signalled()).await?;
         Ok(())
     })
 }

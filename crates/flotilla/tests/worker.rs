@@ -4,7 +4,8 @@
 //! gracefully gets SIGTERM and goes; a crashing container is restarted with back-off
 //! (CrashLoopBackOff, the exit code in lastState); a pod that runs to its end Succeeds; a
 //! pod the runtime cannot run (resource limits) fails saying why; a worker killed with
-//! SIGKILL and started again adopts its running container instead of starting another.
+//! SIGKILL and started again adopts its running container instead of starting another;
+//! probes decide readiness and restarts; a worker rides out a SIGKILL of its master.
 
 mod common;
 
@@ -49,12 +50,18 @@ impl Drop for Worker {
 /// Starts `flotilla worker --runtime process` named `name`, keeping its state in `dir`
 /// (its log appended to `dir/<name>.log`).
 fn worker(c: &Cluster, name: &str, dir: &Path) -> Worker {
+    worker_with(c, name, dir, &[])
+}
+
+/// [`worker`] with more flags.
+fn worker_with(c: &Cluster, name: &str, dir: &Path, extra: &[&str]) -> Worker {
     let path = dir.join(format!("{name}.log"));
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&path).expect("log file");
     let child = Command::new(bin())
         .args(["worker", "--runtime", "process", "--name", name, "--node-ip", "127.0.0.1"])
         .args(["--masters", &c.endpoints(), "--dir"])
         .arg(dir.join(name))
+        .args(extra)
         .env("FLOTILLA_LOG", "info,flotilla_kubelet=debug")
         .stdout(Stdio::null())
         .stderr(log)
@@ -325,5 +332,68 @@ fn probes_decide_readiness_and_restarts() {
         })
         .await;
     });
+    w.kill_containers();
+}
+
+/// A worker whose master is killed (SIGKILL): its container keeps running, its next
+/// status change reaches the cluster through another master within 2 s, its pod watch
+/// resumes there without a relist, and a pod made afterwards runs.
+#[test]
+fn a_worker_rides_out_the_loss_of_its_master_without_a_relist() {
+    let mut c = Cluster::start_with_scheduler(3, &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let w = worker_with(&c, "w3", dir.path(), &["--listen-metrics", &listen]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let endpoints: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
+    let client = rt.block_on(async { Client::new(&endpoints) }).expect("client");
+    let gate = dir.path().join("gate");
+    let before = rt.block_on(async {
+        until(&c, "the worker's node", || async { client.get::<pb::Node>("", "w3").await.ok() }).await;
+        let mut gated = pod("gated", "sleep 1000", "Always");
+        let c0 = &mut gated.spec.as_mut().expect("spec").containers[0];
+        c0.env = vec![pb::EnvVar { name: "GATE".into(), value: gate.display().to_string() }];
+        c0.readiness_probe = Some(exec_probe(&["sh", "-c", "test -f $GATE"]));
+        client.create(gated).await.expect("pod");
+        until(&c, "gated running, not ready", || async {
+            let p: pb::Pod = client.get("default", "gated").await.ok()?;
+            (p.status.as_ref()?.phase == "Running" && main_status(&p).started && !ready(&p)).then_some(p)
+        })
+        .await
+    });
+    let metrics = scrape(port).expect("worker metrics");
+    assert!(metrics.contains("flotilla_kubelet_pod_lists 1\n"), "{metrics}");
+    let master = metrics
+        .lines()
+        .find(|l| l.starts_with("flotilla_kubelet_master{") && l.ends_with(" 1"))
+        .and_then(|l| l.split('"').nth(1))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no master in {metrics}"));
+    let i = c.members.iter().position(|m| m.url() == master).unwrap_or_else(|| panic!("{master} is not a member"));
+    c.kill(i);
+    let killed = std::time::Instant::now();
+    std::fs::write(&gate, "open").expect("gate");
+    rt.block_on(async {
+        let p = until(&c, "gated ready, reported through another master", || async {
+            let p: pb::Pod = client.get("default", "gated").await.ok()?;
+            ready(&p).then_some(p)
+        })
+        .await;
+        let took = killed.elapsed();
+        eprintln!("status through another master {} ms after the SIGKILL of the worker's master", took.as_millis());
+        assert!(took <= std::time::Duration::from_secs(2), "took {took:?}");
+        let (was, now) = (main_status(&before), main_status(&p));
+        assert_eq!((now.restart_count, &now.container_id), (0, &was.container_id), "the same container ran on");
+        client.create(pod("after", "sleep 1000", "Always")).await.expect("pod");
+        until(&c, "a pod made after the kill runs", || async {
+            let p: pb::Pod = client.get("default", "after").await.ok()?;
+            ready(&p).then_some(())
+        })
+        .await;
+    });
+    let metrics = scrape(port).expect("worker metrics");
+    assert!(metrics.contains("flotilla_kubelet_pod_lists 1\n"), "the watch resumed without a relist: {metrics}");
+    assert!(!metrics.contains(&format!("flotilla_kubelet_master{{master=\"{master}\"}} 1")), "{metrics}");
     w.kill_containers();
 }

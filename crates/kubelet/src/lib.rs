@@ -7,13 +7,15 @@
 //! * [`runtime`]: the `Runtime` trait; [`process`] runs containers as host processes under
 //!   a shim (development and tests without root); containerd comes next (issue 13);
 //! * [`pods`]: the pod sync loop — start, restart with back-off, stop gracefully, status;
-//! * [`prober`]: startup, liveness and readiness probes (exec, TCP, HTTP).
+//! * [`prober`]: startup, liveness and readiness probes (exec, TCP, HTTP);
+//! * [`metrics`]: lists (relists), the master in use, containers, sync passes.
 //!
 //! It talks to the masters only through the client crate (which moves between masters by
 //! itself and resumes its watches without a relist); it must not depend on the store or
 //! the apiserver.
 
 pub mod error;
+pub mod metrics;
 pub mod node;
 pub mod pods;
 pub mod prober;
@@ -73,6 +75,7 @@ pub async fn run<R: Runtime>(
     client: Client,
     cfg: WorkerConfig,
     runtime: R,
+    metrics: Arc<metrics::KubeletMetrics>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), KubeletError> {
     let runtime = Arc::new(runtime);
@@ -99,6 +102,7 @@ pub async fn run<R: Runtime>(
     let on_node = ListParams { field_selector: format!("spec.nodeName={}", cfg.name), ..Default::default() };
     let mut pods = Reflector::<pb::Pod>::start_notifying(client.clone(), on_node, Some(tx));
     pods.wait_synced().await;
+    metrics.count_lists(pods.list_counter());
     let (probe_tx, mut probe_changes) = tokio::sync::mpsc::unbounded_channel();
     let sync = pods::PodSync::new(client.clone(), runtime, cfg.clone(), pods.cache(), probe_tx);
     tokio::pin!(shutdown);
@@ -114,9 +118,14 @@ pub async fn run<R: Runtime>(
             }
             Some(()) = probe_changes.recv() => while probe_changes.try_recv().is_ok() {},
         }
-        if let Err(e) = sync.sync_all().await {
-            tracing::warn!(error = %e, "pod sync pass failed");
+        match sync.sync_all().await {
+            Ok(running) => {
+                metrics.running_containers.set(i64::try_from(running).unwrap_or(i64::MAX));
+            }
+            Err(e) => tracing::warn!(error = %e, "pod sync pass failed"),
         }
+        metrics.sync_passes.inc();
+        metrics.set_master(&client.current_master());
     }
     let _ = stop_tx.send(true);
     let _ = lease.await;

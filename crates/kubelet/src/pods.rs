@@ -276,8 +276,8 @@ impl<R: Runtime> PodSync<R> {
         }
     }
 
-    /// One pass over every pod and container.
-    pub async fn sync_all(&self) -> Result<(), KubeletError> {
+    /// One pass over every pod and container; how many containers ran at its start.
+    pub async fn sync_all(&self) -> Result<usize, KubeletError> {
         let containers = self.runtime.list().await?;
         let running: HashSet<String> =
             containers.iter().filter(|c| matches!(c.state, State::Running { .. })).map(|c| c.id.clone()).collect();
@@ -310,7 +310,7 @@ impl<R: Runtime> PodSync<R> {
             }
         }
         self.refused.lock().unwrap_or_else(|p| p.into_inner()).retain(|u| known.contains(u));
-        Ok(())
+        Ok(running.len())
     }
 
     /// Stops and removes a pod's containers in the background, then deletes the pod for

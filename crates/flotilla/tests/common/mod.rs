@@ -308,13 +308,8 @@ pub fn data_dir_of(c: &Cluster, i: usize) -> &Path {
 
 /// Reads one metric's value from member `m`'s /metrics endpoint (plain HTTP/1.0 GET).
 pub fn metric(m: &Member, name: &str) -> Option<f64> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", m.metrics)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    body.lines()
+    scrape(m.metrics)?
+        .lines()
         .find(|l| l.split_whitespace().next() == Some(name))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
@@ -341,6 +336,17 @@ pub async fn local_range(url: &str, prefix: &str) -> Result<Vec<(String, String)
         .into_iter()
         .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), String::from_utf8_lossy(&kv.value).into_owned()))
         .collect())
+}
+
+/// The text of `/metrics` on 127.0.0.1:`port`.
+pub fn scrape(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
 }
 
 /// Labels from pairs.
