@@ -75,6 +75,9 @@ pub enum ApiError {
     /// The store could not serve the request (no leader, timeout, stopped, ...).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A node's kubelet could not be reached (pod logs).
+    #[error("{0}")]
+    KubeletUnreachable(String),
     /// Something that should not happen (undecodable stored object, ...).
     #[error("internal error: {0}")]
     Internal(String),
@@ -108,6 +111,7 @@ impl From<ApiError> for Status {
             ApiError::Expired { .. } => Code::OutOfRange,
             ApiError::Exhausted(_) => Code::ResourceExhausted,
             ApiError::Store(s) => return s.clone().into(),
+            ApiError::KubeletUnreachable(_) => Code::Unavailable,
             ApiError::Internal(_) => Code::Internal,
         };
         Status::new(code, e.to_string())

@@ -26,6 +26,61 @@ impl ApiService {
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
+
+/// How long the apiserver waits to reach a kubelet.
+const KUBELET_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Where pod `ns/name`'s kubelet listens, and which container of it is meant.
+async fn kubelet_of(reg: &Registry, r: &pb::PodLogsRequest) -> Result<(String, pb::ContainerLogsRequest), ApiError> {
+    use flotilla_proto::api::object::Kind as O;
+    let ns = Kind::Pod.namespace_or_default(&r.namespace);
+    let O::Pod(pod) = reg.get(Kind::Pod, ns, &r.name).await? else {
+        return Err(ApiError::Internal("a pod key holds another kind".into()));
+    };
+    let spec = pod.spec.unwrap_or_default();
+    let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+    let container = match (r.container.as_str(), names.as_slice()) {
+        ("", [only]) => only.to_string(),
+        ("", _) => {
+            return Err(ApiError::invalid(
+                "container",
+                format!("pod {ns}/{} has several containers; name one of: {}", r.name, names.join(", ")),
+            ))
+        }
+        (c, _) if names.contains(&c) => c.to_string(),
+        (c, _) => {
+            return Err(ApiError::invalid(
+                "container",
+                format!("{c:?} is not a container of pod {ns}/{}; its containers: {}", r.name, names.join(", ")),
+            ))
+        }
+    };
+    if spec.node_name.is_empty() {
+        return Err(ApiError::FailedPrecondition(format!("pod {ns}/{} is not on a node yet", r.name)));
+    }
+    let O::Node(node) = reg.get(Kind::Node, "", &spec.node_name).await? else {
+        return Err(ApiError::Internal("a node key holds another kind".into()));
+    };
+    let st = node.status.unwrap_or_default();
+    let ip = st.addresses.iter().find(|a| a.r#type == "InternalIP").map(|a| a.address.clone());
+    let port = st.daemon_endpoints.and_then(|d| d.kubelet_endpoint).map_or(0, |e| e.port);
+    let (Some(ip), true) = (ip, port > 0) else {
+        return Err(ApiError::FailedPrecondition(format!(
+            "node {} does not say where its kubelet listens (status.daemonEndpoints)",
+            spec.node_name
+        )));
+    };
+    let uid = pod.metadata.map(|m| m.uid).unwrap_or_default();
+    let req = pb::ContainerLogsRequest {
+        pod_uid: uid,
+        container,
+        follow: r.follow,
+        tail_lines: r.tail_lines,
+        previous: r.previous,
+    };
+    Ok((format!("http://{ip}:{port}"), req))
+}
 
 #[tonic::async_trait]
 impl Api for ApiService {
@@ -86,5 +141,23 @@ impl Api for ApiService {
 
     async fn bind(&self, req: Request<pb::BindRequest>) -> Result<Response<pb::Object>, Status> {
         Ok(Response::new(kinds::wrap(self.reg.bind(&req.into_inner()).await?)))
+    }
+
+    type PodLogsStream = LogStream;
+
+    async fn pod_logs(&self, req: Request<pb::PodLogsRequest>) -> Result<Response<LogStream>, Status> {
+        let r = req.into_inner();
+        if r.tail_lines.is_some_and(|n| n < 0) {
+            return Err(ApiError::invalid("tailLines", "must not be negative").into());
+        }
+        let (url, kreq) = kubelet_of(&self.reg, &r).await?;
+        let unreachable = |e: String| ApiError::KubeletUnreachable(format!("the kubelet at {url}: {e}"));
+        let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+            .map_err(|e| unreachable(e.to_string()))?
+            .connect_timeout(KUBELET_CONNECT_TIMEOUT);
+        let channel = endpoint.connect().await.map_err(|e| unreachable(e.to_string()))?;
+        let mut kubelet = pb::kubelet_client::KubeletClient::new(channel);
+        let stream = kubelet.container_logs(kreq).await?.into_inner();
+        Ok(Response::new(Box::pin(stream)))
     }
 }

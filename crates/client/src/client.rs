@@ -356,6 +356,16 @@ impl Client {
         self.delete_object(T::KIND, namespace, name, p).await
     }
 
+    /// A container's output (pods/log), from the kubelet of the pod's node through a
+    /// master; with `follow`, the stream goes on until the container ends.
+    pub async fn pod_logs(&self, req: pb::PodLogsRequest) -> Result<tonic::Streaming<pb::LogChunk>, ClientError> {
+        self.call(Call::Read, |mut c| {
+            let r = req.clone();
+            async move { c.pod_logs(r).await }
+        })
+        .await
+    }
+
     /// Binds a pod to a node (once).
     pub async fn bind(&self, namespace: &str, pod: &str, node: &str, uid: &str) -> Result<pb::Pod, ClientError> {
         let req = pb::BindRequest {

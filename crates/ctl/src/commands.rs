@@ -217,6 +217,29 @@ pub async fn dispatch(args: CtlArgs) -> Result<(), CtlError> {
         }
         Command::Rollout(c) => crate::rollout::rollout(&client, &ns, c).await,
         Command::Set(c) => crate::rollout::set(&client, &ns, c).await,
+        Command::Logs { pod, container, follow, tail, previous } => {
+            if tail.is_some_and(|n| n < 0) {
+                return Err(CtlError::Usage("--tail must not be negative".into()));
+            }
+            let name = pod.strip_prefix("pod/").or_else(|| pod.strip_prefix("pods/")).unwrap_or(&pod).to_string();
+            let req = pb::PodLogsRequest {
+                namespace: ns.clone(),
+                name,
+                container: container.unwrap_or_default(),
+                follow,
+                tail_lines: tail,
+                previous,
+            };
+            let mut stream = client.pod_logs(req).await?;
+            use std::io::Write as _;
+            let mut out = std::io::stdout();
+            while let Some(chunk) = stream.message().await.map_err(CtlError::Cluster)? {
+                if out.write_all(&chunk.data).and_then(|()| out.flush()).is_err() {
+                    return Ok(()); // the reader went away (`| head`)
+                }
+            }
+            Ok(())
+        }
         Command::Cordon { node } => {
             outln!("{}", crate::node::cordon(&client, &node, true).await?);
             Ok(())

@@ -173,6 +173,23 @@ pub enum Command {
     /// Change part of an object: `set image deployment/web main=nginx:1.27`.
     #[command(subcommand)]
     Set(rollout::SetCommand),
+    /// Print a container's output (`logs web-0`, `logs pod/web-0 -c sidecar -f`).
+    Logs {
+        /// The pod: NAME or pod/NAME.
+        pod: String,
+        /// The container [default: the pod's only one].
+        #[arg(short = 'c', long)]
+        container: Option<String>,
+        /// Keep printing what it writes until it ends.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long, value_name = "N")]
+        tail: Option<i64>,
+        /// The output of its previous instance (before its last restart).
+        #[arg(short = 'p', long)]
+        previous: bool,
+    },
     /// Mark a node unschedulable: nothing new is placed there (what runs stays).
     Cordon {
         /// Node name.

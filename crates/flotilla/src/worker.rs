@@ -55,6 +55,10 @@ pub struct WorkerArgs {
     /// --node-monitor-grace-period is marked and its pods moved).
     #[arg(long, value_name = "DURATION", default_value = "2s")]
     lease_interval: String,
+    /// The port of the kubelet's endpoint on --node-ip (the apiserver fetches pod logs
+    /// there).
+    #[arg(long, default_value_t = 10250)]
+    kubelet_port: u16,
     /// Address serving /healthz and /metrics, e.g. 127.0.0.1:10248.
     #[arg(long, value_name = "HOST:PORT")]
     listen_metrics: Option<String>,
@@ -96,6 +100,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     cfg.labels = labels(&args.node_labels)?;
     cfg.taints = taints(&args.register_with_taints)?;
     cfg.max_pods = args.max_pods;
+    cfg.kubelet_port = args.kubelet_port;
     cfg.lease_interval = humantime::parse_duration(&args.lease_interval)
         .with_context(|| format!("--lease-interval {:?} is not a duration like 2s", args.lease_interval))?;
     if let Some(c) = &args.pod_cidr {

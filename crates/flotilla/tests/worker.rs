@@ -61,6 +61,7 @@ fn worker_with(c: &Cluster, name: &str, dir: &Path, extra: &[&str]) -> Worker {
         .args(["worker", "--runtime", "process", "--name", name, "--node-ip", "127.0.0.1"])
         .args(["--masters", &c.endpoints(), "--dir"])
         .arg(dir.join(name))
+        .args(["--kubelet-port", &free_port().to_string()])
         .args(extra)
         .env("FLOTILLA_LOG", "info,flotilla_kubelet=debug")
         .stdout(Stdio::null())
@@ -139,6 +140,14 @@ fn a_process_worker_runs_restarts_stops_and_adopts_pods() {
         let uid = p.metadata.as_ref().map(|m| m.uid.clone()).expect("uid");
         assert_eq!(p.status.as_ref().map(|s| s.pod_ip.as_str()), Some("127.0.0.1"), "host network");
         until(&c, "hello in the log", || async { log_of(&wdir, &uid).contains("hello").then_some(()) }).await;
+        // flotctl logs, through a master, from the worker's kubelet endpoint.
+        let eps = c.endpoints();
+        assert_eq!(ctl_ok(&eps, &["logs", "web"]), "hello\n");
+        assert_eq!(ctl_ok(&eps, &["logs", "pod/web", "-c", "main", "--tail", "1"]), "hello\n");
+        let err = ctl_fails(&eps, &["logs", "web", "-c", "sidecar"]);
+        assert!(err.contains("\"sidecar\" is not a container") && err.contains("main"), "{err}");
+        let err = ctl_fails(&eps, &["logs", "nosuch"]);
+        assert!(err.contains("not found"), "{err}");
 
         // SIGKILL of the worker, and a new one: the same container goes on (no restart).
         w.child.kill().expect("kill worker");
@@ -177,9 +186,17 @@ fn a_process_worker_runs_restarts_stops_and_adopts_pods() {
         assert!(cs.restart_count >= 1, "{cs:?}");
         let last = cs.last_state.and_then(|s| s.terminated).expect("last state");
         assert_eq!((last.exit_code, last.reason.as_str()), (3, "Error"));
+        assert_eq!(ctl_ok(&c.endpoints(), &["logs", "crash", "--previous"]), "crashing\n");
 
         // Runs to its end: Succeeded.
-        client.create(pod("once", "echo done", "Never")).await.expect("pod");
+        client.create(pod("once", "echo started; sleep 0.5; echo done", "Never")).await.expect("pod");
+        until(&c, "once running", || async {
+            let p: pb::Pod = client.get("default", "once").await.ok()?;
+            (p.status.as_ref()?.phase == "Running").then_some(())
+        })
+        .await;
+        // Followed: what it writes, until it ends.
+        assert_eq!(ctl_ok(&c.endpoints(), &["logs", "-f", "once"]), "started\ndone\n");
         until(&c, "once succeeded", || async {
             let p: pb::Pod = client.get("default", "once").await.ok()?;
             (p.status.as_ref()?.phase == "Succeeded").then_some(())

@@ -8,13 +8,15 @@
 //!   a shim (development and tests without root); containerd comes next (issue 13);
 //! * [`pods`]: the pod sync loop — start, restart with back-off, stop gracefully, status;
 //! * [`prober`]: startup, liveness and readiness probes (exec, TCP, HTTP);
-//! * [`metrics`]: lists (relists), the master in use, containers, sync passes.
+//! * [`metrics`]: lists (relists), the master in use, containers, sync passes;
+//! * [`logs`]: the log endpoint the apiserver forwards `PodLogs` to.
 //!
 //! It talks to the masters only through the client crate (which moves between masters by
 //! itself and resumes its watches without a relist); it must not depend on the store or
 //! the apiserver.
 
 pub mod error;
+pub mod logs;
 pub mod metrics;
 pub mod node;
 pub mod pods;
@@ -51,6 +53,8 @@ pub struct WorkerConfig {
     pub lease_interval: Duration,
     /// How often every pod is looked at even without a change.
     pub resync: Duration,
+    /// The port of the kubelet's endpoint (logs) on `node_ip`.
+    pub kubelet_port: u16,
 }
 
 impl WorkerConfig {
@@ -65,6 +69,7 @@ impl WorkerConfig {
             max_pods: 110,
             lease_interval: Duration::from_secs(2),
             resync: Duration::from_secs(1),
+            kubelet_port: 10250,
         }
     }
 }
@@ -80,6 +85,20 @@ pub async fn run<R: Runtime>(
 ) -> Result<(), KubeletError> {
     let runtime = Arc::new(runtime);
     let cfg = Arc::new(cfg);
+    // The log endpoint first: the Node says where it is.
+    let addr = std::net::SocketAddr::new(
+        cfg.node_ip.parse().map_err(|e| KubeletError::Runtime(format!("node IP {:?}: {e}", cfg.node_ip)))?,
+        cfg.kubelet_port,
+    );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| KubeletError::Io { path: format!("kubelet endpoint {addr}"), source: e })?;
+    let logs = pb::kubelet_server::KubeletServer::new(logs::LogService::new(runtime.clone()));
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(logs)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
     // Registration waits for a master to answer; until then nothing can be known.
     let node = loop {
         match node::register(&client, &cfg, &runtime.version()).await {
@@ -129,5 +148,6 @@ pub async fn run<R: Runtime>(
     }
     let _ = stop_tx.send(true);
     let _ = lease.await;
+    server.abort();
     Ok(())
 }

@@ -64,6 +64,9 @@ pub fn node_object(cfg: &WorkerConfig, runtime_version: &str) -> pb::Node {
                 pb::NodeAddress { r#type: "InternalIP".into(), address: cfg.node_ip.clone() },
                 pb::NodeAddress { r#type: "Hostname".into(), address: cfg.name.clone() },
             ],
+            daemon_endpoints: Some(pb::NodeDaemonEndpoints {
+                kubelet_endpoint: Some(pb::DaemonEndpoint { port: i32::from(cfg.kubelet_port) }),
+            }),
             node_info: Some(pb::NodeSystemInfo {
                 machine_id: first_line("/etc/machine-id"),
                 kernel_version: first_line("/proc/sys/kernel/osrelease"),
