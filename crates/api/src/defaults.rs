@@ -36,7 +36,7 @@ pub fn pod_spec(s: &mut pb::PodSpec) {
     if s.termination_grace_period_seconds.is_none() {
         s.termination_grace_period_seconds = Some(30);
     }
-    for c in &mut s.containers {
+    for c in s.containers.iter_mut().chain(s.init_containers.iter_mut()) {
         set_if_empty(&mut c.image_pull_policy, "IfNotPresent");
         for p in &mut c.ports {
             set_if_empty(&mut p.protocol, "TCP");

@@ -173,6 +173,11 @@ fn container(field: &str, c: &pb::Container) -> R {
     if let Some(p) = &c.startup_probe {
         probe(&format!("{field}.startupProbe"), p)?;
     }
+    if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
+        if h.exec.as_ref().is_none_or(|e| e.command.is_empty()) {
+            fail(format!("{field}.lifecycle.preStop.exec.command"), "is required")?;
+        }
+    }
     if !c.image_pull_policy.is_empty() {
         one_of(&format!("{field}.imagePullPolicy"), &c.image_pull_policy, &["Always", "IfNotPresent", "Never"])?;
     }
@@ -209,6 +214,25 @@ pub fn pod_spec(field: &str, s: &pb::PodSpec) -> R {
         container(&format!("{field}.containers[{i}]"), c)?;
         if !seen.insert(&c.name) {
             fail(format!("{field}.containers[{i}].name"), format!("{:?} is used by another container", c.name))?;
+        }
+    }
+    for (i, c) in s.init_containers.iter().enumerate() {
+        let f = format!("{field}.initContainers[{i}]");
+        container(&f, c)?;
+        if !seen.insert(&c.name) {
+            fail(format!("{f}.name"), format!("{:?} is used by another container", c.name))?;
+        }
+        for (name, p) in [
+            ("livenessProbe", &c.liveness_probe),
+            ("readinessProbe", &c.readiness_probe),
+            ("startupProbe", &c.startup_probe),
+        ] {
+            if p.is_some() {
+                fail(format!("{f}.{name}"), "init containers may not have probes (they run to completion)")?;
+            }
+        }
+        if c.lifecycle.is_some() {
+            fail(format!("{f}.lifecycle"), "init containers may not have lifecycle hooks")?;
         }
     }
     if !s.restart_policy.is_empty() {

@@ -414,3 +414,62 @@ fn a_worker_rides_out_the_loss_of_its_master_without_a_relist() {
     assert!(!metrics.contains(&format!("flotilla_kubelet_master{{master=\"{master}\"}} 1")), "{metrics}");
     w.kill_containers();
 }
+
+/// Init containers run one after another, each to success (a failing one again, after
+/// its back-off), before the container starts; a preStop hook runs before SIGTERM when
+/// the pod is deleted.
+#[test]
+fn init_containers_run_first_and_pre_stop_runs_before_sigterm() {
+    let c = Cluster::start_with_scheduler(3, &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = worker(&c, "w4", dir.path());
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let endpoints: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
+    let client = rt.block_on(async { Client::new(&endpoints) }).expect("client");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).expect("work dir");
+    let sh = |name: &str, script: &str| pb::Container {
+        name: name.into(),
+        image: "busybox".into(),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        env: vec![pb::EnvVar { name: "W".into(), value: work.display().to_string() }],
+        ..Default::default()
+    };
+    let mut p = pod("init", "", "Always");
+    let spec = p.spec.as_mut().expect("spec");
+    spec.init_containers = vec![
+        sh("first", "echo first >> $W/order"),
+        // Fails once, then succeeds.
+        sh("second", "if [ -f $W/tried ]; then echo second >> $W/order; else touch $W/tried; exit 1; fi"),
+    ];
+    spec.containers = vec![sh(
+        "main",
+        "echo main >> $W/order; trap 'echo term >> $W/order; exit 0' TERM; while true; do sleep 0.1; done",
+    )];
+    spec.containers[0].lifecycle = Some(pb::Lifecycle {
+        pre_stop: Some(pb::LifecycleHandler {
+            exec: Some(pb::ExecAction { command: vec!["sh".into(), "-c".into(), "echo prestop >> $W/order".into()] }),
+        }),
+    });
+    rt.block_on(async {
+        until(&c, "the worker's node", || async { client.get::<pb::Node>("", "w4").await.ok() }).await;
+        client.create(p).await.expect("pod");
+        let p = until(&c, "init ready", || async {
+            let p: pb::Pod = client.get("default", "init").await.ok()?;
+            ready(&p).then_some(p)
+        })
+        .await;
+        let st = p.status.expect("status");
+        assert!(st.conditions.iter().any(|c| c.r#type == "Initialized" && c.status == "True"));
+        let inits: Vec<(String, i32)> =
+            st.init_container_statuses.iter().map(|s| (s.name.clone(), s.restart_count)).collect();
+        assert_eq!(inits, vec![("first".to_string(), 0), ("second".to_string(), 1)], "second ran twice");
+        let grace = DeleteParams { grace_period_seconds: Some(10), ..Default::default() };
+        client.delete::<pb::Pod>("default", "init", &grace).await.expect("delete");
+        until(&c, "init gone", || async { client.get::<pb::Pod>("default", "init").await.is_err().then_some(()) })
+            .await;
+    });
+    let order = std::fs::read_to_string(work.join("order")).expect("order");
+    assert_eq!(order, "first\nsecond\nmain\nprestop\nterm\n");
+    w.kill_containers();
+}

@@ -89,6 +89,42 @@ fn next(policy: &str, newest: Option<&ContainerInfo>, now: SystemTime) -> Next {
     }
 }
 
+/// Where a pod's init containers stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Init {
+    /// All ran to success (or the pod has none, or its containers already started).
+    Done,
+    /// Init container `i` is next, running, or to be started again.
+    At(usize),
+    /// Init container `i` failed and the pod's restartPolicy is Never.
+    Failed(usize),
+}
+
+/// The init containers' progress, from their newest instances.
+pub fn init_progress(spec: &pb::PodSpec, instances: &BTreeMap<String, Vec<ContainerInfo>>) -> Init {
+    if spec.containers.iter().any(|c| instances.get(&c.name).is_some_and(|l| !l.is_empty())) {
+        return Init::Done;
+    }
+    for (i, c) in spec.init_containers.iter().enumerate() {
+        match instances.get(&c.name).and_then(|l| l.last()).map(|n| &n.state) {
+            Some(State::Exited { code: 0, .. }) => continue,
+            Some(State::Exited { .. }) if spec.restart_policy == "Never" => return Init::Failed(i),
+            _ => return Init::At(i),
+        }
+    }
+    Init::Done
+}
+
+/// The restart policy an init container follows: a failed one runs again unless the pod's
+/// is Never; one that succeeded never does.
+fn init_policy(pod_policy: &str) -> &'static str {
+    if pod_policy == "Never" {
+        "Never"
+    } else {
+        "OnFailure"
+    }
+}
+
 fn terminated(c: &ContainerInfo) -> Option<pb::ContainerStateTerminated> {
     match &c.state {
         State::Exited { code, signal, started_at, finished_at } => Some(pb::ContainerStateTerminated {
@@ -115,9 +151,24 @@ pub fn status(
     let spec = pod.spec.clone().unwrap_or_default();
     let old = pod.status.clone().unwrap_or_default();
     let policy = spec.restart_policy.as_str();
+    let init = init_progress(&spec, instances);
+    let init_statuses = init_statuses(&spec, instances, init, now);
+    let waiting_for_init = |c: &pb::Container| pb::ContainerStatus {
+        name: c.name.clone(),
+        image: c.image.clone(),
+        state: Some(pb::ContainerState {
+            waiting: Some(pb::ContainerStateWaiting { reason: "PodInitializing".into(), message: String::new() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
     let mut statuses = Vec::new();
     let (mut running, mut ended_ok, mut ended_bad, mut waiting, mut ready_count) = (0, 0, 0, 0, 0);
     for c in &spec.containers {
+        if init != Init::Done {
+            statuses.push(waiting_for_init(c));
+            continue;
+        }
         let list = instances.get(&c.name).map(Vec::as_slice).unwrap_or_default();
         let newest = list.last();
         let previous = list.len().checked_sub(2).and_then(|i| list.get(i));
@@ -191,7 +242,11 @@ pub fn status(
     }
     let total = spec.containers.len();
     let ever_started = instances.values().any(|v| !v.is_empty());
-    let phase = if total > 0 && ended_ok + ended_bad == total {
+    let phase = if matches!(init, Init::Failed(_)) {
+        "Failed"
+    } else if init != Init::Done {
+        "Pending"
+    } else if total > 0 && ended_ok + ended_bad == total {
         if ended_bad == 0 {
             "Succeeded"
         } else {
@@ -217,7 +272,7 @@ pub fn status(
         phase: phase.into(),
         conditions: vec![
             condition("PodScheduled", true),
-            condition("Initialized", true),
+            condition("Initialized", init == Init::Done),
             condition("ContainersReady", ready),
             condition("Ready", ready),
         ],
@@ -227,7 +282,59 @@ pub fn status(
         pod_ip: if ever_started { pod_ip.into() } else { String::new() },
         start_time: if old.start_time.is_empty() { stamp(now) } else { old.start_time },
         container_statuses: statuses,
+        init_container_statuses: init_statuses,
     }
+}
+
+/// The statuses of the init containers.
+fn init_statuses(
+    spec: &pb::PodSpec,
+    instances: &BTreeMap<String, Vec<ContainerInfo>>,
+    init: Init,
+    now: SystemTime,
+) -> Vec<pb::ContainerStatus> {
+    spec.init_containers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let newest = instances.get(&c.name).and_then(|l| l.last());
+            let waiting = |reason: &str, message: String| pb::ContainerState {
+                waiting: Some(pb::ContainerStateWaiting { reason: reason.into(), message }),
+                ..Default::default()
+            };
+            let state = match (newest, init) {
+                // Initialized: each ran to success (its record may be gone).
+                (None, Init::Done) => pb::ContainerState {
+                    terminated: Some(pb::ContainerStateTerminated { reason: "Completed".into(), ..Default::default() }),
+                    ..Default::default()
+                },
+                (None, _) => waiting("PodInitializing", String::new()),
+                (Some(n), _) => match &n.state {
+                    State::Running { started_at } => pb::ContainerState {
+                        running: Some(pb::ContainerStateRunning { started_at: stamp(*started_at) }),
+                        ..Default::default()
+                    },
+                    State::Exited { .. } => match (init, next(init_policy(&spec.restart_policy), Some(n), now)) {
+                        (Init::At(at), Next::Wait(left)) if at == i => waiting(
+                            "CrashLoopBackOff",
+                            format!("back-off {}s restarting failed init container {}", left.as_secs().max(1), c.name),
+                        ),
+                        _ => pb::ContainerState { terminated: terminated(n), ..Default::default() },
+                    },
+                },
+            };
+            let done = state.terminated.as_ref().is_some_and(|t| t.exit_code == 0);
+            pb::ContainerStatus {
+                name: c.name.clone(),
+                image: c.image.clone(),
+                state: Some(state),
+                ready: done,
+                restart_count: i32::try_from(newest.map_or(0, |n| n.attempt)).unwrap_or(i32::MAX),
+                container_id: newest.map(|n| format!("flotilla://{}", n.id)).unwrap_or_default(),
+                ..Default::default()
+            }
+        })
+        .collect()
 }
 
 /// The sync loop of one worker.
@@ -320,8 +427,33 @@ impl<R: Runtime> PodSync<R> {
             return;
         }
         let (runtime, client, stopping) = (self.runtime.clone(), self.client.clone(), self.stopping.clone());
+        // preStop hooks by container name; their time counts against the grace period.
+        let hooks: HashMap<String, Vec<String>> = pod
+            .as_ref()
+            .and_then(|p| p.spec.as_ref())
+            .map(|s| {
+                s.containers
+                    .iter()
+                    .filter_map(|c| {
+                        let e = c.lifecycle.as_ref()?.pre_stop.as_ref()?.exec.as_ref()?;
+                        Some((c.name.clone(), e.command.clone()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         tokio::spawn(async move {
-            let stops = containers.iter().map(|c| runtime.stop(&c.id, grace));
+            let stops = containers.iter().map(|c| {
+                let (runtime, hook) = (runtime.clone(), hooks.get(&c.name).cloned());
+                async move {
+                    let began = tokio::time::Instant::now();
+                    if let (Some(cmd), State::Running { .. }) = (hook, &c.state) {
+                        if let Ok(Some(code)) = runtime.exec(&c.id, &cmd, grace).await.map_err(|e| e.to_string()) {
+                            tracing::debug!(container = %c.name, code, "preStop hook ran");
+                        }
+                    }
+                    runtime.stop(&c.id, grace.saturating_sub(began.elapsed())).await
+                }
+            });
             let stopped = futures::future::join_all(stops).await;
             let mut ok = stopped.iter().all(Result::is_ok);
             for c in &containers {
@@ -369,9 +501,16 @@ impl<R: Runtime> PodSync<R> {
         }
         let now = SystemTime::now();
         let done = matches!(pod.status.as_ref().map(|s| s.phase.as_str()), Some("Succeeded" | "Failed"));
-        for c in spec.containers.iter().filter(|_| !done) {
+        // Init containers one at a time, each to success; then the containers.
+        let (to_start, policy): (Vec<&pb::Container>, &str) = match init_progress(&spec, &instances) {
+            _ if done => (vec![], ""),
+            Init::Done => (spec.containers.iter().collect(), spec.restart_policy.as_str()),
+            Init::At(i) => (vec![&spec.init_containers[i]], init_policy(&spec.restart_policy)),
+            Init::Failed(_) => (vec![], ""),
+        };
+        for c in to_start {
             let newest = instances.get(&c.name).and_then(|l| l.last());
-            if let Next::Start(attempt) = next(&spec.restart_policy, newest, now) {
+            if let Next::Start(attempt) = next(policy, newest, now) {
                 let cs = ContainerSpec {
                     pod_uid: m.uid.clone(),
                     pod: format!("{}/{}", m.namespace, m.name),
@@ -491,6 +630,42 @@ mod tests {
         assert_eq!(next("OnFailure", Some(&exited(0, 2, 1, 0)), now), Next::Start(1));
         assert_eq!(next("Never", Some(&exited(0, 2, 1, 0)), now), Next::Nothing);
         assert_eq!(backoff(9, Duration::ZERO), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn init_containers_run_in_order_to_success_before_the_containers() {
+        let c = |name: &str| pb::Container { name: name.into(), ..Default::default() };
+        let mut spec = pb::PodSpec {
+            restart_policy: "Always".into(),
+            init_containers: vec![c("first"), c("second")],
+            containers: vec![c("main")],
+            ..Default::default()
+        };
+        let named = |name: &str, mut i: ContainerInfo| {
+            i.name = name.into();
+            i
+        };
+        let mut inst: BTreeMap<String, Vec<ContainerInfo>> = BTreeMap::new();
+        assert_eq!(init_progress(&spec, &inst), Init::At(0));
+        inst.insert("first".into(), vec![named("first", exited(0, 0, 1, 0))]);
+        assert_eq!(init_progress(&spec, &inst), Init::At(1));
+        inst.insert("second".into(), vec![named("second", exited(0, 1, 1, 0))]);
+        assert_eq!(init_progress(&spec, &inst), Init::At(1), "a failed one runs again");
+        spec.restart_policy = "Never".into();
+        assert_eq!(init_progress(&spec, &inst), Init::Failed(1), "unless the pod never restarts");
+        let pod = pb::Pod { spec: Some(spec.clone()), ..Default::default() };
+        let st = status(&pod, &inst, &|_| Results::default(), ("ip", "ip"), base());
+        assert_eq!(st.phase, "Failed");
+        assert!(st.conditions.iter().any(|c| c.r#type == "Initialized" && c.status == "False"));
+        assert_eq!(st.init_container_statuses.len(), 2);
+        let main = st.container_statuses[0].state.clone().and_then(|s| s.waiting).expect("waiting");
+        assert_eq!(main.reason, "PodInitializing");
+        inst.insert("second".into(), vec![named("second", exited(1, 0, 1, 0))]);
+        assert_eq!(init_progress(&spec, &inst), Init::Done);
+        // Once the containers have started, a lost init record does not hold them back.
+        inst.clear();
+        inst.insert("main".into(), vec![named("main", exited(0, 0, 1, 0))]);
+        assert_eq!(init_progress(&spec, &inst), Init::Done);
     }
 
     #[test]
