@@ -1,5 +1,6 @@
 //! A worker with the process runtime against real masters (their scheduler and controller
-//! manager): it registers its Node and renews its Lease; a pod placed on it runs, with
+//! manager): it registers its Node, renews its Lease and puts its Ready condition back
+//! when it was marked Unknown; a pod placed on it runs, with
 //! its output in the container's log, and reports Running and Ready; a pod deleted
 //! gracefully gets SIGTERM and goes; a crashing container is restarted with back-off
 //! (CrashLoopBackOff, the exit code in lastState); a pod that runs to its end Succeeds; a
@@ -124,6 +125,18 @@ fn a_process_worker_runs_restarts_stops_and_adopts_pods() {
         assert!(st.capacity.contains_key("cpu") && st.capacity.contains_key("memory"), "{:?}", st.capacity);
         assert!(st.node_info.is_some_and(|i| i.container_runtime_version.starts_with("process://")));
         until(&c, "the node lease", || async { client.get::<pb::Lease>("kube-node-lease", "w1").await.ok() }).await;
+        // Marked Unknown (as the controller manager does after a silence): put back.
+        let mut n: pb::Node = client.get("", "w1").await.expect("node");
+        for cond in n.status.as_mut().expect("status").conditions.iter_mut().filter(|c| c.r#type == "Ready") {
+            cond.status = "Unknown".into();
+        }
+        client.update_status(n).await.expect("mark unknown");
+        until(&c, "the node Ready again", || async {
+            let n: pb::Node = client.get("", "w1").await.ok()?;
+            let st = n.status?;
+            st.conditions.iter().any(|c| c.r#type == "Ready" && c.status == "True").then_some(())
+        })
+        .await;
 
         // A pod runs: Running, Ready, its output in the log.
         let script = "echo hello; trap 'echo bye > $MARK; exit 0' TERM; while true; do sleep 0.1; done";

@@ -99,9 +99,19 @@ pub async fn run<R: Runtime>(
             .add_service(logs)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
+    tokio::pin!(shutdown);
     // Registration waits for a master to answer; until then nothing can be known.
     let node = loop {
-        match node::register(&client, &cfg, &runtime.version()).await {
+        let version = runtime.version();
+        let attempt = node::register(&client, &cfg, &version);
+        let outcome = tokio::select! {
+            () = &mut shutdown => {
+                server.abort();
+                return Ok(());
+            }
+            r = attempt => r,
+        };
+        match outcome {
             Ok(n) => break n,
             Err(KubeletError::Client(e)) => {
                 tracing::warn!(error = %e, "cannot register the node yet; retrying");
@@ -120,11 +130,21 @@ pub async fn run<R: Runtime>(
     let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
     let on_node = ListParams { field_selector: format!("spec.nodeName={}", cfg.name), ..Default::default() };
     let mut pods = Reflector::<pb::Pod>::start_notifying(client.clone(), on_node, Some(tx));
-    pods.wait_synced().await;
+    tokio::select! {
+        () = &mut shutdown => {
+            let _ = stop_tx.send(true);
+            server.abort();
+            return Ok(());
+        }
+        () = pods.wait_synced() => {}
+    }
+    // This node, to put its Ready condition back when the controller manager marked it
+    // Unknown while this worker could not reach the masters.
+    let me = ListParams { field_selector: format!("metadata.name={}", cfg.name), ..Default::default() };
+    let nodes = Reflector::<pb::Node>::start(client.clone(), me);
     metrics.count_lists(pods.list_counter());
     let (probe_tx, mut probe_changes) = tokio::sync::mpsc::unbounded_channel();
     let sync = pods::PodSync::new(client.clone(), runtime, cfg.clone(), pods.cache(), probe_tx);
-    tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(cfg.resync);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -145,6 +165,9 @@ pub async fn run<R: Runtime>(
         }
         metrics.sync_passes.inc();
         metrics.set_master(&client.current_master());
+        if let Some(n) = nodes.snapshot().into_iter().next() {
+            node::ensure_ready(&client, n).await;
+        }
     }
     let _ = stop_tx.send(true);
     let _ = lease.await;

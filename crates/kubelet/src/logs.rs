@@ -14,6 +14,9 @@ use tonic::{Request, Response, Status};
 
 use crate::runtime::{ContainerInfo, Runtime, State};
 
+/// The largest piece of output sent at once.
+const CHUNK: usize = 64 << 10;
+
 /// How often a followed log is looked at for more.
 const FOLLOW_EVERY: Duration = Duration::from_millis(100);
 
@@ -85,8 +88,11 @@ impl<R: Runtime> Kubelet for LogService<R> {
         let runtime = self.runtime.clone();
         let follow = r.follow && !r.previous;
         tokio::spawn(async move {
-            if !first.is_empty() && tx.send(Ok(pb::LogChunk { data: first })).await.is_err() {
-                return;
+            // In pieces well under gRPC's message limit.
+            for piece in first.chunks(CHUNK) {
+                if tx.send(Ok(pb::LogChunk { data: piece.to_vec() })).await.is_err() {
+                    return;
+                }
             }
             let mut offset = data.len() as u64;
             if !follow {
@@ -101,9 +107,9 @@ impl<R: Runtime> Kubelet for LogService<R> {
                     Err(_) => false,
                 };
                 let more = read_from(&c.log, offset).unwrap_or_default();
-                if !more.is_empty() {
-                    offset += more.len() as u64;
-                    if tx.send(Ok(pb::LogChunk { data: more })).await.is_err() {
+                offset += more.len() as u64;
+                for piece in more.chunks(CHUNK) {
+                    if tx.send(Ok(pb::LogChunk { data: piece.to_vec() })).await.is_err() {
                         return;
                     }
                 }

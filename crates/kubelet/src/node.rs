@@ -130,6 +130,22 @@ pub async fn register(client: &Client, cfg: &WorkerConfig, runtime_version: &str
     Err(KubeletError::Runtime(format!("node {} kept changing while it was registered", cfg.name)))
 }
 
+/// Puts `node`'s Ready condition back to True when something else (the controller
+/// manager, while this worker could not reach the masters) changed it; a failed write is
+/// tried again on the next pass.
+pub async fn ensure_ready(client: &Client, mut node: pb::Node) {
+    let st = node.status.get_or_insert_with(Default::default);
+    if st.conditions.iter().any(|c| c.r#type == "Ready" && c.status == "True") {
+        return;
+    }
+    st.conditions.retain(|c| c.r#type != "Ready");
+    st.conditions.push(ready_condition());
+    match client.update_status(node).await {
+        Ok(_) => tracing::info!("node Ready again"),
+        Err(e) => tracing::debug!(error = %e, "could not put the node's Ready condition back"),
+    }
+}
+
 /// The Lease that says this node is alive.
 fn lease(name: &str, duration: Duration) -> pb::Lease {
     pb::Lease {

@@ -214,8 +214,10 @@ pub fn status(
                     cs.last_state =
                         terminated(n).map(|t| pb::ContainerState { terminated: Some(t), ..Default::default() });
                     match next(policy, Some(n), now) {
-                        Next::Wait(left) => {
-                            let secs = backoff(n.attempt, Duration::ZERO).as_secs().max(left.as_secs());
+                        Next::Wait(_) => {
+                            // The back-off itself, not the time left: the status stays
+                            // the same while it waits.
+                            let secs = backoff(n.attempt, Duration::ZERO).as_secs();
                             pb::ContainerState {
                                 waiting: Some(pb::ContainerStateWaiting {
                                     reason: "CrashLoopBackOff".into(),
@@ -315,9 +317,13 @@ fn init_statuses(
                         ..Default::default()
                     },
                     State::Exited { .. } => match (init, next(init_policy(&spec.restart_policy), Some(n), now)) {
-                        (Init::At(at), Next::Wait(left)) if at == i => waiting(
+                        (Init::At(at), Next::Wait(_)) if at == i => waiting(
                             "CrashLoopBackOff",
-                            format!("back-off {}s restarting failed init container {}", left.as_secs().max(1), c.name),
+                            format!(
+                                "back-off {}s restarting failed init container {}",
+                                backoff(n.attempt, Duration::ZERO).as_secs(),
+                                c.name
+                            ),
                         ),
                         _ => pb::ContainerState { terminated: terminated(n), ..Default::default() },
                     },
@@ -442,6 +448,14 @@ impl<R: Runtime> PodSync<R> {
             })
             .unwrap_or_default();
         tokio::spawn(async move {
+            // `stopping` is cleared however this task ends, so a later pass tries again.
+            struct Clear(Arc<Mutex<HashSet<String>>>, String);
+            impl Drop for Clear {
+                fn drop(&mut self) {
+                    self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.1);
+                }
+            }
+            let _clear = Clear(stopping, uid);
             let stops = containers.iter().map(|c| {
                 let (runtime, hook) = (runtime.clone(), hooks.get(&c.name).cloned());
                 async move {
@@ -455,9 +469,16 @@ impl<R: Runtime> PodSync<R> {
                 }
             });
             let stopped = futures::future::join_all(stops).await;
-            let mut ok = stopped.iter().all(Result::is_ok);
-            for c in &containers {
-                ok &= runtime.remove(&c.id).await.is_ok();
+            let mut ok = true;
+            for (c, r) in containers.iter().zip(&stopped) {
+                // A container that did not stop keeps its record (and is stopped again).
+                match r {
+                    Ok(()) => ok &= runtime.remove(&c.id).await.is_ok(),
+                    Err(e) => {
+                        tracing::warn!(container = %c.id, error = %e, "a container did not stop");
+                        ok = false;
+                    }
+                }
             }
             if let (true, Some(p)) = (ok, pod) {
                 let m = meta(&p);
@@ -468,7 +489,6 @@ impl<R: Runtime> PodSync<R> {
                     Err(e) => tracing::debug!(pod = %m.name, error = %e, "confirming a pod's deletion failed"),
                 }
             }
-            stopping.lock().unwrap_or_else(|p| p.into_inner()).remove(&uid);
         });
     }
 
@@ -476,7 +496,7 @@ impl<R: Runtime> PodSync<R> {
         let m = meta(pod);
         let spec = pod.spec.clone().unwrap_or_default();
         if let Err(why) = self.runtime.check(&spec).and_then(|()| probes_supported(&spec)) {
-            if self.refused.lock().unwrap_or_else(|p| p.into_inner()).insert(m.uid.clone()) {
+            if !self.refused.lock().unwrap_or_else(|p| p.into_inner()).contains(&m.uid) {
                 self.event(pod, "Warning", "Unsupported", &why).await;
                 let mut p = pod.clone();
                 let st = p.status.get_or_insert_with(Default::default);
@@ -484,6 +504,8 @@ impl<R: Runtime> PodSync<R> {
                 st.reason = "Unsupported".into();
                 st.message = why;
                 self.client.update_status(p).await?;
+                // Told only once it is written: a failed write is tried again.
+                self.refused.lock().unwrap_or_else(|p| p.into_inner()).insert(m.uid.clone());
             }
             return Ok(());
         }
@@ -493,9 +515,13 @@ impl<R: Runtime> PodSync<R> {
         }
         for list in instances.values_mut() {
             list.sort_by_key(|c| c.attempt);
-            // Keep the newest two (the previous one's output is `logs --previous`).
+            // Keep the newest two (the previous one's output is `logs --previous`); an
+            // older one still running (its stop failed) is stopped first.
             while list.len() > 2 {
                 let old = list.remove(0);
+                if matches!(old.state, State::Running { .. }) {
+                    self.runtime.stop(&old.id, Duration::from_secs(2)).await?;
+                }
                 self.runtime.remove(&old.id).await?;
             }
         }
@@ -523,9 +549,10 @@ impl<R: Runtime> PodSync<R> {
                         self.event(pod, "Normal", "Started", &format!("{what} container {}", c.name)).await;
                     }
                     Err(e) => {
+                        // Said, and tried again next pass; the other containers go on.
                         self.event(pod, "Warning", "Failed", &format!("Error starting container {}: {e}", c.name))
                             .await;
-                        return Err(e);
+                        tracing::debug!(pod = %m.name, container = %c.name, error = %e, "start failed");
                     }
                 }
             }

@@ -35,6 +35,13 @@ struct Meta {
     env: Vec<(String, String)>,
     #[serde(default)]
     working_dir: String,
+    /// The machine's boot when it started: after a reboot its pids mean nothing.
+    #[serde(default)]
+    boot_id: String,
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 #[derive(Serialize, Deserialize)]
@@ -80,6 +87,12 @@ impl ProcessRuntime {
         // always comes with its start.
         let exit: Option<Exit> = std::fs::read(d.join("exit")).ok().and_then(|b| serde_json::from_slice(&b).ok());
         let started_at = std::fs::read_to_string(d.join("started")).map(|s| parse_stamp(&s)).ok();
+        let rebooted = meta.boot_id != boot_id();
+        let alive = !rebooted && (self.shim_alive(&d) || self.group_alive(id));
+        // The shim may have written `exit` and gone since it was read.
+        let exit = exit.or_else(|| {
+            (!alive).then(|| std::fs::read(d.join("exit")).ok().and_then(|b| serde_json::from_slice(&b).ok()))?
+        });
         let state = match (exit, started_at) {
             (Some(e), s) => State::Exited {
                 code: e.code,
@@ -87,10 +100,10 @@ impl ProcessRuntime {
                 started_at: s.unwrap_or(SystemTime::UNIX_EPOCH),
                 finished_at: parse_stamp(&e.finished_at),
             },
-            (None, Some(s)) if self.shim_alive(&d) => State::Running { started_at: s },
-            // The shim is gone without a word (the machine rebooted, or it was killed):
-            // the container's end is unknown.
-            (None, s) if !self.shim_alive(&d) => State::Exited {
+            (None, Some(s)) if alive => State::Running { started_at: s },
+            // Neither the shim nor the container is there, and nothing was recorded (the
+            // machine rebooted, or both were killed): how it ended is unknown.
+            (None, s) if !alive => State::Exited {
                 code: 255,
                 signal: None,
                 started_at: s.unwrap_or(SystemTime::UNIX_EPOCH),
@@ -123,8 +136,15 @@ impl ProcessRuntime {
         pid.trim().parse::<i32>().ok().map(Pid::from_raw)
     }
 
+    /// Whether the container's process group still has a process (the shim may be gone
+    /// while the container runs on).
+    fn group_alive(&self, id: &str) -> bool {
+        self.child_group(id).is_some_and(|g| killpg(g, None).is_ok())
+    }
+
     fn exited(&self, id: &str) -> bool {
-        self.dir.join(id).join("exit").exists() || !self.shim_alive(&self.dir.join(id))
+        let d = self.dir.join(id);
+        d.join("exit").exists() || (!self.shim_alive(&d) && !self.group_alive(id))
     }
 }
 
@@ -183,6 +203,7 @@ impl Runtime for ProcessRuntime {
             attempt: c.attempt,
             env: c.container.env.iter().map(|e| (e.name.clone(), e.value.clone())).collect(),
             working_dir: c.container.working_dir.clone(),
+            boot_id: boot_id(),
         };
         let meta = serde_json::to_vec(&meta).map_err(|e| KubeletError::Runtime(e.to_string()))?;
         write_atomic(&d.join("meta.json"), &meta).map_err(|e| KubeletError::io(&d, e))?;
@@ -201,11 +222,23 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), KubeletError> {
-        let Some(group) = self.child_group(id) else { return Ok(()) };
-        if self.exited(id) {
-            return Ok(());
-        }
+        // A container just started may not have its pid written yet.
+        let waited = tokio::time::Instant::now();
+        let group = loop {
+            if self.exited(id) {
+                return Ok(());
+            }
+            if let Some(g) = self.child_group(id) {
+                break g;
+            }
+            if waited.elapsed() > Duration::from_secs(5) {
+                return Err(KubeletError::Runtime(format!("container {id} has no pid after 5 s")));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         let _ = killpg(group, Signal::SIGTERM);
+        // At most a day: a grace period near i64::MAX seconds must not overflow.
+        let grace = grace.min(Duration::from_secs(86_400));
         let deadline = tokio::time::Instant::now() + grace;
         while !self.exited(id) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -239,10 +272,18 @@ impl Runtime for ProcessRuntime {
             cmd.current_dir(&meta.working_dir);
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
+        // A group of its own, so that a timeout kills what it started too.
+        cmd.process_group(0);
         let Ok(mut child) = cmd.spawn() else { return Ok(None) };
+        let group = child.id().and_then(|p| i32::try_from(p).ok()).map(Pid::from_raw);
         match tokio::time::timeout(timeout, child.wait()).await {
             Ok(Ok(status)) => Ok(status.code()),
-            _ => Ok(None), // timed out (the child is killed when dropped) or lost
+            _ => {
+                if let Some(g) = group {
+                    let _ = killpg(g, Signal::SIGKILL);
+                }
+                Ok(None) // timed out, or lost
+            }
         }
     }
 
