@@ -49,8 +49,7 @@ where
         let mut again = false;
         if pending {
             let started = std::time::Instant::now();
-            metrics.reconciles.inc();
-            match round().await {
+            let ok = match round().await {
                 Ok(r) => {
                     again = r.unfinished;
                     let waiting: BTreeSet<(String, String)> =
@@ -58,19 +57,20 @@ where
                     told.retain(|k| waiting.contains(k));
                     for o in r.exhausted {
                         if told.insert((o.namespace.clone(), o.name.clone())) {
-                            let _ = ctx.recorder.record(&ctx.client, o, "Warning", used_up.0, used_up.1).await;
+                            if let Err(e) = ctx.recorder.record(&ctx.client, o, "Warning", used_up.0, used_up.1).await {
+                                tracing::debug!(controller = name, error = %e, "cannot record an Event");
+                            }
                         }
                     }
+                    true
                 }
                 Err(e) => {
-                    metrics.reconcile_errors.inc();
                     tracing::debug!(controller = name, error = %e, "allocation round failed");
                     again = true;
+                    false
                 }
-            }
-            if let Some(h) = &metrics.reconcile_seconds {
-                h.observe(started.elapsed().as_secs_f64());
-            }
+            };
+            metrics.observe(started.elapsed(), ok);
         }
         let retry = async {
             if again {

@@ -107,13 +107,7 @@ pub async fn start(ctx: Context) {
         }
         let started = std::time::Instant::now();
         let ok = pass(&ctx.client, &ctx.informers).await;
-        if let Some(h) = &metrics.reconcile_seconds {
-            h.observe(started.elapsed().as_secs_f64());
-        }
-        metrics.reconciles.inc();
-        if !ok {
-            metrics.reconcile_errors.inc();
-        }
+        metrics.observe(started.elapsed(), ok);
     }
 }
 

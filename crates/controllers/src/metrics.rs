@@ -60,6 +60,19 @@ pub struct PerController {
     pub reconcile_errors: Counter<u64, AtomicU64>,
 }
 
+impl PerController {
+    /// Records one reconcile (or pass) that took `took`, and whether it went through.
+    pub fn observe(&self, took: std::time::Duration, ok: bool) {
+        if let Some(h) = &self.reconcile_seconds {
+            h.observe(took.as_secs_f64());
+        }
+        self.reconciles.inc();
+        if !ok {
+            self.reconcile_errors.inc();
+        }
+    }
+}
+
 impl ControllerMetrics {
     /// Fresh metrics.
     pub fn new() -> ControllerMetrics {

@@ -230,13 +230,7 @@ pub async fn start(ctx: Context) {
                 failed |= !unmark(&ctx, n).await;
             }
         }
-        if let Some(h) = &metrics.reconcile_seconds {
-            h.observe(started.elapsed().as_secs_f64());
-        }
-        metrics.reconciles.inc();
-        if failed {
-            metrics.reconcile_errors.inc();
-        }
+        metrics.observe(started.elapsed(), !failed);
     }
 }
 

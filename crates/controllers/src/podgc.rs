@@ -111,13 +111,7 @@ pub async fn start(ctx: Context) {
                 Err(_) => failed = true,
             }
         }
-        if let Some(h) = &metrics.reconcile_seconds {
-            h.observe(started.elapsed().as_secs_f64());
-        }
-        metrics.reconciles.inc();
-        if failed {
-            metrics.reconcile_errors.inc();
-        }
+        metrics.observe(started.elapsed(), !failed);
     }
 }
 

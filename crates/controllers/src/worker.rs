@@ -33,13 +33,7 @@ pub async fn run<R: Reconcile>(queue: Arc<WorkQueue>, reconciler: Arc<R>, worker
                 metrics.queue_depth.set(queue.len() as i64);
                 let started = tokio::time::Instant::now();
                 let ok = reconcile_one(&queue, reconciler.as_ref(), &key).await;
-                if let Some(h) = &metrics.reconcile_seconds {
-                    h.observe(started.elapsed().as_secs_f64());
-                }
-                metrics.reconciles.inc();
-                if !ok {
-                    metrics.reconcile_errors.inc();
-                }
+                metrics.observe(started.elapsed(), ok);
                 queue.done(&key);
                 metrics.queue_depth.set(queue.len() as i64);
             }

@@ -73,8 +73,7 @@ fn nodes_get_distinct_pod_cidrs_and_load_balancers_distinct_addresses() {
         ],
     );
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let endpoints: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
-    let client = rt.block_on(async { Client::new(&endpoints) }).expect("client");
+    let client = c.client(&rt);
     rt.block_on(async {
         // Five nodes for four blocks: four distinct blocks; the fifth waits, and says why.
         for n in ["a", "b", "c", "d", "e"] {
@@ -150,13 +149,6 @@ fn bad_address_flags_are_refused_naming_the_flag() {
         (vec!["--node-cidr-mask-size", "24"], "needs --cluster-cidr"),
         (vec!["--load-balancer-pool", "192.168.0.0/24,192.168.0.4/30"], "overlaps"),
     ] {
-        let out = std::process::Command::new(bin())
-            .args(["controller-manager", "--masters", "127.0.0.1:1"])
-            .args(&args)
-            .output()
-            .expect("run");
-        assert!(!out.status.success(), "{args:?} accepted");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(want), "{args:?}: {err}");
+        refused(&[&["controller-manager", "--masters", "127.0.0.1:1"][..], &args].concat(), want);
     }
 }

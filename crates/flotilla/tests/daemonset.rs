@@ -68,8 +68,7 @@ fn a_daemonset_runs_one_pod_per_eligible_node_and_rolls_node_by_node() {
     let c = Cluster::start_with_scheduler(3, &["--disable-scheduler"]);
     let eps = c.endpoints();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let endpoints: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
-    let client = rt.block_on(async { Client::new(&endpoints) }).expect("client");
+    let client = c.client(&rt);
     rt.block_on(async {
         let _nodes = hollow_nodes(&client, &["h1", "h2", "h3"]).await;
         taint(&client, "h3", serde_json::json!([{"key": "dedicated", "value": "db", "effect": "NoSchedule"}])).await;
@@ -82,8 +81,15 @@ fn a_daemonset_runs_one_pod_per_eligible_node_and_rolls_node_by_node() {
         taint(&client, "h3", serde_json::json!([])).await;
         let all = [("h1", "agent:v1"), ("h2", "agent:v1"), ("h3", "agent:v1"), ("h4", "agent:v1")];
         settles(&c, &client, &all).await;
+        // Cordoned, with the taint Kubernetes gives a cordoned node: its pod stays. To
+        // know the controller has looked, h4 gets a taint the pods do not tolerate in the
+        // same breath: once h4's pod is gone, h2's fate is decided too.
         assert_eq!(ctl_ok(&eps, &["cordon", "h2"]), "node/h2 cordoned\n");
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let unschedulable = serde_json::json!([{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]);
+        taint(&client, "h2", unschedulable).await;
+        taint(&client, "h4", serde_json::json!([{"key": "dedicated", "value": "db", "effect": "NoSchedule"}])).await;
+        settles(&c, &client, &[("h1", "agent:v1"), ("h2", "agent:v1"), ("h3", "agent:v1")]).await;
+        taint(&client, "h4", serde_json::json!([])).await;
         settles(&c, &client, &all).await;
         let d: pb::DaemonSet = client.get("default", "agent").await.expect("ds");
         let st = d.status.unwrap_or_default();

@@ -157,8 +157,7 @@ fn manager_leader(c: &Cluster) -> Option<usize> {
 fn a_rolling_update_stays_within_surge_and_unavailability_through_a_controller_manager_failover() {
     let mut c = Cluster::start_with_scheduler(3, &[]);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let endpoints: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
-    let client = rt.block_on(async { Client::new(&endpoints) }).expect("client");
+    let client = c.client(&rt);
     let stop_nodes = rt.block_on(async {
         let stop = hollow_nodes(&client, &["h1", "h2", "h3"]).await;
         client.create(deployment("web", 10, "busybox:1.36", "2", "1")).await.expect("create deployment");
@@ -272,8 +271,7 @@ fn flotctl_rolls_out_undoes_pauses_and_restarts_deployments() {
     let c = Cluster::start_with_scheduler(3, &[]);
     let eps = c.endpoints();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let endpoints: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
-    let client = rt.block_on(async { Client::new(&endpoints) }).expect("client");
+    let client = c.client(&rt);
     let stop_nodes = rt.block_on(async {
         let stop = hollow_nodes(&client, &["h1", "h2"]).await;
         client.create(deployment("api", 3, "busybox:v1", "1", "0")).await.expect("create deployment");

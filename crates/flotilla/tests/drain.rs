@@ -37,8 +37,7 @@ fn draining_a_node_moves_its_pods_and_refuses_what_would_be_lost() {
     let c = Cluster::start_with_scheduler(3, &[]);
     let eps = c.endpoints();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let endpoints: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
-    let client = rt.block_on(async { Client::new(&endpoints) }).expect("client");
+    let client = c.client(&rt);
     let _nodes = rt.block_on(hollow_nodes(&client, &["h1", "h2"]));
 
     // Cordon, twice, and back.

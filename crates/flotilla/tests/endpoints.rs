@@ -105,8 +105,7 @@ fn ips(v: &[&str]) -> Vec<String> {
 fn a_services_endpoints_follow_its_pods_readiness_and_resolve_named_ports() {
     let c = Cluster::start_with_scheduler(3, &["--disable-scheduler"]);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let endpoints: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
-    let client = rt.block_on(async { Client::new(&endpoints) }).expect("client");
+    let client = c.client(&rt);
     rt.block_on(async {
         client.create(service()).await.expect("service");
         // Two pods call 8080 "http", one calls 9090 "http": two subsets.

@@ -313,8 +313,7 @@ async fn created_once(client: &Client) {
 fn a_paused_controller_manager_is_fenced_when_it_wakes() {
     let c = Cluster::start(3, &[]);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let endpoints: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
-    let client = rt.block_on(async { Client::new(&endpoints) }).expect("client");
+    let client = c.client(&rt);
     let first = Candidate::start(&c, "controller-manager", "first", true);
     wait_for(&c, Duration::from_secs(30), "the first controller manager leads", || {
         first.metric("flotilla_controller_manager_is_leader") == Some(1.0)

@@ -75,8 +75,7 @@ fn deleting_a_deployment_cascades_in_the_background_foreground_or_orphans() {
     let c = Cluster::start_with_scheduler(3, &["--disable-scheduler"]);
     let eps = c.endpoints();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let endpoints: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
-    let client = rt.block_on(async { Client::new(&endpoints) }).expect("client");
+    let client = c.client(&rt);
     rt.block_on(async {
         for (name, n) in [("bg", 3), ("fg", 2), ("keep", 2)] {
             client.create(deployment(name, n)).await.expect("create deployment");

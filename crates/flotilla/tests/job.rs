@@ -59,8 +59,7 @@ fn jobs_run_to_completion_fail_on_backoff_or_deadline_and_expire() {
     let c = Cluster::start_with_scheduler(3, &["--disable-scheduler"]);
     let eps = c.endpoints();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let endpoints: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
-    let client = rt.block_on(async { Client::new(&endpoints) }).expect("client");
+    let client = c.client(&rt);
     rt.block_on(async {
         // Three completions, two at a time.
         client.create(job("batch", 3, 2, |_| {})).await.expect("job");

@@ -36,8 +36,7 @@ fn a_deleted_namespace_is_emptied_through_the_api_honouring_grace_and_finalizers
     let c = Cluster::start_with_scheduler(3, &["--disable-scheduler"]);
     let eps = c.endpoints();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let endpoints: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
-    let client = rt.block_on(async { Client::new(&endpoints) }).expect("client");
+    let client = c.client(&rt);
     rt.block_on(async {
         client.create(namespace("team")).await.expect("namespace");
         client.create(flotilla_bench::hollow::node("n1", Default::default())).await.expect("node");

@@ -93,8 +93,7 @@ fn manager_leader(c: &Cluster) -> Option<usize> {
 fn a_replicaset_keeps_its_count_through_deletes_scaling_orphans_and_failover() {
     let mut c = Cluster::start_with_scheduler(3, &["--disable-scheduler"]);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let endpoints: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
-    let client = rt.block_on(async { Client::new(&endpoints) }).expect("client");
+    let client = c.client(&rt);
     let kept = rt.block_on(async {
         client.create(replicaset("web", 3)).await.expect("create replicaset");
         let pods = settles_at(&c, &client, "web", 3, 3).await;

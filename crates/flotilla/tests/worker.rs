@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use common::*;
-use flotilla_client::{Client, DeleteParams};
+use flotilla_client::DeleteParams;
 use flotilla_proto::api as pb;
 
 /// A running `flotilla worker`; killed when dropped (its log printed if the test failed).
@@ -116,8 +116,7 @@ fn a_process_worker_runs_restarts_stops_and_adopts_pods() {
     let mut w = worker(&c, "w1", dir.path());
     let wdir = dir.path().join("w1");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let endpoints: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
-    let client = rt.block_on(async { Client::new(&endpoints) }).expect("client");
+    let client = c.client(&rt);
     rt.block_on(async {
         // The Node, Ready, with the machine's capacity, and its Lease.
         let node = until(&c, "the worker's node", || async { client.get::<pb::Node>("", "w1").await.ok() }).await;
@@ -248,14 +247,7 @@ fn bad_worker_flags_are_refused_naming_the_flag() {
         (vec!["--node-ip", "127.0.0.1", "--runtime", "process", "--pod-cidr", "10.244.1.0"], "--pod-cidr"),
         (vec!["--node-ip", "127.0.0.1", "--runtime", "process", "--lease-interval", "soon"], "--lease-interval"),
     ] {
-        let out = Command::new(bin())
-            .args(["worker", "--masters", "127.0.0.1:1", "--dir", &d])
-            .args(&args)
-            .output()
-            .expect("run");
-        assert!(!out.status.success(), "{args:?} accepted");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(want), "{args:?}: {err}");
+        refused(&[&["worker", "--masters", "127.0.0.1:1", "--dir", &d][..], &args].concat(), want);
     }
 }
 
@@ -277,8 +269,7 @@ fn probes_decide_readiness_and_restarts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let w = worker(&c, "w2", dir.path());
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let endpoints: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
-    let client = rt.block_on(async { Client::new(&endpoints) }).expect("client");
+    let client = c.client(&rt);
     let is_ready = |name: &'static str| {
         let client = client.clone();
         async move { client.get::<pb::Pod>("default", name).await.ok().map(|p| ready(&p)) }
@@ -376,8 +367,7 @@ fn a_worker_rides_out_the_loss_of_its_master_without_a_relist() {
     let listen = format!("127.0.0.1:{port}");
     let w = worker_with(&c, "w3", dir.path(), &["--listen-metrics", &listen]);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let endpoints: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
-    let client = rt.block_on(async { Client::new(&endpoints) }).expect("client");
+    let client = c.client(&rt);
     let gate = dir.path().join("gate");
     let before = rt.block_on(async {
         until(&c, "the worker's node", || async { client.get::<pb::Node>("", "w3").await.ok() }).await;
@@ -437,8 +427,7 @@ fn init_containers_run_first_and_pre_stop_runs_before_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let w = worker(&c, "w4", dir.path());
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let endpoints: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
-    let client = rt.block_on(async { Client::new(&endpoints) }).expect("client");
+    let client = c.client(&rt);
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).expect("work dir");
     let sh = |name: &str, script: &str| pb::Container {

@@ -102,10 +102,7 @@ impl<R: Runtime> Kubelet for LogService<R> {
                 tokio::time::sleep(FOLLOW_EVERY).await;
                 // Whether it still runs, asked before reading: what it wrote before
                 // ending is read in this same round.
-                let running = match runtime.list().await {
-                    Ok(all) => all.iter().any(|x| x.id == c.id && matches!(x.state, State::Running { .. })),
-                    Err(_) => false,
-                };
+                let running = runtime.inspect(&c.id).await.is_some_and(|x| matches!(x.state, State::Running { .. }));
                 let more = read_from(&c.log, offset).unwrap_or_default();
                 offset += more.len() as u64;
                 for piece in more.chunks(CHUNK) {

@@ -534,6 +534,7 @@ impl<R: Runtime> PodSync<R> {
             Init::At(i) => (vec![&spec.init_containers[i]], init_policy(&spec.restart_policy)),
             Init::Failed(_) => (vec![], ""),
         };
+        let mut started = Vec::new();
         for c in to_start {
             let newest = instances.get(&c.name).and_then(|l| l.last());
             if let Next::Start(attempt) = next(policy, newest, now) {
@@ -544,7 +545,8 @@ impl<R: Runtime> PodSync<R> {
                     attempt,
                 };
                 match self.runtime.start(&cs).await {
-                    Ok(_) => {
+                    Ok(id) => {
+                        started.push(id);
                         let what = if attempt == 0 { "Started" } else { "Restarted" };
                         self.event(pod, "Normal", "Started", &format!("{what} container {}", c.name)).await;
                     }
@@ -557,13 +559,11 @@ impl<R: Runtime> PodSync<R> {
                 }
             }
         }
-        // Read back what now runs, and say so.
-        let mut instances: BTreeMap<String, Vec<ContainerInfo>> = BTreeMap::new();
-        for c in self.runtime.list().await?.into_iter().filter(|c| c.pod_uid == m.uid) {
-            instances.entry(c.name.clone()).or_default().push(c);
-        }
-        for list in instances.values_mut() {
-            list.sort_by_key(|c| c.attempt);
+        // What was just started, read back (the newest instance of its container).
+        for id in started {
+            if let Some(info) = self.runtime.inspect(&id).await {
+                instances.entry(info.name.clone()).or_default().push(info);
+            }
         }
         let pod_ip = self.runtime.pod_ip(&self.cfg.node_ip);
         let grace =

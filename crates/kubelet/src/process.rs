@@ -221,6 +221,10 @@ impl Runtime for ProcessRuntime {
         Ok(entries.filter_map(|e| e.ok()).filter_map(|e| self.read(&e.file_name().to_string_lossy())).collect())
     }
 
+    async fn inspect(&self, id: &str) -> Option<ContainerInfo> {
+        self.read(id)
+    }
+
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), KubeletError> {
         // A container just started may not have its pid written yet.
         let waited = tokio::time::Instant::now();

@@ -81,6 +81,9 @@ pub trait Runtime: Send + Sync + 'static {
     /// Every container this runtime has, running or exited.
     fn list(&self) -> impl Future<Output = Result<Vec<ContainerInfo>, KubeletError>> + Send;
 
+    /// One container, if the runtime has it.
+    fn inspect(&self, id: &str) -> impl Future<Output = Option<ContainerInfo>> + Send;
+
     /// Stops a container: SIGTERM, then SIGKILL after `grace`; returns once it has ended.
     fn stop(&self, id: &str, grace: Duration) -> impl Future<Output = Result<(), KubeletError>> + Send;
 

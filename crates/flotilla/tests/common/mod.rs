@@ -173,6 +173,12 @@ impl Cluster {
         self.spawn(i, "new");
     }
 
+    /// A resource-API client over every member (made inside `rt`, which drives it).
+    pub fn client(&self, rt: &tokio::runtime::Runtime) -> flotilla_client::Client {
+        let endpoints: Vec<String> = self.members.iter().map(|m| m.endpoint()).collect();
+        rt.block_on(async { flotilla_client::Client::new(&endpoints) }).expect("client")
+    }
+
     pub fn endpoints(&self) -> String {
         self.members.iter().filter(|m| m.child.is_some()).map(|m| m.endpoint()).collect::<Vec<_>>().join(",")
     }
@@ -459,4 +465,12 @@ where
         assert!(Instant::now() < deadline, "waiting for: {what}\n{}", c.logs());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Runs `flotilla ARGS`, which must fail before doing anything, saying `want` on stderr.
+pub fn refused(args: &[&str], want: &str) {
+    let out = Command::new(bin()).args(args).output().expect("run flotilla");
+    assert!(!out.status.success(), "{args:?} accepted");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(want), "{args:?}: {err}");
 }
