@@ -398,3 +398,88 @@ fn a_service_target_port_is_a_number_or_a_name_in_json() {
     assert!(bad("a-name-longer-than-15").contains("spec.ports[0].targetPort"));
     assert!(bad("Web_Http").contains("spec.ports[0].targetPort"));
 }
+
+/// The bad workload objects issue 12 names, each refused naming its field: negative
+/// replicas, maxSurge and maxUnavailable both 0, a DaemonSet maxUnavailable of 0, a Job
+/// whose pods would restart forever, and a negative Job count.
+#[test]
+fn bad_workloads_are_refused_naming_the_field() {
+    let selector = || {
+        Some(pb::LabelSelector { match_labels: [("app".to_string(), "a".to_string())].into(), ..Default::default() })
+    };
+    let template = |policy: &str| {
+        let mut spec = valid_pod_spec();
+        if let Some(s) = spec.as_mut() {
+            s.restart_policy = policy.into();
+        }
+        Some(pb::PodTemplateSpec {
+            metadata: Some(pb::ObjectMeta {
+                labels: [("app".to_string(), "a".to_string())].into(),
+                ..Default::default()
+            }),
+            spec,
+        })
+    };
+    let meta = || Some(pb::ObjectMeta { name: "w".into(), namespace: "default".into(), ..Default::default() });
+    let deployment = |replicas: i32, surge: &str, unavailable: &str| {
+        O::Deployment(pb::Deployment {
+            metadata: meta(),
+            spec: Some(pb::DeploymentSpec {
+                replicas: Some(replicas),
+                selector: selector(),
+                template: template(""),
+                strategy: Some(pb::DeploymentStrategy {
+                    r#type: "RollingUpdate".into(),
+                    rolling_update: Some(pb::RollingUpdateDeployment {
+                        max_surge: surge.into(),
+                        max_unavailable: unavailable.into(),
+                    }),
+                }),
+                ..Default::default()
+            }),
+            status: None,
+        })
+    };
+    let daemonset = |unavailable: &str| {
+        O::DaemonSet(pb::DaemonSet {
+            metadata: meta(),
+            spec: Some(pb::DaemonSetSpec {
+                selector: selector(),
+                template: template(""),
+                update_strategy: Some(pb::DaemonSetUpdateStrategy {
+                    r#type: "RollingUpdate".into(),
+                    rolling_update: Some(pb::RollingUpdateDaemonSet { max_unavailable: unavailable.into() }),
+                }),
+                min_ready_seconds: 0,
+            }),
+            status: None,
+        })
+    };
+    let job = |policy: &str, completions: i32| {
+        O::Job(pb::Job {
+            metadata: meta(),
+            spec: Some(pb::JobSpec {
+                completions: Some(completions),
+                selector: selector(),
+                template: template(policy),
+                ..Default::default()
+            }),
+            status: None,
+        })
+    };
+    assert!(crate::validate::object(&deployment(3, "1", "1")).is_ok());
+    assert!(crate::validate::object(&daemonset("1")).is_ok());
+    assert!(crate::validate::object(&job("Never", 1)).is_ok());
+    for (o, field) in [
+        (deployment(-1, "1", "1"), "spec.replicas"),
+        (deployment(3, "0", "0%"), "spec.strategy.rollingUpdate"),
+        (daemonset("0"), "spec.updateStrategy.rollingUpdate.maxUnavailable"),
+        (job("Always", 1), "spec.template.spec.restartPolicy"),
+        (job("Never", -1), "spec.completions"),
+    ] {
+        match crate::validate::object(&o) {
+            Err(crate::Error::Invalid { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: expected Invalid, got {other:?}"),
+        }
+    }
+}
