@@ -12,7 +12,8 @@ use flotilla_proto::api as pb;
 /// Container runtimes.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RuntimeKind {
-    /// containerd with runc: real containers (not built yet: issue 13).
+    /// containerd with runc: real containers from images (pulled from registries or
+    /// imported from --image-dir), with cgroup limits.
     Containerd,
     /// Host processes under a shim each: for development and tests without root; refuses
     /// images it would have to pull, limits and host ports.
@@ -59,6 +60,34 @@ pub struct WorkerArgs {
     /// there).
     #[arg(long, default_value_t = 10250)]
     kubelet_port: u16,
+    /// containerd's socket (--runtime containerd).
+    #[arg(long, value_name = "PATH", default_value = "/run/containerd/containerd.sock")]
+    containerd_socket: PathBuf,
+    /// The containerd namespace of this worker's containers [default: flotilla-<name>].
+    #[arg(long, value_name = "NAMESPACE")]
+    containerd_namespace: Option<String>,
+    /// A directory of image archives (OCI image layouts or `docker save` tars, *.tar) to
+    /// import, for machines without a registry; looked at again when an image is missing.
+    #[arg(long, value_name = "DIR")]
+    image_dir: Option<PathBuf>,
+    /// Registry settings (YAML): `HOST[:PORT]: {insecure: true, username: U, password: P}`.
+    /// Loopback registries are reached over plain HTTP without it.
+    #[arg(long, value_name = "FILE")]
+    registry_config: Option<PathBuf>,
+    /// Where the CNI plugins are (bridge, host-local, loopback, portmap: Debian's
+    /// containernetworking-plugins). Each pod gets a network namespace and an address from
+    /// the node's podCIDR on --bridge.
+    #[arg(long, value_name = "DIR", default_value = "/usr/lib/cni")]
+    cni_bin_dir: PathBuf,
+    /// The bridge pods are attached to (the pods' gateway).
+    #[arg(long, value_name = "NAME", default_value = "flotilla0")]
+    bridge: String,
+    /// Every pod on the node's own network, without CNI (as hostNetwork pods are).
+    #[arg(long)]
+    host_network_only: bool,
+    /// The cgroup containers are put under (cgroup v1 path).
+    #[arg(long, value_name = "PATH", default_value = "/flotilla")]
+    cgroup_parent: String,
     /// Address serving /healthz and /metrics, e.g. 127.0.0.1:10248.
     #[arg(long, value_name = "HOST:PORT")]
     listen_metrics: Option<String>,
@@ -109,14 +138,59 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     }
     let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from("/var/lib/flotilla/worker").join(&name));
     std::fs::create_dir_all(&dir).with_context(|| format!("--dir {}", dir.display()))?;
-    if args.runtime == RuntimeKind::Containerd {
-        bail!("--runtime containerd is not built yet (issue 13); use --runtime process");
+    let registries = match &args.registry_config {
+        Some(p) => flotilla_kubelet::containerd::images::load_registries(p).context("--registry-config")?,
+        None => Default::default(),
+    };
+    if let Some(d) = &args.image_dir {
+        if !d.is_dir() {
+            bail!("--image-dir {}: not a directory", d.display());
+        }
     }
-    let shim = std::env::current_exe().context("finding the flotilla binary for the process shim")?;
-    let runtime = flotilla_kubelet::process::ProcessRuntime::new(&dir, &shim)?;
+    if args.runtime == RuntimeKind::Process && (args.image_dir.is_some() || args.registry_config.is_some()) {
+        bail!("--image-dir and --registry-config are for --runtime containerd; the process runtime runs no images");
+    }
     let rt =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    // The registry client's TLS uses ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     rt.block_on(async move {
+        match args.runtime {
+            RuntimeKind::Process => {
+                let shim = std::env::current_exe().context("finding the flotilla binary for the process shim")?;
+                let runtime = flotilla_kubelet::process::ProcessRuntime::new(&dir, &shim)?;
+                serve(args, name, dir, cfg, runtime).await
+            }
+            RuntimeKind::Containerd => {
+                let ccfg = flotilla_kubelet::containerd::ContainerdConfig {
+                    socket: args.containerd_socket.clone(),
+                    namespace: args
+                        .containerd_namespace
+                        .clone()
+                        .unwrap_or_else(|| flotilla_kubelet::containerd::namespace_for(&name)),
+                    dir: dir.clone(),
+                    image_dir: args.image_dir.clone(),
+                    registries,
+                    snapshotter: "overlayfs".into(),
+                    cgroup_parent: args.cgroup_parent.clone(),
+                    cni_bin_dir: (!args.host_network_only).then(|| args.cni_bin_dir.clone()),
+                    bridge: args.bridge.clone(),
+                };
+                let runtime = flotilla_kubelet::containerd::ContainerdRuntime::connect(ccfg).await?;
+                serve(args, name, dir, cfg, runtime).await
+            }
+        }
+    })
+}
+
+async fn serve<R: flotilla_kubelet::Runtime>(
+    args: WorkerArgs,
+    name: String,
+    dir: PathBuf,
+    cfg: WorkerConfig,
+    runtime: R,
+) -> anyhow::Result<()> {
+    {
         let client = flotilla_client::Client::new(&args.masters).context("--masters")?;
         let metrics = std::sync::Arc::new(flotilla_kubelet::metrics::KubeletMetrics::new());
         if let Some(addr) = &args.listen_metrics {
@@ -127,7 +201,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         tracing::info!(node = %name, masters = ?args.masters, dir = %dir.display(), "worker started");
         flotilla_kubelet::run(client, cfg, runtime, metrics, crate::scheduler::signalled()).await?;
         Ok(())
-    })
+    }
 }
 
 /// Flags of `flotilla process-shim` (started by the process runtime, not by people).

@@ -13,6 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use common::nodes::{exec_probe, kubelet_master, main_status, ready};
 use common::*;
 use flotilla_client::DeleteParams;
 use flotilla_proto::api as pb;
@@ -88,14 +89,6 @@ fn pod(name: &str, script: &str, policy: &str) -> pb::Pod {
         }),
         status: None,
     }
-}
-
-fn main_status(p: &pb::Pod) -> pb::ContainerStatus {
-    p.status.as_ref().and_then(|s| s.container_statuses.first().cloned()).unwrap_or_default()
-}
-
-fn ready(p: &pb::Pod) -> bool {
-    p.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.r#type == "Ready" && c.status == "True"))
 }
 
 /// The log of the newest container of the pod with uid `uid` under the worker's `dir`.
@@ -241,22 +234,22 @@ fn bad_worker_flags_are_refused_naming_the_flag() {
     let d = dir.path().display().to_string();
     for (args, want) in [
         (vec!["--node-ip", "not-an-ip"], "--node-ip"),
-        (vec!["--node-ip", "127.0.0.1", "--runtime", "containerd"], "not built yet"),
+        (
+            vec!["--node-ip", "127.0.0.1", "--runtime", "containerd", "--containerd-socket", "/nonexistent/c.sock"],
+            "cannot reach containerd at /nonexistent/c.sock",
+        ),
+        (vec!["--node-ip", "127.0.0.1", "--runtime", "containerd", "--image-dir", "/nonexistent"], "--image-dir"),
+        (vec!["--node-ip", "127.0.0.1", "--runtime", "process", "--image-dir", "/tmp"], "for --runtime containerd"),
+        (
+            vec!["--node-ip", "127.0.0.1", "--runtime", "containerd", "--registry-config", "/nonexistent.yaml"],
+            "--registry-config",
+        ),
         (vec!["--node-ip", "127.0.0.1", "--runtime", "process", "--register-with-taints", "a=b:Sometimes"], "effect"),
         (vec!["--node-ip", "127.0.0.1", "--runtime", "process", "--node-labels", "novalue"], "--node-labels"),
         (vec!["--node-ip", "127.0.0.1", "--runtime", "process", "--pod-cidr", "10.244.1.0"], "--pod-cidr"),
         (vec!["--node-ip", "127.0.0.1", "--runtime", "process", "--lease-interval", "soon"], "--lease-interval"),
     ] {
         refused(&[&["worker", "--masters", "127.0.0.1:1", "--dir", &d][..], &args].concat(), want);
-    }
-}
-
-fn exec_probe(command: &[&str]) -> pb::Probe {
-    pb::Probe {
-        exec: Some(pb::ExecAction { command: command.iter().map(|s| s.to_string()).collect() }),
-        period_seconds: 1,
-        failure_threshold: 1,
-        ..Default::default()
     }
 }
 
@@ -384,12 +377,7 @@ fn a_worker_rides_out_the_loss_of_its_master_without_a_relist() {
     });
     let metrics = scrape(port).expect("worker metrics");
     assert!(metrics.contains("flotilla_kubelet_pod_lists 1\n"), "{metrics}");
-    let master = metrics
-        .lines()
-        .find(|l| l.starts_with("flotilla_kubelet_master{") && l.ends_with(" 1"))
-        .and_then(|l| l.split('"').nth(1))
-        .map(str::to_string)
-        .unwrap_or_else(|| panic!("no master in {metrics}"));
+    let master = kubelet_master(&metrics);
     let i = c.members.iter().position(|m| m.url() == master).unwrap_or_else(|| panic!("{master} is not a member"));
     c.kill(i);
     let killed = std::time::Instant::now();

@@ -11,6 +11,15 @@ pub enum KubeletError {
     /// The runtime cannot run what the pod asks for (said to the user, never ignored).
     #[error("{0}")]
     Unsupported(String),
+    /// The container's image cannot be had; `reason` is the container's waiting reason
+    /// (ErrImagePull, InvalidImageName, ErrImageNeverPull).
+    #[error("{message}")]
+    Image {
+        /// The waiting reason.
+        reason: &'static str,
+        /// What went wrong.
+        message: String,
+    },
     /// The runtime failed to start, stop or inspect a container.
     #[error("runtime: {0}")]
     Runtime(String),

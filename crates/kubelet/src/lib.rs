@@ -5,7 +5,7 @@
 //! * [`node`]: the Node (capacity from the machine, addresses, labels, taints, node info)
 //!   and its Lease;
 //! * [`runtime`]: the `Runtime` trait; [`process`] runs containers as host processes under
-//!   a shim (development and tests without root); containerd comes next (issue 13);
+//!   a shim (development and tests without root); [`containerd`] runs real containers;
 //! * [`pods`]: the pod sync loop — start, restart with back-off, stop gracefully, status;
 //! * [`prober`]: startup, liveness and readiness probes (exec, TCP, HTTP);
 //! * [`metrics`]: lists (relists), the master in use, containers, sync passes;
@@ -15,9 +15,11 @@
 //! itself and resumes its watches without a relist); it must not depend on the store or
 //! the apiserver.
 
+pub mod containerd;
 pub mod error;
 pub mod logs;
 pub mod metrics;
+pub mod network;
 pub mod node;
 pub mod pods;
 pub mod prober;
@@ -143,6 +145,10 @@ pub async fn run<R: Runtime>(
     let me = ListParams { field_selector: format!("metadata.name={}", cfg.name), ..Default::default() };
     let nodes = Reflector::<pb::Node>::start(client.clone(), me);
     metrics.count_lists(pods.list_counter());
+    // Routes to the other nodes' pods, when pods have networks of their own.
+    let routes = runtime
+        .pod_network()
+        .then(|| tokio::spawn(network::keep_routes(client.clone(), cfg.name.clone(), stopped(stop_rx.clone()))));
     let (probe_tx, mut probe_changes) = tokio::sync::mpsc::unbounded_channel();
     let sync = pods::PodSync::new(client.clone(), runtime, cfg.clone(), pods.cache(), probe_tx);
     let mut tick = tokio::time::interval(cfg.resync);
@@ -166,11 +172,15 @@ pub async fn run<R: Runtime>(
         metrics.sync_passes.inc();
         metrics.set_master(&client.current_master());
         if let Some(n) = nodes.snapshot().into_iter().next() {
+            sync.set_pod_cidr(n.spec.as_ref().map(|s| s.pod_cidr.as_str()).unwrap_or_default());
             node::ensure_ready(&client, n).await;
         }
     }
     let _ = stop_tx.send(true);
     let _ = lease.await;
+    if let Some(r) = routes {
+        let _ = r.await;
+    }
     server.abort();
     Ok(())
 }

@@ -2,8 +2,7 @@
 //! apiserver's `PodLogs` forwards to: a container's output file, whole or its last lines,
 //! and — when following — what it writes next, until it ends or the caller goes.
 
-use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
+use std::io::Read;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,12 +41,13 @@ pub fn tail(data: &[u8], n: Option<i64>) -> &[u8] {
     data
 }
 
-fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
-    let mut f = std::fs::File::open(path)?;
-    f.seek(SeekFrom::Start(offset))?;
+/// What was written to `f` since it was last read.
+fn read_more(f: &mut Option<std::fs::File>) -> Vec<u8> {
     let mut out = Vec::new();
-    f.read_to_end(&mut out)?;
-    Ok(out)
+    if let Some(f) = f {
+        let _ = f.read_to_end(&mut out);
+    }
+    out
 }
 
 /// Serves the logs of the containers `runtime` has.
@@ -82,7 +82,10 @@ impl<R: Runtime> Kubelet for LogService<R> {
             let what = if r.previous { "no previous instance" } else { "not started yet" };
             return Err(Status::not_found(format!("container {:?} has {what} on this node", r.container)));
         };
-        let data = std::fs::read(&c.log).unwrap_or_default();
+        // One handle throughout: what the container wrote last is read from it even once
+        // the kubelet has removed the container and its file.
+        let mut file = std::fs::File::open(&c.log).ok();
+        let data = read_more(&mut file);
         let first = tail(&data, r.tail_lines).to_vec();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::LogChunk, Status>>(16);
         let runtime = self.runtime.clone();
@@ -94,7 +97,6 @@ impl<R: Runtime> Kubelet for LogService<R> {
                     return;
                 }
             }
-            let mut offset = data.len() as u64;
             if !follow {
                 return;
             }
@@ -103,14 +105,25 @@ impl<R: Runtime> Kubelet for LogService<R> {
                 // Whether it still runs, asked before reading: what it wrote before
                 // ending is read in this same round.
                 let running = runtime.inspect(&c.id).await.is_some_and(|x| matches!(x.state, State::Running { .. }));
-                let more = read_from(&c.log, offset).unwrap_or_default();
-                offset += more.len() as u64;
+                let more = read_more(&mut file);
                 for piece in more.chunks(CHUNK) {
                     if tx.send(Ok(pb::LogChunk { data: piece.to_vec() })).await.is_err() {
                         return;
                     }
                 }
-                if !running || tx.is_closed() {
+                if tx.is_closed() {
+                    return;
+                }
+                if !running {
+                    // The runtime may still be copying its last output (the shim copies
+                    // from the process's pipes): once more, after a pause.
+                    tokio::time::sleep(FOLLOW_EVERY).await;
+                    let last = read_more(&mut file);
+                    for piece in last.chunks(CHUNK) {
+                        if tx.send(Ok(pb::LogChunk { data: piece.to_vec() })).await.is_err() {
+                            return;
+                        }
+                    }
                     return;
                 }
             }

@@ -22,7 +22,7 @@ use flotilla_client::{Client, DeleteParams, EventRecorder};
 use flotilla_proto::api as pb;
 
 use crate::prober::{Prober, Results};
-use crate::runtime::{ContainerInfo, ContainerSpec, Runtime, State};
+use crate::runtime::{ContainerInfo, ContainerSpec, PodSandbox, Runtime, State};
 use crate::{KubeletError, WorkerConfig};
 
 /// The longest back-off before restarting a container.
@@ -127,10 +127,17 @@ fn init_policy(pod_policy: &str) -> &'static str {
 
 fn terminated(c: &ContainerInfo) -> Option<pb::ContainerStateTerminated> {
     match &c.state {
-        State::Exited { code, signal, started_at, finished_at } => Some(pb::ContainerStateTerminated {
+        State::Exited { code, signal, started_at, finished_at, oom_killed } => Some(pb::ContainerStateTerminated {
             exit_code: *code,
             signal: signal.unwrap_or(0),
-            reason: if *code == 0 { "Completed" } else { "Error" }.into(),
+            reason: if *oom_killed {
+                "OOMKilled"
+            } else if *code == 0 {
+                "Completed"
+            } else {
+                "Error"
+            }
+            .into(),
             message: String::new(),
             started_at: stamp(*started_at),
             finished_at: stamp(*finished_at),
@@ -139,11 +146,13 @@ fn terminated(c: &ContainerInfo) -> Option<pb::ContainerStateTerminated> {
     }
 }
 
-/// The status of `pod` given its containers' instances (oldest first, per container).
+/// The status of `pod` given its containers' instances (oldest first, per container);
+/// `waiting` says why a container that is not running yet waits (its image, say).
 pub fn status(
     pod: &pb::Pod,
     instances: &BTreeMap<String, Vec<ContainerInfo>>,
     probes: &dyn Fn(&str) -> Results,
+    waiting_for: &dyn Fn(&str) -> Option<pb::ContainerStateWaiting>,
     addresses: (&str, &str),
     now: SystemTime,
 ) -> pb::PodStatus {
@@ -183,10 +192,10 @@ pub fn status(
             None => {
                 waiting += 1;
                 pb::ContainerState {
-                    waiting: Some(pb::ContainerStateWaiting {
+                    waiting: Some(waiting_for(&c.name).unwrap_or_else(|| pb::ContainerStateWaiting {
                         reason: "ContainerCreating".into(),
                         message: String::new(),
-                    }),
+                    })),
                     ..Default::default()
                 }
             }
@@ -214,6 +223,9 @@ pub fn status(
                     cs.last_state =
                         terminated(n).map(|t| pb::ContainerState { terminated: Some(t), ..Default::default() });
                     match next(policy, Some(n), now) {
+                        _ if waiting_for(&c.name).is_some() => {
+                            pb::ContainerState { waiting: waiting_for(&c.name), ..Default::default() }
+                        }
                         Next::Wait(_) => {
                             // The back-off itself, not the time left: the status stays
                             // the same while it waits.
@@ -357,6 +369,36 @@ pub struct PodSync<R: Runtime> {
     prober: Prober<R>,
     /// Containers (by id) being killed for failing a probe.
     killing: Arc<Mutex<HashSet<String>>>,
+    /// Images that could not be had, by (pod uid, container name).
+    pulls: Mutex<HashMap<(String, String), PullBackoff>>,
+    /// The node's pod range, as its Node says.
+    pod_cidr: Mutex<String>,
+    /// Pods (by uid) whose sandbox could not be made, with the last error said.
+    sandbox_failed: Mutex<HashMap<String, String>>,
+}
+
+/// A container whose image could not be had, backing off before the next try.
+#[derive(Debug, Clone)]
+struct PullBackoff {
+    failures: u32,
+    at: SystemTime,
+    reason: &'static str,
+    message: String,
+    /// A pass has waited on it since it failed (ErrImagePull, then ImagePullBackOff).
+    backing_off: bool,
+}
+
+impl PullBackoff {
+    fn waiting(&self, image: &str) -> pb::ContainerStateWaiting {
+        if self.backing_off {
+            pb::ContainerStateWaiting {
+                reason: "ImagePullBackOff".into(),
+                message: format!("Back-off pulling image {image:?}: {}", self.message),
+            }
+        } else {
+            pb::ContainerStateWaiting { reason: self.reason.into(), message: self.message.clone() }
+        }
+    }
 }
 
 impl<R: Runtime> PodSync<R> {
@@ -380,12 +422,24 @@ impl<R: Runtime> PodSync<R> {
             stopping: Arc::default(),
             refused: Mutex::default(),
             killing: Arc::default(),
+            pulls: Mutex::default(),
+            pod_cidr: Mutex::default(),
+            sandbox_failed: Mutex::default(),
         }
     }
 
     async fn event(&self, pod: &pb::Pod, kind: &str, reason: &str, message: &str) {
         if let Err(e) = self.recorder.record(&self.client, object_ref(pod), kind, reason, message).await {
             tracing::debug!(error = %e, reason, "cannot record an Event");
+        }
+    }
+
+    /// The node's pod range (from its Node, which the controller manager may give one
+    /// after registration).
+    pub fn set_pod_cidr(&self, cidr: &str) {
+        let mut c = self.pod_cidr.lock().unwrap_or_else(|p| p.into_inner());
+        if *c != cidr {
+            cidr.clone_into(&mut c);
         }
     }
 
@@ -399,6 +453,7 @@ impl<R: Runtime> PodSync<R> {
         for c in containers {
             by_pod.entry(c.pod_uid.clone()).or_default().push(c);
         }
+        let with_containers: HashSet<String> = by_pod.keys().cloned().collect();
         let pods: Vec<pb::Pod> = self.pods.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
         let known: HashSet<String> = pods.iter().map(|p| meta(p).uid).collect();
         for pod in pods {
@@ -422,7 +477,15 @@ impl<R: Runtime> PodSync<R> {
                 self.stop_pod(None, uid, mine, Duration::from_secs(2));
             }
         }
+        // Sandboxes of pods that are gone and have no containers left.
+        for uid in self.runtime.sandboxes() {
+            if !known.contains(&uid) && !with_containers.contains(&uid) {
+                self.stop_pod(None, uid, Vec::new(), Duration::ZERO);
+            }
+        }
+        self.sandbox_failed.lock().unwrap_or_else(|p| p.into_inner()).retain(|u, _| known.contains(u));
         self.refused.lock().unwrap_or_else(|p| p.into_inner()).retain(|u| known.contains(u));
+        self.pulls.lock().unwrap_or_else(|p| p.into_inner()).retain(|(u, _), _| known.contains(u));
         Ok(running.len())
     }
 
@@ -455,7 +518,7 @@ impl<R: Runtime> PodSync<R> {
                     self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.1);
                 }
             }
-            let _clear = Clear(stopping, uid);
+            let clear = Clear(stopping, uid);
             let stops = containers.iter().map(|c| {
                 let (runtime, hook) = (runtime.clone(), hooks.get(&c.name).cloned());
                 async move {
@@ -480,6 +543,13 @@ impl<R: Runtime> PodSync<R> {
                     }
                 }
             }
+            let uid = &clear.1;
+            if ok {
+                if let Err(e) = runtime.remove_sandbox(uid).await {
+                    tracing::warn!(pod = %uid, error = %e, "cannot tear down a pod's sandbox; trying again");
+                    ok = false;
+                }
+            }
             if let (true, Some(p)) = (ok, pod) {
                 let m = meta(&p);
                 let now = DeleteParams { uid: m.uid.clone(), grace_period_seconds: Some(0), ..Default::default() };
@@ -490,6 +560,60 @@ impl<R: Runtime> PodSync<R> {
                 }
             }
         });
+    }
+
+    /// Makes container `c`'s image present unless its pulls are backing off; whether it is.
+    async fn image_ready(&self, pod: &pb::Pod, c: &pb::Container, now: SystemTime) -> bool {
+        let key = (meta(pod).uid, c.name.clone());
+        {
+            let mut pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(b) = pulls.get_mut(&key) {
+                if now < b.at + backoff(b.failures, Duration::ZERO) {
+                    // ErrImagePull stays a while (a pass that follows at once, on the
+                    // pod's own status change, leaves it), then ImagePullBackOff.
+                    if now >= b.at + self.cfg.resync {
+                        b.backing_off = true;
+                    }
+                    return false;
+                }
+            }
+        }
+        let began = std::time::Instant::now();
+        match self.runtime.pull(c).await {
+            Ok(pulled) => {
+                self.pulls.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                if pulled {
+                    let took = began.elapsed().as_secs_f64();
+                    self.event(
+                        pod,
+                        "Normal",
+                        "Pulled",
+                        &format!("Successfully pulled image {:?} in {took:.3}s", c.image),
+                    )
+                    .await;
+                }
+                true
+            }
+            Err(e) => {
+                let (reason, message) = match &e {
+                    KubeletError::Image { reason, message } => (*reason, message.clone()),
+                    other => ("ErrImagePull", other.to_string()),
+                };
+                let failures = {
+                    let mut pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
+                    let failures = pulls.get(&key).map_or(0, |b| b.failures) + 1;
+                    pulls.insert(
+                        key,
+                        PullBackoff { failures, at: now, reason, message: message.clone(), backing_off: false },
+                    );
+                    failures
+                };
+                self.event(pod, "Warning", "Failed", &format!("Failed to pull image {:?}: {message}", c.image)).await;
+                let wait = backoff(failures, Duration::ZERO).as_secs();
+                self.event(pod, "Normal", "BackOff", &format!("Back-off {wait}s pulling image {:?}", c.image)).await;
+                false
+            }
+        }
     }
 
     async fn sync_pod(&self, pod: &pb::Pod, containers: Vec<ContainerInfo>) -> Result<(), KubeletError> {
@@ -534,10 +658,56 @@ impl<R: Runtime> PodSync<R> {
             Init::At(i) => (vec![&spec.init_containers[i]], init_policy(&spec.restart_policy)),
             Init::Failed(_) => (vec![], ""),
         };
+        let pod_ip = if done {
+            // Finished: its network goes once nothing runs (its address is free again).
+            let all_ended = instances.values().flatten().all(|c| !matches!(c.state, State::Running { .. }));
+            if all_ended {
+                if let Err(e) = self.runtime.remove_sandbox(&m.uid).await {
+                    tracing::debug!(pod = %m.name, error = %e, "cannot tear down a finished pod's sandbox yet");
+                }
+            }
+            pod.status.as_ref().map(|s| s.pod_ip.clone()).unwrap_or_default()
+        } else {
+            let sandbox = PodSandbox {
+                uid: m.uid.clone(),
+                pod: format!("{}/{}", m.namespace, m.name),
+                host_network: spec.host_network,
+                node_ip: self.cfg.node_ip.clone(),
+                pod_cidr: self.pod_cidr.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                ports: crate::network::port_mappings(&spec),
+            };
+            match self.runtime.sandbox(&sandbox).await {
+                Ok(ip) => {
+                    self.sandbox_failed.lock().unwrap_or_else(|p| p.into_inner()).remove(&m.uid);
+                    ip
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    let said = self
+                        .sandbox_failed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(m.uid.clone(), msg.clone());
+                    if said.as_deref() != Some(msg.as_str()) {
+                        self.event(
+                            pod,
+                            "Warning",
+                            "FailedCreatePodSandBox",
+                            &format!("Failed to create pod sandbox: {msg}"),
+                        )
+                        .await;
+                    }
+                    return Err(e);
+                }
+            }
+        };
         let mut started = Vec::new();
         for c in to_start {
             let newest = instances.get(&c.name).and_then(|l| l.last());
             if let Next::Start(attempt) = next(policy, newest, now) {
+                if !self.image_ready(pod, c, now).await {
+                    continue;
+                }
                 let cs = ContainerSpec {
                     pod_uid: m.uid.clone(),
                     pod: format!("{}/{}", m.namespace, m.name),
@@ -565,7 +735,6 @@ impl<R: Runtime> PodSync<R> {
                 instances.entry(info.name.clone()).or_default().push(info);
             }
         }
-        let pod_ip = self.runtime.pod_ip(&self.cfg.node_ip);
         let grace =
             Duration::from_secs(u64::try_from(spec.termination_grace_period_seconds.unwrap_or(30)).unwrap_or(0));
         for c in &spec.containers {
@@ -588,7 +757,13 @@ impl<R: Runtime> PodSync<R> {
                 }
             }
         }
-        let want = status(pod, &instances, &|id| self.prober.results(id), (&pod_ip, &self.cfg.node_ip), now);
+        let pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let image_of = |name: &str| spec.containers.iter().find(|c| c.name == name).map(|c| c.image.clone());
+        let waiting_for = |name: &str| {
+            pulls.get(&(m.uid.clone(), name.to_string())).map(|b| b.waiting(&image_of(name).unwrap_or_default()))
+        };
+        let want =
+            status(pod, &instances, &|id| self.prober.results(id), &waiting_for, (&pod_ip, &self.cfg.node_ip), now);
         if pod.status.as_ref() != Some(&want) {
             let mut p = pod.clone();
             p.status = Some(want);
@@ -639,6 +814,7 @@ mod tests {
                 signal: None,
                 started_at: finished_at - Duration::from_secs(ran),
                 finished_at,
+                oom_killed: false,
             },
             log: "/dev/null".into(),
         }
@@ -681,7 +857,7 @@ mod tests {
         spec.restart_policy = "Never".into();
         assert_eq!(init_progress(&spec, &inst), Init::Failed(1), "unless the pod never restarts");
         let pod = pb::Pod { spec: Some(spec.clone()), ..Default::default() };
-        let st = status(&pod, &inst, &|_| Results::default(), ("ip", "ip"), base());
+        let st = status(&pod, &inst, &|_| Results::default(), &|_| None, ("ip", "ip"), base());
         assert_eq!(st.phase, "Failed");
         assert!(st.conditions.iter().any(|c| c.r#type == "Initialized" && c.status == "False"));
         assert_eq!(st.init_container_statuses.len(), 2);
@@ -708,17 +884,17 @@ mod tests {
         let one = |c: ContainerInfo| BTreeMap::from([("main".to_string(), vec![c])]);
         let ready = |_: &str| Results { started: true, ready: true, kill: None };
         let now = base();
-        let st = status(&pod("Always"), &BTreeMap::new(), &ready, ("10.0.0.2", "10.0.0.2"), now);
+        let st = status(&pod("Always"), &BTreeMap::new(), &ready, &|_| None, ("10.0.0.2", "10.0.0.2"), now);
         assert_eq!((st.phase.as_str(), st.pod_ip.as_str()), ("Pending", ""));
-        let st = status(&pod("Never"), &one(exited(0, 0, 1, 0)), &ready, ("ip", "ip"), now);
+        let st = status(&pod("Never"), &one(exited(0, 0, 1, 0)), &ready, &|_| None, ("ip", "ip"), now);
         assert_eq!(st.phase, "Succeeded");
-        let st = status(&pod("Never"), &one(exited(0, 3, 1, 0)), &ready, ("ip", "ip"), now);
+        let st = status(&pod("Never"), &one(exited(0, 3, 1, 0)), &ready, &|_| None, ("ip", "ip"), now);
         assert_eq!(st.phase, "Failed");
         let t = st.container_statuses[0].state.clone().and_then(|s| s.terminated).expect("terminated");
         assert_eq!((t.exit_code, t.reason.as_str()), (3, "Error"));
-        let st = status(&pod("Always"), &one(exited(0, 3, 1, 0)), &ready, ("ip", "ip"), now);
+        let st = status(&pod("Always"), &one(exited(0, 3, 1, 0)), &ready, &|_| None, ("ip", "ip"), now);
         assert_eq!(st.phase, "Running", "about to restart at once: not Failed");
-        let st = status(&pod("Always"), &one(exited(1, 3, 1, 0)), &ready, ("ip", "ip"), now);
+        let st = status(&pod("Always"), &one(exited(1, 3, 1, 0)), &ready, &|_| None, ("ip", "ip"), now);
         assert_eq!(st.phase, "Running", "restarting");
         let w = st.container_statuses[0].state.clone().and_then(|s| s.waiting).expect("waiting");
         assert_eq!(w.reason, "CrashLoopBackOff");

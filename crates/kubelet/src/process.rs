@@ -99,6 +99,7 @@ impl ProcessRuntime {
                 signal: e.signal,
                 started_at: s.unwrap_or(SystemTime::UNIX_EPOCH),
                 finished_at: parse_stamp(&e.finished_at),
+                oom_killed: false,
             },
             (None, Some(s)) if alive => State::Running { started_at: s },
             // Neither the shim nor the container is there, and nothing was recorded (the
@@ -108,6 +109,7 @@ impl ProcessRuntime {
                 signal: None,
                 started_at: s.unwrap_or(SystemTime::UNIX_EPOCH),
                 finished_at: s.unwrap_or(SystemTime::UNIX_EPOCH),
+                oom_killed: false,
             },
             // Still starting.
             (None, _) => State::Running { started_at: SystemTime::now() },
@@ -172,8 +174,24 @@ impl Runtime for ProcessRuntime {
         Ok(())
     }
 
-    fn pod_ip(&self, node_ip: &str) -> String {
-        node_ip.to_string()
+    async fn sandbox(&self, pod: &crate::runtime::PodSandbox) -> Result<String, KubeletError> {
+        Ok(pod.node_ip.clone())
+    }
+
+    async fn remove_sandbox(&self, _: &str) -> Result<(), KubeletError> {
+        Ok(())
+    }
+
+    fn sandboxes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn pod_network(&self) -> bool {
+        false
+    }
+
+    async fn pull(&self, _: &pb::Container) -> Result<bool, KubeletError> {
+        Ok(false)
     }
 
     async fn start(&self, c: &ContainerSpec) -> Result<String, KubeletError> {

@@ -25,6 +25,23 @@ pub struct ContainerSpec {
     pub attempt: u32,
 }
 
+/// What a pod's sandbox (its network namespace and address) is made from.
+#[derive(Debug, Clone, Default)]
+pub struct PodSandbox {
+    /// The pod's uid.
+    pub uid: String,
+    /// `namespace/name` of the pod (for messages).
+    pub pod: String,
+    /// On the node's own network (`spec.hostNetwork`).
+    pub host_network: bool,
+    /// The node's address (a host-network pod's).
+    pub node_ip: String,
+    /// The node's pod range (its pods' addresses come from it).
+    pub pod_cidr: String,
+    /// Host ports to map to the pod.
+    pub ports: Vec<crate::network::PortMapping>,
+}
+
 /// What a container is doing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
@@ -43,6 +60,8 @@ pub enum State {
         started_at: SystemTime,
         /// When it ended.
         finished_at: SystemTime,
+        /// Whether the kernel's OOM killer ended it (its memory limit was exceeded).
+        oom_killed: bool,
     },
 }
 
@@ -72,8 +91,23 @@ pub trait Runtime: Send + Sync + 'static {
     /// `spec` (never ignored silently).
     fn check(&self, spec: &pb::PodSpec) -> Result<(), String>;
 
-    /// The address pods get (the node's own, for a runtime on the host network).
-    fn pod_ip(&self, node_ip: &str) -> String;
+    /// Sets up the pod's sandbox once (its network namespace and address, kept until
+    /// [`Runtime::remove_sandbox`]); the pod's IP.
+    fn sandbox(&self, pod: &PodSandbox) -> impl Future<Output = Result<String, KubeletError>> + Send;
+
+    /// Tears down a pod's sandbox, once its containers are gone; nothing if it has none.
+    fn remove_sandbox(&self, uid: &str) -> impl Future<Output = Result<(), KubeletError>> + Send;
+
+    /// The pods (uids) that have a sandbox.
+    fn sandboxes(&self) -> Vec<String>;
+
+    /// Whether pods get networks of their own (the worker then keeps routes to the other
+    /// nodes' pods).
+    fn pod_network(&self) -> bool;
+
+    /// Makes the container's image present, as its imagePullPolicy says; whether it had to
+    /// be fetched (false: it was there). A runtime without images has nothing to do.
+    fn pull(&self, c: &pb::Container) -> impl Future<Output = Result<bool, KubeletError>> + Send;
 
     /// Starts a container; its id.
     fn start(&self, c: &ContainerSpec) -> impl Future<Output = Result<String, KubeletError>> + Send;

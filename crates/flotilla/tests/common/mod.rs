@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod nodes;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -47,17 +49,19 @@ pub struct Member {
     pub extra_args: Vec<String>,
     /// Environment variables of its process (fault switches).
     pub env: Vec<(String, String)>,
+    /// The address it listens on for clients and peers (loopback unless a test gives one).
+    pub host: String,
 }
 
 impl Member {
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client)
+        format!("{}:{}", self.host, self.client)
     }
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client)
+        format!("http://{}:{}", self.host, self.client)
     }
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer)
+        format!("http://{}:{}", self.host, self.peer)
     }
 }
 
@@ -91,6 +95,7 @@ impl Cluster {
             child: None,
             extra_args: vec![],
             env: vec![],
+            host: self.members.first().map_or_else(|| "127.0.0.1".into(), |m| m.host.clone()),
         }
     }
 
@@ -113,6 +118,12 @@ impl Cluster {
 
     /// Like [`Cluster::start_with_scheduler`], with environment variables for every member.
     pub fn start_with_env(n: usize, extra: &[&str], env: &[(&str, &str)]) -> Cluster {
+        Cluster::start_at("127.0.0.1", n, extra, env)
+    }
+
+    /// Like [`Cluster::start_with_env`], the members listening on `host` (an address of
+    /// this machine, e.g. of a link to network namespaces a test made).
+    pub fn start_at(host: &str, n: usize, extra: &[&str], env: &[(&str, &str)]) -> Cluster {
         let turn = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().expect("tempdir");
         let mut members = Vec::new();
@@ -127,6 +138,7 @@ impl Cluster {
                 child: None,
                 extra_args: extra.iter().map(|s| s.to_string()).collect(),
                 env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                host: host.into(),
             });
         }
         let initial_cluster =
@@ -346,8 +358,13 @@ pub async fn local_range(url: &str, prefix: &str) -> Result<Vec<(String, String)
 
 /// The text of `/metrics` on 127.0.0.1:`port`.
 pub fn scrape(port: u16) -> Option<String> {
+    scrape_at(&format!("127.0.0.1:{port}"))
+}
+
+/// The text of `/metrics` on `addr` (host:port).
+pub fn scrape_at(addr: &str) -> Option<String> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
     let mut body = String::new();

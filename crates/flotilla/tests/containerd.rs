@@ -1,0 +1,435 @@
+//! Workers on containerd with the real CNI plugins, each worker in a network namespace of
+//! its own as its own host (as chaos/ makes them), against three real masters with their
+//! scheduler and controller manager (Node IPAM gives the podCIDRs). The image is the
+//! busybox one `scripts/busybox-image` builds: imported from `--image-dir` on one worker
+//! and pulled from Debian's docker-registry on the other. Needs root and the packages
+//! scripts/setup installs; with them missing the tests fail, never skip.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::nodes::*;
+use common::*;
+use flotilla_proto::api as pb;
+
+/// A `flotilla worker --runtime containerd` in its host's namespace; killed when dropped.
+struct Worker {
+    name: String,
+    ns: String,
+    ip: String,
+    args: Vec<String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Worker {
+    fn start(c: &Cluster, ctd: &Containerd, name: &str, host: &(String, String), dir: &Path, extra: &[&str]) -> Worker {
+        let namespace = format!("flotilla-test-{}-{name}", std::process::id());
+        ctd.namespaces.lock().unwrap_or_else(|p| p.into_inner()).push(namespace.clone());
+        // nsenter, not `ip netns exec`: only the network namespace is the host's own; the
+        // mount namespace stays the machine's, so the pod namespaces the worker mounts
+        // under /run/netns are seen by containerd and runc.
+        let mut args: Vec<String> = [
+            &format!("--net=/run/netns/{}", host.0),
+            bin(),
+            "worker",
+            "--runtime",
+            "containerd",
+            "--name",
+            name,
+            "--node-ip",
+            &host.1,
+            "--masters",
+            &c.endpoints(),
+            "--containerd-namespace",
+            &namespace,
+            "--listen-metrics",
+            &format!("{}:10255", host.1),
+            "--cgroup-parent",
+            &format!("/flotilla-test/{namespace}"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(["--containerd-socket".to_string(), ctd.socket.display().to_string()]);
+        args.extend(["--dir".to_string(), dir.join(name).display().to_string()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut w = Worker {
+            name: name.into(),
+            ns: namespace,
+            ip: host.1.clone(),
+            args,
+            child: None,
+            log: dir.join(format!("{name}.log")),
+        };
+        w.spawn();
+        w
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let child = Command::new("nsenter")
+            .args(&self.args)
+            .env("FLOTILLA_LOG", "info,flotilla_kubelet=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start worker");
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn metrics(&self) -> String {
+        scrape_at(&format!("{}:10255", self.ip)).unwrap_or_default()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+        // The network namespaces of the pods it left behind (the test ends with pods).
+        let records = self.log.with_file_name(&self.name).join("sandboxes");
+        for e in std::fs::read_dir(records).into_iter().flatten().flatten() {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let netns = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["netns"].as_str().map(String::from));
+            if let Some(ns) = netns.filter(|n| !n.is_empty()) {
+                let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("--- worker {} log ---\n{}", self.name, std::fs::read_to_string(&self.log).unwrap_or_default());
+        }
+    }
+}
+
+fn pod(name: &str, node: &str, image: &str, script: &str) -> pb::Pod {
+    pb::Pod {
+        metadata: Some(pb::ObjectMeta { name: name.into(), namespace: "default".into(), ..Default::default() }),
+        spec: Some(pb::PodSpec {
+            node_selector: [("kubernetes.io/hostname".to_string(), node.to_string())].into(),
+            termination_grace_period_seconds: Some(10),
+            containers: vec![pb::Container {
+                name: "main".into(),
+                image: image.into(),
+                command: vec!["sh".into(), "-c".into(), script.into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn running(p: &pb::Pod) -> bool {
+    main_status(p).state.and_then(|s| s.running).is_some()
+}
+
+/// The containerd id of a pod's running container.
+fn container_id(p: &pb::Pod) -> String {
+    main_status(p).container_id.trim_start_matches("flotilla://").to_string()
+}
+
+struct Setup {
+    // Dropped in this order: workers, then masters, containerd, the registry, the hosts.
+    workers: Vec<Worker>,
+    c: Cluster,
+    ctd: Containerd,
+    _registry: Registry,
+    hosts: Hosts,
+    dir: tempfile::TempDir,
+    /// The image as the registry serves it.
+    pulled: String,
+}
+
+/// Two hosts with a worker each: `w1` imports the busybox image from an image dir, `w2`
+/// pulls it from the registry (plain HTTP by its --registry-config).
+fn setup() -> Setup {
+    require_worker_prerequisites();
+    let hosts = Hosts::create(2);
+    let ctd = Containerd::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::start(&format!("{}:{}", hosts.host_ip, free_port()));
+    let pulled = format!("{}/flotilla/busybox:1", registry.addr);
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).expect("image dir");
+    busybox_image(&images, Some(&pulled));
+    let regs = dir.path().join("registries.yaml");
+    std::fs::write(&regs, format!("{}:\n  insecure: true\n", registry.addr)).expect("registry config");
+    let c =
+        Cluster::start_at(&hosts.host_ip, 3, &["--cluster-cidr", "10.244.0.0/16", "--node-cidr-mask-size", "24"], &[]);
+    let w1 =
+        Worker::start(&c, &ctd, "w1", &hosts.hosts[0], dir.path(), &["--image-dir", &images.display().to_string()]);
+    let w2 =
+        Worker::start(&c, &ctd, "w2", &hosts.hosts[1], dir.path(), &["--registry-config", &regs.display().to_string()]);
+    Setup { workers: vec![w1, w2], c, ctd, _registry: registry, hosts, dir, pulled }
+}
+
+/// Pods on containerd: one from the image dir and one pulled from the registry run and
+/// their output shows in `flotctl logs`; a pod on one worker reaches a pod on the other
+/// by its pod IP; a crashing container backs off; a failing liveness probe restarts its
+/// container; readiness flips Ready both ways; a pod past its memory limit is OOMKilled;
+/// a bad image gives ErrImagePull then ImagePullBackOff while the rest runs on; a pod
+/// deleted with grace gets SIGTERM first, and its network namespace goes with it.
+#[test]
+fn pods_run_on_containerd_reach_each_other_across_workers_and_fail_as_kubernetes_says() {
+    let s = setup();
+    let (c, ctd) = (&s.c, &s.ctd);
+    let local = busybox_name();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = c.client(&rt);
+    let eps = c.endpoints();
+    rt.block_on(async {
+        for w in ["w1", "w2"] {
+            until(c, "the workers' nodes with a podCIDR", || async {
+                let n: pb::Node = client.get("", w).await.ok()?;
+                (!n.spec?.pod_cidr.is_empty()).then_some(())
+            })
+            .await;
+        }
+        // A web server on w2 (pulled), and a client on w1 (imported) that asks it.
+        let mut web = pod("web", "w2", &s.pulled, "echo serving; exec httpd -f -p 8080 -h /www");
+        web.spec.as_mut().expect("spec").containers[0].readiness_probe = Some(pb::Probe {
+            tcp_socket: Some(pb::TcpSocketAction { port: 8080, ..Default::default() }),
+            period_seconds: 1,
+            ..Default::default()
+        });
+        client.create(web).await.expect("web");
+        let web = until(c, "web ready", || async {
+            let p: pb::Pod = client.get("default", "web").await.ok()?;
+            ready(&p).then_some(p)
+        })
+        .await;
+        let web_ip = web.status.as_ref().map(|s| s.pod_ip.clone()).unwrap_or_default();
+        assert!(web_ip.starts_with("10.244."), "a pod address from the node's podCIDR: {web_ip}");
+        let script =
+            format!("until wget -q -O- http://{web_ip}:8080/; do sleep 0.2; done; echo reached from $(hostname)");
+        client.create(pod("asker", "w1", &local, &script)).await.expect("asker");
+        until(c, "the asker's output in flotctl logs", || async {
+            let out = ctl(&eps, &["logs", "asker"]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            (text.contains("flotilla busybox") && text.contains("reached from asker")).then_some(())
+        })
+        .await;
+        assert!(ctl_ok(&eps, &["logs", "web"]).contains("serving"));
+        let events = ctl_ok(&eps, &["get", "events"]);
+        assert!(events.contains("Successfully pulled image"), "a Pulled event: {events}");
+
+        // A crash loop.
+        client.create(pod("crash", "w1", &local, "echo crashing; exit 3")).await.expect("crash");
+        until(c, "crash backing off", || async {
+            let p: pb::Pod = client.get("default", "crash").await.ok()?;
+            let st = main_status(&p);
+            let waiting = st.state?.waiting?;
+            let last = st.last_state?.terminated?;
+            (waiting.reason == "CrashLoopBackOff" && last.exit_code == 3 && st.restart_count >= 1).then_some(())
+        })
+        .await;
+
+        // A liveness probe that starts failing restarts the container.
+        let mut live = pod("live", "w2", &s.pulled, "touch /tmp/alive; sleep 2; rm /tmp/alive; sleep 1000");
+        live.spec.as_mut().expect("spec").containers[0].liveness_probe = Some(exec_probe(&["cat", "/tmp/alive"]));
+        client.create(live).await.expect("live");
+        until(c, "live restarted by its liveness probe", || async {
+            let p: pb::Pod = client.get("default", "live").await.ok()?;
+            (main_status(&p).restart_count >= 1).then_some(())
+        })
+        .await;
+
+        // Memory past the limit.
+        let mut oom = pod("oom", "w1", &local, "tail /dev/zero");
+        let spec = oom.spec.as_mut().expect("spec");
+        spec.restart_policy = "Never".into();
+        spec.containers[0].resources = Some(pb::ResourceRequirements {
+            limits: [("memory".to_string(), "16Mi".to_string())].into(),
+            ..Default::default()
+        });
+        client.create(oom).await.expect("oom");
+        until(c, "oom OOMKilled", || async {
+            let p: pb::Pod = client.get("default", "oom").await.ok()?;
+            let t = main_status(&p).state?.terminated?;
+            (t.reason == "OOMKilled" && p.status?.phase == "Failed").then_some(())
+        })
+        .await;
+
+        // A bad image: ErrImagePull, then ImagePullBackOff; the rest runs on.
+        let bad_image = format!("{}/flotilla/no-such-image:1", s._registry.addr);
+        client.create(pod("badimage", "w2", &bad_image, "true")).await.expect("badimage");
+        let seen = std::sync::Mutex::new(Vec::<String>::new());
+        until(c, "badimage: ErrImagePull then ImagePullBackOff", || async {
+            let p: pb::Pod = client.get("default", "badimage").await.ok()?;
+            let reason = main_status(&p).state.and_then(|s| s.waiting).map(|w| w.reason).unwrap_or_default();
+            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+            if !reason.is_empty() && seen.last() != Some(&reason) {
+                seen.push(reason);
+            }
+            let done = seen.ends_with(&["ErrImagePull".to_string(), "ImagePullBackOff".to_string()]);
+            if !done {
+                eprintln!("badimage waiting reasons so far: {seen:?}");
+            }
+            done.then_some(())
+        })
+        .await;
+        let web_now: pb::Pod = client.get("default", "web").await.expect("web");
+        assert!(ready(&web_now) && main_status(&web_now).restart_count == 0, "web unaffected");
+
+        // Readiness both ways, gated by a file the test puts into the container's root.
+        let mut gated = pod("gated", "w1", &local, "sleep 1000");
+        gated.spec.as_mut().expect("spec").containers[0].readiness_probe = Some(exec_probe(&["test", "-f", "/gate"]));
+        client.create(gated).await.expect("gated");
+        let p = until(c, "gated running, not ready", || async {
+            let p: pb::Pod = client.get("default", "gated").await.ok()?;
+            (running(&p) && main_status(&p).started && !ready(&p)).then_some(p)
+        })
+        .await;
+        let gate = ctd.rootfs(&s.workers[0].ns, &container_id(&p)).join("gate");
+        std::fs::write(&gate, "open").expect("open the gate");
+        until(c, "gated ready", || async { ready(&client.get("default", "gated").await.ok()?).then_some(()) }).await;
+        std::fs::remove_file(&gate).expect("close the gate");
+        until(c, "gated not ready again", || async {
+            (!ready(&client.get("default", "gated").await.ok()?)).then_some(())
+        })
+        .await;
+
+        // Graceful deletion: SIGTERM first (seen by a following `flotctl logs -f`).
+        let term = "trap 'echo got SIGTERM; exit 0' TERM; echo waiting; while true; do sleep 0.1; done";
+        client.create(pod("graceful", "w2", &s.pulled, term)).await.expect("graceful");
+        let p = until(c, "graceful running", || async {
+            let p: pb::Pod = client.get("default", "graceful").await.ok()?;
+            running(&p).then_some(p)
+        })
+        .await;
+        let mut follow = Command::new(bin())
+            .args(["ctl", "--endpoints", &eps, "logs", "-f", "graceful"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("flotctl logs -f");
+        let (tx, lines) = std::sync::mpsc::channel::<String>();
+        let stdout = follow.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let first = lines.recv_timeout(Duration::from_secs(30)).expect("the follower's first line");
+        assert_eq!(first, "waiting");
+        let began = Instant::now();
+        client
+            .delete::<pb::Pod>("default", "graceful", &flotilla_client::DeleteParams::default())
+            .await
+            .expect("delete graceful");
+        let text = lines.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        let _ = follow.kill();
+        let _ = follow.wait();
+        assert_eq!(text, "got SIGTERM", "SIGTERM first");
+        until(c, "graceful gone", || async {
+            client.get::<pb::Pod>("default", "graceful").await.err().filter(|e| e.is_not_found()).map(|_| ())
+        })
+        .await;
+        assert!(began.elapsed() < Duration::from_secs(10), "ended by its SIGTERM, not the grace period");
+        let uid = p.metadata.map(|m| m.uid).unwrap_or_default();
+        assert!(!Path::new("/run/netns").join(format!("flotilla-{uid}")).exists(), "its network namespace is gone");
+    });
+    let _ = &s.hosts;
+    let _ = &s.dir;
+}
+
+/// A worker on containerd keeps its containers through a SIGKILL of its master (a status
+/// change reaches the cluster through another master within 2 s, its pod watch resumes
+/// without a relist) and through a SIGKILL of itself (started again, it adopts the same
+/// container instead of starting another); a deleted pod's containers, log and network
+/// namespace all go.
+#[test]
+fn a_containerd_worker_keeps_its_containers_through_kill_9_of_its_master_and_of_itself() {
+    let mut s = setup();
+    let local = busybox_name();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = s.c.client(&rt);
+    let mut gated = pod("gated", "w1", &local, "echo started; sleep 1000");
+    gated.spec.as_mut().expect("spec").containers[0].readiness_probe = Some(exec_probe(&["test", "-f", "/gate"]));
+    let before = rt.block_on(async {
+        client.create(gated).await.expect("gated");
+        until(&s.c, "gated running, not ready", || async {
+            let p: pb::Pod = client.get("default", "gated").await.ok()?;
+            (running(&p) && main_status(&p).started && !ready(&p)).then_some(p)
+        })
+        .await
+    });
+    let id = container_id(&before);
+    let w1 = &s.workers[0];
+    let metrics = w1.metrics();
+    assert!(metrics.contains("flotilla_kubelet_pod_lists 1\n"), "{metrics}");
+    let master = kubelet_master(&metrics);
+    let i = s.c.members.iter().position(|m| m.url() == master).unwrap_or_else(|| panic!("{master} is not a member"));
+    s.c.kill(i);
+    let killed = Instant::now();
+    std::fs::write(s.ctd.rootfs(&w1.ns, &id).join("gate"), "open").expect("open the gate");
+    rt.block_on(async {
+        let p = until(&s.c, "gated ready, reported through another master", || async {
+            let p: pb::Pod = client.get("default", "gated").await.ok()?;
+            ready(&p).then_some(p)
+        })
+        .await;
+        let took = killed.elapsed();
+        eprintln!("status through another master {} ms after the SIGKILL of the worker's master", took.as_millis());
+        assert!(took <= Duration::from_secs(2), "took {took:?}");
+        assert_eq!((main_status(&p).restart_count, container_id(&p)), (0, id.clone()), "the same container ran on");
+    });
+    let metrics = w1.metrics();
+    assert!(metrics.contains("flotilla_kubelet_pod_lists 1\n"), "the watch resumed without a relist: {metrics}");
+
+    // SIGKILL of the worker: the container runs on, and is adopted by the next worker.
+    let ns = w1.ns.clone();
+    s.workers[0].kill();
+    let pid_before = s.ctd.tasks(&ns).into_iter().find(|t| t.0 == id).map(|t| t.1).expect("the task after the kill");
+    s.workers[0].spawn();
+    rt.block_on(async {
+        // Three passes of the restarted worker: had it not adopted the container, it
+        // would have started another by then.
+        until(&s.c, "the restarted worker's third sync pass", || async {
+            let m = s.workers[0].metrics();
+            let passes = m.lines().find_map(|l| l.strip_prefix("flotilla_kubelet_sync_passes_total "))?;
+            (passes.trim().parse::<u64>().ok()? >= 3).then_some(())
+        })
+        .await;
+        // Readiness is probed afresh by the new worker (as a restarted kubelet does).
+        let p = until(&s.c, "gated ready again", || async {
+            let p: pb::Pod = client.get("default", "gated").await.ok()?;
+            ready(&p).then_some(p)
+        })
+        .await;
+        assert_eq!((main_status(&p).restart_count, container_id(&p)), (0, id.clone()), "adopted, not restarted");
+    });
+    let tasks = s.ctd.tasks(&ns);
+    assert_eq!(tasks.len(), 1, "one container: {tasks:?}");
+    assert_eq!((tasks[0].0.as_str(), tasks[0].1.as_str()), (id.as_str(), pid_before.as_str()), "the same process");
+
+    // Deleted: containers, log and network namespace go.
+    let uid = before.metadata.map(|m| m.uid).unwrap_or_default();
+    rt.block_on(async {
+        let now = flotilla_client::DeleteParams { grace_period_seconds: Some(1), ..Default::default() };
+        client.delete::<pb::Pod>("default", "gated", &now).await.expect("delete");
+        until(&s.c, "gated gone", || async {
+            client.get::<pb::Pod>("default", "gated").await.err().filter(|e| e.is_not_found()).map(|_| ())
+        })
+        .await;
+    });
+    assert!(s.ctd.tasks(&ns).is_empty(), "no task left");
+    let listed = String::from_utf8_lossy(&s.ctd.ctr(&["-n", &ns, "containers", "ls", "-q"]).stdout).into_owned();
+    assert!(listed.trim().is_empty(), "no container left: {listed}");
+    assert!(!Path::new("/run/netns").join(format!("flotilla-{uid}")).exists(), "its network namespace is gone");
+    let logs = s.dir.path().join("w1/logs");
+    assert_eq!(std::fs::read_dir(&logs).map(|d| d.count()).unwrap_or(0), 0, "its log is gone");
+}
