@@ -29,6 +29,21 @@ fn probe(p: &mut pb::Probe) {
     }
 }
 
+/// The pull policy Kubernetes defaults to: Always for an image without a tag or tagged
+/// `latest` (it may change under the same name), else IfNotPresent; a digest never
+/// changes.
+pub fn image_pull_policy(image: &str) -> &'static str {
+    if image.contains('@') {
+        return "IfNotPresent";
+    }
+    // The tag follows the last ':' after the last '/' (a registry's port comes before).
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.rsplit_once(':') {
+        Some((_, tag)) if tag != "latest" => "IfNotPresent",
+        _ => "Always",
+    }
+}
+
 /// Defaults of a pod spec (pods and templates).
 pub fn pod_spec(s: &mut pb::PodSpec) {
     set_if_empty(&mut s.restart_policy, "Always");
@@ -37,7 +52,8 @@ pub fn pod_spec(s: &mut pb::PodSpec) {
         s.termination_grace_period_seconds = Some(30);
     }
     for c in s.containers.iter_mut().chain(s.init_containers.iter_mut()) {
-        set_if_empty(&mut c.image_pull_policy, "IfNotPresent");
+        let policy = image_pull_policy(&c.image);
+        set_if_empty(&mut c.image_pull_policy, policy);
         for p in &mut c.ports {
             set_if_empty(&mut p.protocol, "TCP");
         }
@@ -160,7 +176,7 @@ mod tests {
             spec: Some(pb::PodSpec {
                 containers: vec![pb::Container {
                     name: "c".into(),
-                    image: "busybox".into(),
+                    image: "busybox:1.36".into(),
                     ports: vec![pb::ContainerPort { container_port: 80, ..Default::default() }],
                     readiness_probe: Some(pb::Probe {
                         http_get: Some(pb::HttpGetAction { port: 80, ..Default::default() }),
@@ -179,6 +195,11 @@ mod tests {
         assert_eq!(s.termination_grace_period_seconds, Some(30));
         assert_eq!(s.containers[0].ports[0].protocol, "TCP");
         assert_eq!(s.containers[0].image_pull_policy, "IfNotPresent");
+        assert_eq!(image_pull_policy("busybox"), "Always");
+        assert_eq!(image_pull_policy("127.0.0.1:5000/busybox"), "Always", "a port is not a tag");
+        assert_eq!(image_pull_policy("127.0.0.1:5000/busybox:latest"), "Always");
+        assert_eq!(image_pull_policy("busybox:1.36"), "IfNotPresent");
+        assert_eq!(image_pull_policy("busybox@sha256:abc"), "IfNotPresent");
         let probe = s.containers[0].readiness_probe.as_ref().expect("probe");
         assert_eq!((probe.period_seconds, probe.timeout_seconds, probe.failure_threshold), (10, 1, 3));
         assert_eq!(probe.http_get.as_ref().map(|h| h.path.as_str()), Some("/"));

@@ -260,6 +260,54 @@ fn validation_table_names_each_field() {
             "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator",
         ),
         (pod_with(|p| p.status = Some(pb::PodStatus { pod_ip: "10.0.0.300".into(), ..Default::default() })), "status.podIP"),
+        (pod_with(|p| spec(p).volumes.push(pb::Volume { name: "v".into(), ..Default::default() })), "spec.volumes[0]"),
+        (
+            pod_with(|p| {
+                spec(p).volumes.push(pb::Volume {
+                    name: "v".into(),
+                    host_path: Some(pb::HostPathVolumeSource { path: "relative".into(), ..Default::default() }),
+                    ..Default::default()
+                })
+            }),
+            "spec.volumes[0].hostPath.path",
+        ),
+        (
+            pod_with(|p| {
+                spec(p).volumes.push(pb::Volume {
+                    name: "v".into(),
+                    empty_dir: Some(pb::EmptyDirVolumeSource { medium: "Disk".into(), ..Default::default() }),
+                    ..Default::default()
+                })
+            }),
+            "spec.volumes[0].emptyDir.medium",
+        ),
+        (
+            pod_with(|p| {
+                spec(p).containers[0].volume_mounts.push(pb::VolumeMount {
+                    name: "nope".into(),
+                    mount_path: "/data".into(),
+                    ..Default::default()
+                })
+            }),
+            "spec.containers[0].volumeMounts[0].name",
+        ),
+        (
+            pod_with(|p| {
+                spec(p).containers[0].volume_mounts.push(pb::VolumeMount {
+                    name: "v".into(),
+                    mount_path: "data".into(),
+                    ..Default::default()
+                })
+            }),
+            "spec.containers[0].volumeMounts[0].mountPath",
+        ),
+        (
+            pod_with(|p| {
+                spec(p).containers[0].security_context =
+                    Some(pb::SecurityContext { run_as_user: Some(-1), ..Default::default() })
+            }),
+            "spec.containers[0].securityContext.runAsUser",
+        ),
     ];
     for (o, field) in cases {
         match crate::validate::object(&o) {

@@ -181,6 +181,94 @@ fn container(field: &str, c: &pb::Container) -> R {
     if !c.image_pull_policy.is_empty() {
         one_of(&format!("{field}.imagePullPolicy"), &c.image_pull_policy, &["Always", "IfNotPresent", "Never"])?;
     }
+    let mut paths = BTreeSet::new();
+    for (i, m) in c.volume_mounts.iter().enumerate() {
+        let mf = format!("{field}.volumeMounts[{i}]");
+        if m.name.is_empty() {
+            fail(format!("{mf}.name"), "is required")?;
+        }
+        if !m.mount_path.starts_with('/') {
+            fail(format!("{mf}.mountPath"), format!("{:?} must be an absolute path", m.mount_path))?;
+        }
+        if m.mount_path.split('/').any(|p| p == "..") {
+            fail(format!("{mf}.mountPath"), "must not contain '..'")?;
+        }
+        if !paths.insert(m.mount_path.trim_end_matches('/')) {
+            fail(format!("{mf}.mountPath"), format!("{:?} is mounted twice", m.mount_path))?;
+        }
+        if m.sub_path.starts_with('/') || m.sub_path.split('/').any(|p| p == "..") {
+            fail(format!("{mf}.subPath"), format!("{:?} must be a relative path without '..'", m.sub_path))?;
+        }
+    }
+    if let Some(sc) = &c.security_context {
+        security(&format!("{field}.securityContext"), sc.run_as_user, sc.run_as_group)?;
+    }
+    Ok(())
+}
+
+/// uid and gid of a security context.
+fn security(field: &str, user: Option<i64>, group: Option<i64>) -> R {
+    for (name, v) in [("runAsUser", user), ("runAsGroup", group)] {
+        if v.is_some_and(|v| !(0..=i64::from(u32::MAX - 1)).contains(&v)) {
+            fail(format!("{field}.{name}"), "must be between 0 and 4294967294")?;
+        }
+    }
+    Ok(())
+}
+
+/// The pod's volumes, and that every mount names one of them.
+fn volumes(field: &str, s: &pb::PodSpec) -> R {
+    let mut names = BTreeSet::new();
+    for (i, v) in s.volumes.iter().enumerate() {
+        let vf = format!("{field}.volumes[{i}]");
+        at(format!("{vf}.name"), names::dns1123_label(&v.name))?;
+        if !names.insert(v.name.as_str()) {
+            fail(format!("{vf}.name"), format!("{:?} is used by another volume", v.name))?;
+        }
+        match (&v.empty_dir, &v.host_path) {
+            (Some(e), None) => {
+                if !e.medium.is_empty() {
+                    one_of(&format!("{vf}.emptyDir.medium"), &e.medium, &["Memory"])?;
+                }
+                if !e.size_limit.is_empty() {
+                    let q = Quantity::parse(&e.size_limit)
+                        .map_err(|err| Error::invalid(format!("{vf}.emptyDir.sizeLimit"), err.to_string()))?;
+                    if q.millis() <= 0 {
+                        fail(format!("{vf}.emptyDir.sizeLimit"), "must be positive")?;
+                    }
+                }
+            }
+            (None, Some(h)) => {
+                if !h.path.starts_with('/') || h.path.split('/').any(|p| p == "..") {
+                    fail(format!("{vf}.hostPath.path"), format!("{:?} must be an absolute path without '..'", h.path))?;
+                }
+                if !h.r#type.is_empty() {
+                    one_of(
+                        &format!("{vf}.hostPath.type"),
+                        &h.r#type,
+                        &["DirectoryOrCreate", "Directory", "FileOrCreate", "File"],
+                    )?;
+                }
+            }
+            (None, None) => fail(vf, "one source is required (emptyDir or hostPath)")?,
+            (Some(_), Some(_)) => fail(vf, "only one source may be given (emptyDir or hostPath)")?,
+        }
+    }
+    for (kind, list) in [("containers", &s.containers), ("initContainers", &s.init_containers)] {
+        for (i, c) in list.iter().enumerate() {
+            for (j, m) in c.volume_mounts.iter().enumerate() {
+                if !names.contains(m.name.as_str()) {
+                    fail(
+                        format!("{field}.{kind}[{i}].volumeMounts[{j}].name"),
+                        format!("{:?} is not a volume of the pod", m.name),
+                    )?;
+                }
+            }
+        }
+    }
+    if let Some(sc) = &s.security_context {
+        security(&format!("{field}.securityContext"), sc.run_as_user, sc.run_as_group)?;
+    }
     Ok(())
 }
 
@@ -235,6 +323,7 @@ pub fn pod_spec(field: &str, s: &pb::PodSpec) -> R {
             fail(format!("{f}.lifecycle"), "init containers may not have lifecycle hooks")?;
         }
     }
+    volumes(field, s)?;
     if !s.restart_policy.is_empty() {
         one_of(&format!("{field}.restartPolicy"), &s.restart_policy, &["Always", "OnFailure", "Never"])?;
     }

@@ -301,6 +301,67 @@ fn pods_run_on_containerd_reach_each_other_across_workers_and_fail_as_kubernetes
         })
         .await;
 
+        // Volumes and a security context: an init container fills an emptyDir and a
+        // hostPath; the main container, as uid 1000 on a read-only root, reads them and
+        // has a memory-backed emptyDir.
+        let host_dir = s.dir.path().join("host-w1");
+        let mut vols = pod(
+            "volumes",
+            "w1",
+            &local,
+            "cat /shared/msg; id -u; touch /x 2>/dev/null || echo root-read-only; \
+             grep -q ' /cache tmpfs' /proc/mounts && echo cache-tmpfs; touch /cache/y && echo cache-writable; sleep 1000",
+        );
+        let spec = vols.spec.as_mut().expect("spec");
+        spec.volumes = vec![
+            pb::Volume { name: "shared".into(), empty_dir: Some(Default::default()), ..Default::default() },
+            pb::Volume {
+                name: "cache".into(),
+                empty_dir: Some(pb::EmptyDirVolumeSource { medium: "Memory".into(), size_limit: "8Mi".into() }),
+                ..Default::default()
+            },
+            pb::Volume {
+                name: "host".into(),
+                host_path: Some(pb::HostPathVolumeSource {
+                    path: host_dir.display().to_string(),
+                    r#type: "DirectoryOrCreate".into(),
+                }),
+                ..Default::default()
+            },
+        ];
+        let mount = |name: &str, path: &str| pb::VolumeMount { name: name.into(), mount_path: path.into(), ..Default::default() };
+        spec.init_containers = vec![pb::Container {
+            name: "fill".into(),
+            image: local.clone(),
+            command: vec!["sh".into(), "-c".into(), "echo from-init > /shared/msg; echo on-the-node > /host/out".into()],
+            volume_mounts: vec![mount("shared", "/shared"), mount("host", "/host")],
+            ..Default::default()
+        }];
+        let main = &mut spec.containers[0];
+        main.volume_mounts = vec![mount("shared", "/shared"), mount("cache", "/cache")];
+        main.security_context = Some(pb::SecurityContext {
+            run_as_user: Some(1000),
+            read_only_root_filesystem: Some(true),
+            ..Default::default()
+        });
+        client.create(vols).await.expect("volumes");
+        until(c, "the volumes pod's output", || async {
+            let out = ctl(&eps, &["logs", "volumes"]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let want = ["from-init", "1000", "root-read-only", "cache-tmpfs", "cache-writable"];
+            want.iter().all(|w| text.lines().any(|l| l == *w)).then_some(())
+        })
+        .await;
+        assert_eq!(std::fs::read_to_string(host_dir.join("out")).expect("hostPath file"), "on-the-node\n");
+        let vuid = client.get::<pb::Pod>("default", "volumes").await.expect("volumes").metadata.map(|m| m.uid).unwrap_or_default();
+        let vdir = s.dir.path().join("w1/pods").join(&vuid);
+        assert!(vdir.join("volumes/shared/msg").exists(), "the emptyDir is on the node");
+        let now = flotilla_client::DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
+        client.delete::<pb::Pod>("default", "volumes", &now).await.expect("delete volumes");
+        until(c, "the volumes pod's directory gone", || async { (!vdir.exists()).then_some(()) }).await;
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        assert!(!mounts.contains(&vuid), "its tmpfs is unmounted: {mounts}");
+
         // Graceful deletion: SIGTERM first (seen by a following `flotctl logs -f`).
         let term = "trap 'echo got SIGTERM; exit 0' TERM; echo waiting; while true; do sleep 0.1; done";
         client.create(pod("graceful", "w2", &s.pulled, term)).await.expect("graceful");

@@ -25,6 +25,7 @@ pub mod pods;
 pub mod prober;
 pub mod process;
 pub mod runtime;
+pub mod volumes;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

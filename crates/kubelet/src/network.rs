@@ -43,6 +43,12 @@ pub struct Sandbox {
     /// The host ports mapped (for portmap's DEL).
     #[serde(default)]
     pub ports: Vec<PortMapping>,
+    /// The pod's volumes: name → path on the node.
+    #[serde(default)]
+    pub volumes: BTreeMap<String, String>,
+    /// Memory-backed volumes mounted for the pod (unmounted with the sandbox).
+    #[serde(default)]
+    pub tmpfs: Vec<String>,
 }
 
 impl Sandbox {
@@ -227,6 +233,8 @@ impl CniNetwork {
             pod_cidr: pod_cidr.into(),
             results: vec![],
             ports: ports.into(),
+            volumes: BTreeMap::new(),
+            tmpfs: Vec::new(),
         };
         let added = async {
             self.plugin("ADD", &serde_json::json!({"type": "loopback"}), uid, &netns, "lo", None).await?;

@@ -675,6 +675,7 @@ impl<R: Runtime> PodSync<R> {
                 node_ip: self.cfg.node_ip.clone(),
                 pod_cidr: self.pod_cidr.lock().unwrap_or_else(|p| p.into_inner()).clone(),
                 ports: crate::network::port_mappings(&spec),
+                volumes: spec.volumes.clone(),
             };
             match self.runtime.sandbox(&sandbox).await {
                 Ok(ip) => {
@@ -713,6 +714,7 @@ impl<R: Runtime> PodSync<R> {
                     pod: format!("{}/{}", m.namespace, m.name),
                     container: c.clone(),
                     attempt,
+                    pod_security: spec.security_context.clone(),
                 };
                 match self.runtime.start(&cs).await {
                     Ok(id) => {

@@ -167,6 +167,12 @@ impl Runtime for ProcessRuntime {
             if c.resources.as_ref().is_some_and(|r| !r.limits.is_empty()) {
                 return Err(format!("{f}.resources.limits: the process runtime cannot enforce limits"));
             }
+            if !c.volume_mounts.is_empty() {
+                return Err(format!("{f}.volumeMounts: the process runtime has no volumes"));
+            }
+            if c.security_context.is_some() {
+                return Err(format!("{f}.securityContext: the process runtime runs everything as the worker's user"));
+            }
             if c.ports.iter().any(|p| p.host_port != 0) {
                 return Err(format!("{f}.ports: the process runtime has no port mapping (hostPort)"));
             }

@@ -23,6 +23,8 @@ pub struct ContainerSpec {
     pub container: pb::Container,
     /// Which start of this container this is (0, then one more per restart).
     pub attempt: u32,
+    /// The pod's security context (defaults of the container's).
+    pub pod_security: Option<pb::PodSecurityContext>,
 }
 
 /// What a pod's sandbox (its network namespace and address) is made from.
@@ -40,6 +42,8 @@ pub struct PodSandbox {
     pub pod_cidr: String,
     /// Host ports to map to the pod.
     pub ports: Vec<crate::network::PortMapping>,
+    /// The pod's volumes (made with the sandbox, removed with it).
+    pub volumes: Vec<pb::Volume>,
 }
 
 /// What a container is doing.

@@ -220,6 +220,11 @@ impl ContainerdRuntime {
         &self.images
     }
 
+    /// A pod's own directory (its emptyDir volumes).
+    fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.cfg.dir.join("pods").join(uid)
+    }
+
     fn log_path(&self, id: &str) -> PathBuf {
         self.logs.join(format!("{id}.log"))
     }
@@ -363,9 +368,11 @@ impl Runtime for ContainerdRuntime {
                     "{f}.ports: hostPort needs the pod network (a pod on the host network has its ports already)"
                 ));
             }
-            let dummy = spec::Placement::default();
+            let dummy = spec::Placement { pod_security: spec.security_context.clone(), ..Default::default() };
             // Limits and paths checked now, with an image that runs anything.
-            let anything = spec::ImageConfig { cmd: Some(vec!["sh".into()]), ..Default::default() };
+            // (its user is not root: whether the image's is, is known only at start)
+            let anything =
+                spec::ImageConfig { cmd: Some(vec!["sh".into()]), user: Some("65534".into()), ..Default::default() };
             spec::build(c, &f, &anything, &dummy)?;
         }
         Ok(())
@@ -375,7 +382,7 @@ impl Runtime for ContainerdRuntime {
         if let Some(sb) = self.sandboxes.lock().unwrap_or_else(|p| p.into_inner()).get(&pod.uid) {
             return Ok(sb.ip.clone());
         }
-        let sb = match (&self.network, pod.host_network) {
+        let mut sb = match (&self.network, pod.host_network) {
             (_, true) | (None, _) => Sandbox {
                 uid: pod.uid.clone(),
                 netns: String::new(),
@@ -383,6 +390,8 @@ impl Runtime for ContainerdRuntime {
                 pod_cidr: String::new(),
                 results: vec![],
                 ports: vec![],
+                volumes: Default::default(),
+                tmpfs: vec![],
             },
             (Some(net), false) => {
                 if pod.pod_cidr.is_empty() {
@@ -394,13 +403,21 @@ impl Runtime for ContainerdRuntime {
                 net.add(&pod.uid, &pod.pod_cidr, &pod.ports).await?
             }
         };
-        let path = self.sandbox_dir.join(format!("{}.json", pod.uid));
-        let bytes = serde_json::to_vec(&sb).map_err(|e| KubeletError::Runtime(e.to_string()))?;
-        if let Err(e) = std::fs::write(&path, bytes) {
+        let pod_dir = self.pod_dir(&pod.uid);
+        let made = crate::volumes::setup(&pod_dir, &pod.volumes).and_then(|made| {
+            sb.volumes = made.paths;
+            sb.tmpfs = made.tmpfs;
+            let path = self.sandbox_dir.join(format!("{}.json", pod.uid));
+            let bytes = serde_json::to_vec(&sb).map_err(|e| KubeletError::Runtime(e.to_string()))?;
+            std::fs::write(&path, bytes).map_err(|e| KubeletError::io(&path, e))
+        });
+        if let Err(e) = made {
+            // Undone: the next pass makes it afresh.
+            let _ = crate::volumes::teardown(&pod_dir, &sb.tmpfs);
             if let Some(net) = &self.network {
                 let _ = net.del(&sb).await;
             }
-            return Err(KubeletError::io(&path, e));
+            return Err(e);
         }
         tracing::info!(pod = %pod.pod, ip = %sb.ip, netns = %sb.netns, "pod sandbox ready");
         let ip = sb.ip.clone();
@@ -415,6 +432,7 @@ impl Runtime for ContainerdRuntime {
         if let Some(net) = &self.network {
             net.del(&sb).await?;
         }
+        crate::volumes::teardown(&self.pod_dir(uid), &sb.tmpfs)?;
         let path = self.sandbox_dir.join(format!("{uid}.json"));
         match std::fs::remove_file(&path) {
             Ok(()) => {}
@@ -449,10 +467,15 @@ impl Runtime for ContainerdRuntime {
             .ensure(&c.container.image, policy)
             .await
             .map_err(|e| KubeletError::Image { reason: e.reason(), message: e.message().to_string() })?;
-        let netns = match self.sandboxes.lock().unwrap_or_else(|p| p.into_inner()).get(&c.pod_uid) {
-            Some(sb) => sb.netns_path(),
-            None => return Err(KubeletError::Runtime(format!("pod {} has no sandbox yet", c.pod))),
+        let Some(sb) = self.sandboxes.lock().unwrap_or_else(|p| p.into_inner()).get(&c.pod_uid).cloned() else {
+            return Err(KubeletError::Runtime(format!("pod {} has no sandbox yet", c.pod)));
         };
+        let field = format!("container {}", c.container.name);
+        let mut mounts = Vec::new();
+        for (i, m) in c.container.volume_mounts.iter().enumerate() {
+            let source = crate::volumes::source(&sb.volumes, &format!("{field}.volumeMounts[{i}]"), m)?;
+            mounts.push((m.mount_path.clone(), source, m.read_only));
+        }
         let id = container_id(c);
         // A start tried before and cut short left something: start clean.
         if self.container(&id).await?.is_some() {
@@ -463,10 +486,11 @@ impl Runtime for ContainerdRuntime {
         let placement = spec::Placement {
             id: id.clone(),
             cgroup_parent: self.cfg.cgroup_parent.clone(),
-            netns,
+            netns: sb.netns_path(),
             hostname: c.pod.rsplit('/').next().unwrap_or_default().to_string(),
+            mounts,
+            pod_security: c.pod_security.clone(),
         };
-        let field = format!("container {}", c.container.name);
         let oci = spec::build(&c.container, &field, &image.config, &placement).map_err(KubeletError::Unsupported)?;
         let spec_json = serde_json::to_vec(&oci).map_err(|e| KubeletError::Runtime(e.to_string()))?;
         let mut snaps = snap::snapshots_client::SnapshotsClient::new(self.conn.channel.clone());

@@ -3,7 +3,8 @@
 //! entrypoint and `args` its cmd; env is the image's, then the container's; the working
 //! directory is the container's, else the image's. cpu and memory limits become cgroup
 //! limits (cpu requests become shares), the container joins its pod's network namespace,
-//! and runs in the cgroup `<parent>/<id>`.
+//! and runs in the cgroup `<parent>/<id>`, as the user its securityContext (or its pod's,
+//! or its image) says, with the pod's volumes bind-mounted where it asks.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +12,7 @@ use flotilla_core::quantity::Quantity;
 use flotilla_proto::api as pb;
 use oci_spec::runtime::{
     LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxResourcesBuilder, Spec,
+    LinuxResourcesBuilder, MountBuilder, Spec,
 };
 
 /// What the image says about how to run it (the `config` of its OCI config).
@@ -30,6 +31,9 @@ pub struct ImageConfig {
     /// The working directory.
     #[serde(default)]
     pub working_dir: Option<String>,
+    /// `uid[:gid]` (numeric) to run as.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// Where a container runs.
@@ -43,6 +47,10 @@ pub struct Placement {
     pub netns: Option<String>,
     /// The pod's hostname.
     pub hostname: String,
+    /// Bind mounts: (path in the container, path on the node, read-only).
+    pub mounts: Vec<(String, String, bool)>,
+    /// The pod's security context (defaults for the container's).
+    pub pod_security: Option<pb::PodSecurityContext>,
 }
 
 /// cpu period the cpu limit is expressed in (100 ms, as the kubelet uses).
@@ -87,6 +95,41 @@ pub fn env(c: &pb::Container, image: &ImageConfig) -> Vec<String> {
     out.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
+/// The uid and gid container `c` runs as: its securityContext's, else its pod's, else
+/// its image's (numeric only), else root.
+pub fn user(
+    c: &pb::Container,
+    field: &str,
+    image: &ImageConfig,
+    pod: Option<&pb::PodSecurityContext>,
+) -> Result<(u32, u32), String> {
+    let sc = c.security_context.as_ref();
+    let (mut uid, mut gid) = (0u32, 0u32);
+    if let Some(u) = image.user.as_deref().filter(|u| !u.is_empty()) {
+        let (us, gs) = u.split_once(':').unwrap_or((u, ""));
+        uid = us.parse().map_err(|_| {
+            format!("{field}: the image runs as user {u:?} by name; give securityContext.runAsUser (a uid)")
+        })?;
+        if !gs.is_empty() {
+            gid = gs.parse().map_err(|_| {
+                format!("{field}: the image's group {gs:?} is not numeric; give securityContext.runAsGroup")
+            })?;
+        }
+    }
+    let pick = |c: Option<i64>, p: Option<i64>| c.or(p).map(|v| u32::try_from(v).unwrap_or(u32::MAX));
+    if let Some(u) = pick(sc.and_then(|s| s.run_as_user), pod.and_then(|p| p.run_as_user)) {
+        uid = u;
+    }
+    if let Some(g) = pick(sc.and_then(|s| s.run_as_group), pod.and_then(|p| p.run_as_group)) {
+        gid = g;
+    }
+    let non_root = sc.and_then(|s| s.run_as_non_root).or(pod.and_then(|p| p.run_as_non_root)).unwrap_or(false);
+    if non_root && uid == 0 {
+        return Err(format!("{field}.securityContext.runAsNonRoot: the container would run as root (uid 0)"));
+    }
+    Ok((uid, gid))
+}
+
 /// The runtime spec of container `c` (field path `field`, for messages) from its image.
 pub fn build(c: &pb::Container, field: &str, image: &ImageConfig, at: &Placement) -> Result<Spec, String> {
     let mut spec = Spec::default();
@@ -99,7 +142,12 @@ pub fn build(c: &pb::Container, field: &str, image: &ImageConfig, at: &Placement
     if !cwd.starts_with('/') {
         return Err(format!("{field}.workingDir: {cwd:?} is not an absolute path"));
     }
+    let (uid, gid) = user(c, field, image, at.pod_security.as_ref())?;
     let mut process = spec.process().clone().unwrap_or_default();
+    let mut u = process.user().clone();
+    u.set_uid(uid);
+    u.set_gid(gid);
+    process.set_user(u);
     process.set_args(Some(argv));
     process.set_env(Some(env(c, image)));
     process.set_cwd(cwd.into());
@@ -107,8 +155,23 @@ pub fn build(c: &pb::Container, field: &str, image: &ImageConfig, at: &Placement
     spec.set_hostname(Some(at.hostname.clone()));
     let mut root = spec.root().clone().unwrap_or_default();
     root.set_path("rootfs".into());
-    root.set_readonly(Some(false));
+    let read_only = c.security_context.as_ref().and_then(|s| s.read_only_root_filesystem).unwrap_or(false);
+    root.set_readonly(Some(read_only));
     spec.set_root(Some(root));
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for (dest, source, ro) in &at.mounts {
+        let options = vec!["rbind".to_string(), "rprivate".to_string(), if *ro { "ro" } else { "rw" }.to_string()];
+        mounts.push(
+            MountBuilder::default()
+                .destination(dest)
+                .source(source)
+                .typ("bind")
+                .options(options)
+                .build()
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    spec.set_mounts(Some(mounts));
 
     let none = BTreeMap::new();
     let limits = c.resources.as_ref().map_or(&none, |r| &r.limits);
@@ -179,6 +242,7 @@ mod tests {
             entrypoint: Some(vec!["/entry".into()]),
             cmd: Some(vec!["serve".into()]),
             working_dir: Some("/srv".into()),
+            user: None,
         }
     }
 
@@ -215,7 +279,14 @@ mod tests {
             cgroup_parent: "/flotilla/w1".into(),
             netns: Some("/run/netns/p".into()),
             hostname: "web-0".into(),
+            mounts: vec![("/data".into(), "/var/lib/w/pods/u/volumes/data".into(), true)],
+            pod_security: None,
         };
+        c.security_context = Some(pb::SecurityContext {
+            run_as_user: Some(1000),
+            read_only_root_filesystem: Some(true),
+            ..Default::default()
+        });
         let spec = build(&c, "spec.containers[0]", &image(), &at).expect("spec");
         let json = serde_json::to_value(&spec).expect("json");
         assert_eq!(json["linux"]["resources"]["memory"]["limit"], 64 * 1024 * 1024);
@@ -227,6 +298,30 @@ mod tests {
         let ns = json["linux"]["namespaces"].as_array().expect("namespaces");
         assert!(ns.iter().any(|n| n["type"] == "network" && n["path"] == "/run/netns/p"), "{ns:?}");
         assert!(ns.iter().any(|n| n["type"] == "pid"));
+        assert_eq!(json["process"]["user"]["uid"], 1000);
+        assert_eq!(json["root"]["readonly"], true);
+        let data = json["mounts"].as_array().expect("mounts").iter().find(|m| m["destination"] == "/data").cloned();
+        let data = data.expect("the volume's mount");
+        assert_eq!(data["type"], "bind");
+        assert!(data["options"].as_array().expect("options").iter().any(|o| o == "ro"), "{data}");
+    }
+
+    #[test]
+    fn the_user_comes_from_the_container_then_the_pod_then_the_image() {
+        let mut c = container();
+        let mut img = image();
+        assert_eq!(user(&c, "f", &img, None), Ok((0, 0)));
+        img.user = Some("100:101".into());
+        assert_eq!(user(&c, "f", &img, None), Ok((100, 101)));
+        let pod = pb::PodSecurityContext { run_as_user: Some(200), ..Default::default() };
+        assert_eq!(user(&c, "f", &img, Some(&pod)), Ok((200, 101)));
+        c.security_context = Some(pb::SecurityContext { run_as_user: Some(300), ..Default::default() });
+        assert_eq!(user(&c, "f", &img, Some(&pod)), Ok((300, 101)));
+        img.user = Some("nginx".into());
+        c.security_context = None;
+        assert!(user(&c, "f", &img, None).expect_err("by name").contains("runAsUser"));
+        let strict = pb::PodSecurityContext { run_as_non_root: Some(true), ..Default::default() };
+        assert!(user(&container(), "f", &image(), Some(&strict)).expect_err("root").contains("runAsNonRoot"));
     }
 
     #[test]
