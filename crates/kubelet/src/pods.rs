@@ -714,7 +714,7 @@ impl<R: Runtime> PodSync<R> {
                     pod: format!("{}/{}", m.namespace, m.name),
                     container: c.clone(),
                     attempt,
-                    pod_security: spec.security_context.clone(),
+                    pod_security: spec.security_context,
                 };
                 match self.runtime.start(&cs).await {
                     Ok(id) => {

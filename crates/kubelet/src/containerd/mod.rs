@@ -368,7 +368,7 @@ impl Runtime for ContainerdRuntime {
                     "{f}.ports: hostPort needs the pod network (a pod on the host network has its ports already)"
                 ));
             }
-            let dummy = spec::Placement { pod_security: spec.security_context.clone(), ..Default::default() };
+            let dummy = spec::Placement { pod_security: spec.security_context, ..Default::default() };
             // Limits and paths checked now, with an image that runs anything.
             // (its user is not root: whether the image's is, is known only at start)
             let anything =
@@ -489,7 +489,7 @@ impl Runtime for ContainerdRuntime {
             netns: sb.netns_path(),
             hostname: c.pod.rsplit('/').next().unwrap_or_default().to_string(),
             mounts,
-            pod_security: c.pod_security.clone(),
+            pod_security: c.pod_security,
         };
         let oci = spec::build(&c.container, &field, &image.config, &placement).map_err(KubeletError::Unsupported)?;
         let spec_json = serde_json::to_vec(&oci).map_err(|e| KubeletError::Runtime(e.to_string()))?;
