@@ -12,6 +12,7 @@ pub mod compare;
 pub mod controllers;
 pub mod error;
 pub mod hollow;
+pub mod pods;
 pub mod report;
 pub mod scheduler;
 pub mod workload;

@@ -99,6 +99,33 @@ enum WorkloadArgs {
         #[arg(long, default_value_t = 64)]
         creators: usize,
     },
+    /// Pod startup latency on real workers: pods created at --rate, placed by the
+    /// cluster's scheduler; time from each create until its container runs, as a client
+    /// watching sees it (p50/p90/p99). Needs workers with the image present (or
+    /// pullable); the pods' namespace is deleted afterwards.
+    Pods {
+        /// Pods to start.
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
+        /// Creates per second.
+        #[arg(long, default_value_t = 5.0)]
+        rate: f64,
+        /// The image the pods run (the process runtime ignores it).
+        #[arg(long, default_value = "flotilla.local/busybox:1")]
+        image: String,
+        /// The container's command.
+        #[arg(long, value_delimiter = ' ', default_value = "sleep 3600")]
+        command: Vec<String>,
+        /// Only on nodes with these labels: key=value,...
+        #[arg(long, value_delimiter = ',')]
+        node_selector: Vec<String>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Leave the pods and their namespace.
+        #[arg(long)]
+        keep: bool,
+    },
     /// A Deployment's pods made and placed by the cluster's own controller manager and
     /// scheduler: hollow nodes, one Deployment of --replicas, time until every pod exists
     /// and until every pod is bound. Run against a fresh cluster of normal masters.
@@ -187,6 +214,41 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let WorkloadArgs::Pods { pods, rate, image, command, node_selector, timeout, keep } = args.workload {
+        let mut selector = std::collections::BTreeMap::new();
+        for kv in node_selector.iter().filter(|s| !s.is_empty()) {
+            let (k, v) = kv.split_once('=').with_context(|| format!("--node-selector {kv:?}: expected key=value"))?;
+            selector.insert(k.to_string(), v.to_string());
+        }
+        let b = flotilla_bench::pods::PodsBench {
+            endpoints: args.endpoints.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+            pods,
+            rate,
+            image,
+            command,
+            node_selector: selector,
+            timeout: Duration::from_secs(timeout),
+            progress: !args.json,
+            keep,
+        };
+        let r = rt.block_on(async move { flotilla_bench::pods::run(&b).await })?;
+        if args.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!(
+                "pods ({}): {} pods at {}/s on {} nodes: create->running p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+                r.runtimes.join(", "),
+                r.pods,
+                r.rate,
+                r.nodes,
+                r.p50_ms,
+                r.p90_ms,
+                r.p99_ms,
+                r.max_ms
+            );
+        }
+        return Ok(());
+    }
     if let WorkloadArgs::Controllers { nodes, replicas, timeout } = args.workload {
         let b = flotilla_bench::controllers::ControllersBench {
             endpoints: args.endpoints.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
@@ -230,7 +292,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         WorkloadArgs::Failover { kill_cmd, kill_after, rate } => {
             Workload::Failover { kill_cmd, kill_after: Duration::from_secs_f64(kill_after), rate }
         }
-        WorkloadArgs::Compare(_) | WorkloadArgs::Scheduler { .. } | WorkloadArgs::Controllers { .. } => {
+        WorkloadArgs::Compare(_)
+        | WorkloadArgs::Scheduler { .. }
+        | WorkloadArgs::Controllers { .. }
+        | WorkloadArgs::Pods { .. } => {
             unreachable!("handled above")
         }
     };

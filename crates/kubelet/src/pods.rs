@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use flotilla_client::events::object_ref;
+use futures::StreamExt;
 use flotilla_client::reflector::Cache;
 use flotilla_client::{Client, DeleteParams, EventRecorder};
 use flotilla_proto::api as pb;
@@ -24,6 +25,9 @@ use flotilla_proto::api as pb;
 use crate::prober::{Prober, Results};
 use crate::runtime::{ContainerInfo, ContainerSpec, PodSandbox, Runtime, State};
 use crate::{KubeletError, WorkerConfig};
+
+/// Pods synced at once.
+pub const POD_WORKERS: usize = 8;
 
 /// The longest back-off before restarting a container.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -456,6 +460,7 @@ impl<R: Runtime> PodSync<R> {
         let with_containers: HashSet<String> = by_pod.keys().cloned().collect();
         let pods: Vec<pb::Pod> = self.pods.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
         let known: HashSet<String> = pods.iter().map(|p| meta(p).uid).collect();
+        let mut live = Vec::new();
         for pod in pods {
             let uid = meta(&pod).uid;
             let mine = by_pod.remove(&uid).unwrap_or_default();
@@ -467,10 +472,18 @@ impl<R: Runtime> PodSync<R> {
                 self.stop_pod(Some(pod), uid, mine, Duration::from_secs(u64::try_from(grace).unwrap_or(0)));
                 continue;
             }
-            if let Err(e) = self.sync_pod(&pod, mine).await {
-                tracing::debug!(pod = %meta(&pod).name, error = %e, "pod sync failed; trying again");
-            }
+            live.push((pod, mine));
         }
+        // Pods are independent: several at once (a pod's network, its containers' starts
+        // and its status write each take a round trip or more), as Kubernetes' per-pod
+        // workers do.
+        futures::stream::iter(live)
+            .for_each_concurrent(POD_WORKERS, |(pod, mine)| async move {
+                if let Err(e) = self.sync_pod(&pod, mine).await {
+                    tracing::debug!(pod = %meta(&pod).name, error = %e, "pod sync failed; trying again");
+                }
+            })
+            .await;
         // Containers of pods that are gone (deleted while this worker was away, or forced).
         for (uid, mine) in by_pod {
             if !known.contains(&uid) {
