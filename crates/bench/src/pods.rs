@@ -94,7 +94,8 @@ fn pod(ns: &str, i: usize, b: &PodsBench) -> pb::Pod {
 
 fn running(p: &pb::Pod) -> bool {
     p.status.as_ref().is_some_and(|s| {
-        s.phase == "Running" && s.container_statuses.iter().all(|c| c.state.as_ref().is_some_and(|st| st.running.is_some()))
+        s.phase == "Running"
+            && s.container_statuses.iter().all(|c| c.state.as_ref().is_some_and(|st| st.running.is_some()))
             && !s.container_statuses.is_empty()
     })
 }
@@ -120,7 +121,10 @@ pub async fn run(b: &PodsBench) -> Result<PodsReport, BenchError> {
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let ns = format!("bench-pods-{stamp}");
     client
-        .create(pb::Namespace { metadata: Some(pb::ObjectMeta { name: ns.clone(), ..Default::default() }), ..Default::default() })
+        .create(pb::Namespace {
+            metadata: Some(pb::ObjectMeta { name: ns.clone(), ..Default::default() }),
+            ..Default::default()
+        })
         .await
         .map_err(|e| err("creating the namespace", e))?;
     let p = ListParams { namespace: ns.clone(), ..Default::default() };

@@ -52,6 +52,26 @@ pub struct WorkerArgs {
     /// Pods this node takes.
     #[arg(long, default_value_t = 110)]
     max_pods: u32,
+    /// Resources kept back from pods for the system and the worker itself:
+    /// cpu=QUANTITY,memory=QUANTITY (the Node's allocatable is its capacity less these).
+    #[arg(long, value_name = "RESOURCES", value_delimiter = ',')]
+    system_reserved: Vec<String>,
+    /// A container's log is rotated when it grows past this (a quantity, e.g. 10Mi).
+    #[arg(long, value_name = "SIZE", default_value = "10Mi")]
+    container_log_max_size: String,
+    /// Rotated logs kept per container, besides the one being written.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    container_log_max_files: usize,
+    /// Unused images are removed, least recently used first, while the disk of the
+    /// worker's directory is fuller than this percentage (0: every unused image).
+    #[arg(long, value_name = "PERCENT", default_value_t = 85)]
+    image_gc_high_threshold: u8,
+    /// ...until it is at most this full.
+    #[arg(long, value_name = "PERCENT", default_value_t = 80)]
+    image_gc_low_threshold: u8,
+    /// How often the image garbage collector looks.
+    #[arg(long, value_name = "DURATION", default_value = "5m")]
+    image_gc_period: String,
     /// How often the node's Lease is renewed (a node silent for the controller manager's
     /// --node-monitor-grace-period is marked and its pods moved).
     #[arg(long, value_name = "DURATION", default_value = "2s")]
@@ -132,12 +152,34 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     cfg.kubelet_port = args.kubelet_port;
     cfg.lease_interval = humantime::parse_duration(&args.lease_interval)
         .with_context(|| format!("--lease-interval {:?} is not a duration like 2s", args.lease_interval))?;
+    for kv in args.system_reserved.iter().filter(|s| !s.is_empty()) {
+        let (k, v) =
+            kv.split_once('=').with_context(|| format!("--system-reserved {kv:?}: expected cpu=... or memory=..."))?;
+        if k != "cpu" && k != "memory" {
+            bail!("--system-reserved {kv:?}: only cpu and memory can be reserved");
+        }
+        flotilla_core::quantity::Quantity::parse(v).map_err(|e| anyhow::anyhow!("--system-reserved {kv:?}: {e}"))?;
+        cfg.reserved.insert(k.into(), v.into());
+    }
+    let size = flotilla_core::quantity::Quantity::parse(&args.container_log_max_size)
+        .map_err(|e| anyhow::anyhow!("--container-log-max-size {:?}: {e}", args.container_log_max_size))?;
+    cfg.log_max_size = u64::try_from(size.units_ceil()).unwrap_or(0);
+    if cfg.log_max_size < 1024 {
+        bail!("--container-log-max-size {:?}: at least 1Ki", args.container_log_max_size);
+    }
+    cfg.log_max_files = args.container_log_max_files.max(1);
+    if args.image_gc_low_threshold > args.image_gc_high_threshold || args.image_gc_high_threshold > 100 {
+        bail!("--image-gc-low-threshold must be at most --image-gc-high-threshold, both percentages");
+    }
+    let image_gc_period = humantime::parse_duration(&args.image_gc_period)
+        .with_context(|| format!("--image-gc-period {:?} is not a duration like 5m", args.image_gc_period))?;
     if let Some(c) = &args.pod_cidr {
         flotilla_core::cidr::Cidr::parse_within(c, 8, 30).map_err(|e| anyhow::anyhow!("--pod-cidr: {e}"))?;
         cfg.pod_cidr = c.clone();
     }
     let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from("/var/lib/flotilla/worker").join(&name));
     std::fs::create_dir_all(&dir).with_context(|| format!("--dir {}", dir.display()))?;
+    cfg.dir = dir.clone();
     let registries = match &args.registry_config {
         Some(p) => flotilla_kubelet::containerd::images::load_registries(p).context("--registry-config")?,
         None => Default::default(),
@@ -175,6 +217,11 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
                     cgroup_parent: args.cgroup_parent.clone(),
                     cni_bin_dir: (!args.host_network_only).then(|| args.cni_bin_dir.clone()),
                     bridge: args.bridge.clone(),
+                    image_gc: flotilla_kubelet::containerd::ImageGc {
+                        high: args.image_gc_high_threshold,
+                        low: args.image_gc_low_threshold,
+                        period: image_gc_period,
+                    },
                 };
                 let runtime = flotilla_kubelet::containerd::ContainerdRuntime::connect(ccfg).await?;
                 serve(args, name, dir, cfg, runtime).await

@@ -153,25 +153,34 @@ struct Setup {
 }
 
 /// Two hosts with a worker each: `w1` imports the busybox image from an image dir, `w2`
-/// pulls it from the registry (plain HTTP by its --registry-config).
-fn setup() -> Setup {
+/// pulls it from the registry (plain HTTP by its --registry-config); `w1_flags` and
+/// `w2_flags` are added to theirs.
+fn setup_with(w1_flags: &[&str], w2_flags: &[&str]) -> Setup {
     require_worker_prerequisites();
     let hosts = Hosts::create(2);
     let ctd = Containerd::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let registry = Registry::start(&format!("{}:{}", hosts.host_ip, free_port()));
+    let registry = Registry::start(&format!("{}:{}", hosts.host_ip, free_port()), Some(("alice", "s3cret")));
     let pulled = format!("{}/flotilla/busybox:1", registry.addr);
     let images = dir.path().join("images");
     std::fs::create_dir_all(&images).expect("image dir");
-    busybox_image(&images, Some(&pulled));
+    busybox_image(&images, Some((&pulled, Some("alice:s3cret"))));
+    // w2 has the registry's credentials; w1 reaches it but has none.
     let regs = dir.path().join("registries.yaml");
-    std::fs::write(&regs, format!("{}:\n  insecure: true\n", registry.addr)).expect("registry config");
+    let with_creds = format!("{}:\n  insecure: true\n  username: alice\n  password: s3cret\n", registry.addr);
+    std::fs::write(&regs, with_creds).expect("registry config");
+    let regs_w1 = dir.path().join("registries-w1.yaml");
+    std::fs::write(&regs_w1, format!("{}:\n  insecure: true\n", registry.addr)).expect("registry config");
     let c =
         Cluster::start_at(&hosts.host_ip, 3, &["--cluster-cidr", "10.244.0.0/16", "--node-cidr-mask-size", "24"], &[]);
-    let w1 =
-        Worker::start(&c, &ctd, "w1", &hosts.hosts[0], dir.path(), &["--image-dir", &images.display().to_string()]);
-    let w2 =
-        Worker::start(&c, &ctd, "w2", &hosts.hosts[1], dir.path(), &["--registry-config", &regs.display().to_string()]);
+    let images_flag = images.display().to_string();
+    let regs_flag = regs.display().to_string();
+    let regs_w1_flag = regs_w1.display().to_string();
+    let w1_all =
+        [&["--image-dir", images_flag.as_str(), "--registry-config", regs_w1_flag.as_str()][..], w1_flags].concat();
+    let w2_all = [&["--registry-config", regs_flag.as_str()][..], w2_flags].concat();
+    let w1 = Worker::start(&c, &ctd, "w1", &hosts.hosts[0], dir.path(), &w1_all);
+    let w2 = Worker::start(&c, &ctd, "w2", &hosts.hosts[1], dir.path(), &w2_all);
     Setup { workers: vec![w1, w2], c, ctd, _registry: registry, hosts, dir, pulled }
 }
 
@@ -183,7 +192,7 @@ fn setup() -> Setup {
 /// deleted with grace gets SIGTERM first, and its network namespace goes with it.
 #[test]
 fn pods_run_on_containerd_reach_each_other_across_workers_and_fail_as_kubernetes_says() {
-    let s = setup();
+    let s = setup_with(&["--container-log-max-size", "4Ki"], &[]);
     let (c, ctd) = (&s.c, &s.ctd);
     let local = busybox_name();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -222,6 +231,22 @@ fn pods_run_on_containerd_reach_each_other_across_workers_and_fail_as_kubernetes
         })
         .await;
         assert!(ctl_ok(&eps, &["logs", "web"]).contains("serving"));
+
+        // A chatty container's log is rotated past --container-log-max-size (4Ki on w1).
+        let chatty = "i=0; while [ $i -lt 400 ]; do echo line $i of chatter; i=$((i+1)); done; sleep 1000";
+        client.create(pod("chatty", "w1", &local, chatty)).await.expect("chatty");
+        let p = until(c, "chatty running", || async {
+            let p: pb::Pod = client.get("default", "chatty").await.ok()?;
+            running(&p).then_some(p)
+        })
+        .await;
+        let log = s.dir.path().join("w1/logs").join(format!("{}.log", container_id(&p)));
+        let rotated = log.with_extension("log.1");
+        until(c, "chatty's log rotated", || async { rotated.exists().then_some(()) }).await;
+        let size = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(u64::MAX);
+        assert!(size <= 4096, "the current log was truncated: {size} bytes");
+        let current = ctl_ok(&eps, &["logs", "chatty"]);
+        assert!(!current.contains("line 0 of chatter"), "the rotated-out start is not in the current log");
         let events = ctl_ok(&eps, &["get", "events"]);
         assert!(events.contains("Successfully pulled image"), "a Pulled event: {events}");
 
@@ -280,6 +305,15 @@ fn pods_run_on_containerd_reach_each_other_across_workers_and_fail_as_kubernetes
             done.then_some(())
         })
         .await;
+        // Without the registry's credentials (w1), the pull is refused.
+        client.create(pod("nocreds", "w1", &s.pulled, "true")).await.expect("nocreds");
+        let why = until(c, "nocreds: ErrImagePull for want of credentials", || async {
+            let p: pb::Pod = client.get("default", "nocreds").await.ok()?;
+            let w = main_status(&p).state?.waiting?;
+            (w.reason == "ErrImagePull" || w.reason == "ImagePullBackOff").then_some(w.message)
+        })
+        .await;
+        assert!(why.contains("Not authorized"), "{why}");
         let web_now: pb::Pod = client.get("default", "web").await.expect("web");
         assert!(ready(&web_now) && main_status(&web_now).restart_count == 0, "web unaffected");
 
@@ -395,6 +429,8 @@ fn pods_run_on_containerd_reach_each_other_across_workers_and_fail_as_kubernetes
         let _ = follow.kill();
         let _ = follow.wait();
         assert_eq!(text, "got SIGTERM", "SIGTERM first");
+        let events = ctl_ok(&eps, &["get", "events"]);
+        assert!(events.lines().any(|l| l.contains("graceful") && l.contains("Killing")), "a Killing Event: {events}");
         until(c, "graceful gone", || async {
             client.get::<pb::Pod>("default", "graceful").await.err().filter(|e| e.is_not_found()).map(|_| ())
         })
@@ -414,7 +450,10 @@ fn pods_run_on_containerd_reach_each_other_across_workers_and_fail_as_kubernetes
 /// namespace all go.
 #[test]
 fn a_containerd_worker_keeps_its_containers_through_kill_9_of_its_master_and_of_itself() {
-    let mut s = setup();
+    let mut s = setup_with(
+        &["--system-reserved", "cpu=500m,memory=256Mi"],
+        &["--image-gc-high-threshold", "0", "--image-gc-low-threshold", "0", "--image-gc-period", "1s"],
+    );
     let local = busybox_name();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let client = s.c.client(&rt);
@@ -429,6 +468,45 @@ fn a_containerd_worker_keeps_its_containers_through_kill_9_of_its_master_and_of_
         .await
     });
     let id = container_id(&before);
+    rt.block_on(async {
+        // w1 keeps 500m cpu and 256Mi back; both say how pressed they are.
+        let n: pb::Node = client.get("", "w1").await.expect("w1");
+        let st = n.status.expect("status");
+        let q = |m: &std::collections::BTreeMap<String, String>, k: &str| {
+            flotilla_core::quantity::Quantity::parse(&m[k]).expect("quantity").millis()
+        };
+        assert_eq!(q(&st.capacity, "cpu") - q(&st.allocatable, "cpu"), 500);
+        assert_eq!(q(&st.capacity, "memory") - q(&st.allocatable, "memory"), 256 * 1024 * 1024 * 1000);
+        for kind in ["MemoryPressure", "DiskPressure", "PIDPressure"] {
+            until(&s.c, "the pressure conditions", || async {
+                let n: pb::Node = client.get("", "w2").await.ok()?;
+                n.status?.conditions.iter().any(|c| c.r#type == kind).then_some(())
+            })
+            .await;
+        }
+
+        // Image GC on w2 (every unused image, every second): the image stays while a
+        // container uses it, and goes after.
+        client.create(pod("user", "w2", &s.pulled, "sleep 1000")).await.expect("user");
+        until(&s.c, "user running", || async { running(&client.get("default", "user").await.ok()?).then_some(()) })
+            .await;
+        let passes = |m: &str| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("flotilla_kubelet_housekeeping_passes_total "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let at = passes(&s.workers[1].metrics()).expect("housekeeping passes");
+        until(&s.c, "two more housekeeping passes on w2", || async {
+            (passes(&s.workers[1].metrics())? >= at + 2).then_some(())
+        })
+        .await;
+        let images =
+            || String::from_utf8_lossy(&s.ctd.ctr(&["-n", &s.workers[1].ns, "images", "ls", "-q"]).stdout).into_owned();
+        assert!(images().contains(&s.pulled), "in use, kept: {}", images());
+        let now = flotilla_client::DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
+        client.delete::<pb::Pod>("default", "user", &now).await.expect("delete user");
+        until(&s.c, "the unused image removed", || async { (!images().contains(&s.pulled)).then_some(()) }).await;
+    });
     let w1 = &s.workers[0];
     let metrics = w1.metrics();
     assert!(metrics.contains("flotilla_kubelet_pod_lists 1\n"), "{metrics}");

@@ -58,6 +58,14 @@ pub struct WorkerConfig {
     pub resync: Duration,
     /// The port of the kubelet's endpoint (logs) on `node_ip`.
     pub kubelet_port: u16,
+    /// Resources kept back from pods (`cpu`, `memory`): allocatable = capacity - these.
+    pub reserved: BTreeMap<String, String>,
+    /// The worker's directory (its disk is the one DiskPressure watches).
+    pub dir: std::path::PathBuf,
+    /// Container logs are rotated past this many bytes.
+    pub log_max_size: u64,
+    /// Rotated logs kept per container (besides the current one).
+    pub log_max_files: usize,
 }
 
 impl WorkerConfig {
@@ -73,6 +81,10 @@ impl WorkerConfig {
             lease_interval: Duration::from_secs(2),
             resync: Duration::from_secs(1),
             kubelet_port: 10250,
+            reserved: BTreeMap::new(),
+            dir: std::path::PathBuf::from("/var/lib/flotilla/worker").join(name),
+            log_max_size: 10 << 20,
+            log_max_files: 1,
         }
     }
 }
@@ -123,6 +135,7 @@ pub async fn run<R: Runtime>(
             Err(e) => return Err(e),
         }
     };
+    let mut pressure_check = tokio::time::interval(node::PRESSURE_EVERY);
     tracing::info!(node = %cfg.name, pod_cidr = %node.spec.as_ref().map(|s| s.pod_cidr.clone()).unwrap_or_default(), runtime = %runtime.version(), "node registered");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -146,6 +159,22 @@ pub async fn run<R: Runtime>(
     let me = ListParams { field_selector: format!("metadata.name={}", cfg.name), ..Default::default() };
     let nodes = Reflector::<pb::Node>::start(client.clone(), me);
     metrics.count_lists(pods.list_counter());
+    let housekeeping = {
+        let (runtime, stop, metrics) = (runtime.clone(), stopped(stop_rx.clone()), metrics.clone());
+        tokio::spawn(async move {
+            tokio::pin!(stop);
+            let mut tick = tokio::time::interval(runtime.housekeeping_period());
+            loop {
+                tokio::select! {
+                    () = &mut stop => return,
+                    _ = tick.tick() => {
+                        runtime.housekeeping().await;
+                        metrics.housekeeping_passes.inc();
+                    }
+                }
+            }
+        })
+    };
     // Routes to the other nodes' pods, when pods have networks of their own.
     let routes = runtime
         .pod_network()
@@ -174,7 +203,14 @@ pub async fn run<R: Runtime>(
         metrics.set_master(&client.current_master());
         if let Some(n) = nodes.snapshot().into_iter().next() {
             sync.set_pod_cidr(n.spec.as_ref().map(|s| s.pod_cidr.as_str()).unwrap_or_default());
-            node::ensure_ready(&client, n).await;
+            // Pressure measured every few seconds; Ready checked every pass; written
+            // only when one of them changed.
+            let pressure = if futures::FutureExt::now_or_never(pressure_check.tick()).is_some() {
+                Some(node::pressure(&cfg.dir))
+            } else {
+                None
+            };
+            node::keep_conditions(&client, n, pressure).await;
         }
     }
     let _ = stop_tx.send(true);
@@ -182,6 +218,7 @@ pub async fn run<R: Runtime>(
     if let Some(r) = routes {
         let _ = r.await;
     }
+    let _ = housekeeping.await;
     server.abort();
     Ok(())
 }

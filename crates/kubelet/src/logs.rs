@@ -41,6 +41,49 @@ pub fn tail(data: &[u8], n: Option<i64>) -> &[u8] {
     data
 }
 
+/// Rotates a container's log once it is larger than `max_size`: `log.1` … `log.<keep>`
+/// shift up (the oldest dropped), the log is copied to `log.1` and truncated in place —
+/// the runtime keeps writing to it (it appends), so nothing reopens it. Lines written
+/// between the copy and the truncation are lost (as with logrotate's copytruncate).
+/// Whether it rotated.
+pub fn rotate(log: &std::path::Path, max_size: u64, keep: usize) -> std::io::Result<bool> {
+    let size = match std::fs::metadata(log) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if size <= max_size {
+        return Ok(false);
+    }
+    let numbered = |i: usize| {
+        let mut p = log.as_os_str().to_owned();
+        p.push(format!(".{i}"));
+        std::path::PathBuf::from(p)
+    };
+    let keep = keep.max(1);
+    let _ = std::fs::remove_file(numbered(keep));
+    for i in (1..keep).rev() {
+        if numbered(i).exists() {
+            std::fs::rename(numbered(i), numbered(i + 1))?;
+        }
+    }
+    std::fs::copy(log, numbered(1))?;
+    std::fs::OpenOptions::new().write(true).open(log)?.set_len(0)?;
+    Ok(true)
+}
+
+/// The rotated logs of `log` that exist (`log.1`, `log.2`, ...).
+pub fn rotated(log: &std::path::Path) -> Vec<std::path::PathBuf> {
+    (1..)
+        .map(|i| {
+            let mut p = log.as_os_str().to_owned();
+            p.push(format!(".{i}"));
+            std::path::PathBuf::from(p)
+        })
+        .take_while(|p| p.exists())
+        .collect()
+}
+
 /// What was written to `f` since it was last read.
 fn read_more(f: &mut Option<std::fs::File>) -> Vec<u8> {
     let mut out = Vec::new();
@@ -135,6 +178,29 @@ impl<R: Runtime> Kubelet for LogService<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_past_its_size_is_rotated_in_place() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("c.log");
+        // A writer that appends, as the shims do, and keeps its handle.
+        let mut w = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("open");
+        w.write_all(&[b'a'; 100]).expect("write");
+        assert!(!rotate(&log, 200, 2).expect("rotate"), "small enough");
+        w.write_all(&[b'b'; 150]).expect("write");
+        assert!(rotate(&log, 200, 2).expect("rotate"));
+        assert_eq!(std::fs::metadata(&log).expect("log").len(), 0);
+        assert_eq!(std::fs::metadata(dir.path().join("c.log.1")).expect("log.1").len(), 250);
+        w.write_all(b"after\n").expect("write");
+        assert_eq!(std::fs::read(&log).expect("log"), b"after\n", "the writer goes on at the start");
+        w.write_all(&[b'c'; 300]).expect("write");
+        assert!(rotate(&log, 200, 2).expect("rotate"));
+        assert_eq!(rotated(&log).len(), 2, "log.1 moved to log.2");
+        w.write_all(&[b'd'; 300]).expect("write");
+        assert!(rotate(&log, 200, 2).expect("rotate"));
+        assert_eq!(rotated(&log).len(), 2, "the oldest dropped");
+    }
 
     #[test]
     fn tail_keeps_the_last_lines() {

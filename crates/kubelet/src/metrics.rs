@@ -29,6 +29,8 @@ pub struct KubeletMetrics {
     pub running_containers: Gauge,
     /// Sync passes made.
     pub sync_passes: Counter<u64, AtomicU64>,
+    /// Housekeeping passes made (image garbage collection).
+    pub housekeeping_passes: Counter<u64, AtomicU64>,
     current: Mutex<String>,
     lists: Mutex<Option<Arc<AtomicU64>>>,
 }
@@ -49,6 +51,7 @@ impl KubeletMetrics {
             master: Family::default(),
             running_containers: Gauge::default(),
             sync_passes: Counter::default(),
+            housekeeping_passes: Counter::default(),
             current: Mutex::default(),
             lists: Mutex::default(),
         };
@@ -56,6 +59,11 @@ impl KubeletMetrics {
         registry.register("master", "1 for the master the kubelet's calls go to now", m.master.clone());
         registry.register("running_containers", "Containers running", m.running_containers.clone());
         registry.register("sync_passes", "Passes of the pod sync loop", m.sync_passes.clone());
+        registry.register(
+            "housekeeping_passes",
+            "Housekeeping passes of the runtime (unused images removed)",
+            m.housekeeping_passes.clone(),
+        );
         KubeletMetrics { registry, ..m }
     }
 

@@ -1,9 +1,13 @@
-//! The worker's Node: registered with what the machine has, kept alive by renewing its
-//! Lease in `kube-node-lease`, and its `Ready` condition written when it changes — not on
-//! every beat (the Lease is the heartbeat, as in Kubernetes).
+//! The worker's Node: registered with what the machine has (less what is reserved), kept
+//! alive by renewing its Lease in `kube-node-lease`, and its `Ready`, `MemoryPressure`,
+//! `DiskPressure` and `PIDPressure` conditions written when they change — not on every
+//! beat (the Lease is the heartbeat, as in Kubernetes).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::{Duration, SystemTime};
+
+use flotilla_core::quantity::Quantity;
 
 use flotilla_client::Client;
 use flotilla_proto::api as pb;
@@ -17,11 +21,88 @@ fn now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
-/// The machine's memory in KiB (from /proc/meminfo), if it can be read.
-fn memory_kib() -> Option<u64> {
+/// A /proc/meminfo figure in KiB, if it can be read.
+fn meminfo_kib(name: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let line = text.lines().find(|l| l.split(':').next() == Some(name))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn memory_kib() -> Option<u64> {
+    meminfo_kib("MemTotal")
+}
+
+/// How often memory, disk and pid pressure are measured.
+pub const PRESSURE_EVERY: Duration = Duration::from_secs(10);
+/// Memory pressure below this much available (Kubernetes' default eviction threshold).
+pub const MEMORY_AVAILABLE_MIN_KIB: u64 = 100 * 1024;
+/// Disk pressure below this share of the worker directory's filesystem free.
+pub const DISK_AVAILABLE_MIN: f64 = 0.10;
+/// PID pressure above this share of `kernel.pid_max` in use.
+pub const PIDS_IN_USE_MAX: f64 = 0.90;
+
+/// The node's pressure conditions as measured now: (type, under pressure, message).
+pub fn pressure(dir: &Path) -> Vec<(&'static str, bool, String)> {
+    let mut out = Vec::new();
+    if let Some(avail) = meminfo_kib("MemAvailable") {
+        out.push((
+            "MemoryPressure",
+            avail < MEMORY_AVAILABLE_MIN_KIB,
+            format!("{} MiB available (pressure below {} MiB)", avail / 1024, MEMORY_AVAILABLE_MIN_KIB / 1024),
+        ));
+    }
+    if let Ok(st) = nix::sys::statvfs::statvfs(dir) {
+        let total = st.blocks() as f64;
+        let free = st.blocks_available() as f64;
+        if total > 0.0 {
+            let share = free / total;
+            out.push((
+                "DiskPressure",
+                share < DISK_AVAILABLE_MIN,
+                format!(
+                    "{:.0}% of {} free (pressure below {:.0}%)",
+                    share * 100.0,
+                    dir.display(),
+                    DISK_AVAILABLE_MIN * 100.0
+                ),
+            ));
+        }
+    }
+    let max: f64 = first_line("/proc/sys/kernel/pid_max").parse().unwrap_or(0.0);
+    if max > 0.0 {
+        let used = std::fs::read_dir("/proc")
+            .map(|d| {
+                d.flatten().filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit())).count()
+            })
+            .unwrap_or(0) as f64;
+        out.push((
+            "PIDPressure",
+            used / max > PIDS_IN_USE_MAX,
+            format!("{used} processes of pid_max {max} (pressure above {:.0}%)", PIDS_IN_USE_MAX * 100.0),
+        ));
+    }
+    out
+}
+
+/// What pods may have: capacity less `reserved` (cpu and memory; never below zero).
+pub fn allocatable(
+    capacity: &BTreeMap<String, String>,
+    reserved: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut out = capacity.clone();
+    for (name, r) in reserved {
+        let (Some(c), Ok(r)) = (capacity.get(name).and_then(|c| Quantity::parse(c).ok()), Quantity::parse(r)) else {
+            continue;
+        };
+        let left = (c.millis() - r.millis()).max(0);
+        let text = if name == "memory" {
+            format!("{}Ki", left / 1000 / 1024)
+        } else {
+            Quantity::from_millis(left).to_string()
+        };
+        out.insert(name.clone(), text);
+    }
+    out
 }
 
 fn first_line(path: &str) -> String {
@@ -49,6 +130,7 @@ pub fn capacity(max_pods: u32) -> BTreeMap<String, String> {
 /// The Node object this worker registers.
 pub fn node_object(cfg: &WorkerConfig, runtime_version: &str) -> pb::Node {
     let cap = capacity(cfg.max_pods);
+    let alloc = allocatable(&cap, &cfg.reserved);
     let mut labels = cfg.labels.clone();
     labels.insert("kubernetes.io/hostname".into(), cfg.name.clone());
     labels.insert("kubernetes.io/os".into(), "linux".into());
@@ -57,7 +139,7 @@ pub fn node_object(cfg: &WorkerConfig, runtime_version: &str) -> pb::Node {
         metadata: Some(pb::ObjectMeta { name: cfg.name.clone(), labels, ..Default::default() }),
         spec: Some(pb::NodeSpec { pod_cidr: cfg.pod_cidr.clone(), taints: cfg.taints.clone(), ..Default::default() }),
         status: Some(pb::NodeStatus {
-            allocatable: cap.clone(),
+            allocatable: alloc,
             capacity: cap,
             conditions: vec![ready_condition()],
             addresses: vec![
@@ -130,19 +212,54 @@ pub async fn register(client: &Client, cfg: &WorkerConfig, runtime_version: &str
     Err(KubeletError::Runtime(format!("node {} kept changing while it was registered", cfg.name)))
 }
 
-/// Puts `node`'s Ready condition back to True when something else (the controller
-/// manager, while this worker could not reach the masters) changed it; a failed write is
-/// tried again on the next pass.
-pub async fn ensure_ready(client: &Client, mut node: pb::Node) {
+/// The node's conditions as they should be: Ready (put back to True when something else —
+/// the controller manager, while this worker could not reach the masters — changed it)
+/// and, when measured, the pressure conditions. Whether anything changed.
+pub fn conditions(st: &mut pb::NodeStatus, pressure: Option<&[(&'static str, bool, String)]>) -> bool {
+    let mut changed = false;
+    if !st.conditions.iter().any(|c| c.r#type == "Ready" && c.status == "True") {
+        st.conditions.retain(|c| c.r#type != "Ready");
+        st.conditions.push(ready_condition());
+        changed = true;
+    }
+    for (kind, on, message) in pressure.unwrap_or_default() {
+        let status = if *on { "True" } else { "False" };
+        let reason = match (*kind, *on) {
+            ("MemoryPressure", true) => "KubeletHasInsufficientMemory",
+            ("MemoryPressure", false) => "KubeletHasSufficientMemory",
+            ("DiskPressure", true) => "KubeletHasDiskPressure",
+            ("DiskPressure", false) => "KubeletHasNoDiskPressure",
+            ("PIDPressure", true) => "KubeletHasInsufficientPID",
+            _ => "KubeletHasSufficientPID",
+        };
+        if st.conditions.iter().any(|c| c.r#type == *kind && c.status == status) {
+            continue; // unchanged: not written (the message's figures move all the time)
+        }
+        st.conditions.retain(|c| c.r#type != *kind);
+        st.conditions.push(pb::Condition {
+            r#type: (*kind).into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: message.clone(),
+            last_transition_time: now(),
+            last_heartbeat_time: now(),
+        });
+        changed = true;
+    }
+    changed
+}
+
+/// Writes `node`'s conditions when [`conditions`] changes them; a failed write is tried
+/// again on a later pass.
+pub async fn keep_conditions(client: &Client, mut node: pb::Node, pressure: Option<Vec<(&'static str, bool, String)>>) {
     let st = node.status.get_or_insert_with(Default::default);
-    if st.conditions.iter().any(|c| c.r#type == "Ready" && c.status == "True") {
+    if !conditions(st, pressure.as_deref()) {
         return;
     }
-    st.conditions.retain(|c| c.r#type != "Ready");
-    st.conditions.push(ready_condition());
+    let said: Vec<String> = st.conditions.iter().map(|c| format!("{}={}", c.r#type, c.status)).collect();
     match client.update_status(node).await {
-        Ok(_) => tracing::info!("node Ready again"),
-        Err(e) => tracing::debug!(error = %e, "could not put the node's Ready condition back"),
+        Ok(_) => tracing::info!(conditions = ?said, "node conditions written"),
+        Err(e) => tracing::debug!(error = %e, "could not write the node's conditions"),
     }
 }
 
@@ -182,5 +299,49 @@ pub async fn renew_lease(client: Client, name: String, every: Duration, stop: im
         if let Err(e) = result {
             tracing::debug!(error = %e, "node lease not renewed; trying again at the next beat");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocatable_is_capacity_less_what_is_reserved() {
+        let cap = BTreeMap::from([
+            ("cpu".to_string(), "2".to_string()),
+            ("memory".to_string(), "4194304Ki".to_string()),
+            ("pods".to_string(), "110".to_string()),
+        ]);
+        let reserved =
+            BTreeMap::from([("cpu".to_string(), "500m".to_string()), ("memory".to_string(), "1Gi".to_string())]);
+        let a = allocatable(&cap, &reserved);
+        assert_eq!(a["cpu"], "1500m");
+        assert_eq!(a["memory"], "3145728Ki");
+        assert_eq!(a["pods"], "110");
+        let all = BTreeMap::from([("cpu".to_string(), "8".to_string())]);
+        assert_eq!(allocatable(&cap, &all)["cpu"], "0", "never below zero");
+    }
+
+    #[test]
+    fn conditions_are_written_only_when_their_status_changes() {
+        let mut st = pb::NodeStatus { conditions: vec![ready_condition()], ..Default::default() };
+        let calm = [("MemoryPressure", false, "1000 MiB available".to_string())];
+        assert!(conditions(&mut st, Some(&calm)), "a new condition");
+        let calm_again = [("MemoryPressure", false, "990 MiB available".to_string())];
+        assert!(!conditions(&mut st, Some(&calm_again)), "the same status: nothing to write");
+        assert!(!conditions(&mut st, None), "not measured: nothing to write");
+        let tight = [("MemoryPressure", true, "50 MiB available".to_string())];
+        assert!(conditions(&mut st, Some(&tight)));
+        let c = st.conditions.iter().find(|c| c.r#type == "MemoryPressure").expect("condition");
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "KubeletHasInsufficientMemory"));
+        st.conditions.iter_mut().for_each(|c| {
+            if c.r#type == "Ready" {
+                c.status = "Unknown".into();
+            }
+        });
+        assert!(conditions(&mut st, None), "Ready put back");
+        assert_eq!(st.conditions.iter().filter(|c| c.r#type == "Ready").count(), 1);
+        assert!(pressure(Path::new("/")).iter().any(|(k, _, _)| *k == "DiskPressure"), "measured here");
     }
 }

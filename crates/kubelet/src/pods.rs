@@ -17,10 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use flotilla_client::events::object_ref;
-use futures::StreamExt;
 use flotilla_client::reflector::Cache;
 use flotilla_client::{Client, DeleteParams, EventRecorder};
 use flotilla_proto::api as pb;
+use futures::StreamExt;
 
 use crate::prober::{Prober, Results};
 use crate::runtime::{ContainerInfo, ContainerSpec, PodSandbox, Runtime, State};
@@ -365,7 +365,7 @@ pub struct PodSync<R: Runtime> {
     runtime: Arc<R>,
     cfg: Arc<WorkerConfig>,
     pods: Cache<pb::Pod>,
-    recorder: EventRecorder,
+    recorder: Arc<EventRecorder>,
     /// Pods (by uid) being stopped in the background.
     stopping: Arc<Mutex<HashSet<String>>>,
     /// Pods (by uid) told that the runtime cannot run them.
@@ -415,7 +415,7 @@ impl<R: Runtime> PodSync<R> {
         pods: Cache<pb::Pod>,
         probe_changed: tokio::sync::mpsc::UnboundedSender<()>,
     ) -> PodSync<R> {
-        let recorder = EventRecorder::new("kubelet", &cfg.name);
+        let recorder = Arc::new(EventRecorder::new("kubelet", &cfg.name));
         PodSync {
             client,
             prober: Prober::new(runtime.clone(), probe_changed),
@@ -509,6 +509,7 @@ impl<R: Runtime> PodSync<R> {
             return;
         }
         let (runtime, client, stopping) = (self.runtime.clone(), self.client.clone(), self.stopping.clone());
+        let recorder = self.recorder.clone();
         // preStop hooks by container name; their time counts against the grace period.
         let hooks: HashMap<String, Vec<String>> = pod
             .as_ref()
@@ -532,6 +533,14 @@ impl<R: Runtime> PodSync<R> {
                 }
             }
             let clear = Clear(stopping, uid);
+            if let Some(p) = &pod {
+                for c in containers.iter().filter(|c| matches!(c.state, State::Running { .. })) {
+                    let msg = format!("Stopping container {}", c.name);
+                    if let Err(e) = recorder.record(&client, object_ref(p), "Normal", "Killing", &msg).await {
+                        tracing::debug!(error = %e, "cannot record an Event");
+                    }
+                }
+            }
             let stops = containers.iter().map(|c| {
                 let (runtime, hook) = (runtime.clone(), hooks.get(&c.name).cloned());
                 async move {
@@ -752,6 +761,15 @@ impl<R: Runtime> PodSync<R> {
         }
         let grace =
             Duration::from_secs(u64::try_from(spec.termination_grace_period_seconds.unwrap_or(30)).unwrap_or(0));
+        for n in instances.values().filter_map(|l| l.last()) {
+            if matches!(n.state, State::Running { .. }) {
+                match crate::logs::rotate(&n.log, self.cfg.log_max_size, self.cfg.log_max_files) {
+                    Ok(true) => tracing::debug!(container = %n.id, "log rotated"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(container = %n.id, error = %e, "cannot rotate a container's log"),
+                }
+            }
+        }
         for c in &spec.containers {
             let Some(n) = instances.get(&c.name).and_then(|l| l.last()) else { continue };
             if !matches!(n.state, State::Running { .. }) {

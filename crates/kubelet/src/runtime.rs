@@ -136,4 +136,15 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Forgets an ended container (its output with it).
     fn remove(&self, id: &str) -> impl Future<Output = Result<(), KubeletError>> + Send;
+
+    /// Garbage collection of what the runtime keeps besides containers (unused images),
+    /// run every [`Runtime::housekeeping_period`].
+    fn housekeeping(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// How often [`Runtime::housekeeping`] runs.
+    fn housekeeping_period(&self) -> Duration {
+        Duration::from_secs(300)
+    }
 }

@@ -32,6 +32,7 @@ pub fn require_worker_prerequisites() {
         ("/usr/lib/cni/bridge", "containernetworking-plugins"),
         ("/usr/bin/docker-registry", "docker-registry"),
         ("/usr/bin/skopeo", "skopeo"),
+        ("/usr/bin/htpasswd", "apache2-utils"),
         ("/bin/busybox", "busybox-static"),
     ] {
         require(&format!("{bin} (package {pkg})"), Path::new(bin).exists());
@@ -219,7 +220,8 @@ impl Drop for Containerd {
     }
 }
 
-/// Debian's docker-registry, listening on `addr`; stopped when dropped.
+/// Debian's docker-registry, listening on `addr` (with basic auth for `user` and
+/// `password` when given); stopped when dropped.
 pub struct Registry {
     pub addr: String,
     child: Child,
@@ -227,17 +229,19 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn start(addr: &str) -> Registry {
+    pub fn start(addr: &str, auth: Option<(&str, &str)>) -> Registry {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\nhttp:\n  addr: {addr}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .expect("registry config");
+        let mut text = format!(
+            "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\nhttp:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        );
+        if let Some((user, password)) = auth {
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, sh(&["htpasswd", "-Bbn", user, password])).expect("htpasswd");
+            text += &format!("auth:\n  htpasswd:\n    realm: flotilla\n    path: {}\n", htpasswd.display());
+        }
+        std::fs::write(&config, text).expect("registry config");
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config)
@@ -272,12 +276,15 @@ pub fn busybox_name() -> String {
 }
 
 /// Builds the busybox image archive into `dir/busybox.tar`; with `push`, also pushes it
-/// there (REGISTRY/REPO:TAG).
-pub fn busybox_image(dir: &Path, push: Option<&str>) -> PathBuf {
+/// there (REGISTRY/REPO:TAG, and USER:PASS for a registry with basic auth).
+pub fn busybox_image(dir: &Path, push: Option<(&str, Option<&str>)>) -> PathBuf {
     let out = dir.join("busybox.tar");
     let mut cmd = Command::new(scripts().join("busybox-image"));
-    if let Some(p) = push {
+    if let Some((p, creds)) = push {
         cmd.args(["--push", p]);
+        if let Some(c) = creds {
+            cmd.args(["--creds", c]);
+        }
     }
     let status = cmd.arg(&out).status().expect("scripts/busybox-image");
     assert!(status.success(), "scripts/busybox-image failed");

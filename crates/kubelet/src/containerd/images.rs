@@ -204,6 +204,29 @@ fn pick_platform(index: &Manifest) -> Option<&Desc> {
         .or_else(|| index.manifests.iter().find(|m| m.platform.is_none()))
 }
 
+/// Disk use of the filesystem holding `dir`, in percent.
+pub fn disk_used_percent(dir: &Path) -> Option<f64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    let total = st.blocks() as f64;
+    (total > 0.0).then(|| 100.0 * (total - st.blocks_available() as f64) / total)
+}
+
+/// Which images to remove, in order: those no container uses, least recently updated
+/// first, and none younger than `min_age`.
+pub fn unused_oldest_first(
+    images: &[(String, SystemTime)],
+    used: &std::collections::HashSet<String>,
+    now: SystemTime,
+    min_age: Duration,
+) -> Vec<String> {
+    let mut c: Vec<&(String, SystemTime)> = images
+        .iter()
+        .filter(|(n, at)| !used.contains(n) && now.duration_since(*at).unwrap_or_default() >= min_age)
+        .collect();
+    c.sort_by_key(|(_, at)| *at);
+    c.into_iter().map(|(n, _)| n.clone()).collect()
+}
+
 /// The images of one worker's containerd namespace.
 pub struct Images {
     conn: Conn,
@@ -667,6 +690,50 @@ impl Images {
         self.write_blob(lease, desc, Self::manifest_labels(manifest), once(raw)).await
     }
 
+    /// Removes unused images (see [`unused_oldest_first`]) while the disk of `dir` is
+    /// fuller than `high` percent, until it is at most `low` (`high` 0: every unused one);
+    /// the names removed.
+    pub async fn collect(
+        &self,
+        used: &std::collections::HashSet<String>,
+        dir: &Path,
+        high: u8,
+        low: u8,
+        min_age: Duration,
+    ) -> Result<Vec<String>, KubeletError> {
+        let full = |d: &Path| disk_used_percent(d).unwrap_or(0.0);
+        if high > 0 && full(dir) < f64::from(high) {
+            return Ok(Vec::new());
+        }
+        let mut images = cd::images_client::ImagesClient::new(self.conn.channel.clone());
+        let list = images
+            .list(self.conn.req(cd::ListImagesRequest { filters: vec![] }))
+            .await
+            .map_err(|s| cd_err("listing images", s))?
+            .into_inner()
+            .images;
+        let known: Vec<(String, SystemTime)> =
+            list.iter().map(|i| (i.name.clone(), super::ts(&i.updated_at).max(super::ts(&i.created_at)))).collect();
+        let mut removed = Vec::new();
+        for name in unused_oldest_first(&known, used, SystemTime::now(), min_age) {
+            if high > 0 && full(dir) <= f64::from(low) {
+                break;
+            }
+            let req = cd::DeleteImageRequest { name: name.clone(), sync: true, ..Default::default() };
+            match images.delete(self.conn.req(req)).await {
+                Ok(_) => {}
+                Err(s) if s.code() == Code::NotFound => {}
+                Err(s) => return Err(cd_err("removing an image", s)),
+            }
+            self.ready.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+            // An archive's image comes back from --image-dir when it is wanted again.
+            self.imported.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            tracing::info!(image = %name, "unused image removed");
+            removed.push(name);
+        }
+        Ok(removed)
+    }
+
     /// Imports every archive in `--image-dir` not imported yet; whether any was.
     pub async fn import_dir(&self) -> Result<bool, KubeletError> {
         let Some(dir) = self.image_dir.clone() else { return Ok(false) };
@@ -882,6 +949,19 @@ mod tests {
         assert_eq!(pull_policy("", "busybox:latest"), "Always");
         assert_eq!(pull_policy("", "busybox:1.35"), "IfNotPresent");
         assert_eq!(pull_policy("Never", "busybox"), "Never");
+    }
+
+    #[test]
+    fn unused_images_go_least_recently_used_first_and_never_young_ones() {
+        let t = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let images = [
+            ("a".to_string(), t(300)),
+            ("b".to_string(), t(100)),
+            ("c".to_string(), t(200)),
+            ("d".to_string(), t(990)),
+        ];
+        let used = std::collections::HashSet::from(["c".to_string()]);
+        assert_eq!(unused_oldest_first(&images, &used, t(1000), Duration::from_secs(60)), ["b", "a"]);
     }
 
     #[test]

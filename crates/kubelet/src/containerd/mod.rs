@@ -132,6 +132,25 @@ pub struct ContainerdConfig {
     pub cni_bin_dir: Option<PathBuf>,
     /// The bridge pods are attached to.
     pub bridge: String,
+    /// When unused images are removed.
+    pub image_gc: ImageGc,
+}
+
+/// The image garbage collector's settings.
+#[derive(Debug, Clone)]
+pub struct ImageGc {
+    /// Collect while the disk is fuller than this (percent; 0: always, every unused image).
+    pub high: u8,
+    /// Down to this (percent).
+    pub low: u8,
+    /// How often to look (also the youngest an image removed may be, at most 2 min).
+    pub period: Duration,
+}
+
+impl Default for ImageGc {
+    fn default() -> ImageGc {
+        ImageGc { high: 85, low: 80, period: Duration::from_secs(300) }
+    }
 }
 
 /// Containers on containerd.
@@ -147,7 +166,7 @@ pub struct ContainerdRuntime {
     sandbox_dir: PathBuf,
 }
 
-fn ts(t: &Option<prost_types::Timestamp>) -> SystemTime {
+pub(crate) fn ts(t: &Option<prost_types::Timestamp>) -> SystemTime {
     t.as_ref()
         .and_then(|t| {
             let secs = u64::try_from(t.seconds).ok()?;
@@ -218,6 +237,21 @@ impl ContainerdRuntime {
     /// The image store (for imports by tests and tools).
     pub fn images(&self) -> &images::Images {
         &self.images
+    }
+
+    /// One round of image garbage collection: unused images (no container of this
+    /// worker's refers to them) removed as [`ImageGc`] says; the names removed.
+    pub async fn collect_images(&self) -> Result<Vec<String>, KubeletError> {
+        let containers = cd::containers_client::ContainersClient::new(self.conn.channel.clone())
+            .list(self.conn.req(cd::ListContainersRequest { filters: vec![] }))
+            .await
+            .map_err(|s| cd_err("listing containers", s))?
+            .into_inner()
+            .containers;
+        let used = containers.into_iter().map(|c| c.image).collect();
+        let gc = &self.cfg.image_gc;
+        let min_age = gc.period.min(Duration::from_secs(120));
+        self.images.collect(&used, &self.cfg.dir, gc.high, gc.low, min_age).await
     }
 
     /// A pod's own directory (its emptyDir volumes).
@@ -649,9 +683,24 @@ impl Runtime for ContainerdRuntime {
         Ok(out)
     }
 
+    async fn housekeeping(&self) {
+        match self.collect_images().await {
+            Ok(gone) if !gone.is_empty() => tracing::info!(images = ?gone, "image garbage collection"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "image garbage collection failed"),
+        }
+    }
+
+    fn housekeeping_period(&self) -> Duration {
+        self.cfg.image_gc.period
+    }
+
     async fn remove(&self, id: &str) -> Result<(), KubeletError> {
         self.remove_all(id).await?;
         let log = self.log_path(id);
+        for old in crate::logs::rotated(&log) {
+            let _ = std::fs::remove_file(old);
+        }
         match std::fs::remove_file(&log) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
