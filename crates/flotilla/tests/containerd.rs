@@ -145,11 +145,14 @@ struct Setup {
     workers: Vec<Worker>,
     c: Cluster,
     ctd: Containerd,
-    _registry: Registry,
+    registry: Registry,
+    _open_registry: Registry,
     hosts: Hosts,
     dir: tempfile::TempDir,
-    /// The image as the registry serves it.
+    /// The image as the registry (basic auth) serves it.
     pulled: String,
+    /// The image as the anonymous registry serves it.
+    open: String,
 }
 
 /// Two hosts with a worker each: `w1` imports the busybox image from an image dir, `w2`
@@ -165,9 +168,23 @@ fn setup_with(w1_flags: &[&str], w2_flags: &[&str]) -> Setup {
     let images = dir.path().join("images");
     std::fs::create_dir_all(&images).expect("image dir");
     busybox_image(&images, Some((&pulled, Some("alice:s3cret"))));
-    // w2 has the registry's credentials; w1 reaches it but has none.
+    let open_registry = Registry::start(&format!("{}:{}", hosts.host_ip, free_port()), None);
+    let open = format!("{}/flotilla/busybox:1", open_registry.addr);
+    busybox_image(dir.path(), Some((&open, None)));
+    // The same image as a `docker save` archive, beside the OCI one.
+    let status = Command::new(scripts().join("busybox-image"))
+        .arg("--docker")
+        .arg(images.join("busybox-docker.tar"))
+        .arg("flotilla.local/busybox-docker:1")
+        .status()
+        .expect("scripts/busybox-image --docker");
+    assert!(status.success());
+    // w2 has the first registry's credentials; w1 reaches it but has none.
     let regs = dir.path().join("registries.yaml");
-    let with_creds = format!("{}:\n  insecure: true\n  username: alice\n  password: s3cret\n", registry.addr);
+    let with_creds = format!(
+        "{}:\n  insecure: true\n  username: alice\n  password: s3cret\n{}:\n  insecure: true\n",
+        registry.addr, open_registry.addr
+    );
     std::fs::write(&regs, with_creds).expect("registry config");
     let regs_w1 = dir.path().join("registries-w1.yaml");
     std::fs::write(&regs_w1, format!("{}:\n  insecure: true\n", registry.addr)).expect("registry config");
@@ -178,10 +195,11 @@ fn setup_with(w1_flags: &[&str], w2_flags: &[&str]) -> Setup {
     let regs_w1_flag = regs_w1.display().to_string();
     let w1_all =
         [&["--image-dir", images_flag.as_str(), "--registry-config", regs_w1_flag.as_str()][..], w1_flags].concat();
-    let w2_all = [&["--registry-config", regs_flag.as_str()][..], w2_flags].concat();
+    let w2_all =
+        [&["--image-dir", images_flag.as_str(), "--registry-config", regs_flag.as_str()][..], w2_flags].concat();
     let w1 = Worker::start(&c, &ctd, "w1", &hosts.hosts[0], dir.path(), &w1_all);
     let w2 = Worker::start(&c, &ctd, "w2", &hosts.hosts[1], dir.path(), &w2_all);
-    Setup { workers: vec![w1, w2], c, ctd, _registry: registry, hosts, dir, pulled }
+    Setup { workers: vec![w1, w2], c, ctd, registry, _open_registry: open_registry, hosts, dir, pulled, open }
 }
 
 /// Pods on containerd: one from the image dir and one pulled from the registry run and
@@ -250,6 +268,22 @@ fn pods_run_on_containerd_reach_each_other_across_workers_and_fail_as_kubernetes
         let events = ctl_ok(&eps, &["get", "events"]);
         assert!(events.contains("Successfully pulled image"), "a Pulled event: {events}");
 
+        // An image from a `docker save` archive, and a host port (CNI portmap) that
+        // answers on the node's address.
+        let mut hp = pod("hostport", "w1", "flotilla.local/busybox-docker:1", "exec httpd -f -p 8080 -h /www");
+        let c0 = &mut hp.spec.as_mut().expect("spec").containers[0];
+        c0.ports = vec![pb::ContainerPort { container_port: 8080, host_port: 18080, ..Default::default() }];
+        c0.readiness_probe = Some(pb::Probe {
+            tcp_socket: Some(pb::TcpSocketAction { port: 8080, ..Default::default() }),
+            period_seconds: 1,
+            ..Default::default()
+        });
+        client.create(hp).await.expect("hostport");
+        until(c, "hostport ready", || async { ready(&client.get("default", "hostport").await.ok()?).then_some(()) }).await;
+        let node_addr = format!("{}:18080", s.hosts.hosts[0].1);
+        let got = until(c, "the host port answering", || async { http_get(&node_addr) }).await;
+        assert!(got.contains("flotilla busybox"), "{got}");
+
         // A crash loop.
         client.create(pod("crash", "w1", &local, "echo crashing; exit 3")).await.expect("crash");
         until(c, "crash backing off", || async {
@@ -288,7 +322,7 @@ fn pods_run_on_containerd_reach_each_other_across_workers_and_fail_as_kubernetes
         .await;
 
         // A bad image: ErrImagePull, then ImagePullBackOff; the rest runs on.
-        let bad_image = format!("{}/flotilla/no-such-image:1", s._registry.addr);
+        let bad_image = format!("{}/flotilla/no-such-image:1", s.registry.addr);
         client.create(pod("badimage", "w2", &bad_image, "true")).await.expect("badimage");
         let seen = std::sync::Mutex::new(Vec::<String>::new());
         until(c, "badimage: ErrImagePull then ImagePullBackOff", || async {
@@ -334,6 +368,9 @@ fn pods_run_on_containerd_reach_each_other_across_workers_and_fail_as_kubernetes
             (!ready(&client.get("default", "gated").await.ok()?)).then_some(())
         })
         .await;
+        let events = ctl_ok(&eps, &["get", "events"]);
+        let said = |pod: &str, reason: &str| events.lines().any(|l| l.contains(pod) && l.contains(reason));
+        assert!(said("crash", "BackOff") && said("gated", "Unhealthy"), "BackOff and Unhealthy Events: {events}");
 
         // Volumes and a security context: an init container fills an emptyDir and a
         // hostPath; the main container, as uid 1000 on a read-only root, reads them and
@@ -487,7 +524,7 @@ fn a_containerd_worker_keeps_its_containers_through_kill_9_of_its_master_and_of_
 
         // Image GC on w2 (every unused image, every second): the image stays while a
         // container uses it, and goes after.
-        client.create(pod("user", "w2", &s.pulled, "sleep 1000")).await.expect("user");
+        client.create(pod("user", "w2", &s.open, "sleep 1000")).await.expect("user");
         until(&s.c, "user running", || async { running(&client.get("default", "user").await.ok()?).then_some(()) })
             .await;
         let passes = |m: &str| {
@@ -502,10 +539,10 @@ fn a_containerd_worker_keeps_its_containers_through_kill_9_of_its_master_and_of_
         .await;
         let images =
             || String::from_utf8_lossy(&s.ctd.ctr(&["-n", &s.workers[1].ns, "images", "ls", "-q"]).stdout).into_owned();
-        assert!(images().contains(&s.pulled), "in use, kept: {}", images());
+        assert!(images().contains(&s.open), "in use, kept: {}", images());
         let now = flotilla_client::DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
         client.delete::<pb::Pod>("default", "user", &now).await.expect("delete user");
-        until(&s.c, "the unused image removed", || async { (!images().contains(&s.pulled)).then_some(()) }).await;
+        until(&s.c, "the unused image removed", || async { (!images().contains(&s.open)).then_some(()) }).await;
     });
     let w1 = &s.workers[0];
     let metrics = w1.metrics();
@@ -571,4 +608,61 @@ fn a_containerd_worker_keeps_its_containers_through_kill_9_of_its_master_and_of_
     assert!(!Path::new("/run/netns").join(format!("flotilla-{uid}")).exists(), "its network namespace is gone");
     let logs = s.dir.path().join("w1/logs");
     assert_eq!(std::fs::read_dir(&logs).map(|d| d.count()).unwrap_or(0), 0, "its log is gone");
+}
+
+/// `GET /` from `addr` (host:port): the response, if one came.
+fn http_get(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+/// What the README promises: `flotctl apply -f deploy/examples/web.yaml` on workers gives
+/// two web servers, one per worker, each answering from the other worker's host.
+#[test]
+fn the_web_example_runs_on_two_workers_and_answers() {
+    let s = setup_with(&[], &[]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = s.c.client(&rt);
+    let eps = s.c.endpoints();
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples/web.yaml");
+    ctl_ok(&eps, &["apply", "-f", &manifest.display().to_string()]);
+    let pods = rt.block_on(async {
+        until(&s.c, "two web pods ready on two workers", || async {
+            let l = client
+                .list::<pb::Pod>(&flotilla_client::ListParams { namespace: "shop".into(), ..Default::default() })
+                .await
+                .ok()?;
+            let ready_pods: Vec<pb::Pod> = l.items.into_iter().filter(ready).collect();
+            let nodes: std::collections::BTreeSet<String> =
+                ready_pods.iter().filter_map(|p| p.spec.as_ref().map(|s| s.node_name.clone())).collect();
+            (ready_pods.len() == 2 && nodes.len() == 2).then_some(ready_pods)
+        })
+        .await
+    });
+    for p in &pods {
+        let ip = p.status.as_ref().map(|s| s.pod_ip.clone()).unwrap_or_default();
+        let node = p.spec.as_ref().map(|s| s.node_name.clone()).unwrap_or_default();
+        // From the other worker's host: across the nodes' routes.
+        let other = if node == "w1" { &s.hosts.hosts[1].0 } else { &s.hosts.hosts[0].0 };
+        let out = sh(&[
+            "nsenter",
+            &format!("--net=/run/netns/{other}"),
+            "/bin/busybox",
+            "wget",
+            "-q",
+            "-O-",
+            &format!("http://{ip}/"),
+        ]);
+        assert_eq!(out, "flotilla busybox\n", "{ip} on {node}");
+    }
+    let eps_obj = ctl_ok(&eps, &["get", "endpoints", "-n", "shop"]);
+    assert!(
+        pods.iter().all(|p| eps_obj.contains(&p.status.as_ref().map(|s| s.pod_ip.clone()).unwrap_or_default())),
+        "{eps_obj}"
+    );
 }

@@ -379,6 +379,8 @@ pub struct PodSync<R: Runtime> {
     pod_cidr: Mutex<String>,
     /// Pods (by uid) whose sandbox could not be made, with the last error said.
     sandbox_failed: Mutex<HashMap<String, String>>,
+    /// Container instances (ids) whose back-off or failing readiness an Event has said.
+    said: Mutex<HashSet<String>>,
 }
 
 /// A container whose image could not be had, backing off before the next try.
@@ -429,6 +431,7 @@ impl<R: Runtime> PodSync<R> {
             pulls: Mutex::default(),
             pod_cidr: Mutex::default(),
             sandbox_failed: Mutex::default(),
+            said: Mutex::default(),
         }
     }
 
@@ -453,6 +456,11 @@ impl<R: Runtime> PodSync<R> {
         let running: HashSet<String> =
             containers.iter().filter(|c| matches!(c.state, State::Running { .. })).map(|c| c.id.clone()).collect();
         self.prober.retain(&running);
+        {
+            let ids: HashSet<String> = containers.iter().map(|c| format!("{}:", c.id)).collect();
+            let mut said = self.said.lock().unwrap_or_else(|p| p.into_inner());
+            said.retain(|k| k.split_once(':').is_some_and(|(id, _)| ids.contains(&format!("{id}:"))));
+        }
         let mut by_pod: HashMap<String, Vec<ContainerInfo>> = HashMap::new();
         for c in containers {
             by_pod.entry(c.pod_uid.clone()).or_default().push(c);
@@ -582,6 +590,11 @@ impl<R: Runtime> PodSync<R> {
                 }
             }
         });
+    }
+
+    /// Whether `what` about container instance `id` is yet to be said (and now is).
+    fn say_once(&self, id: &str, what: &str) -> bool {
+        self.said.lock().unwrap_or_else(|p| p.into_inner()).insert(format!("{id}:{what}"))
     }
 
     /// Makes container `c`'s image present unless its pulls are backing off; whether it is.
@@ -727,7 +740,14 @@ impl<R: Runtime> PodSync<R> {
         let mut started = Vec::new();
         for c in to_start {
             let newest = instances.get(&c.name).and_then(|l| l.last());
-            if let Next::Start(attempt) = next(policy, newest, now) {
+            let decided = next(policy, newest, now);
+            if let (Next::Wait(_), Some(n)) = (&decided, newest) {
+                if self.say_once(&n.id, "backoff") {
+                    let msg = format!("Back-off restarting failed container {}", c.name);
+                    self.event(pod, "Warning", "BackOff", &msg).await;
+                }
+            }
+            if let Next::Start(attempt) = decided {
                 if !self.image_ready(pod, c, now).await {
                     continue;
                 }
@@ -776,6 +796,16 @@ impl<R: Runtime> PodSync<R> {
                 continue;
             }
             self.prober.ensure(&n.id, c, &pod_ip);
+            match self.prober.results(&n.id).unready {
+                Some(why) => {
+                    if self.say_once(&n.id, "unready") {
+                        self.event(pod, "Warning", "Unhealthy", &why).await;
+                    }
+                }
+                None => {
+                    self.said.lock().unwrap_or_else(|p| p.into_inner()).remove(&format!("{}:unready", n.id));
+                }
+            }
             if let Some(why) = self.prober.results(&n.id).kill {
                 if self.killing.lock().unwrap_or_else(|p| p.into_inner()).insert(n.id.clone()) {
                     self.event(pod, "Warning", "Unhealthy", &why).await;
@@ -915,7 +945,7 @@ mod tests {
             ..Default::default()
         };
         let one = |c: ContainerInfo| BTreeMap::from([("main".to_string(), vec![c])]);
-        let ready = |_: &str| Results { started: true, ready: true, kill: None };
+        let ready = |_: &str| Results { started: true, ready: true, kill: None, unready: None };
         let now = base();
         let st = status(&pod("Always"), &BTreeMap::new(), &ready, &|_| None, ("10.0.0.2", "10.0.0.2"), now);
         assert_eq!((st.phase.as_str(), st.pod_ip.as_str()), ("Pending", ""));

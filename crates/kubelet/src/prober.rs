@@ -32,6 +32,8 @@ pub struct Results {
     pub ready: bool,
     /// Why the container must be killed, once a startup or liveness probe gave up on it.
     pub kill: Option<String>,
+    /// Why it is not ready, while its readiness probe fails.
+    pub unready: Option<String>,
 }
 
 /// Runs one probe; Ok(()) on success, Err(why) on failure.
@@ -121,7 +123,7 @@ impl<R: Runtime> Prober<R> {
         // probe has started, and without a readiness probe too it is ready (so a worker
         // that restarts and adopts it never reports it unready meanwhile).
         let started = c.startup_probe.is_none();
-        let first = Results { started, ready: started && c.readiness_probe.is_none(), kill: None };
+        let first = Results { started, ready: started && c.readiness_probe.is_none(), kill: None, unready: None };
         self.results.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_string()).or_insert(first);
         let (runtime, results, changed) = (self.runtime.clone(), self.results.clone(), self.changed.clone());
         let (id_owned, c, ip) = (id.to_string(), c.clone(), pod_ip.to_string());
@@ -187,13 +189,18 @@ impl<R: Runtime> Prober<R> {
                 }
                 if let (Some(p), Some(d)) = (&c.readiness_probe, ready_due) {
                     if d <= now {
-                        let ok = probe_once(runtime.as_ref(), &id, p, &ip).await.is_ok();
+                        let outcome = probe_once(runtime.as_ref(), &id, p, &ip).await;
+                        let ok = outcome.is_ok();
                         // Count runs of the same outcome.
                         ready_run = if ready_ok == Some(ok) { ready_run + 1 } else { 1 };
                         ready_ok = Some(ok);
                         let threshold = if ok { p.success_threshold.max(1) } else { p.failure_threshold.max(1) };
                         if ready_run >= threshold {
-                            set(&|r| r.ready = ok);
+                            let why = outcome.err().map(|w| format!("Readiness probe failed: {w}"));
+                            set(&|r| {
+                                r.ready = ok;
+                                r.unready.clone_from(&why);
+                            });
                         }
                         ready_due = Some(now + seconds(p.period_seconds.max(1)));
                     }

@@ -61,9 +61,12 @@ impl Hosts {
         let id = (std::process::id() * 7 + k) % 200 + 20;
         let prefix = format!("fw{id}");
         // Left over by a crashed run with the same id.
-        let _ = Command::new("ip").args(["netns", "del", &format!("{prefix}-hub")]).status();
+        let quiet = |args: &[&str]| {
+            let _ = Command::new("ip").args(args).stderr(Stdio::null()).status();
+        };
+        quiet(&["netns", "del", &format!("{prefix}-hub")]);
         for i in 1..=n {
-            let _ = Command::new("ip").args(["netns", "del", &format!("{prefix}-h{i}")]).status();
+            quiet(&["netns", "del", &format!("{prefix}-h{i}")]);
         }
         let _ = Command::new("ip").args(["link", "del", &format!("{prefix}-h")]).stderr(Stdio::null()).status();
         let subnet = format!("10.79.{id}");
