@@ -35,6 +35,10 @@ const LIST_CHUNK: i64 = 500;
 pub const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
 /// Store prefix of allocated service IPs: one key per address.
 const SERVICE_IPS: &str = "/registry/serviceips/";
+/// Node port reservations: `<prefix><PROTOCOL>/<port>` → the owning service's key.
+const NODE_PORTS: &str = "/registry/servicenodeports/";
+/// The node port range (Kubernetes' default).
+const NODE_PORT_RANGE: std::ops::RangeInclusive<i32> = 30000..=32767;
 
 /// Settings of the apiserver.
 #[derive(Debug, Clone)]
@@ -104,6 +108,36 @@ fn op_put_leased(key: &str, value: Vec<u8>, lease: i64) -> ep::RequestOp {
             ..Default::default()
         })),
     }
+}
+
+/// Deletes the reservation `key` only if it still names `owner` (a nested transaction),
+/// so that a stale read can never free what another object now holds.
+fn release_if_owned(key: &str, owner: &str) -> ep::RequestOp {
+    ep::RequestOp {
+        request: Some(request_op::Request::RequestTxn(ep::TxnRequest {
+            compare: vec![ep::Compare {
+                result: compare::CompareResult::Equal as i32,
+                target: compare::CompareTarget::Value as i32,
+                key: key.as_bytes().to_vec(),
+                target_union: Some(compare::TargetUnion::Value(owner.as_bytes().to_vec())),
+                range_end: vec![],
+            }],
+            success: vec![op_delete(key)],
+            failure: vec![],
+        })),
+    }
+}
+
+/// The node port reservation keys a service holds.
+fn node_port_keys(s: &pb::Service) -> BTreeSet<String> {
+    let Some(spec) = s.spec.as_ref() else { return BTreeSet::new() };
+    spec.ports
+        .iter()
+        .filter(|p| p.node_port != 0)
+        .map(|p| {
+            format!("{NODE_PORTS}{}/{}", if p.protocol.is_empty() { "TCP" } else { p.protocol.as_str() }, p.node_port)
+        })
+        .collect()
 }
 
 fn op_delete(key: &str) -> ep::RequestOp {
@@ -300,6 +334,10 @@ impl Registry {
         let (ns, name) = (meta(&o).namespace.clone(), meta(&o).name.clone());
         let key = keys::key(kind, &ns, &name);
         let asked_ip = matches!(&o, O::Service(s) if s.spec.as_ref().is_some_and(|x| !x.cluster_ip.is_empty()));
+        let asked_ports: Vec<i32> = match &o {
+            O::Service(s) => s.spec.as_ref().map(|x| x.ports.iter().map(|p| p.node_port).collect()).unwrap_or_default(),
+            _ => Vec::new(),
+        };
         for _ in 0..MAX_RETRIES {
             let mut compares = vec![cmp_mod(&key, 0)];
             let mut ops = vec![];
@@ -332,6 +370,10 @@ impl Registry {
                     compares.push(cmp_mod(&ip_key, 0));
                     ops.push(op_put(&ip_key, key.as_bytes().to_vec()));
                 }
+                for np_key in self.allocate_node_ports(s, &BTreeSet::new()).await? {
+                    compares.push(cmp_mod(&np_key, 0));
+                    ops.push(op_put(&np_key, key.as_bytes().to_vec()));
+                }
             }
             let lease = if kind == Kind::Event { self.event_lease(false).await?.unwrap_or(0) } else { 0 };
             ops.push(op_put_leased(&key, stored_bytes(&o)?, lease));
@@ -356,8 +398,13 @@ impl Registry {
             // The namespace changed or the address was taken meanwhile: try again, with a
             // new address if the server chose it.
             if let O::Service(s) = &mut o {
-                if let Some(spec) = s.spec.as_mut().filter(|_| !asked_ip) {
-                    spec.cluster_ip.clear();
+                if let Some(spec) = s.spec.as_mut() {
+                    if !asked_ip {
+                        spec.cluster_ip.clear();
+                    }
+                    for (p, asked) in spec.ports.iter_mut().zip(&asked_ports) {
+                        p.node_port = *asked;
+                    }
                 }
             }
         }
@@ -414,6 +461,64 @@ impl Registry {
         let ip = Ipv4Addr::from(free);
         spec.cluster_ip = ip.to_string();
         Ok(Some(format!("{SERVICE_IPS}{ip}")))
+    }
+
+    /// Gives every port of a NodePort or LoadBalancer service a node port (checking those
+    /// asked for), and clears them on other types. Returns the reservation keys to take:
+    /// those of `held` (already the service's) are not taken again.
+    async fn allocate_node_ports(&self, s: &mut pb::Service, held: &BTreeSet<String>) -> Result<Vec<String>, ApiError> {
+        let spec = s.spec.get_or_insert_with(Default::default);
+        if !matches!(spec.r#type.as_str(), "NodePort" | "LoadBalancer") {
+            for p in &mut spec.ports {
+                p.node_port = 0;
+            }
+            return Ok(Vec::new());
+        }
+        let r = self
+            .store
+            .range(ep::RangeRequest {
+                key: NODE_PORTS.as_bytes().to_vec(),
+                range_end: prefix_end(NODE_PORTS.as_bytes()),
+                keys_only: true,
+                ..Default::default()
+            })
+            .await?;
+        let mut used: BTreeSet<String> =
+            r.kvs.iter().filter_map(|kv| std::str::from_utf8(&kv.key).ok().map(String::from)).collect();
+        let mut take = Vec::new();
+        for (i, p) in spec.ports.iter_mut().enumerate() {
+            let proto = if p.protocol.is_empty() { "TCP" } else { p.protocol.as_str() };
+            let key_of = |port: i32| format!("{NODE_PORTS}{proto}/{port}");
+            if p.node_port != 0 {
+                let k = key_of(p.node_port);
+                if take.contains(&k) {
+                    return Err(ApiError::invalid(
+                        format!("spec.ports[{i}].nodePort"),
+                        format!("{} is used twice in this service", p.node_port),
+                    ));
+                }
+                if !held.contains(&k) {
+                    if used.contains(&k) {
+                        return Err(ApiError::invalid(
+                            format!("spec.ports[{i}].nodePort"),
+                            format!("{} is already allocated", p.node_port),
+                        ));
+                    }
+                    used.insert(k.clone());
+                    take.push(k);
+                } else {
+                    take.push(k);
+                }
+                continue;
+            }
+            let free = NODE_PORT_RANGE.clone().find(|n| !used.contains(&key_of(*n))).ok_or_else(|| {
+                ApiError::Exhausted(format!("no free node port left in {NODE_PORT_RANGE:?} for {proto}"))
+            })?;
+            p.node_port = free;
+            used.insert(key_of(free));
+            take.push(key_of(free));
+        }
+        Ok(take.into_iter().filter(|k| !held.contains(k)).collect())
     }
 
     /// Reads one object.
@@ -557,13 +662,25 @@ impl Registry {
             }
             return Ok(self.if_unchanged(&key, cur.rev, ops, fence).await?.map(|rev| with_rv(new, rev)));
         }
+        // A service's node ports: new ones reserved, those it gave up released.
+        let (mut compares, mut ops) = (vec![cmp_mod(&key, cur.rev)], vec![]);
+        if let (O::Service(old), O::Service(svc)) = (&cur.obj, &mut new) {
+            let held = node_port_keys(old);
+            for k in self.allocate_node_ports(svc, &held).await? {
+                compares.push(cmp_mod(&k, 0));
+                ops.push(op_put(&k, key.as_bytes().to_vec()));
+            }
+            let now = node_port_keys(svc);
+            ops.extend(held.difference(&now).map(|k| release_if_owned(k, &key)));
+        }
         let bytes = stored_bytes(&new)?;
         if bytes == cur.stored {
             return Ok(Some(cur.obj.clone()));
         }
-        let mut ops = vec![op_put_leased(&key, bytes, cur.lease)];
+        ops.push(op_put_leased(&key, bytes, cur.lease));
         ops.extend(lock_ops(&new));
-        Ok(self.if_unchanged(&key, cur.rev, ops, fence).await?.map(|rev| with_rv(new, rev)))
+        let r = self.txn(fence, ep::TxnRequest { compare: compares, success: ops, failure: vec![] }).await?;
+        Ok(r.succeeded.then(|| with_rv(new, r.header.map_or(0, |h| h.revision))))
     }
 
     /// Runs `ops` if `key` is still at revision `rev` (0: absent): the revision written,
@@ -637,27 +754,16 @@ impl Registry {
                 let m = meta(o);
                 vec![op_delete(&keys::fence_key(&m.namespace, &m.name))]
             }
-            O::Service(s) => match s.spec.as_ref().map(|x| x.cluster_ip.as_str()) {
-                Some(ip) if !ip.is_empty() && ip != "None" => {
-                    let m = meta(o);
-                    let ip_key = format!("{SERVICE_IPS}{ip}");
-                    let owner = keys::key(Kind::Service, &m.namespace, &m.name);
-                    vec![ep::RequestOp {
-                        request: Some(request_op::Request::RequestTxn(ep::TxnRequest {
-                            compare: vec![ep::Compare {
-                                result: compare::CompareResult::Equal as i32,
-                                target: compare::CompareTarget::Value as i32,
-                                key: ip_key.clone().into_bytes(),
-                                target_union: Some(compare::TargetUnion::Value(owner.into_bytes())),
-                                range_end: vec![],
-                            }],
-                            success: vec![op_delete(&ip_key)],
-                            failure: vec![],
-                        })),
-                    }]
+            O::Service(s) => {
+                let m = meta(o);
+                let owner = keys::key(Kind::Service, &m.namespace, &m.name);
+                let mut held: Vec<String> = node_port_keys(s).into_iter().collect();
+                match s.spec.as_ref().map(|x| x.cluster_ip.as_str()) {
+                    Some(ip) if !ip.is_empty() && ip != "None" => held.push(format!("{SERVICE_IPS}{ip}")),
+                    _ => {}
                 }
-                _ => vec![],
-            },
+                held.iter().map(|k| release_if_owned(k, &owner)).collect()
+            }
             _ => vec![],
         }
     }
@@ -1095,6 +1201,15 @@ fn merge_update(cur: &O, new: O, status_only: bool) -> Result<O, ApiError> {
         let old_ip = old.spec.as_ref().map(|s| s.cluster_ip.clone()).unwrap_or_default();
         if let Some(spec) = new.spec.as_mut().filter(|s| s.cluster_ip.is_empty()) {
             spec.cluster_ip = old_ip;
+        }
+        // ...and so does one that leaves a port's node port out.
+        if let (Some(was), Some(spec)) = (old.spec.as_ref(), new.spec.as_mut()) {
+            for p in spec.ports.iter_mut().filter(|p| p.node_port == 0) {
+                let same = was.ports.iter().find(|o| o.name == p.name && o.protocol == p.protocol && o.port == p.port);
+                if let Some(o) = same {
+                    p.node_port = o.node_port;
+                }
+            }
         }
     }
     let m = meta_mut(&mut out);

@@ -4,6 +4,7 @@
 mod bench;
 mod controller_manager;
 mod master;
+mod proxy;
 mod scheduler;
 mod worker;
 
@@ -36,8 +37,11 @@ enum Command {
     /// runs the controllers.
     ControllerManager(Box<controller_manager::ControllerManagerArgs>),
     /// Run a worker: the kubelet that registers this machine as a Node and runs the pods
-    /// bound to it.
+    /// bound to it, and the service proxy (nftables rules, cluster DNS).
     Worker(Box<worker::WorkerArgs>),
+    /// Run the service proxy alone (nftables rules for Services, cluster DNS), or remove
+    /// its rules with --cleanup.
+    Proxy(Box<proxy::ProxyArgs>),
     /// The shim each container of the process runtime runs under (started by the worker).
     #[command(hide = true)]
     ProcessShim(worker::ShimArgs),
@@ -69,6 +73,7 @@ fn main() -> std::process::ExitCode {
         Command::Scheduler(args) => scheduler::run(*args),
         Command::ControllerManager(args) => controller_manager::run(*args),
         Command::Worker(args) => worker::run(*args),
+        Command::Proxy(args) => proxy::run(*args),
         Command::Bench(args) => bench::run(*args),
         Command::Ctl(_) | Command::ProcessShim(_) => Ok(()),
     };

@@ -1,4 +1,5 @@
-//! `flotilla worker`: flags → the kubelet of one worker against any masters; and
+//! `flotilla worker`: flags → the kubelet and the service proxy of one worker against
+//! any masters; and
 //! `flotilla process-shim`, which the process runtime starts each container under.
 
 use std::collections::BTreeMap;
@@ -111,6 +112,15 @@ pub struct WorkerArgs {
     /// Address serving /healthz and /metrics, e.g. 127.0.0.1:10248.
     #[arg(long, value_name = "HOST:PORT")]
     listen_metrics: Option<String>,
+    /// Do not run the service proxy here (run `flotilla proxy` instead, or none).
+    #[arg(long)]
+    disable_proxy: bool,
+    /// DNS servers for pods' resolv.conf (comma-separated) [default: this worker's cluster
+    /// DNS, unless --disable-proxy or --disable-dns].
+    #[arg(long, value_name = "IPS", value_delimiter = ',')]
+    cluster_dns: Vec<std::net::IpAddr>,
+    #[command(flatten)]
+    proxy: crate::proxy::ProxyFlags,
 }
 
 fn labels(list: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
@@ -177,6 +187,15 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         flotilla_core::cidr::Cidr::parse_within(c, 8, 30).map_err(|e| anyhow::anyhow!("--pod-cidr: {e}"))?;
         cfg.pod_cidr = c.clone();
     }
+    cfg.cluster_domain = args.proxy.domain();
+    cfg.cluster_dns = if !args.cluster_dns.is_empty() {
+        args.cluster_dns.iter().map(ToString::to_string).collect()
+    } else if args.disable_proxy {
+        Vec::new()
+    } else {
+        args.proxy.dns_server(args.node_ip).map(|ip| ip.to_string()).into_iter().collect()
+    };
+    let proxy = if args.disable_proxy { None } else { Some(args.proxy.config(&name, args.node_ip)?) };
     let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from("/var/lib/flotilla/worker").join(&name));
     std::fs::create_dir_all(&dir).with_context(|| format!("--dir {}", dir.display()))?;
     cfg.dir = dir.clone();
@@ -201,7 +220,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
             RuntimeKind::Process => {
                 let shim = std::env::current_exe().context("finding the flotilla binary for the process shim")?;
                 let runtime = flotilla_kubelet::process::ProcessRuntime::new(&dir, &shim)?;
-                serve(args, name, dir, cfg, runtime).await
+                serve(args, name, dir, cfg, proxy, runtime).await
             }
             RuntimeKind::Containerd => {
                 let ccfg = flotilla_kubelet::containerd::ContainerdConfig {
@@ -224,7 +243,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
                     },
                 };
                 let runtime = flotilla_kubelet::containerd::ContainerdRuntime::connect(ccfg).await?;
-                serve(args, name, dir, cfg, runtime).await
+                serve(args, name, dir, cfg, proxy, runtime).await
             }
         }
     })
@@ -235,20 +254,55 @@ async fn serve<R: flotilla_kubelet::Runtime>(
     name: String,
     dir: PathBuf,
     cfg: WorkerConfig,
+    proxy: Option<flotilla_proxy::ProxyConfig>,
     runtime: R,
 ) -> anyhow::Result<()> {
-    {
-        let client = flotilla_client::Client::new(&args.masters).context("--masters")?;
-        let metrics = std::sync::Arc::new(flotilla_kubelet::metrics::KubeletMetrics::new());
-        if let Some(addr) = &args.listen_metrics {
-            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--listen-metrics {addr}"))?;
-            let m = metrics.clone();
-            tokio::spawn(crate::scheduler::serve_metrics(l, move || m.render()));
-        }
-        tracing::info!(node = %name, masters = ?args.masters, dir = %dir.display(), "worker started");
-        flotilla_kubelet::run(client, cfg, runtime, metrics, crate::scheduler::signalled()).await?;
-        Ok(())
+    let client = flotilla_client::Client::new(&args.masters).context("--masters")?;
+    let metrics = std::sync::Arc::new(flotilla_kubelet::metrics::KubeletMetrics::new());
+    let proxy_metrics = std::sync::Arc::new(flotilla_proxy::metrics::ProxyMetrics::new());
+    if let Some(addr) = &args.listen_metrics {
+        let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--listen-metrics {addr}"))?;
+        let (m, pm) = (metrics.clone(), proxy_metrics.clone());
+        tokio::spawn(crate::scheduler::serve_metrics(l, move || m.render() + &pm.render()));
     }
+    tracing::info!(node = %name, masters = ?args.masters, dir = %dir.display(), proxy = proxy.is_some(), "worker started");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let proxy_task = proxy.map(|pcfg| {
+        let (client, stop) = (client.clone(), stopped(stop_rx.clone()));
+        tokio::spawn(flotilla_proxy::run(client, pcfg, flotilla_proxy::nft::NftCli::default(), proxy_metrics, stop))
+    });
+    let kubelet = flotilla_kubelet::run(client, cfg, runtime, metrics, stopped(stop_rx));
+    tokio::pin!(kubelet);
+    let signal = crate::scheduler::signalled();
+    tokio::pin!(signal);
+    // The kubelet and the proxy run until a signal; either failing stops the worker.
+    let result: anyhow::Result<()> = match proxy_task {
+        Some(mut p) => tokio::select! {
+            r = &mut kubelet => r.map_err(Into::into),
+            r = &mut p => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(anyhow::Error::from(e)
+                    .context("the service proxy (it needs root; --disable-proxy runs the worker without it)")),
+                Err(e) => Err(anyhow::anyhow!("the service proxy: {e}")),
+            },
+            () = &mut signal => {
+                let _ = stop_tx.send(true);
+                let _ = p.await;
+                kubelet.await.map_err(Into::into)
+            }
+        },
+        None => tokio::select! {
+            r = &mut kubelet => r.map_err(Into::into),
+            () = &mut signal => {
+                let _ = stop_tx.send(true);
+                kubelet.await.map_err(Into::into)
+            }
+        },
+    };
+    result
 }
 
 /// Flags of `flotilla process-shim` (started by the process runtime, not by people).

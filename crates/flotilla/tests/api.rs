@@ -497,6 +497,75 @@ fn service_ips_are_unique_and_binding_happens_once() {
     });
 }
 
+/// NodePort and LoadBalancer services get a node port per port from 30000-32767, unique
+/// per protocol; one asked for is checked (taken: INVALID_ARGUMENT naming the field); an
+/// update that leaves it out keeps it; turning the service into a ClusterIP one, or
+/// deleting it, frees its ports for others.
+#[test]
+fn node_ports_are_allocated_unique_kept_on_update_and_freed() {
+    let c = Cluster::start(1, &[]);
+    let url = c.members[0].url();
+    rt().block_on(async {
+        let mut a = api(&url).await;
+        let svc = |name: &str, ty: &str, node_port: i32| pb::Service {
+            metadata: meta("default", name, &[]),
+            spec: Some(pb::ServiceSpec {
+                r#type: ty.into(),
+                ports: vec![pb::ServicePort { port: 80, node_port, ..Default::default() }],
+                ..Default::default()
+            }),
+            status: None,
+        };
+        let np = |o: &O| match o {
+            O::Service(s) => s.spec.as_ref().expect("spec").ports[0].node_port,
+            _ => unreachable!(),
+        };
+        let first = np(&create(&mut a, O::Service(svc("a", "NodePort", 0))).await.expect("create"));
+        let second = np(&create(&mut a, O::Service(svc("b", "LoadBalancer", 0))).await.expect("create"));
+        assert!((30000..=32767).contains(&first) && (30000..=32767).contains(&second) && first != second);
+        assert_eq!(np(&create(&mut a, O::Service(svc("c", "ClusterIP", 0))).await.expect("create")), 0);
+        let e = create(&mut a, O::Service(svc("d", "NodePort", first))).await.expect_err("taken");
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.message().contains("spec.ports[0].nodePort") && e.message().contains("already allocated"),
+            "{}",
+            e.message()
+        );
+        assert_eq!(np(&create(&mut a, O::Service(svc("d", "NodePort", 31999))).await.expect("asked")), 31999);
+        // An update without the node port keeps it.
+        let O::Service(mut cur) = get(&mut a, "Service", "default", "a").await.expect("get") else { unreachable!() };
+        cur.spec.as_mut().expect("spec").ports[0].node_port = 0;
+        cur.metadata.as_mut().expect("meta").labels.insert("x".into(), "1".into());
+        let kept = inner(
+            a.update(pb::UpdateRequest { object: wrap(O::Service(cur)), ..Default::default() })
+                .await
+                .expect("update")
+                .into_inner(),
+        );
+        assert_eq!(np(&kept), first);
+        // ClusterIP now: its node port is free for another.
+        let O::Service(mut cur) = get(&mut a, "Service", "default", "a").await.expect("get") else { unreachable!() };
+        cur.spec.as_mut().expect("spec").r#type = "ClusterIP".into();
+        let changed = inner(
+            a.update(pb::UpdateRequest { object: wrap(O::Service(cur)), ..Default::default() })
+                .await
+                .expect("update")
+                .into_inner(),
+        );
+        assert_eq!(np(&changed), 0);
+        assert_eq!(np(&create(&mut a, O::Service(svc("e", "NodePort", first))).await.expect("freed")), first);
+        a.delete(pb::DeleteRequest {
+            kind: "Service".into(),
+            namespace: "default".into(),
+            name: "d".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete");
+        assert_eq!(np(&create(&mut a, O::Service(svc("f", "NodePort", 31999))).await.expect("freed by delete")), 31999);
+    });
+}
+
 /// A JSON merge patch changes only what it names; a patch with an unknown field is
 /// INVALID_ARGUMENT naming its path; a status patch leaves the spec alone; a uid in the
 /// patch is a precondition.

@@ -60,7 +60,8 @@ fn worker_with(c: &Cluster, name: &str, dir: &Path, extra: &[&str]) -> Worker {
     let path = dir.join(format!("{name}.log"));
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&path).expect("log file");
     let child = Command::new(bin())
-        .args(["worker", "--runtime", "process", "--name", name, "--node-ip", "127.0.0.1"])
+        // No service proxy: these workers share this machine's own network namespace.
+        .args(["worker", "--runtime", "process", "--disable-proxy", "--name", name, "--node-ip", "127.0.0.1"])
         .args(["--masters", &c.endpoints(), "--dir"])
         .arg(dir.join(name))
         .args(["--kubelet-port", &free_port().to_string()])

@@ -58,6 +58,11 @@ pub struct WorkerConfig {
     pub resync: Duration,
     /// The port of the kubelet's endpoint (logs) on `node_ip`.
     pub kubelet_port: u16,
+    /// Cluster DNS servers written into pods' /etc/resolv.conf (empty: pods keep their
+    /// image's).
+    pub cluster_dns: Vec<String>,
+    /// The cluster's DNS domain (`cluster.local`).
+    pub cluster_domain: String,
     /// Resources kept back from pods (`cpu`, `memory`): allocatable = capacity - these.
     pub reserved: BTreeMap<String, String>,
     /// The worker's directory (its disk is the one DiskPressure watches).
@@ -82,10 +87,26 @@ impl WorkerConfig {
             resync: Duration::from_secs(1),
             kubelet_port: 10250,
             reserved: BTreeMap::new(),
+            cluster_dns: Vec::new(),
+            cluster_domain: "cluster.local".into(),
             dir: std::path::PathBuf::from("/var/lib/flotilla/worker").join(name),
             log_max_size: 10 << 20,
             log_max_files: 1,
         }
+    }
+
+    /// /etc/resolv.conf of a pod in `namespace` on the pod network, as Kubernetes' ClusterFirst
+    /// policy writes it: the cluster DNS servers, the search path that makes `web` and
+    /// `web.prod` resolve, and ndots:5 so that names with fewer dots try it first. None
+    /// without cluster DNS.
+    pub fn resolv_conf(&self, namespace: &str) -> Option<String> {
+        if self.cluster_dns.is_empty() {
+            return None;
+        }
+        let d = &self.cluster_domain;
+        let mut s: String = self.cluster_dns.iter().map(|ip| format!("nameserver {ip}\n")).collect();
+        s.push_str(&format!("search {namespace}.svc.{d} svc.{d} {d}\noptions ndots:5\n"));
+        Some(s)
     }
 }
 

@@ -49,6 +49,9 @@ pub struct Sandbox {
     /// Memory-backed volumes mounted for the pod (unmounted with the sandbox).
     #[serde(default)]
     pub tmpfs: Vec<String>,
+    /// The pod's resolv.conf on the node (mounted at /etc/resolv.conf), if it has one.
+    #[serde(default)]
+    pub resolv_conf: String,
 }
 
 impl Sandbox {
@@ -235,6 +238,7 @@ impl CniNetwork {
             ports: ports.into(),
             volumes: BTreeMap::new(),
             tmpfs: Vec::new(),
+            resolv_conf: String::new(),
         };
         let added = async {
             self.plugin("ADD", &serde_json::json!({"type": "loopback"}), uid, &netns, "lo", None).await?;

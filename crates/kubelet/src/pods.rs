@@ -711,6 +711,7 @@ impl<R: Runtime> PodSync<R> {
                 pod_cidr: self.pod_cidr.lock().unwrap_or_else(|p| p.into_inner()).clone(),
                 ports: crate::network::port_mappings(&spec),
                 volumes: spec.volumes.clone(),
+                resolv_conf: (!spec.host_network).then(|| self.cfg.resolv_conf(&m.namespace)).flatten(),
             };
             match self.runtime.sandbox(&sandbox).await {
                 Ok(ip) => {

@@ -44,6 +44,9 @@ pub struct PodSandbox {
     pub ports: Vec<crate::network::PortMapping>,
     /// The pod's volumes (made with the sandbox, removed with it).
     pub volumes: Vec<pb::Volume>,
+    /// The pod's /etc/resolv.conf (cluster DNS), for a pod on the pod network; None: the
+    /// image's own.
+    pub resolv_conf: Option<String>,
 }
 
 /// What a container is doing.

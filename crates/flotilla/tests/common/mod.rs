@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod nodes;
+pub mod workers;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

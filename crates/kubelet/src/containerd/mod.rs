@@ -426,6 +426,7 @@ impl Runtime for ContainerdRuntime {
                 ports: vec![],
                 volumes: Default::default(),
                 tmpfs: vec![],
+                resolv_conf: String::new(),
             },
             (Some(net), false) => {
                 if pod.pod_cidr.is_empty() {
@@ -441,6 +442,12 @@ impl Runtime for ContainerdRuntime {
         let made = crate::volumes::setup(&pod_dir, &pod.volumes).and_then(|made| {
             sb.volumes = made.paths;
             sb.tmpfs = made.tmpfs;
+            if let (Some(conf), false) = (&pod.resolv_conf, sb.netns.is_empty()) {
+                let path = pod_dir.join("resolv.conf");
+                std::fs::create_dir_all(&pod_dir).map_err(|e| KubeletError::io(&pod_dir, e))?;
+                std::fs::write(&path, conf).map_err(|e| KubeletError::io(&path, e))?;
+                sb.resolv_conf = path.display().to_string();
+            }
             let path = self.sandbox_dir.join(format!("{}.json", pod.uid));
             let bytes = serde_json::to_vec(&sb).map_err(|e| KubeletError::Runtime(e.to_string()))?;
             std::fs::write(&path, bytes).map_err(|e| KubeletError::io(&path, e))
@@ -509,6 +516,9 @@ impl Runtime for ContainerdRuntime {
         for (i, m) in c.container.volume_mounts.iter().enumerate() {
             let source = crate::volumes::source(&sb.volumes, &format!("{field}.volumeMounts[{i}]"), m)?;
             mounts.push((m.mount_path.clone(), source, m.read_only));
+        }
+        if !sb.resolv_conf.is_empty() && !mounts.iter().any(|(dest, _, _)| dest == "/etc/resolv.conf") {
+            mounts.push(("/etc/resolv.conf".into(), sb.resolv_conf.clone(), true));
         }
         let id = container_id(c);
         // A start tried before and cut short left something: start clean.
