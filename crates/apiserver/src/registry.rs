@@ -110,6 +110,16 @@ fn op_put_leased(key: &str, value: Vec<u8>, lease: i64) -> ep::RequestOp {
     }
 }
 
+/// The numbers of `r`, starting at a random one and wrapping around.
+fn rotated<T>(r: std::ops::Range<T>) -> impl Iterator<Item = T>
+where
+    T: Copy + PartialOrd + rand::distr::uniform::SampleUniform,
+    std::ops::Range<T>: Iterator<Item = T>,
+{
+    let start = if r.start < r.end { rand::random_range(r.start..r.end) } else { r.start };
+    (start..r.end).chain(r.start..start)
+}
+
 /// Deletes the reservation `key` only if it still names `owner` (a nested transaction),
 /// so that a stale read can never free what another object now holds.
 fn release_if_owned(key: &str, owner: &str) -> ep::RequestOp {
@@ -455,7 +465,9 @@ impl Registry {
             .map(u32::from)
             .collect();
         // Skip the network address, and .1 which Kubernetes keeps for its own service.
-        let free = (first + 2..first + size - 1).find(|n| !used.contains(n)).ok_or_else(|| {
+        // The search starts at a random address, so that services created at once do
+        // not all reach for the same one (and retry).
+        let free = rotated(first + 2..first + size - 1).find(|n| !used.contains(n)).ok_or_else(|| {
             ApiError::Exhausted(format!("no free cluster IP left in the service range {base}/{prefix}"))
         })?;
         let ip = Ipv4Addr::from(free);
@@ -511,7 +523,8 @@ impl Registry {
                 }
                 continue;
             }
-            let free = NODE_PORT_RANGE.clone().find(|n| !used.contains(&key_of(*n))).ok_or_else(|| {
+            let (lo, hi) = (*NODE_PORT_RANGE.start(), *NODE_PORT_RANGE.end());
+            let free = rotated(lo..hi + 1).find(|n| !used.contains(&key_of(*n))).ok_or_else(|| {
                 ApiError::Exhausted(format!("no free node port left in {NODE_PORT_RANGE:?} for {proto}"))
             })?;
             p.node_port = free;

@@ -13,6 +13,7 @@ pub mod controllers;
 pub mod error;
 pub mod hollow;
 pub mod pods;
+pub mod proxy;
 pub mod report;
 pub mod scheduler;
 pub mod workload;

@@ -126,6 +126,27 @@ enum WorkloadArgs {
         #[arg(long)]
         keep: bool,
     },
+    /// Service proxy update latency: --services Services with --endpoints-per-service
+    /// endpoints each, programmed by the real proxy into nftables in a network namespace
+    /// of the bench's own; then one endpoint replaced at --rate: time from the Endpoints
+    /// write until its nft transaction has committed (p50/p90/p99). Needs root.
+    Proxy {
+        /// Services.
+        #[arg(long, default_value_t = 1000)]
+        services: usize,
+        /// Endpoints per service.
+        #[arg(long, default_value_t = 10)]
+        endpoints_per_service: usize,
+        /// Endpoint changes to time.
+        #[arg(long, default_value_t = 500)]
+        updates: usize,
+        /// Changes per second.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
     /// A Deployment's pods made and placed by the cluster's own controller manager and
     /// scheduler: hollow nodes, one Deployment of --replicas, time until every pod exists
     /// and until every pod is bound. Run against a fresh cluster of normal masters.
@@ -249,6 +270,41 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let WorkloadArgs::Proxy { services, endpoints_per_service, updates, rate, timeout } = args.workload {
+        let b = flotilla_bench::proxy::ProxyBench {
+            endpoints: args.endpoints.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+            services,
+            per_service: endpoints_per_service,
+            updates,
+            rate,
+            timeout: Duration::from_secs(timeout),
+            progress: !args.json,
+        };
+        let r = rt.block_on(async move { flotilla_bench::proxy::run(&b).await })?;
+        if args.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!(
+                "proxy: {} services x {} endpoints (full sync: {} nft operations in {:.0} ms); {} endpoint changes at {}/s \
+                 in {} transactions ({:.1} operations, {:.1} ms of nft each): change->kernel p50 {:.0} ms, p90 {:.0} ms, \
+                 p99 {:.0} ms, max {:.0} ms",
+                r.services,
+                r.endpoints_per_service,
+                r.full_sync_ops,
+                r.full_sync_ms,
+                r.updates,
+                r.rate,
+                r.partial_syncs,
+                r.ops_per_partial,
+                r.nft_ms_per_partial,
+                r.p50_ms,
+                r.p90_ms,
+                r.p99_ms,
+                r.max_ms
+            );
+        }
+        return Ok(());
+    }
     if let WorkloadArgs::Controllers { nodes, replicas, timeout } = args.workload {
         let b = flotilla_bench::controllers::ControllersBench {
             endpoints: args.endpoints.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
@@ -295,6 +351,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         WorkloadArgs::Compare(_)
         | WorkloadArgs::Scheduler { .. }
         | WorkloadArgs::Controllers { .. }
+        | WorkloadArgs::Proxy { .. }
         | WorkloadArgs::Pods { .. } => {
             unreachable!("handled above")
         }

@@ -405,3 +405,72 @@ fn a_load_balancer_address_answers_from_outside_outlives_the_masters_and_moves_w
     assert!(neigh().contains(&mac(&s.hosts.hosts[other].0)), "now at the other worker: {}", neigh());
     assert!(s.workers[other].metrics().contains("flotilla_proxy_announced_addresses 1"));
 }
+
+/// The table outlives its proxy: with the worker killed, its node still reaches the
+/// service; a new worker replaces the table whole with one transaction at start; and
+/// `flotilla proxy --cleanup` removes it. Under sessionAffinity ClientIP one client
+/// keeps its endpoint.
+#[test]
+fn the_table_outlives_its_proxy_is_replaced_at_start_removed_by_cleanup_and_keeps_clients_on_their_endpoint() {
+    let mut s = setup_with(&[], &[]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = s.c.client(&rt);
+    let flags = s.dir.path().join("flags");
+    let w1 = s.hosts.hosts[0].0.clone();
+    rt.block_on(async {
+        for (name, node) in [("web-1", "w1"), ("web-2", "w2"), ("web-3", "w2")] {
+            client.create(web_pod(name, node, &flags)).await.expect("create pod");
+        }
+        let mut svc = service("web", "ClusterIP", "web");
+        svc.spec.as_mut().expect("spec").session_affinity = "ClientIP".into();
+        client.create(svc).await.expect("create service");
+    });
+    rt.block_on(ready_pods(&s.c, &client, &["web-1", "web-2", "web-3"]));
+    let svc: pb::Service = rt.block_on(client.get("default", "web")).expect("service");
+    let url = format!("http://{}/", cluster_ip(&svc));
+    let first = rt.block_on(async {
+        until(&s.c, "the service answering on w1", || async {
+            (ruleset(&w1).matches("dnat to").count() == 3).then_some(())?;
+            get(&w1, &url).ok()
+        })
+        .await
+    });
+    for _ in 0..15 {
+        assert_eq!(get(&w1, &url).expect("answer"), first, "ClientIP affinity keeps a client on its endpoint");
+    }
+    assert!(ruleset(&w1).contains("update @affinity-"), "{}", ruleset(&w1));
+
+    // The worker dies: its table stays, traffic flows.
+    let before = ruleset(&w1);
+    s.workers[0].kill();
+    for _ in 0..5 {
+        assert!(get(&w1, &url).expect("answered with no proxy running").starts_with("web-"));
+    }
+    // A new one replaces the table with one full transaction; nothing in it changes.
+    s.workers[0].spawn();
+    rt.block_on(async {
+        until(&s.c, "the new proxy's full sync", || async {
+            s.workers[0].metrics().contains("flotilla_proxy_syncs_total{kind=\"full\"} 1").then_some(())
+        })
+        .await
+    });
+    assert_eq!(ruleset(&w1).matches("chain ").count(), before.matches("chain ").count(), "the same chains");
+    get(&w1, &url).expect("answered after the restart");
+
+    // --cleanup removes the table (the worker stopped first: a running proxy would put it
+    // back at its next sync).
+    s.workers[0].kill();
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{w1}"))
+        .args([bin(), "proxy", "--cleanup"])
+        .output()
+        .expect("flotilla proxy --cleanup");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(ruleset(&w1).is_empty(), "the table is gone");
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{w1}"))
+        .args([bin(), "proxy", "--cleanup"])
+        .output()
+        .expect("flotilla proxy --cleanup");
+    assert!(out.status.success(), "a second cleanup finds nothing to do: {}", String::from_utf8_lossy(&out.stderr));
+}

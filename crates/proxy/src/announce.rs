@@ -80,7 +80,12 @@ fn interface_of(ip: Ipv4Addr) -> Result<(String, LinkAddr, [u8; 6]), ProxyError>
         .map_err(err)?
         .find(|i| i.address.as_ref().and_then(|a| a.as_sockaddr_in()).is_some_and(|a| a.ip() == ip))
         .map(|i| i.interface_name)
-        .ok_or_else(|| ProxyError::Config(format!("no interface has the node's address {ip}")))?;
+        .ok_or_else(|| {
+            ProxyError::Config(format!(
+                "no interface has the node's address {ip} to answer ARP on (--node-ip; --disable-lb-announce runs \
+                 without answering for load-balancer addresses)"
+            ))
+        })?;
     let link = nix::ifaddrs::getifaddrs()
         .map_err(err)?
         .filter(|i| i.interface_name == name)

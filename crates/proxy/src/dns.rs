@@ -231,9 +231,9 @@ impl Dns {
     /// Serves UDP and TCP on the configured address until the task is dropped.
     pub async fn serve(self: Arc<Dns>) -> Result<(), ProxyError> {
         let listen = self.cfg.listen;
-        let udp =
-            Arc::new(UdpSocket::bind(listen).await.map_err(|e| ProxyError::io(format!("DNS on udp {listen}"), e))?);
-        let tcp = TcpListener::bind(listen).await.map_err(|e| ProxyError::io(format!("DNS on tcp {listen}"), e))?;
+        let what = |proto: &str| format!("cluster DNS on {proto} {listen} (--dns-listen, or --disable-dns)");
+        let udp = Arc::new(UdpSocket::bind(listen).await.map_err(|e| ProxyError::io(what("udp"), e))?);
+        let tcp = TcpListener::bind(listen).await.map_err(|e| ProxyError::io(what("tcp"), e))?;
         tracing::info!(%listen, domain = %self.cfg.domain, upstreams = ?self.cfg.upstreams, "cluster DNS serving");
         let me = self.clone();
         let tcp_task = tokio::spawn(async move {

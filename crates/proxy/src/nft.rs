@@ -84,13 +84,23 @@ pub trait Apply: Send + Sync + 'static {
 /// not at all.
 #[derive(Debug, Clone)]
 pub struct NftCli {
-    /// The nft binary.
+    /// The program run (`nft`, or a wrapper such as `nsenter`).
     pub program: String,
+    /// Its arguments before `-f -` (for a wrapper: its own, then `nft`).
+    pub args: Vec<String>,
 }
 
 impl Default for NftCli {
     fn default() -> NftCli {
-        NftCli { program: "nft".into() }
+        NftCli { program: "nft".into(), args: Vec::new() }
+    }
+}
+
+impl NftCli {
+    /// nft run in the network namespace `ip netns` calls `netns` (for benchmarks and
+    /// tests that keep the machine's own namespace untouched).
+    pub fn in_netns(netns: &str) -> NftCli {
+        NftCli { program: "nsenter".into(), args: vec![format!("--net=/run/netns/{netns}"), "nft".into()] }
     }
 }
 
@@ -98,6 +108,7 @@ impl Apply for NftCli {
     async fn apply(&self, t: &Transaction) -> Result<(), ProxyError> {
         use tokio::io::AsyncWriteExt;
         let mut child = tokio::process::Command::new(&self.program)
+            .args(&self.args)
             .args(["-f", "-"])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())

@@ -203,6 +203,35 @@ async fn spawn_checked(
     Ok(AbortOnDrop(handle))
 }
 
+/// The `conntrack -D -p udp` filters that forget UDP flows made stale by going from `was`
+/// to `now`: flows DNATed to an endpoint that left (by cluster IP, load-balancer address
+/// or node port), and flows to a service that had no endpoints (rejected) and now has.
+pub fn udp_flushes(was: &BTreeMap<String, ServicePort>, now: &BTreeMap<String, ServicePort>) -> Vec<Vec<String>> {
+    let mut deletions: Vec<Vec<String>> = Vec::new();
+    for (key, old) in was.iter().filter(|(_, p)| p.protocol == Protocol::Udp) {
+        let is = now.get(key);
+        for ep in &old.endpoints {
+            if is.is_some_and(|p| p.endpoints.contains(ep)) {
+                continue;
+            }
+            let mut dsts: Vec<String> = vec![old.cluster_ip.to_string()];
+            dsts.extend(old.load_balancer_ips.iter().map(Ipv4Addr::to_string));
+            for d in dsts {
+                deletions.push(vec!["--orig-dst".into(), d, "--dst-nat".into(), ep.0.to_string()]);
+            }
+            if let Some(np) = old.node_port {
+                deletions.push(vec!["--orig-port-dst".into(), np.to_string(), "--dst-nat".into(), ep.0.to_string()]);
+            }
+        }
+    }
+    for (key, is) in now.iter().filter(|(_, p)| p.protocol == Protocol::Udp && !p.endpoints.is_empty()) {
+        if was.get(key).is_none_or(|p| p.endpoints.is_empty()) {
+            deletions.push(vec!["--orig-dst".into(), is.cluster_ip.to_string()]);
+        }
+    }
+    deletions
+}
+
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -257,38 +286,8 @@ impl<A: Apply> Syncer<A> {
     /// Deletes conntrack entries of UDP flows that would stick to endpoints no longer
     /// there, or to a service's rejection before it had endpoints.
     async fn flush_udp(&self, now: &BTreeMap<String, ServicePort>) {
-        if self.cfg.conntrack.is_empty() {
-            return;
-        }
-        let mut deletions: Vec<Vec<String>> = Vec::new();
-        for (key, was) in self.ports.iter().filter(|(_, p)| p.protocol == Protocol::Udp) {
-            let is = now.get(key);
-            for ep in &was.endpoints {
-                if is.is_some_and(|p| p.endpoints.contains(ep)) {
-                    continue;
-                }
-                let mut dsts: Vec<String> = vec![was.cluster_ip.to_string()];
-                dsts.extend(was.load_balancer_ips.iter().map(Ipv4Addr::to_string));
-                for d in dsts {
-                    deletions.push(vec!["--orig-dst".into(), d, "--dst-nat".into(), ep.0.to_string()]);
-                }
-                if let Some(np) = was.node_port {
-                    deletions.push(vec![
-                        "--orig-port-dst".into(),
-                        np.to_string(),
-                        "--dst-nat".into(),
-                        ep.0.to_string(),
-                    ]);
-                }
-            }
-        }
-        for (key, is) in now.iter().filter(|(_, p)| p.protocol == Protocol::Udp && !p.endpoints.is_empty()) {
-            if self.ports.get(key).is_none_or(|p| p.endpoints.is_empty()) {
-                deletions.push(vec!["--orig-dst".into(), is.cluster_ip.to_string()]);
-            }
-        }
-        for args in deletions {
-            let (prog, pre) = self.cfg.conntrack.split_first().expect("not empty");
+        let Some((prog, pre)) = self.cfg.conntrack.split_first() else { return };
+        for args in udp_flushes(&self.ports, now) {
             let out = tokio::process::Command::new(prog)
                 .args(pre)
                 .args(["-D", "-p", "udp"])
@@ -304,5 +303,44 @@ impl<A: Apply> Syncer<A> {
                 Err(e) => tracing::warn!(error = %e, "cannot run conntrack (install conntrack)"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(proto: Protocol, eps: &[(u8, u16)]) -> (String, ServicePort) {
+        let sp = ServicePort {
+            key: format!("default/dns/{}/53", proto.nft()),
+            service: "default/dns".into(),
+            cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
+            protocol: proto,
+            port: 53,
+            node_port: Some(30053),
+            load_balancer_ips: vec![],
+            affinity: false,
+            endpoints: eps.iter().map(|(last, p)| (Ipv4Addr::new(10, 244, 1, *last), *p)).collect(),
+        };
+        (sp.key.clone(), sp)
+    }
+
+    #[test]
+    fn udp_flows_to_a_removed_endpoint_or_to_a_formerly_empty_service_are_flushed() {
+        let was = BTreeMap::from([port(Protocol::Udp, &[(3, 53), (4, 53)])]);
+        let now = BTreeMap::from([port(Protocol::Udp, &[(3, 53)])]);
+        let d = udp_flushes(&was, &now);
+        assert_eq!(
+            d,
+            vec![
+                vec!["--orig-dst", "10.96.0.10", "--dst-nat", "10.244.1.4"],
+                vec!["--orig-port-dst", "30053", "--dst-nat", "10.244.1.4"],
+            ]
+        );
+        let empty = BTreeMap::from([port(Protocol::Udp, &[])]);
+        assert_eq!(udp_flushes(&empty, &now), vec![vec!["--orig-dst", "10.96.0.10"]], "rejected flows forgotten");
+        assert!(udp_flushes(&now, &now).is_empty());
+        let tcp_was = BTreeMap::from([port(Protocol::Tcp, &[(3, 53), (4, 53)])]);
+        assert!(udp_flushes(&tcp_was, &BTreeMap::new()).is_empty(), "TCP flows end by themselves");
     }
 }
