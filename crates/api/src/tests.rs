@@ -445,6 +445,12 @@ fn a_service_target_port_is_a_number_or_a_name_in_json() {
     };
     assert!(bad("a-name-longer-than-15").contains("spec.ports[0].targetPort"));
     assert!(bad("Web_Http").contains("spec.ports[0].targetPort"));
+    // Two ports of one name would share the proxy's chains: refused, as Kubernetes does.
+    let mut twice = o.clone();
+    let O::Service(s) = &mut twice else { unreachable!() };
+    s.spec.as_mut().expect("spec").ports[1].name = "http".into();
+    let e = crate::validate::object(&twice).expect_err("refused").to_string();
+    assert!(e.contains("spec.ports[1].name") && e.contains("names another port"), "{e}");
 }
 
 /// The bad workload objects issue 12 names, each refused naming its field: negative

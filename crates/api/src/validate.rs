@@ -439,7 +439,7 @@ fn service(s: &pb::Service) -> R {
     if spec.ports.is_empty() && !headless {
         fail("spec.ports", "at least one port is required")?;
     }
-    let mut seen = BTreeSet::new();
+    let (mut seen, mut names_seen) = (BTreeSet::new(), BTreeSet::new());
     for (i, p) in spec.ports.iter().enumerate() {
         let f = format!("spec.ports[{i}]");
         at(format!("{f}.port"), names::port(p.port))?;
@@ -472,7 +472,10 @@ fn service(s: &pb::Service) -> R {
             at(format!("{f}.name"), names::dns1123_label(&p.name))?;
         }
         if !seen.insert((&p.name, p.port, &p.protocol)) {
-            fail(f, "duplicates another port")?;
+            fail(f.clone(), "duplicates another port")?;
+        }
+        if !p.name.is_empty() && !names_seen.insert(&p.name) {
+            fail(format!("{f}.name"), format!("{:?} names another port too", p.name))?;
         }
     }
     labels("spec.selector", &spec.selector)?;

@@ -497,6 +497,19 @@ impl Registry {
             .await?;
         let mut used: BTreeSet<String> =
             r.kvs.iter().filter_map(|kv| std::str::from_utf8(&kv.key).ok().map(String::from)).collect();
+        // Ports asked for are set aside first, so that a chosen one never takes them.
+        let asked: BTreeSet<String> = spec
+            .ports
+            .iter()
+            .filter(|p| p.node_port != 0)
+            .map(|p| {
+                format!(
+                    "{NODE_PORTS}{}/{}",
+                    if p.protocol.is_empty() { "TCP" } else { p.protocol.as_str() },
+                    p.node_port
+                )
+            })
+            .collect();
         let mut take = Vec::new();
         for (i, p) in spec.ports.iter_mut().enumerate() {
             let proto = if p.protocol.is_empty() { "TCP" } else { p.protocol.as_str() };
@@ -524,9 +537,10 @@ impl Registry {
                 continue;
             }
             let (lo, hi) = (*NODE_PORT_RANGE.start(), *NODE_PORT_RANGE.end());
-            let free = rotated(lo..hi + 1).find(|n| !used.contains(&key_of(*n))).ok_or_else(|| {
-                ApiError::Exhausted(format!("no free node port left in {NODE_PORT_RANGE:?} for {proto}"))
-            })?;
+            let free =
+                rotated(lo..hi + 1).find(|n| !used.contains(&key_of(*n)) && !asked.contains(&key_of(*n))).ok_or_else(
+                    || ApiError::Exhausted(format!("no free node port left in {NODE_PORT_RANGE:?} for {proto}")),
+                )?;
             p.node_port = free;
             used.insert(key_of(free));
             take.push(key_of(free));
@@ -1218,7 +1232,11 @@ fn merge_update(cur: &O, new: O, status_only: bool) -> Result<O, ApiError> {
         // ...and so does one that leaves a port's node port out.
         if let (Some(was), Some(spec)) = (old.spec.as_ref(), new.spec.as_mut()) {
             for p in spec.ports.iter_mut().filter(|p| p.node_port == 0) {
-                let same = was.ports.iter().find(|o| o.name == p.name && o.protocol == p.protocol && o.port == p.port);
+                let proto = |x: &str| if x.is_empty() { "TCP".to_string() } else { x.to_string() };
+                let same = was
+                    .ports
+                    .iter()
+                    .find(|o| o.name == p.name && proto(&o.protocol) == proto(&p.protocol) && o.port == p.port);
                 if let Some(o) = same {
                     p.node_port = o.node_port;
                 }

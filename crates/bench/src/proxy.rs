@@ -94,6 +94,10 @@ impl Apply for Recording {
         let _ = self.tx.send((Instant::now(), t.script(), began.elapsed()));
         Ok(())
     }
+
+    async fn exists(&self, table: &str) -> Result<bool, ProxyError> {
+        self.nft.exists(table).await
+    }
 }
 
 /// The network namespace the proxy programs; removed (with its table) when dropped.

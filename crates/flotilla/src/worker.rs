@@ -263,7 +263,11 @@ async fn serve<R: flotilla_kubelet::Runtime>(
     if let Some(addr) = &args.listen_metrics {
         let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--listen-metrics {addr}"))?;
         let (m, pm) = (metrics.clone(), proxy_metrics.clone());
-        tokio::spawn(crate::scheduler::serve_metrics(l, move || m.render() + &pm.render()));
+        // One exposition: the kubelet's without its closing `# EOF`, then the proxy's.
+        tokio::spawn(crate::scheduler::serve_metrics(l, move || {
+            let kubelet = m.render();
+            format!("{}{}", kubelet.strip_suffix("# EOF\n").unwrap_or(&kubelet), pm.render())
+        }));
     }
     tracing::info!(node = %name, masters = ?args.masters, dir = %dir.display(), proxy = proxy.is_some(), "worker started");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

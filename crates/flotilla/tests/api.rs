@@ -543,6 +543,14 @@ fn node_ports_are_allocated_unique_kept_on_update_and_freed() {
                 .into_inner(),
         );
         assert_eq!(np(&kept), first);
+        // So does a whole new spec without protocol or node port (what `apply` sends).
+        let again = inner(
+            a.update(pb::UpdateRequest { object: wrap(O::Service(svc("a", "NodePort", 0))), ..Default::default() })
+                .await
+                .expect("update")
+                .into_inner(),
+        );
+        assert_eq!(np(&again), first, "re-applying keeps the node port");
         // ClusterIP now: its node port is free for another.
         let O::Service(mut cur) = get(&mut a, "Service", "default", "a").await.expect("get") else { unreachable!() };
         cur.spec.as_mut().expect("spec").r#type = "ClusterIP".into();

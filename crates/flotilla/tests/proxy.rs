@@ -246,6 +246,9 @@ fn a_service_answers_from_pods_nodes_and_outside_spreads_load_follows_readiness_
     let metrics = s.workers[0].metrics();
     assert!(metrics.contains("flotilla_proxy_syncs_total{kind=\"full\"} 1"), "{metrics}");
     assert!(metrics.contains("flotilla_proxy_sync_failures_total 0"), "{metrics}");
+    assert!(metrics.contains("flotilla_kubelet_sync_passes_total"), "the kubelet's metrics too");
+    assert_eq!(metrics.matches("# EOF").count(), 1, "one exposition, closed once");
+    assert!(metrics.ends_with("# EOF\n"));
 }
 
 /// A LoadBalancer Service gets an address from the pool on the hosts' network; it answers

@@ -137,9 +137,12 @@ impl ArpSocket {
                 Ok(n) => n,
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // The interface going down and up (ENETDOWN) and the like: keep answering
+                // once it is back.
                 Err(e) => {
-                    tracing::error!(error = %e, "receiving ARP; no longer answering");
-                    return;
+                    tracing::warn!(error = %e, "receiving ARP; trying again in a second");
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
                 }
             };
             let Some(req) = ArpRequest::parse(&buf[..n]) else { continue };

@@ -34,6 +34,9 @@ pub struct DnsConfig {
     pub upstreams: Vec<SocketAddr>,
     /// The TTL of answers, in seconds.
     pub ttl: u32,
+    /// Clients whose names outside the domain are forwarded (address, prefix length);
+    /// others are refused, so the server is no open resolver.
+    pub forward_for: Vec<(Ipv4Addr, u8)>,
 }
 
 impl DnsConfig {
@@ -46,8 +49,26 @@ impl DnsConfig {
             domain: domain.trim_matches('.').to_ascii_lowercase(),
             upstreams: nameservers(&conf, listen),
             ttl: 5,
+            forward_for: PRIVATE.to_vec(),
         }
     }
+}
+
+/// The private and loopback ranges: whom names outside the domain are forwarded for by
+/// default.
+pub const PRIVATE: [(Ipv4Addr, u8); 4] = [
+    (Ipv4Addr::new(10, 0, 0, 0), 8),
+    (Ipv4Addr::new(172, 16, 0, 0), 12),
+    (Ipv4Addr::new(192, 168, 0, 0), 16),
+    (Ipv4Addr::new(127, 0, 0, 0), 8),
+];
+
+fn within(ip: std::net::IpAddr, ranges: &[(Ipv4Addr, u8)]) -> bool {
+    let std::net::IpAddr::V4(ip) = ip else { return false };
+    ranges.iter().any(|(net, len)| {
+        let mask = if *len == 0 { 0 } else { u32::MAX << (32 - u32::from((*len).min(32))) };
+        u32::from(ip) & mask == u32::from(*net) & mask
+    })
 }
 
 /// The `nameserver` lines of a resolv.conf, as addresses on port 53, without `own`.
@@ -109,6 +130,9 @@ impl Records {
 pub struct Dns {
     cfg: DnsConfig,
     records: RwLock<Arc<Records>>,
+    /// Whether the records have been set once (before, the domain is answered SERVFAIL:
+    /// an empty cache must not deny names that exist).
+    ready: std::sync::atomic::AtomicBool,
     metrics: Arc<ProxyMetrics>,
 }
 
@@ -123,7 +147,8 @@ enum Reply {
 impl Dns {
     /// A server for `cfg` with no records yet.
     pub fn new(cfg: DnsConfig, metrics: Arc<ProxyMetrics>) -> Arc<Dns> {
-        Arc::new(Dns { cfg, records: RwLock::new(Arc::new(Records::default())), metrics })
+        let ready = std::sync::atomic::AtomicBool::new(false);
+        Arc::new(Dns { cfg, records: RwLock::new(Arc::new(Records::default())), ready, metrics })
     }
 
     /// The cluster's domain.
@@ -137,6 +162,7 @@ impl Dns {
         if **cur != r {
             *cur = Arc::new(r);
         }
+        self.ready.store(true, std::sync::atomic::Ordering::Release);
     }
 
     fn soa(&self) -> Option<Record> {
@@ -147,7 +173,7 @@ impl Dns {
         Some(Record::from_rdata(zone, self.cfg.ttl, RData::SOA(soa)))
     }
 
-    fn reply(&self, req: &Message) -> Reply {
+    fn reply(&self, req: &Message, from: std::net::IpAddr) -> Reply {
         let meta = &req.metadata;
         let mut resp = Message::response(meta.id, meta.op_code);
         resp.metadata.recursion_desired = meta.recursion_desired;
@@ -162,11 +188,15 @@ impl Dns {
         let name = q.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
         let domain = &self.cfg.domain;
         if name != *domain && !name.ends_with(&format!(".{domain}")) {
-            if self.cfg.upstreams.is_empty() {
+            if self.cfg.upstreams.is_empty() || !within(from, &self.cfg.forward_for) {
                 resp.metadata.response_code = ResponseCode::Refused;
                 return Reply::Local(resp);
             }
             return Reply::Forward;
+        }
+        if !self.ready.load(std::sync::atomic::Ordering::Acquire) {
+            resp.metadata.response_code = ResponseCode::ServFail;
+            return Reply::Local(resp);
         }
         resp.metadata.authoritative = true;
         let records = self.records.read().unwrap_or_else(|p| p.into_inner()).clone();
@@ -189,19 +219,22 @@ impl Dns {
     /// The answer to the query in `bytes` (None: not a query worth an answer). `limit` is
     /// the most a UDP answer may take; a longer one is truncated (the client asks again
     /// over TCP).
-    async fn handle(&self, bytes: &[u8], udp: bool) -> Option<Vec<u8>> {
+    async fn handle(&self, bytes: &[u8], udp: bool, from: std::net::IpAddr) -> Option<Vec<u8>> {
+        // Responses are never answered (two servers must not bounce errors forever).
+        if bytes.len() < 3 || bytes[2] & 0x80 != 0 {
+            return None;
+        }
         let req = match Message::from_vec(bytes) {
             Ok(m) => m,
-            Err(_) if bytes.len() >= 2 => {
+            Err(_) => {
                 let id = u16::from_be_bytes([bytes[0], bytes[1]]);
                 return self.encode(Message::error_msg(id, OpCode::Query, ResponseCode::FormErr), 512);
             }
-            Err(_) => return None,
         };
         let limit = if udp { usize::from(req.max_payload()) } else { usize::MAX };
-        match self.reply(&req) {
+        match self.reply(&req, from) {
             Reply::Local(resp) => self.encode(resp, limit),
-            Reply::Forward => match forward(&self.cfg.upstreams, bytes).await {
+            Reply::Forward => match forward(&self.cfg.upstreams, bytes, udp).await {
                 Some(answer) => {
                     self.count(
                         &Message::from_vec(&answer).map(|m| m.metadata.response_code).unwrap_or(ResponseCode::NoError),
@@ -237,10 +270,22 @@ impl Dns {
         tracing::info!(%listen, domain = %self.cfg.domain, upstreams = ?self.cfg.upstreams, "cluster DNS serving");
         let me = self.clone();
         let tcp_task = tokio::spawn(async move {
+            // At most this many TCP clients at once; an accept error (out of descriptors)
+            // backs off instead of spinning.
+            let slots = Arc::new(tokio::sync::Semaphore::new(256));
             loop {
-                let Ok((mut conn, _)) = tcp.accept().await else { continue };
+                let Ok(slot) = slots.clone().acquire_owned().await else { return };
+                let (mut conn, peer) = match tcp.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "DNS: accepting a TCP client");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
                 let me = me.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let idle = Duration::from_secs(10);
                     loop {
                         let mut len = [0u8; 2];
@@ -251,7 +296,7 @@ impl Dns {
                         if !matches!(tokio::time::timeout(idle, conn.read_exact(&mut buf)).await, Ok(Ok(_))) {
                             return;
                         }
-                        let Some(out) = me.handle(&buf, false).await else { return };
+                        let Some(out) = me.handle(&buf, false, peer.ip()).await else { return };
                         let Ok(n) = u16::try_from(out.len()) else { return };
                         if conn.write_all(&n.to_be_bytes()).await.is_err() || conn.write_all(&out).await.is_err() {
                             return;
@@ -272,7 +317,7 @@ impl Dns {
             };
             let (me, sock, query) = (self.clone(), udp.clone(), buf[..n].to_vec());
             tokio::spawn(async move {
-                if let Some(out) = me.handle(&query, true).await {
+                if let Some(out) = me.handle(&query, true, from.ip()).await {
                     let _ = sock.send_to(&out, from).await;
                 }
             });
@@ -288,24 +333,46 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Asks the upstreams in turn (2 s each) over UDP; the first answer wins.
-async fn forward(upstreams: &[SocketAddr], query: &[u8]) -> Option<Vec<u8>> {
+/// Asks the upstreams in turn (2 s each), over UDP or TCP as the client asked; the first
+/// answer wins.
+async fn forward(upstreams: &[SocketAddr], query: &[u8], udp: bool) -> Option<Vec<u8>> {
     for up in upstreams {
-        let bind: SocketAddr = if up.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().ok()?;
-        let Ok(sock) = UdpSocket::bind(bind).await else { continue };
-        if sock.send_to(query, up).await.is_err() {
-            continue;
-        }
-        let mut buf = vec![0u8; 4096];
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while let Ok(Ok((n, from))) = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await {
-            // Only the upstream's answer to this query's id counts.
-            if from == *up && n >= 2 && buf[..2] == query[..2] {
-                return Some(buf[..n].to_vec());
-            }
+        let answer = if udp { forward_udp(*up, query).await } else { forward_tcp(*up, query).await };
+        if answer.is_some() {
+            return answer;
         }
     }
     None
+}
+
+async fn forward_udp(up: SocketAddr, query: &[u8]) -> Option<Vec<u8>> {
+    let bind: SocketAddr = if up.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().ok()?;
+    let sock = UdpSocket::bind(bind).await.ok()?;
+    sock.send_to(query, up).await.ok()?;
+    let mut buf = vec![0u8; 65535];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while let Ok(Ok((n, from))) = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await {
+        // Only the upstream's answer to this query's id counts.
+        if from == up && n >= 2 && buf[..2] == query[..2] {
+            return Some(buf[..n].to_vec());
+        }
+    }
+    None
+}
+
+async fn forward_tcp(up: SocketAddr, query: &[u8]) -> Option<Vec<u8>> {
+    let len = u16::try_from(query.len()).ok()?;
+    let exchange = async {
+        let mut conn = tokio::net::TcpStream::connect(up).await.ok()?;
+        conn.write_all(&len.to_be_bytes()).await.ok()?;
+        conn.write_all(query).await.ok()?;
+        let mut n = [0u8; 2];
+        conn.read_exact(&mut n).await.ok()?;
+        let mut buf = vec![0u8; usize::from(u16::from_be_bytes(n))];
+        conn.read_exact(&mut buf).await.ok()?;
+        (buf.len() >= 2 && buf[..2] == query[..2]).then_some(buf)
+    };
+    tokio::time::timeout(Duration::from_secs(2), exchange).await.ok().flatten()
 }
 
 #[cfg(test)]
@@ -323,6 +390,7 @@ mod tests {
             domain: "cluster.local".into(),
             upstreams,
             ttl: 5,
+            forward_for: PRIVATE.to_vec(),
         };
         let d = Dns::new(cfg, Arc::new(ProxyMetrics::new()));
         let web = service("prod", "web", "ClusterIP", "10.96.0.10", &[("http", "TCP", 80, 0)]);
@@ -337,10 +405,14 @@ mod tests {
     fn ask(d: &Dns, name: &str, ty: RecordType) -> Option<Message> {
         let mut q = Message::new(7, MessageType::Query, OpCode::Query);
         q.add_query(Query::query(Name::from_ascii(name).expect("test value"), ty));
-        match d.reply(&q) {
+        match d.reply(&q, "10.244.1.9".parse().expect("test value")) {
             Reply::Local(m) => Some(m),
             Reply::Forward => None,
         }
+    }
+
+    fn local() -> std::net::IpAddr {
+        "127.0.0.1".parse().expect("test value")
     }
 
     fn addresses(m: &Message) -> Vec<String> {
@@ -379,7 +451,7 @@ mod tests {
     #[tokio::test]
     async fn garbage_gets_formerr_and_long_udp_answers_are_truncated() {
         let d = dns(vec![]);
-        let out = d.handle(&[0x12, 0x34, 0xff], true).await.expect("an answer");
+        let out = d.handle(&[0x12, 0x34, 0x01], true, local()).await.expect("an answer");
         let m = Message::from_vec(&out).expect("a message");
         assert_eq!((m.metadata.id, m.metadata.response_code), (0x1234, ResponseCode::FormErr));
         let svcs: Vec<pb::Service> = vec![service("a", "big", "ClusterIP", "None", &[])];
@@ -390,10 +462,41 @@ mod tests {
         let mut q = Message::new(9, MessageType::Query, OpCode::Query);
         q.add_query(Query::query(Name::from_ascii("big.a.svc.cluster.local.").expect("test value"), RecordType::A));
         let bytes = q.to_vec().expect("test value");
-        let m = Message::from_vec(&d.handle(&bytes, true).await.expect("test value")).expect("test value");
+        let m = Message::from_vec(&d.handle(&bytes, true, local()).await.expect("test value")).expect("test value");
         assert!(m.metadata.truncation && m.answers.is_empty(), "over 512 bytes on UDP");
-        let m = Message::from_vec(&d.handle(&bytes, false).await.expect("test value")).expect("test value");
+        let m = Message::from_vec(&d.handle(&bytes, false, local()).await.expect("test value")).expect("test value");
         assert_eq!(m.answers.len(), 100, "whole over TCP");
+    }
+
+    #[tokio::test]
+    async fn responses_get_no_answer_strangers_no_forwarding_and_the_domain_waits_for_its_records() {
+        let d = dns(vec!["127.0.0.1:53".parse().expect("test value")]);
+        let name = |n: &str| Name::from_ascii(n).expect("test value");
+        let mut r = Message::new(5, MessageType::Response, OpCode::Query);
+        r.add_query(Query::query(name("web.prod.svc.cluster.local."), RecordType::A));
+        assert!(d.handle(&r.to_vec().expect("test value"), true, local()).await.is_none(), "no answer to an answer");
+        let mut q = Message::new(6, MessageType::Query, OpCode::Query);
+        q.add_query(Query::query(name("example.org."), RecordType::A));
+        match d.reply(&q, "203.0.113.9".parse().expect("test value")) {
+            Reply::Local(m) => assert_eq!(m.metadata.response_code, ResponseCode::Refused),
+            Reply::Forward => panic!("forwarded for a public address"),
+        }
+        let cfg = DnsConfig {
+            listen: "127.0.0.1:0".parse().expect("test value"),
+            domain: "cluster.local".into(),
+            upstreams: vec![],
+            ttl: 5,
+            forward_for: PRIVATE.to_vec(),
+        };
+        let fresh = Dns::new(cfg, Arc::new(ProxyMetrics::new()));
+        let mut q = Message::new(7, MessageType::Query, OpCode::Query);
+        q.add_query(Query::query(name("web.prod.svc.cluster.local."), RecordType::A));
+        match fresh.reply(&q, local()) {
+            Reply::Local(m) => {
+                assert_eq!(m.metadata.response_code, ResponseCode::ServFail, "not NXDOMAIN before the first list")
+            }
+            Reply::Forward => panic!("forwarded a cluster name"),
+        }
     }
 
     #[test]

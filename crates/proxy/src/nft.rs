@@ -78,6 +78,10 @@ impl Transaction {
 pub trait Apply: Send + Sync + 'static {
     /// Applies `t` atomically, or fails having changed nothing.
     fn apply(&self, t: &Transaction) -> impl std::future::Future<Output = Result<(), ProxyError>> + Send;
+
+    /// Whether the table `table` (family ip) is in the kernel (someone may have flushed
+    /// the ruleset behind the proxy's back).
+    fn exists(&self, table: &str) -> impl std::future::Future<Output = Result<bool, ProxyError>> + Send;
 }
 
 /// Transactions through Debian's `nft` (`nft -f -`): the kernel commits each whole or
@@ -128,6 +132,19 @@ impl Apply for NftCli {
             let first: String = err.lines().take(6).collect::<Vec<_>>().join("; ");
             Err(ProxyError::Nft(format!("nft -f failed ({}): {first}", out.status)))
         }
+    }
+
+    async fn exists(&self, table: &str) -> Result<bool, ProxyError> {
+        let out = tokio::process::Command::new(&self.program)
+            .args(&self.args)
+            .args(["list", "tables", "ip"])
+            .output()
+            .await
+            .map_err(|e| ProxyError::Nft(format!("cannot run {}: {e} (install nftables)", self.program)))?;
+        if !out.status.success() {
+            return Err(ProxyError::Nft(format!("nft list tables: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == format!("table ip {table}")))
     }
 }
 

@@ -80,6 +80,9 @@ fn configure_kernel() -> Result<(), ProxyError> {
     Ok(())
 }
 
+/// How often the proxy makes sure its table is still in the kernel.
+const CHECK_EVERY: Duration = Duration::from_secs(30);
+
 /// The route protocol number of the service range's route (the kubelet's are 199).
 pub const ROUTE_PROTO: &str = "198";
 
@@ -147,10 +150,15 @@ pub async fn run<A: Apply>(
         _ = async { services.wait_synced().await; endpoints.wait_synced().await } => {}
         () = &mut stop => return Ok(()),
     }
-    let mut syncer = Syncer { cfg, kernel, metrics, applied: None, ports: BTreeMap::new() };
+    let mut syncer = Syncer { cfg, kernel, metrics, applied: None, ports: BTreeMap::new(), synced_once: false };
     let mut since = Instant::now();
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Now and then, make sure the table is still there: a `flush ruleset` behind the
+    // proxy's back is repaired with a full sync.
+    let mut check = tokio::time::interval(CHECK_EVERY);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    check.tick().await;
     loop {
         let svcs = services.snapshot();
         let eps: BTreeMap<String, pb::Endpoints> = endpoints
@@ -177,6 +185,17 @@ pub async fn run<A: Apply>(
             Some(_) = srx.recv() => {}
             Some(_) = erx.recv() => {}
             _ = retry.tick(), if !ok => {}
+            _ = check.tick() => {
+                let table = syncer.cfg.table.table.clone();
+                match syncer.kernel.exists(&table).await {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        tracing::warn!(%table, "the table is gone from the kernel; writing it again whole");
+                        syncer.applied = None;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot look at the kernel's tables"),
+                }
+            }
         }
         since = Instant::now();
         while srx.try_recv().is_ok() || erx.try_recv().is_ok() {}
@@ -248,6 +267,8 @@ struct Syncer<A: Apply> {
     applied: Option<Ruleset>,
     /// The service ports as last applied, by key.
     ports: BTreeMap<String, ServicePort>,
+    /// Whether a transaction has committed since the proxy started.
+    synced_once: bool,
 }
 
 impl<A: Apply> Syncer<A> {
@@ -269,7 +290,12 @@ impl<A: Apply> Syncer<A> {
                 self.metrics.service_ports.set(i64::try_from(ports.len()).unwrap_or(i64::MAX));
                 tracing::debug!(kind, ops, ports = ports.len(), "nft: committed");
                 let now: BTreeMap<String, ServicePort> = ports.into_iter().map(|p| (p.key.clone(), p)).collect();
-                self.flush_udp(&now).await;
+                // Not after the first sync of a (re)started proxy: it knows nothing of what
+                // was programmed before, and live flows are fine.
+                if self.synced_once {
+                    self.flush_udp(&now).await;
+                }
+                self.synced_once = true;
                 self.ports = now;
                 self.applied = Some(new);
                 true
@@ -323,6 +349,59 @@ mod tests {
             endpoints: eps.iter().map(|(last, p)| (Ipv4Addr::new(10, 244, 1, *last), *p)).collect(),
         };
         (sp.key.clone(), sp)
+    }
+
+    /// Records transactions; refuses the ones while `fail` is set.
+    #[derive(Default)]
+    struct Fake {
+        seen: std::sync::Mutex<Vec<Transaction>>,
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    impl Apply for Arc<Fake> {
+        async fn apply(&self, t: &Transaction) -> Result<(), ProxyError> {
+            self.seen.lock().expect("lock").push(t.clone());
+            if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(ProxyError::Nft("refused".into()));
+            }
+            Ok(())
+        }
+
+        async fn exists(&self, _table: &str) -> Result<bool, ProxyError> {
+            Ok(true)
+        }
+    }
+
+    #[tokio::test]
+    async fn the_first_sync_is_full_then_partial_and_a_refused_one_is_followed_by_a_full_one() {
+        let fake = Arc::new(Fake::default());
+        let mut cfg = ProxyConfig::new(vec![Ipv4Addr::new(10, 88, 0, 11)]);
+        cfg.conntrack = Vec::new();
+        let mut s = Syncer {
+            cfg,
+            kernel: fake.clone(),
+            metrics: Arc::new(ProxyMetrics::new()),
+            applied: None,
+            ports: BTreeMap::new(),
+            synced_once: false,
+        };
+        let one = |eps: &[(u8, u16)]| vec![port(Protocol::Tcp, eps).1];
+        let full = |t: &Transaction| t.commands.first().is_some_and(|c| c == "add table ip flotilla");
+        assert!(s.sync(one(&[(3, 80)]), Instant::now()).await);
+        assert!(s.sync(one(&[(3, 80)]), Instant::now()).await, "nothing changed");
+        assert!(s.sync(one(&[(3, 80), (4, 80)]), Instant::now()).await);
+        {
+            let seen = fake.seen.lock().expect("lock");
+            assert_eq!(seen.len(), 2, "an unchanged ruleset makes no transaction");
+            assert!(full(&seen[0]) && !full(&seen[1]));
+        }
+        fake.fail.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(!s.sync(one(&[(4, 80)]), Instant::now()).await);
+        fake.fail.store(false, std::sync::atomic::Ordering::Relaxed);
+        assert!(s.sync(one(&[(4, 80)]), Instant::now()).await);
+        let seen = fake.seen.lock().expect("lock");
+        assert!(!full(&seen[2]), "the refused one was partial");
+        assert!(full(&seen[3]), "after a refusal the whole table is written again");
     }
 
     #[test]

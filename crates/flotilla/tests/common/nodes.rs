@@ -23,7 +23,7 @@ pub fn require(what: &str, ok: bool) {
     assert!(ok, "this test needs {what} (run as root; scripts/setup installs the packages)");
 }
 
-/// Checks root and the packages the containerd tests need.
+/// Checks root and the packages the containerd and proxy tests need.
 pub fn require_worker_prerequisites() {
     require("root", is_root());
     for (bin, pkg) in [
@@ -34,6 +34,8 @@ pub fn require_worker_prerequisites() {
         ("/usr/bin/skopeo", "skopeo"),
         ("/usr/bin/htpasswd", "apache2-utils"),
         ("/bin/busybox", "busybox-static"),
+        ("/usr/sbin/nft", "nftables"),
+        ("/usr/sbin/conntrack", "conntrack"),
     ] {
         require(&format!("{bin} (package {pkg})"), Path::new(bin).exists());
     }
