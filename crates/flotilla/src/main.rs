@@ -2,6 +2,7 @@
 //! library crate of the chosen component. No logic lives here.
 
 mod bench;
+mod config_file;
 mod controller_manager;
 mod master;
 mod proxy;
@@ -52,7 +53,23 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let argv = match config_file::expand(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("flotilla: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    // A flag given twice (the config file's, then the command line's) takes the last.
+    let mut cmd = Cli::command();
+    for name in config_file::COMMANDS {
+        cmd = cmd.mut_subcommand(name, |c| c.args_override_self(true));
+    }
+    let cli = match Cli::from_arg_matches(&cmd.get_matches_from(argv)) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     // flotctl prints its own one-line errors and keeps logs quiet.
     let cli = match cli.command {
         Command::Ctl(args) => return flotilla_ctl::run(*args),

@@ -145,6 +145,10 @@ struct FileConfig {
     #[serde(default)]
     disable_controller_manager: bool,
     controllers: Option<String>,
+    cluster_cidr: Option<String>,
+    node_cidr_mask_size: Option<u8>,
+    load_balancer_pool: Option<String>,
+    node_monitor_grace_period: Option<String>,
 }
 
 /// What `flotilla master` runs: the store member, the apiserver beside it, a scheduler
@@ -269,6 +273,10 @@ pub fn config(args: MasterArgs) -> anyhow::Result<MasterConfig> {
         if let (true, Some(c)) = (flags.controllers.is_empty() || flags.controllers == "*", file.controllers) {
             flags.controllers = c;
         }
+        flags.cluster_cidr = flags.cluster_cidr.or(file.cluster_cidr);
+        flags.node_cidr_mask_size = flags.node_cidr_mask_size.or(file.node_cidr_mask_size);
+        flags.load_balancer_pool = flags.load_balancer_pool.or(file.load_balancer_pool);
+        flags.node_monitor_grace_period = flags.node_monitor_grace_period.or(file.node_monitor_grace_period);
         Some(flags.config(&format!("{}/{}", node.name, flotilla_client::elector::unique_identity()))?)
     };
     Ok(MasterConfig { node, api, scheduler, controller_manager })

@@ -3,6 +3,7 @@
 //! kubelet unless told not to.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
@@ -100,6 +101,10 @@ fn valid_table(t: &str) -> bool {
 /// Flags of `flotilla proxy`.
 #[derive(Args, Debug)]
 pub struct ProxyArgs {
+    /// YAML file with any of these flags, by name without the dashes (e.g. `node-ip:
+    /// 10.0.1.5`, `masters: [a:2379, b:2379]`, `disable-dns: true`); the command line wins.
+    #[arg(long, value_name = "FILE")]
+    config_file: Option<PathBuf>,
     /// Masters to talk to (comma-separated host:port); the proxy moves between them by
     /// itself.
     #[arg(

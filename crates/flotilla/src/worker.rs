@@ -24,6 +24,10 @@ pub enum RuntimeKind {
 /// Flags of `flotilla worker`.
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
+    /// YAML file with any of these flags, by name without the dashes (e.g. `node-ip:
+    /// 10.0.1.5`, `masters: [a:2379, b:2379]`, `disable-dns: true`); the command line wins.
+    #[arg(long, value_name = "FILE")]
+    config_file: Option<PathBuf>,
     /// The Node's name [default: the host name].
     #[arg(long)]
     name: Option<String>,

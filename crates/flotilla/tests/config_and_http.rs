@@ -76,3 +76,16 @@ fn config_file_with_unknown_setting_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown field `data-dirr`"), "{err}");
 }
+
+/// The annotated master config in deploy/config parses whole (every key is known): a
+/// master started from it gets as far as binding its example address.
+#[test]
+fn the_example_master_config_is_accepted_key_by_key() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/config/master.yaml");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    refused(
+        &["master", "--config-file", &example.display().to_string(), "--data-dir", &data.display().to_string()],
+        "cannot listen for clients on http://10.0.0.1:2379",
+    );
+}

@@ -254,6 +254,54 @@ fn bad_worker_flags_are_refused_naming_the_flag() {
     }
 }
 
+/// A worker configured by `--config-file` (deploy/systemd's way) registers as the file
+/// says, with the command line winning over it; the example configs in deploy/config are
+/// accepted flag by flag; a file naming no flag is refused naming the key.
+#[test]
+fn a_worker_takes_its_flags_from_a_config_file_and_the_command_line_wins() {
+    let c = Cluster::start_with_scheduler(3, &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let masters: Vec<String> = c.endpoints().split(',').map(|e| format!("\"{e}\"")).collect();
+    let file = dir.path().join("worker.yaml");
+    let text = format!(
+        "name: from-file\nnode-ip: 127.0.0.1\nmasters: [{}]\nruntime: process\ndisable-proxy: true\nnode-labels: [tier=file]\n",
+        masters.join(", ")
+    );
+    std::fs::write(&file, text).expect("config file");
+    let log = std::fs::File::create(dir.path().join("w.log")).expect("log");
+    let mut child = Command::new(bin())
+        .args(["worker", "--config-file"])
+        .arg(&file)
+        .args(["--name", "from-flag", "--dir"])
+        .arg(dir.path().join("w"))
+        .args(["--kubelet-port", &free_port().to_string()])
+        .stderr(log)
+        .spawn()
+        .expect("start worker");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = c.client(&rt);
+    let node = rt.block_on(async {
+        until(&c, "the node from the command line's name", || async {
+            client.get::<pb::Node>("", "from-flag").await.ok()
+        })
+        .await
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let labels = node.metadata.map(|m| m.labels).unwrap_or_default();
+    assert_eq!(labels.get("tier").map(String::as_str), Some("file"), "{labels:?}");
+    assert!(rt.block_on(client.get::<pb::Node>("", "from-file")).is_err(), "the command line won");
+
+    // The shipped examples parse: every key is a flag (the bogus runtime is what fails).
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/config/worker.yaml");
+    refused(&["worker", "--config-file", &example.display().to_string(), "--runtime", "bogus"], "'bogus'");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "Node_IP: 1.2.3.4\n").expect("bad file");
+    refused(&["worker", "--config-file", &bad.display().to_string()], "\"Node_IP\" is not a flag name");
+    std::fs::write(&bad, "node-ipp: 1.2.3.4\n").expect("bad file");
+    refused(&["worker", "--config-file", &bad.display().to_string()], "--node-ipp");
+}
+
 /// Probes on a process worker: an exec readiness probe gates Ready both ways; a busybox
 /// httpd is started and Ready by TCP probes and kept alive by an HTTP probe, and restarted
 /// (with an `Unhealthy` Event) once that probe gets a 404.
