@@ -7,6 +7,7 @@ mod controller_manager;
 mod master;
 mod proxy;
 mod scheduler;
+mod snapshot;
 mod worker;
 
 use clap::{Parser, Subcommand};
@@ -46,6 +47,8 @@ enum Command {
     /// The shim each container of the process runtime runs under (started by the worker).
     #[command(hide = true)]
     ProcessShim(worker::ShimArgs),
+    /// Restore a saved snapshot into the data dirs of a new cluster.
+    Snapshot(Box<snapshot::SnapshotArgs>),
     /// Load-test an etcd v3 endpoint (Flotilla or etcd), or compare the two.
     Bench(Box<bench::BenchArgs>),
     /// Manage objects and masters (the same as the `flotctl` binary).
@@ -92,6 +95,7 @@ fn main() -> std::process::ExitCode {
         Command::Worker(args) => worker::run(*args),
         Command::Proxy(args) => proxy::run(*args),
         Command::Bench(args) => bench::run(*args),
+        Command::Snapshot(args) => snapshot::run(*args),
         Command::Ctl(_) | Command::ProcessShim(_) => Ok(()),
     };
     match result {

@@ -234,6 +234,40 @@ fn check_identity(db: &Db, cfg: &NodeConfig) -> Result<(u64, u64), StoreError> {
     }
 }
 
+/// Builds the data dir of member `name` of a new cluster (`initial_cluster`, `token`)
+/// from a saved snapshot, as `etcdutl snapshot restore` does: the member's identity and
+/// the snapshot's keys, revisions and leases. Start the member afterwards with the same
+/// `--initial-cluster`, `--initial-cluster-token` and `--initial-cluster-state new`; every
+/// member restored from the same file starts from the same state. Refuses a data dir
+/// that holds anything. Returns the revision restored.
+pub fn restore(
+    data_dir: &std::path::Path,
+    name: &str,
+    initial_cluster: &[flotilla_core::cluster::InitialMember],
+    token: &str,
+    snapshot: &[u8],
+) -> Result<i64, StoreError> {
+    let me = initial_cluster
+        .iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| StoreError::InvalidArgument(format!("--name {name:?} is not in --initial-cluster")))?;
+    if std::fs::read_dir(data_dir).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(StoreError::InvalidArgument(format!(
+            "{} is not empty: a restore makes a new data dir, it never writes over one",
+            data_dir.display()
+        )));
+    }
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| StoreError::Storage(format!("cannot create data dir {}: {e}", data_dir.display())))?;
+    let db = Db::open(&data_dir.join("db"))?;
+    let revision = crate::state_machine::restore(&db, snapshot)?;
+    let mut b = Batch::new();
+    b.put(Cf::RaftMeta, KEY_MEMBER_ID, member_id(token, &me.peer_url).to_be_bytes());
+    b.put(Cf::RaftMeta, KEY_CLUSTER_ID, cluster_id(token, initial_cluster).to_be_bytes());
+    db.write(b, Sync::Yes)?;
+    Ok(revision)
+}
+
 fn raft_config(cfg: &NodeConfig) -> Result<openraft::Config, StoreError> {
     let election = cfg.election_timeout.as_millis() as u64;
     let c = openraft::Config {

@@ -156,6 +156,45 @@ fn get_bytes<'a>(data: &'a [u8], pos: &mut usize) -> Result<&'a [u8], StoreError
     Ok(s)
 }
 
+/// Calls `put` for every record of the snapshot `data` (after its header).
+fn decode_records(data: &[u8], mut put: impl FnMut(Cf, &[u8], &[u8])) -> Result<(), StoreError> {
+    let mut pos = SNAPSHOT_MAGIC.len();
+    while pos < data.len() {
+        let tag = data[pos];
+        pos += 1;
+        let cf = Cf::from_tag(tag)
+            .filter(|c| Cf::STATE_MACHINE.contains(c))
+            .ok_or_else(|| StoreError::Corrupt(format!("snapshot names unknown column family {tag}")))?;
+        let k = get_bytes(data, &mut pos)?;
+        let v = get_bytes(data, &mut pos)?;
+        put(cf, k, v);
+    }
+    Ok(())
+}
+
+/// Writes the key-value state of a saved snapshot (`flotctl cluster snapshot save`) into
+/// the fresh database of a member of a new cluster: every key, revision and lease, but
+/// not the old cluster's Raft position or membership (the new cluster's log starts from
+/// nothing). Returns the revision the snapshot holds.
+pub fn restore(db: &Db, data: &[u8]) -> Result<i64, StoreError> {
+    if !data.starts_with(SNAPSHOT_MAGIC) {
+        return Err(StoreError::Corrupt("not a Flotilla snapshot (no FLOTSNAP1 header)".into()));
+    }
+    let mut batch = Batch::new();
+    let mut revision = 1;
+    decode_records(data, |cf, k, v| {
+        if cf == Cf::SmMeta && (k == META_APPLIED || k == META_MEMBERSHIP) {
+            return;
+        }
+        if cf == Cf::SmMeta && k == crate::mvcc::META_REVISION {
+            revision = <[u8; 8]>::try_from(v).map_or(revision, i64::from_be_bytes);
+        }
+        batch.put(cf, k, v);
+    })?;
+    db.write(batch, Sync::Yes)?;
+    Ok(revision)
+}
+
 /// Snapshot stream header, so a foreign or damaged stream is refused.
 const SNAPSHOT_MAGIC: &[u8] = b"FLOTSNAP1";
 
@@ -319,17 +358,7 @@ impl StateMachine {
                 Ok(true)
             })?;
         }
-        let mut pos = SNAPSHOT_MAGIC.len();
-        while pos < data.len() {
-            let tag = data[pos];
-            pos += 1;
-            let cf = Cf::from_tag(tag)
-                .filter(|c| Cf::STATE_MACHINE.contains(c))
-                .ok_or_else(|| StoreError::Corrupt(format!("snapshot names unknown column family {tag}")))?;
-            let k = get_bytes(data, &mut pos)?;
-            let v = get_bytes(data, &mut pos)?;
-            batch.put(cf, k, v);
-        }
+        decode_records(data, |cf, k, v| batch.put(cf, k, v))?;
         // The snapshot's own meta is authoritative for applied/membership.
         if let Some(l) = &meta.last_log_id {
             batch.put(Cf::SmMeta, META_APPLIED, codec::log_id_to_pb(l).encode_to_vec());
