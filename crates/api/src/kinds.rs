@@ -274,6 +274,23 @@ fn service_ports_from_json(v: &mut serde_json::Value) {
     }
 }
 
+/// maxSurge and maxUnavailable are Kubernetes IntOrStrings (`1` or `"25%"`); in
+/// protobuf they are strings, so a number is taken as its decimal string.
+fn int_or_string_from_json(v: &mut serde_json::Value, paths: &[&str]) {
+    for path in paths {
+        if let Some(x) = v.pointer_mut(path).filter(|x| x.is_number()) {
+            *x = serde_json::Value::String(x.to_string());
+        }
+    }
+}
+
+const ROLLING: [&str; 4] = [
+    "/spec/strategy/rollingUpdate/maxSurge",
+    "/spec/strategy/rollingUpdate/maxUnavailable",
+    "/spec/updateStrategy/rollingUpdate/maxSurge",
+    "/spec/updateStrategy/rollingUpdate/maxUnavailable",
+];
+
 /// Decodes the JSON form of an object of `kind`; an unknown field or a wrong type is an
 /// `Invalid` error naming its path.
 pub fn from_json(kind: Kind, v: serde_json::Value) -> Result<O, Error> {
@@ -289,7 +306,11 @@ pub fn from_json(kind: Kind, v: serde_json::Value) -> Result<O, Error> {
         Kind::Node => O::Node(de(v)?),
         Kind::Pod => O::Pod(de(v)?),
         Kind::ReplicaSet => O::ReplicaSet(de(v)?),
-        Kind::Deployment => O::Deployment(de(v)?),
+        Kind::Deployment => O::Deployment(de({
+            let mut v = v;
+            int_or_string_from_json(&mut v, &ROLLING);
+            v
+        })?),
         Kind::Service => O::Service(de({
             let mut v = v;
             service_ports_from_json(&mut v);
@@ -298,7 +319,11 @@ pub fn from_json(kind: Kind, v: serde_json::Value) -> Result<O, Error> {
         Kind::Endpoints => O::Endpoints(de(v)?),
         Kind::Lease => O::Lease(de(v)?),
         Kind::Event => O::Event(de(v)?),
-        Kind::DaemonSet => O::DaemonSet(de(v)?),
+        Kind::DaemonSet => O::DaemonSet(de({
+            let mut v = v;
+            int_or_string_from_json(&mut v, &ROLLING);
+            v
+        })?),
         Kind::Job => O::Job(de(v)?),
     })
 }

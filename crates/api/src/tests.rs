@@ -453,6 +453,18 @@ fn a_service_target_port_is_a_number_or_a_name_in_json() {
     assert!(e.contains("spec.ports[1].name") && e.contains("names another port"), "{e}");
 }
 
+/// maxSurge and maxUnavailable may be written as numbers, as Kubernetes' IntOrString.
+#[test]
+fn rolling_update_limits_are_numbers_or_percentages_in_json() {
+    let v: Value = serde_json::json!({
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": "25%"}}}
+    });
+    let O::Deployment(d) = kinds::from_json(Kind::Deployment, v).expect("decodes") else { unreachable!() };
+    let r = d.spec.and_then(|s| s.strategy).and_then(|s| s.rolling_update).expect("rollingUpdate");
+    assert_eq!((r.max_surge.as_str(), r.max_unavailable.as_str()), ("1", "25%"));
+}
+
 /// The bad workload objects issue 12 names, each refused naming its field: negative
 /// replicas, maxSurge and maxUnavailable both 0, a DaemonSet maxUnavailable of 0, a Job
 /// whose pods would restart forever, and a negative Job count.
