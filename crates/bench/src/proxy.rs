@@ -261,9 +261,17 @@ async fn measure(
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
             for u in 0..updates {
                 tick.tick().await;
-                let (s, k) = {
-                    let mut r = rand::rng();
-                    (r.random_range(0..services), r.random_range(0..per_service))
+                // An endpoint whose last change has not reached the kernel yet is left
+                // alone: the proxy could take both changes at once, and the first would
+                // never be seen.
+                let (s, k) = loop {
+                    let (s, k) = {
+                        let mut r = rand::rng();
+                        (r.random_range(0..services), r.random_range(0..per_service))
+                    };
+                    if !pending.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&current[s][k]) {
+                        break (s, k);
+                    }
                 };
                 let ip = address(changed, u);
                 current[s][k] = ip;

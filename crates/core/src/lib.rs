@@ -6,6 +6,7 @@
 pub mod cidr;
 pub mod cluster;
 pub mod error;
+pub mod exposition;
 pub mod keys;
 pub mod limits;
 pub mod names;

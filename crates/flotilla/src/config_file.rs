@@ -26,8 +26,9 @@ fn scalar(key: &str, v: &serde_yaml::Value) -> anyhow::Result<String> {
     })
 }
 
-/// The flags a config file stands for.
-pub fn flags(text: &str) -> anyhow::Result<Vec<OsString>> {
+/// The flags a config file stands for; every key must be one of `known` (the command's
+/// long flag names), whatever its value.
+pub fn flags(text: &str, known: &[String]) -> anyhow::Result<Vec<OsString>> {
     let map: serde_yaml::Mapping = match serde_yaml::from_str::<Option<serde_yaml::Mapping>>(text)? {
         Some(m) => m,
         None => return Ok(Vec::new()),
@@ -40,6 +41,9 @@ pub fn flags(text: &str) -> anyhow::Result<Vec<OsString>> {
         }
         if key == "config-file" {
             bail!("config-file: a config file cannot name another");
+        }
+        if !known.iter().any(|k| k == key) {
+            bail!("{key}: no such flag (--{key})");
         }
         match v {
             serde_yaml::Value::Bool(true) => out.push(OsString::from(format!("--{key}"))),
@@ -55,8 +59,9 @@ pub fn flags(text: &str) -> anyhow::Result<Vec<OsString>> {
 }
 
 /// `argv` with the `--config-file FILE` of a worker or proxy replaced by the flags in it
-/// (placed right after the subcommand, before the command line's own).
-pub fn expand(argv: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
+/// (placed right after the subcommand, before the command line's own); `known` gives a
+/// subcommand's long flag names.
+pub fn expand(argv: Vec<OsString>, known: impl Fn(&str) -> Vec<String>) -> anyhow::Result<Vec<OsString>> {
     let Some(cmd) = argv.get(1).and_then(|a| a.to_str()) else { return Ok(argv) };
     if !COMMANDS.contains(&cmd) {
         return Ok(argv);
@@ -76,7 +81,7 @@ pub fn expand(argv: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
     }
     let Some(path) = file else { return Ok(argv) };
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read --config-file {path}"))?;
-    let from_file = flags(&text).with_context(|| format!("--config-file {path}"))?;
+    let from_file = flags(&text, &known(cmd)).with_context(|| format!("--config-file {path}"))?;
     let mut out = vec![argv[0].clone(), argv[1].clone()];
     out.extend(from_file);
     out.extend(rest);
@@ -87,6 +92,12 @@ pub fn expand(argv: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
 mod tests {
     use super::*;
 
+    fn known(_cmd: &str) -> Vec<String> {
+        ["masters", "node-ip", "max-pods", "disable-proxy", "disable-dns", "labels", "config-file"]
+            .map(String::from)
+            .to_vec()
+    }
+
     fn strs(v: &[OsString]) -> Vec<String> {
         v.iter().map(|s| s.to_string_lossy().into_owned()).collect()
     }
@@ -95,7 +106,7 @@ mod tests {
     fn a_config_file_becomes_flags_ahead_of_the_command_line() {
         let text = "masters: [a:1, b:2]\nnode-ip: 10.0.0.5\nmax-pods: 20\ndisable-proxy: true\ndisable-dns: false\n";
         assert_eq!(
-            strs(&flags(text).expect("valid")),
+            strs(&flags(text, &known("worker")).expect("valid")),
             ["--masters=a:1,b:2", "--node-ip=10.0.0.5", "--max-pods=20", "--disable-proxy"]
         );
         let dir = std::env::temp_dir().join(format!("flotilla-cfg-{}", std::process::id()));
@@ -104,20 +115,23 @@ mod tests {
             ["flotilla", "worker", "--config-file", &dir.display().to_string(), "--max-pods", "30"]
                 .map(OsString::from)
                 .to_vec();
-        let out = strs(&expand(argv).expect("expanded"));
+        let out = strs(&expand(argv, known).expect("expanded"));
         assert_eq!(out[..2], ["flotilla", "worker"]);
         assert_eq!(out[out.len() - 2..], ["--max-pods", "30"], "the command line last, so it wins");
         let _ = std::fs::remove_file(&dir);
         let master: Vec<OsString> = ["flotilla", "master", "--config-file", "x"].map(OsString::from).to_vec();
-        assert_eq!(expand(master.clone()).expect("untouched"), master, "the master reads its own");
+        assert_eq!(expand(master.clone(), known).expect("untouched"), master, "the master reads its own");
     }
 
     #[test]
     fn bad_config_files_are_refused_naming_what_is_wrong() {
-        assert!(flags("Node_IP: x").expect_err("bad name").to_string().contains("Node_IP"));
-        assert!(flags("labels: {a: b}").expect_err("a map").to_string().contains("labels"));
-        assert!(flags("config-file: other.yaml").expect_err("nested").to_string().contains("config-file"));
-        assert!(flags("- a\n- b").is_err(), "not a mapping");
-        assert!(flags("").expect("empty").is_empty());
+        let k = known("worker");
+        assert!(flags("Node_IP: x", &k).expect_err("bad name").to_string().contains("Node_IP"));
+        assert!(flags("labels: {a: b}", &k).expect_err("a map").to_string().contains("labels"));
+        assert!(flags("config-file: other.yaml", &k).expect_err("nested").to_string().contains("config-file"));
+        assert!(flags("node-ipp: false", &k).expect_err("unknown").to_string().contains("--node-ipp"), "even when off");
+        assert!(flags("node-ipp:", &k).expect_err("unknown").to_string().contains("--node-ipp"), "even when empty");
+        assert!(flags("- a\n- b", &k).is_err(), "not a mapping");
+        assert!(flags("", &k).expect("empty").is_empty());
     }
 }

@@ -57,7 +57,14 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     use clap::{CommandFactory, FromArgMatches};
-    let argv = match config_file::expand(std::env::args_os().collect()) {
+    let known = |sub: &str| -> Vec<String> {
+        let cmd = Cli::command();
+        let args = cmd
+            .find_subcommand(sub)
+            .map(|c| c.get_arguments().filter_map(|a| a.get_long()).map(String::from).collect());
+        args.unwrap_or_default()
+    };
+    let argv = match config_file::expand(std::env::args_os().collect(), known) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("flotilla: {e:#}");

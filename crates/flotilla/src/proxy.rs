@@ -143,12 +143,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         let node_ip = args.node_ip.context("--node-ip is required")?;
-        let name = match &args.name {
-            Some(n) => n.clone(),
-            None => {
-                std::fs::read_to_string("/proc/sys/kernel/hostname").context("reading the host name")?.trim().into()
-            }
-        };
+        let name = crate::worker::node_name(args.name.as_deref())?;
         let cfg = args.flags.config(&name, node_ip)?;
         let client = flotilla_client::Client::new(&args.masters).context("--masters")?;
         let metrics = Arc::new(ProxyMetrics::new());

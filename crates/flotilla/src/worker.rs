@@ -153,12 +153,19 @@ fn taints(list: &[String]) -> anyhow::Result<Vec<pb::Taint>> {
         .collect()
 }
 
+/// The node's name: `given`, or the host name.
+pub fn node_name(given: Option<&str>) -> anyhow::Result<String> {
+    match given {
+        Some(n) => Ok(n.to_string()),
+        None => {
+            Ok(std::fs::read_to_string("/proc/sys/kernel/hostname").context("reading the host name")?.trim().into())
+        }
+    }
+}
+
 /// Runs the worker until SIGINT or SIGTERM (its containers keep running).
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
-    let name = match &args.name {
-        Some(n) => n.clone(),
-        None => std::fs::read_to_string("/proc/sys/kernel/hostname").context("reading the host name")?.trim().into(),
-    };
+    let name = node_name(args.name.as_deref())?;
     let mut cfg = WorkerConfig::new(&name, &args.node_ip.to_string());
     cfg.labels = labels(&args.node_labels)?;
     cfg.taints = taints(&args.register_with_taints)?;
@@ -200,7 +207,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         args.proxy.dns_server(args.node_ip).map(|ip| ip.to_string()).into_iter().collect()
     };
     let proxy = if args.disable_proxy { None } else { Some(args.proxy.config(&name, args.node_ip)?) };
-    let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from("/var/lib/flotilla/worker").join(&name));
+    let dir = args.dir.clone().unwrap_or_else(|| cfg.dir.clone());
     std::fs::create_dir_all(&dir).with_context(|| format!("--dir {}", dir.display()))?;
     cfg.dir = dir.clone();
     let registries = match &args.registry_config {
@@ -267,10 +274,8 @@ async fn serve<R: flotilla_kubelet::Runtime>(
     if let Some(addr) = &args.listen_metrics {
         let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--listen-metrics {addr}"))?;
         let (m, pm) = (metrics.clone(), proxy_metrics.clone());
-        // One exposition: the kubelet's without its closing `# EOF`, then the proxy's.
         tokio::spawn(crate::scheduler::serve_metrics(l, move || {
-            let kubelet = m.render();
-            format!("{}{}", kubelet.strip_suffix("# EOF\n").unwrap_or(&kubelet), pm.render())
+            flotilla_core::exposition::join([m.render(), pm.render()])
         }));
     }
     tracing::info!(node = %name, masters = ?args.masters, dir = %dir.display(), proxy = proxy.is_some(), "worker started");
@@ -286,31 +291,32 @@ async fn serve<R: flotilla_kubelet::Runtime>(
     tokio::pin!(kubelet);
     let signal = crate::scheduler::signalled();
     tokio::pin!(signal);
-    // The kubelet and the proxy run until a signal; either failing stops the worker.
-    let result: anyhow::Result<()> = match proxy_task {
-        Some(mut p) => tokio::select! {
-            r = &mut kubelet => r.map_err(Into::into),
-            r = &mut p => match r {
+    // The proxy's outcome (a worker without one waits forever here).
+    let has_proxy = proxy_task.is_some();
+    let proxy = async {
+        match proxy_task {
+            Some(p) => match p.await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(anyhow::Error::from(e)
                     .context("the service proxy (it needs root; --disable-proxy runs the worker without it)")),
                 Err(e) => Err(anyhow::anyhow!("the service proxy: {e}")),
             },
-            () = &mut signal => {
-                let _ = stop_tx.send(true);
-                let _ = p.await;
-                kubelet.await.map_err(Into::into)
-            }
-        },
-        None => tokio::select! {
-            r = &mut kubelet => r.map_err(Into::into),
-            () = &mut signal => {
-                let _ = stop_tx.send(true);
-                kubelet.await.map_err(Into::into)
-            }
-        },
+            None => std::future::pending().await,
+        }
     };
-    result
+    tokio::pin!(proxy);
+    // The kubelet and the proxy run until a signal; either failing stops the worker.
+    tokio::select! {
+        r = &mut kubelet => r.map_err(Into::into),
+        r = &mut proxy => r,
+        () = &mut signal => {
+            let _ = stop_tx.send(true);
+            if let Some(Err(e)) = if has_proxy { Some((&mut proxy).await) } else { None } {
+                tracing::warn!(error = %format!("{e:#}"), "the service proxy stopped with an error");
+            }
+            kubelet.await.map_err(Into::into)
+        }
+    }
 }
 
 /// Flags of `flotilla process-shim` (started by the process runtime, not by people).

@@ -290,8 +290,6 @@ fn pods_run_on_containerd_reach_each_other_across_workers_and_fail_as_kubernetes
         let uid = p.metadata.map(|m| m.uid).unwrap_or_default();
         assert!(!Path::new("/run/netns").join(format!("flotilla-{uid}")).exists(), "its network namespace is gone");
     });
-    let _ = &s.hosts;
-    let _ = &s.dir;
 }
 
 /// A worker on containerd keeps its containers through a SIGKILL of its master (a status

@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::nodes::*;
@@ -15,36 +15,25 @@ use common::workers::*;
 use common::*;
 use flotilla_proto::api as pb;
 
-/// `/bin/busybox ARGS` inside the network namespace `ns` (a host's or a pod's), killed
-/// after `secs` seconds.
-fn busybox_in(ns: &str, secs: u32, args: &[&str]) -> Output {
-    Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{ns}"))
-        .args(["timeout", &secs.to_string(), "/bin/busybox"])
-        .args(args)
-        .output()
-        .expect("nsenter")
-}
-
-/// An HTTP GET from inside `ns` (2 s timeout; busybox's own -T crashes the static
-/// build): the body, or what went wrong.
-fn get(ns: &str, url: &str) -> Result<String, String> {
-    let out = busybox_in(ns, 2, &["wget", "-q", "-O-", url]);
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
-}
-
-/// `nft list table ip flotilla` in a host's namespace.
-fn ruleset(host_ns: &str) -> String {
+/// `nft list table ip flotilla` in a host's namespace: the listing, or None when the
+/// table is not there (any other failure of nft fails the test).
+fn table(host_ns: &str) -> Option<String> {
     let out = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{host_ns}"))
         .args(["nft", "list", "table", "ip", "flotilla"])
         .output()
         .expect("nft");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    if out.status.success() {
+        return Some(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("No such file or directory"), "nft list table failed: {err}");
+    None
+}
+
+/// The proxy's table in a host's namespace, which must be there.
+fn ruleset(host_ns: &str) -> String {
+    table(host_ns).unwrap_or_else(|| panic!("no table ip flotilla in {host_ns}"))
 }
 
 /// A web server pod on `node` answering its own name on port 8080, ready while the file
@@ -244,8 +233,8 @@ fn a_service_answers_from_pods_nodes_and_outside_spreads_load_follows_readiness_
         assert!(table.contains(part), "{part:?} missing from\n{table}");
     }
     let metrics = s.workers[0].metrics();
-    assert!(metrics.contains("flotilla_proxy_syncs_total{kind=\"full\"} 1"), "{metrics}");
-    assert!(metrics.contains("flotilla_proxy_sync_failures_total 0"), "{metrics}");
+    assert!(metrics.contains("flotilla_proxy_syncs_total{kind=\"full\"} 1\n"), "{metrics}");
+    assert!(metrics.contains("flotilla_proxy_sync_failures_total 0\n"), "{metrics}");
     assert!(metrics.contains("flotilla_kubelet_sync_passes_total"), "the kubelet's metrics too");
     assert_eq!(metrics.matches("# EOF").count(), 1, "one exposition, closed once");
     assert!(metrics.ends_with("# EOF\n"));
@@ -289,13 +278,14 @@ fn a_load_balancer_address_answers_from_outside_outlives_the_masters_and_moves_w
     let announcer = rt.block_on(async {
         until(&s.c, "one worker announcing the address", || async {
             let on: Vec<usize> =
-                (0..2).filter(|i| s.workers[*i].metrics().contains("flotilla_proxy_announced_addresses 1")).collect();
+                (0..2).filter(|i| s.workers[*i].metrics().contains("flotilla_proxy_announced_addresses 1\n")).collect();
             (on.len() == 1).then(|| on[0])
         })
         .await
     });
     let mac = |host: &str| {
-        sh(&["ip", "-n", host, "-br", "link", "show", "eth0"]).split_whitespace().nth(2).unwrap_or_default().to_string()
+        let link = sh(&["ip", "-n", host, "-br", "link", "show", "eth0"]);
+        link.split_whitespace().nth(2).unwrap_or_else(|| panic!("no MAC in {link:?}")).to_string()
     };
     let neigh = || sh(&["ip", "-n", &outside, "neigh", "show", &lb]);
     assert!(
@@ -333,7 +323,10 @@ fn a_load_balancer_address_answers_from_outside_outlives_the_masters_and_moves_w
     });
     for w in &s.workers {
         let metrics = w.metrics();
-        assert!(metrics.contains("flotilla_proxy_lists 3"), "Services, Endpoints, Leases listed once each:\n{metrics}");
+        assert!(
+            metrics.contains("flotilla_proxy_lists 3\n"),
+            "Services, Endpoints, Leases listed once each:\n{metrics}"
+        );
     }
 
     // No master at all, for longer than a proxy's lease: everything still answers, and
@@ -347,35 +340,35 @@ fn a_load_balancer_address_answers_from_outside_outlives_the_masters_and_moves_w
         all_paths(&s);
         std::thread::sleep(Duration::from_millis(250));
     }
-    assert!(s.workers[announcer].metrics().contains("flotilla_proxy_announced_addresses 1"));
+    assert!(s.workers[announcer].metrics().contains("flotilla_proxy_announced_addresses 1\n"));
     stamp("restarting the masters");
     for j in 0..3 {
         s.c.restart(j);
     }
     s.c.wait_leader(Duration::from_secs(20));
-    // Both proxies see their leases renewed again before the announcer goes.
+    // Both proxies renew their leases again, more than a proxy lease's length (3 s) of
+    // renewals: long enough for a proxy to have taken the other for dead, had it done so.
     rt.block_on(async {
-        until(&s.c, "the proxies' leases renewed", || async {
-            let l = client
-                .list::<pb::Lease>(&flotilla_client::ListParams {
-                    namespace: "kube-system".into(),
-                    ..Default::default()
-                })
-                .await
-                .ok()?;
-            let n = l
-                .items
-                .iter()
-                .filter(|l| l.metadata.as_ref().is_some_and(|m| m.name.starts_with("flotilla-proxy-")))
-                .count();
-            (n == 2).then_some(())
+        let renewals = std::cell::RefCell::new(BTreeMap::<String, BTreeSet<String>>::new());
+        let since = Instant::now();
+        until(&s.c, "both proxies' leases renewed for 4 s after the outage", || async {
+            let p = flotilla_client::ListParams { namespace: "kube-system".into(), ..Default::default() };
+            let leases = client.list::<pb::Lease>(&p).await.ok()?.items;
+            let mut renewals = renewals.borrow_mut();
+            for l in leases {
+                let (Some(m), Some(spec)) = (l.metadata, l.spec) else { continue };
+                if m.name.starts_with("flotilla-proxy-") {
+                    renewals.entry(m.name).or_default().insert(spec.renew_time);
+                }
+            }
+            let both = renewals.len() == 2 && renewals.values().all(|r| r.len() >= 3);
+            (both && since.elapsed() > Duration::from_secs(4)).then_some(())
         })
         .await
     });
-    std::thread::sleep(Duration::from_secs(4));
     // Still where it was: coming back from the outage moved nothing.
-    assert!(s.workers[announcer].metrics().contains("flotilla_proxy_announced_addresses 1"));
-    assert!(s.workers[1 - announcer].metrics().contains("flotilla_proxy_announced_addresses 0"));
+    assert!(s.workers[announcer].metrics().contains("flotilla_proxy_announced_addresses 1\n"));
+    assert!(s.workers[1 - announcer].metrics().contains("flotilla_proxy_announced_addresses 0\n"));
     get(&outside, &lb_url).expect("the address answers");
     assert!(neigh().contains(&mac(&s.hosts.hosts[announcer].0)), "still at the announcer: {}", neigh());
 
@@ -406,7 +399,7 @@ fn a_load_balancer_address_answers_from_outside_outlives_the_masters_and_moves_w
     }
     println!("{lb} answered again {:?} after its worker died", lost.elapsed());
     assert!(neigh().contains(&mac(&s.hosts.hosts[other].0)), "now at the other worker: {}", neigh());
-    assert!(s.workers[other].metrics().contains("flotilla_proxy_announced_addresses 1"));
+    assert!(s.workers[other].metrics().contains("flotilla_proxy_announced_addresses 1\n"));
 }
 
 /// The table outlives its proxy: with the worker killed, its node still reaches the
@@ -453,7 +446,7 @@ fn the_table_outlives_its_proxy_is_replaced_at_start_removed_by_cleanup_and_keep
     s.workers[0].spawn();
     rt.block_on(async {
         until(&s.c, "the new proxy's full sync", || async {
-            s.workers[0].metrics().contains("flotilla_proxy_syncs_total{kind=\"full\"} 1").then_some(())
+            s.workers[0].metrics().contains("flotilla_proxy_syncs_total{kind=\"full\"} 1\n").then_some(())
         })
         .await
     });
@@ -469,7 +462,7 @@ fn the_table_outlives_its_proxy_is_replaced_at_start_removed_by_cleanup_and_keep
         .output()
         .expect("flotilla proxy --cleanup");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(ruleset(&w1).is_empty(), "the table is gone");
+    assert!(table(&w1).is_none(), "the table is gone");
     let out = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{w1}"))
         .args([bin(), "proxy", "--cleanup"])

@@ -76,6 +76,15 @@ fn a_cluster_restored_from_a_snapshot_has_the_same_objects_keys_and_hash() {
     };
     let out = restore("nobody", &c.dir.path().join("x"));
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not in --initial-cluster"));
+    // A file that is no snapshot is refused, and leaves nothing behind to refuse the next.
+    let junk = c.dir.path().join("junk.snap");
+    std::fs::write(&junk, b"not a snapshot").expect("junk");
+    let out = std::process::Command::new(bin)
+        .args(["snapshot", "restore", &junk.display().to_string(), "--name", &c.members[0].name])
+        .args(["--initial-cluster", &c.initial_cluster, "--data-dir", &c.members[0].data_dir.display().to_string()])
+        .output()
+        .expect("flotilla snapshot restore");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not a Flotilla snapshot"));
     for i in 0..3 {
         let out = restore(&c.members[i].name, &c.members[i].data_dir);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

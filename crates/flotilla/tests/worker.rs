@@ -268,16 +268,17 @@ fn a_worker_takes_its_flags_from_a_config_file_and_the_command_line_wins() {
         masters.join(", ")
     );
     std::fs::write(&file, text).expect("config file");
-    let log = std::fs::File::create(dir.path().join("w.log")).expect("log");
-    let mut child = Command::new(bin())
+    let log = dir.path().join("w.log");
+    let child = Command::new(bin())
         .args(["worker", "--config-file"])
         .arg(&file)
         .args(["--name", "from-flag", "--dir"])
         .arg(dir.path().join("w"))
         .args(["--kubelet-port", &free_port().to_string()])
-        .stderr(log)
+        .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
         .expect("start worker");
+    let w = Worker { child, log, dir: dir.path().join("w") };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let client = c.client(&rt);
     let node = rt.block_on(async {
@@ -286,8 +287,7 @@ fn a_worker_takes_its_flags_from_a_config_file_and_the_command_line_wins() {
         })
         .await
     });
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(w);
     let labels = node.metadata.map(|m| m.labels).unwrap_or_default();
     assert_eq!(labels.get("tier").map(String::as_str), Some("file"), "{labels:?}");
     assert!(rt.block_on(client.get::<pb::Node>("", "from-file")).is_err(), "the command line won");

@@ -31,6 +31,7 @@ use tokio::time::Instant;
 
 use crate::error::ProxyError;
 use crate::metrics::ProxyMetrics;
+use crate::AbortOnDrop;
 
 /// The namespace of the proxies' Leases.
 pub const LEASE_NAMESPACE: &str = "kube-system";
@@ -376,14 +377,6 @@ pub async fn run(
             }
             false
         });
-    }
-}
-
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -22,6 +22,8 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use crate::error::ProxyError;
 use crate::metrics::{ProxyMetrics, RcodeLabel};
+use crate::AbortOnDrop;
+use flotilla_core::cidr::Cidr;
 
 /// How the DNS server is set up.
 #[derive(Debug, Clone)]
@@ -36,7 +38,7 @@ pub struct DnsConfig {
     pub ttl: u32,
     /// Clients whose names outside the domain are forwarded (address, prefix length);
     /// others are refused, so the server is no open resolver.
-    pub forward_for: Vec<(Ipv4Addr, u8)>,
+    pub forward_for: Vec<Cidr>,
 }
 
 impl DnsConfig {
@@ -49,26 +51,18 @@ impl DnsConfig {
             domain: domain.trim_matches('.').to_ascii_lowercase(),
             upstreams: nameservers(&conf, listen),
             ttl: 5,
-            forward_for: PRIVATE.to_vec(),
+            forward_for: private(),
         }
     }
 }
 
 /// The private and loopback ranges: whom names outside the domain are forwarded for by
 /// default.
-pub const PRIVATE: [(Ipv4Addr, u8); 4] = [
-    (Ipv4Addr::new(10, 0, 0, 0), 8),
-    (Ipv4Addr::new(172, 16, 0, 0), 12),
-    (Ipv4Addr::new(192, 168, 0, 0), 16),
-    (Ipv4Addr::new(127, 0, 0, 0), 8),
-];
-
-fn within(ip: std::net::IpAddr, ranges: &[(Ipv4Addr, u8)]) -> bool {
-    let std::net::IpAddr::V4(ip) = ip else { return false };
-    ranges.iter().any(|(net, len)| {
-        let mask = if *len == 0 { 0 } else { u32::MAX << (32 - u32::from((*len).min(32))) };
-        u32::from(ip) & mask == u32::from(*net) & mask
-    })
+pub fn private() -> Vec<Cidr> {
+    ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8"]
+        .iter()
+        .filter_map(|c| Cidr::parse_within(c, 8, 16).ok())
+        .collect()
 }
 
 /// The `nameserver` lines of a resolv.conf, as addresses on port 53, without `own`.
@@ -188,7 +182,9 @@ impl Dns {
         let name = q.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
         let domain = &self.cfg.domain;
         if name != *domain && !name.ends_with(&format!(".{domain}")) {
-            if self.cfg.upstreams.is_empty() || !within(from, &self.cfg.forward_for) {
+            let allowed =
+                matches!(from, std::net::IpAddr::V4(ip) if self.cfg.forward_for.iter().any(|c| c.contains_ip(ip)));
+            if self.cfg.upstreams.is_empty() || !allowed {
                 resp.metadata.response_code = ResponseCode::Refused;
                 return Reply::Local(resp);
             }
@@ -325,14 +321,6 @@ impl Dns {
     }
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Asks the upstreams in turn (2 s each), over UDP or TCP as the client asked; the first
 /// answer wins.
 async fn forward(upstreams: &[SocketAddr], query: &[u8], udp: bool) -> Option<Vec<u8>> {
@@ -390,7 +378,7 @@ mod tests {
             domain: "cluster.local".into(),
             upstreams,
             ttl: 5,
-            forward_for: PRIVATE.to_vec(),
+            forward_for: private(),
         };
         let d = Dns::new(cfg, Arc::new(ProxyMetrics::new()));
         let web = service("prod", "web", "ClusterIP", "10.96.0.10", &[("http", "TCP", 80, 0)]);
@@ -486,7 +474,7 @@ mod tests {
             domain: "cluster.local".into(),
             upstreams: vec![],
             ttl: 5,
-            forward_for: PRIVATE.to_vec(),
+            forward_for: private(),
         };
         let fresh = Dns::new(cfg, Arc::new(ProxyMetrics::new()));
         let mut q = Message::new(7, MessageType::Query, OpCode::Query);

@@ -21,4 +21,13 @@ pub mod nft;
 pub mod sync;
 
 pub use error::ProxyError;
+
+/// A background task that ends with its owner.
+pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 pub use sync::{run, ProxyConfig};

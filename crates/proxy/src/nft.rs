@@ -226,31 +226,36 @@ impl Ruleset {
                     sp.cluster_ip, sp.port
                 ));
             }
-            if sp.affinity {
-                for ep in &sp.endpoints {
-                    let set = affinity_set(sp, *ep);
-                    rules.push(format!("ip saddr @{set} goto {}", endpoint_chain(sp, *ep)));
+            // Each endpoint's chain (and affinity set) name, hashed once.
+            let names: Vec<(String, Option<String>)> = sp
+                .endpoints
+                .iter()
+                .map(|ep| (endpoint_chain(sp, *ep), sp.affinity.then(|| affinity_set(sp, *ep))))
+                .collect();
+            for (ep_chain, set) in &names {
+                if let Some(set) = set {
+                    rules.push(format!("ip saddr @{set} goto {ep_chain}"));
                     r.sets.insert(
-                        set,
+                        set.clone(),
                         format!("{{ type ipv4_addr; flags dynamic,timeout; timeout {AFFINITY_TIMEOUT}; }}"),
                     );
                 }
             }
             let mut balance = format!("numgen random mod {} vmap {{ ", sp.endpoints.len());
-            for (i, ep) in sp.endpoints.iter().enumerate() {
+            for (i, (ep_chain, _)) in names.iter().enumerate() {
                 let sep = if i == 0 { "" } else { ", " };
-                let _ = write!(balance, "{sep}{i} : goto {}", endpoint_chain(sp, *ep));
+                let _ = write!(balance, "{sep}{i} : goto {ep_chain}");
             }
             balance.push_str(" }");
             rules.push(balance);
             r.chains.insert(chain.clone(), rules);
-            for ep in &sp.endpoints {
+            for (ep, (ep_chain, set)) in sp.endpoints.iter().zip(names) {
                 let mut rules = vec![format!("ip saddr {} jump mark-for-masquerade", ep.0)];
-                if sp.affinity {
-                    rules.push(format!("update @{} {{ ip saddr }}", affinity_set(sp, *ep)));
+                if let Some(set) = set {
+                    rules.push(format!("update @{set} {{ ip saddr }}"));
                 }
                 rules.push(format!("meta l4proto {proto} dnat to {}:{}", ep.0, ep.1));
-                r.chains.insert(endpoint_chain(sp, *ep), rules);
+                r.chains.insert(ep_chain, rules);
             }
             el(&mut r, SERVICE_IPS, svc_key, format!("goto {chain}"));
             if sp.node_port.is_some() || !sp.load_balancer_ips.is_empty() {

@@ -20,6 +20,7 @@ use crate::error::ProxyError;
 use crate::metrics::{KindLabel, ProxyMetrics};
 use crate::model::{self, Protocol, ServicePort};
 use crate::nft::{self, Apply, Ruleset, TableConfig, Transaction};
+use crate::AbortOnDrop;
 
 /// How a proxy is set up.
 #[derive(Debug, Clone)]
@@ -179,22 +180,23 @@ pub async fn run<A: Apply>(
         });
         let ok = syncer.sync(ports, since).await;
         // Wait for the next change (or, after a failure, retry in a second); take every
-        // change already queued along with it.
-        tokio::select! {
-            () = &mut stop => return Ok(()),
-            Some(_) = srx.recv() => {}
-            Some(_) = erx.recv() => {}
-            _ = retry.tick(), if !ok => {}
-            _ = check.tick() => {
-                let table = syncer.cfg.table.table.clone();
-                match syncer.kernel.exists(&table).await {
-                    Ok(true) => continue,
+        // change already queued along with it. A table check that finds the table in
+        // place is no reason to rebuild anything.
+        loop {
+            tokio::select! {
+                () = &mut stop => return Ok(()),
+                Some(_) = srx.recv() => break,
+                Some(_) = erx.recv() => break,
+                _ = retry.tick(), if !ok => break,
+                _ = check.tick() => match syncer.kernel.exists(&syncer.cfg.table.table).await {
+                    Ok(true) => {}
                     Ok(false) => {
-                        tracing::warn!(%table, "the table is gone from the kernel; writing it again whole");
+                        tracing::warn!(table = %syncer.cfg.table.table, "the table is gone from the kernel; writing it again whole");
                         syncer.applied = None;
+                        break;
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot look at the kernel's tables"),
-                }
+                },
             }
         }
         since = Instant::now();
@@ -206,7 +208,7 @@ pub async fn run<A: Apply>(
 /// interface missing), that failure is returned instead.
 async fn spawn_checked(
     task: impl std::future::Future<Output = Result<(), ProxyError>> + Send + 'static,
-) -> Result<AbortOnDrop, ProxyError> {
+) -> Result<AbortOnDrop<()>, ProxyError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let handle = tokio::spawn(async move {
         let r = task.await;
@@ -249,14 +251,6 @@ pub fn udp_flushes(was: &BTreeMap<String, ServicePort>, now: &BTreeMap<String, S
         }
     }
     deletions
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 struct Syncer<A: Apply> {

@@ -111,12 +111,7 @@ impl Metrics {
         let mut s = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut s, &self.registry);
-        for r in self.extra.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            if let Some(body) = s.strip_suffix("# EOF\n") {
-                s = body.to_string();
-            }
-            s.push_str(&r());
-        }
-        s
+        let extra = self.extra.lock().unwrap_or_else(|p| p.into_inner());
+        flotilla_core::exposition::join(std::iter::once(s).chain(extra.iter().map(|r| r())))
     }
 }

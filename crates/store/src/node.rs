@@ -251,12 +251,19 @@ pub fn restore(
         .iter()
         .find(|m| m.name == name)
         .ok_or_else(|| StoreError::InvalidArgument(format!("--name {name:?} is not in --initial-cluster")))?;
-    if std::fs::read_dir(data_dir).is_ok_and(|mut d| d.next().is_some()) {
+    let empty = match std::fs::read_dir(data_dir) {
+        Ok(mut d) => d.next().is_none(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => return Err(StoreError::Storage(format!("cannot read data dir {}: {e}", data_dir.display()))),
+    };
+    if !empty {
         return Err(StoreError::InvalidArgument(format!(
             "{} is not empty: a restore makes a new data dir, it never writes over one",
             data_dir.display()
         )));
     }
+    // A file that is no snapshot is refused before anything is written.
+    crate::state_machine::check_snapshot(snapshot)?;
     std::fs::create_dir_all(data_dir)
         .map_err(|e| StoreError::Storage(format!("cannot create data dir {}: {e}", data_dir.display())))?;
     let db = Db::open(&data_dir.join("db"))?;

@@ -177,22 +177,35 @@ fn decode_records(data: &[u8], mut put: impl FnMut(Cf, &[u8], &[u8])) -> Result<
 /// not the old cluster's Raft position or membership (the new cluster's log starts from
 /// nothing). Returns the revision the snapshot holds.
 pub fn restore(db: &Db, data: &[u8]) -> Result<i64, StoreError> {
-    if !data.starts_with(SNAPSHOT_MAGIC) {
-        return Err(StoreError::Corrupt("not a Flotilla snapshot (no FLOTSNAP1 header)".into()));
-    }
+    let revision = check_snapshot(data)?;
     let mut batch = Batch::new();
-    let mut revision = 1;
     decode_records(data, |cf, k, v| {
-        if cf == Cf::SmMeta && (k == META_APPLIED || k == META_MEMBERSHIP) {
-            return;
+        if !(cf == Cf::SmMeta && (k == META_APPLIED || k == META_MEMBERSHIP)) {
+            batch.put(cf, k, v);
         }
-        if cf == Cf::SmMeta && k == crate::mvcc::META_REVISION {
-            revision = <[u8; 8]>::try_from(v).map_or(revision, i64::from_be_bytes);
-        }
-        batch.put(cf, k, v);
     })?;
     db.write(batch, Sync::Yes)?;
     Ok(revision)
+}
+
+/// Checks that `data` is a whole Flotilla snapshot (header, records, a well-formed
+/// revision) without writing anything; returns the revision it holds (1 if none).
+pub fn check_snapshot(data: &[u8]) -> Result<i64, StoreError> {
+    if !data.starts_with(SNAPSHOT_MAGIC) {
+        return Err(StoreError::Corrupt("not a Flotilla snapshot (no FLOTSNAP1 header)".into()));
+    }
+    let mut revision: Option<Vec<u8>> = None;
+    decode_records(data, |cf, k, v| {
+        if cf == Cf::SmMeta && k == crate::mvcc::META_REVISION {
+            revision = Some(v.to_vec());
+        }
+    })?;
+    match revision {
+        None => Ok(1),
+        Some(v) => <[u8; 8]>::try_from(v.as_slice())
+            .map(i64::from_be_bytes)
+            .map_err(|_| StoreError::Corrupt(format!("the snapshot's revision is {} bytes, not 8", v.len()))),
+    }
 }
 
 /// Snapshot stream header, so a foreign or damaged stream is refused.

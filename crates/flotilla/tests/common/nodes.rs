@@ -5,7 +5,7 @@
 //! test; elsewhere it is installed when possible.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -324,4 +324,26 @@ pub fn kubelet_master(metrics: &str) -> String {
         .and_then(|l| l.split('"').nth(1))
         .map(str::to_string)
         .unwrap_or_else(|| panic!("no master in {metrics}"))
+}
+
+/// `/bin/busybox ARGS` inside the network namespace `ns` (a host's or a pod's), killed
+/// after `secs` seconds.
+pub fn busybox_in(ns: &str, secs: u32, args: &[&str]) -> Output {
+    Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .args(["timeout", &secs.to_string(), "/bin/busybox"])
+        .args(args)
+        .output()
+        .expect("nsenter")
+}
+
+/// An HTTP GET from inside `ns` (2 s timeout; busybox's own -T crashes the static
+/// build): the body, or what went wrong.
+pub fn get(ns: &str, url: &str) -> Result<String, String> {
+    let out = busybox_in(ns, 2, &["wget", "-q", "-O-", url]);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
 }

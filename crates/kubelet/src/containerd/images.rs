@@ -111,6 +111,12 @@ impl ImageFailure {
     }
 }
 
+impl From<ImageFailure> for KubeletError {
+    fn from(e: ImageFailure) -> KubeletError {
+        KubeletError::Image { reason: e.reason(), message: e.message().to_string() }
+    }
+}
+
 /// `image` as containerd names it (`busybox` → `docker.io/library/busybox:latest`).
 pub fn normalize(image: &str) -> Result<String, ImageFailure> {
     let r = Reference::try_from(image)

@@ -50,7 +50,8 @@ pub(crate) fn cd_err(what: &str, s: tonic::Status) -> KubeletError {
 #[derive(Clone)]
 pub struct Conn {
     channel: Channel,
-    namespace: String,
+    /// The `containerd-namespace` header every request carries.
+    namespace: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
 }
 
 impl Conn {
@@ -62,15 +63,16 @@ impl Conn {
                 socket.display()
             ))
         })?;
-        Ok(Conn { channel, namespace: namespace.into() })
+        let namespace = namespace.parse().map_err(|_| {
+            KubeletError::Runtime(format!("containerd namespace {namespace:?}: not a valid header value (ASCII only)"))
+        })?;
+        Ok(Conn { channel, namespace })
     }
 
     /// A request in this connection's namespace.
     fn req<T>(&self, msg: T) -> Request<T> {
         let mut r = Request::new(msg);
-        if let Ok(v) = self.namespace.parse() {
-            r.metadata_mut().insert("containerd-namespace", v);
-        }
+        r.metadata_mut().insert("containerd-namespace", self.namespace.clone());
         r.set_timeout(Duration::from_secs(60));
         r
     }
@@ -493,21 +495,13 @@ impl Runtime for ContainerdRuntime {
     }
 
     async fn pull(&self, c: &pb::Container) -> Result<bool, KubeletError> {
-        self.images
-            .ensure(&c.image, &c.image_pull_policy)
-            .await
-            .map(|(_, pulled)| pulled)
-            .map_err(|e| KubeletError::Image { reason: e.reason(), message: e.message().to_string() })
+        self.images.ensure(&c.image, &c.image_pull_policy).await.map(|(_, pulled)| pulled).map_err(KubeletError::from)
     }
 
     async fn start(&self, c: &ContainerSpec) -> Result<String, KubeletError> {
         // Pulled already by `pull` (Always is honoured there, once per start).
         let policy = if c.container.image_pull_policy == "Never" { "Never" } else { "IfNotPresent" };
-        let (image, _) = self
-            .images
-            .ensure(&c.container.image, policy)
-            .await
-            .map_err(|e| KubeletError::Image { reason: e.reason(), message: e.message().to_string() })?;
+        let (image, _) = self.images.ensure(&c.container.image, policy).await.map_err(KubeletError::from)?;
         let Some(sb) = self.sandboxes.lock().unwrap_or_else(|p| p.into_inner()).get(&c.pod_uid).cloned() else {
             return Err(KubeletError::Runtime(format!("pod {} has no sandbox yet", c.pod)));
         };
