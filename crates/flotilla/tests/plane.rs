@@ -14,7 +14,7 @@ use common::workers::*;
 use common::*;
 use flotilla_proto::api as pb;
 
-fn manifest(version: &str) -> String {
+fn manifest(version: &str, replicas: u32) -> String {
     format!(
         r#"apiVersion: apps/v1
 kind: Deployment
@@ -22,7 +22,7 @@ metadata:
   name: web
   namespace: default
 spec:
-  replicas: 2
+  replicas: {replicas}
   selector:
     matchLabels: {{app: web}}
   strategy:
@@ -73,7 +73,7 @@ fn a_rolling_update_behind_a_service_fails_no_request() {
     let client = s.c.client(&rt);
     let eps = s.c.endpoints();
     let file = s.dir.path().join("web.yaml");
-    std::fs::write(&file, manifest("v1")).expect("manifest");
+    std::fs::write(&file, manifest("v1", 2)).expect("manifest");
     ctl_ok(&eps, &["apply", "-f", &file.display().to_string()]);
     let vip = rt.block_on(async {
         until(&s.c, "two ready v1 pods behind the service", || async {
@@ -107,7 +107,7 @@ fn a_rolling_update_behind_a_service_fails_no_request() {
             }
         })
     };
-    std::fs::write(&file, manifest("v2")).expect("manifest");
+    std::fs::write(&file, manifest("v2", 2)).expect("manifest");
     let began = Instant::now();
     ctl_ok(&eps, &["apply", "-f", &file.display().to_string()]);
     rt.block_on(async {
@@ -143,4 +143,183 @@ fn a_rolling_update_behind_a_service_fails_no_request() {
         .map(|(_, body)| body.clone())
         .collect();
     assert_eq!(during, ["v1", "v2"].map(String::from).into(), "both versions answered while it rolled");
+}
+
+/// Applies the web Deployment (v1, `replicas`) and Service and waits for its ready pods.
+fn deploy(s: &Setup, rt: &tokio::runtime::Runtime, replicas: u32) -> Vec<pb::Pod> {
+    let file = s.dir.path().join("web.yaml");
+    std::fs::write(&file, manifest("v1", replicas)).expect("manifest");
+    ctl_ok(&s.c.endpoints(), &["apply", "-f", &file.display().to_string()]);
+    let client = s.c.client(rt);
+    rt.block_on(async {
+        until(&s.c, &format!("{replicas} ready web pods"), || async {
+            let pods = live_pods(&client).await?;
+            (pods.len() == replicas as usize && pods.iter().all(ready)).then_some(pods)
+        })
+        .await
+    })
+}
+
+/// The web pods not being deleted.
+async fn live_pods(client: &flotilla_client::Client) -> Option<Vec<pb::Pod>> {
+    let pods = client.list::<pb::Pod>(&Default::default()).await.ok()?.items;
+    Some(pods.into_iter().filter(|p| p.metadata.as_ref().is_some_and(|m| m.deletion_timestamp.is_empty())).collect())
+}
+
+fn name_of(p: &pb::Pod) -> String {
+    p.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default()
+}
+
+fn node_of(p: &pb::Pod) -> String {
+    p.spec.as_ref().map(|s| s.node_name.clone()).unwrap_or_default()
+}
+
+/// Self-healing on containerd with the default timings: a container killed behind the
+/// kubelet's back is restarted in its pod; a deleted pod is replaced; a worker killed with
+/// kill -9 (its node stops renewing its Lease) has its pods replaced on the other worker
+/// within 30 s (the node grace period is 15 s).
+#[test]
+fn a_deployment_heals_a_killed_container_a_deleted_pod_and_a_lost_worker() {
+    let mut s = setup_with(&["--cluster-cidr", "10.244.0.0/16"], &["--cluster-cidr", "10.244.0.0/16"]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = s.c.client(&rt);
+    let pods = deploy(&s, &rt, 2);
+
+    // A container killed: the same pod runs it again and is ready again.
+    let victim = pods[0].clone();
+    let worker = s.workers.iter().find(|w| w.name == node_of(&victim)).expect("the pod's worker");
+    let killed = s.ctd.ctr(&["-n", &worker.ns, "tasks", "kill", "-s", "SIGKILL", &container_id(&victim)]);
+    assert!(killed.status.success(), "ctr tasks kill: {}", String::from_utf8_lossy(&killed.stderr));
+    let since = Instant::now();
+    rt.block_on(async {
+        until(&s.c, "the killed container restarted in its pod, which is ready again", || async {
+            let p = client.get::<pb::Pod>("default", &name_of(&victim)).await.ok()?;
+            (main_status(&p).restart_count >= 1 && ready(&p) && container_id(&p) != container_id(&victim)).then_some(())
+        })
+        .await
+    });
+    println!("killed container: running and ready again in its pod after {:?}", since.elapsed());
+
+    // A pod deleted: another takes its place.
+    let deleted = name_of(&pods[1]);
+    let since = Instant::now();
+    rt.block_on(client.delete::<pb::Pod>("default", &deleted, &Default::default())).expect("delete");
+    rt.block_on(async {
+        until(&s.c, "the deleted pod replaced", || async {
+            let pods = live_pods(&client).await?;
+            let ok = pods.len() == 2 && pods.iter().all(|p| ready(p) && name_of(p) != deleted);
+            ok.then_some(())
+        })
+        .await
+    });
+    println!("deleted pod: replaced and ready after {:?}", since.elapsed());
+
+    // A worker killed: its pods run on the other one within 30 s.
+    let pods = rt.block_on(live_pods(&client)).expect("pods");
+    let lost = node_of(&pods[0]);
+    let since = Instant::now();
+    s.workers.iter_mut().find(|w| w.name == lost).expect("worker").kill();
+    let took = rt.block_on(async {
+        until(&s.c, "the lost worker's pods running and ready elsewhere", || async {
+            let pods = live_pods(&client).await?;
+            let ok = pods.len() == 2 && pods.iter().all(|p| ready(p) && node_of(p) != lost);
+            ok.then(|| since.elapsed())
+        })
+        .await
+    });
+    println!("killed worker {lost}: its pods running and ready on the other worker after {took:?}");
+    assert!(took <= Duration::from_secs(30), "replaced after {took:?}");
+}
+
+/// The master (index) whose `component` (`scheduler`, `controller_manager`) leads.
+fn holder(c: &Cluster, component: &str) -> Option<usize> {
+    let name = format!("flotilla_{component}_is_leader");
+    let leading: Vec<usize> = (0..c.members.len())
+        .filter(|&i| c.members[i].child.is_some() && metric(&c.members[i], &name) == Some(1.0))
+        .collect();
+    (leading.len() == 1).then(|| leading[0])
+}
+
+/// kill -9 of the master running the active scheduler and controller manager: the other
+/// masters' candidates take over within 2 s, and a scale-up asked for just after the
+/// kill is carried out (pods created, bound and running on containerd).
+#[test]
+fn killing_the_master_of_the_scheduler_and_controller_manager_hands_both_over_and_a_scale_up_completes() {
+    let mut s = setup_with(&["--cluster-cidr", "10.244.0.0/16"], &["--cluster-cidr", "10.244.0.0/16"]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    deploy(&s, &rt, 1);
+    // Both locks on one master: while they are not, the controller manager's master is
+    // restarted (its lock moves to one of the others).
+    let mut victim = None;
+    for _ in 0..12 {
+        let (mut sched, mut cm) = (None, None);
+        s.c.eventually(Duration::from_secs(30), "one scheduler and one controller manager lead", || {
+            (sched, cm) = (holder(&s.c, "scheduler"), holder(&s.c, "controller_manager"));
+            sched.is_some() && cm.is_some()
+        });
+        let (sched, cm) = (sched.expect("scheduler"), cm.expect("controller manager"));
+        if sched == cm {
+            victim = Some(sched);
+            break;
+        }
+        s.c.kill(cm);
+        s.c.eventually(Duration::from_secs(30), "another controller manager leading", || {
+            holder(&s.c, "controller_manager").is_some()
+        });
+        s.c.spawn(cm, "new");
+        s.c.wait_leader(Duration::from_secs(30));
+    }
+    let victim = victim.expect("the scheduler and the controller manager never led on the same master");
+    let survivors: Vec<String> = (0..3).filter(|&i| i != victim).map(|i| s.c.members[i].endpoint()).collect();
+    let client = rt.block_on(async { flotilla_client::Client::new(&survivors) }).expect("client");
+    let before: std::collections::BTreeSet<String> =
+        rt.block_on(live_pods(&client)).expect("pods").iter().map(name_of).collect();
+    let since = Instant::now();
+    s.c.kill(victim);
+    // Through the survivors, again while the store elects a new leader if it must.
+    s.c.eventually(Duration::from_secs(10), "the scale-up accepted", || {
+        ctl(&survivors.join(","), &["scale", "deployment", "web", "--replicas", "3"]).status.success()
+    });
+    // Both take over; the first new pod is created (controller manager) and bound
+    // (scheduler).
+    let (mut sched_at, mut cm_at, mut created_at, mut bound_at) = (None, None, None, None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while bound_at.is_none() || sched_at.is_none() || cm_at.is_none() {
+        assert!(Instant::now() < deadline, "no takeover within 30 s\n{}", s.c.logs());
+        if sched_at.is_none() && holder(&s.c, "scheduler").is_some() {
+            sched_at = Some(since.elapsed());
+        }
+        if cm_at.is_none() && holder(&s.c, "controller_manager").is_some() {
+            cm_at = Some(since.elapsed());
+        }
+        let pods = rt.block_on(live_pods(&client)).unwrap_or_default();
+        let new: Vec<&pb::Pod> = pods.iter().filter(|p| !before.contains(&name_of(p))).collect();
+        if created_at.is_none() && !new.is_empty() {
+            created_at = Some(since.elapsed());
+        }
+        if bound_at.is_none() && new.iter().any(|p| !node_of(p).is_empty()) {
+            bound_at = Some(since.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (sched_at, cm_at, created_at, bound_at) =
+        (sched_at.unwrap(), cm_at.unwrap(), created_at.unwrap(), bound_at.unwrap());
+    println!(
+        "killed master {}: scheduler leading again after {sched_at:?}, controller manager after {cm_at:?}; \
+         first new pod created after {created_at:?}, bound after {bound_at:?}",
+        s.c.members[victim].name
+    );
+    assert!(sched_at <= Duration::from_secs(2) && cm_at <= Duration::from_secs(2), "takeover too slow");
+    assert!(
+        created_at <= Duration::from_secs(2) && bound_at <= Duration::from_secs(2),
+        "the new leaders too slow to act"
+    );
+    rt.block_on(async {
+        until(&s.c, "the scale-up done: 3 running, ready pods", || async {
+            let pods = live_pods(&client).await?;
+            (pods.len() == 3 && pods.iter().all(|p| running(p) && ready(p))).then_some(())
+        })
+        .await
+    });
+    println!("scale-up complete after {:?}", since.elapsed());
 }
