@@ -284,7 +284,10 @@ fn killing_the_master_of_the_scheduler_and_controller_manager_hands_both_over_an
     // (scheduler).
     let (mut sched_at, mut cm_at, mut created_at, mut bound_at) = (None, None, None, None);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while bound_at.is_none() || sched_at.is_none() || cm_at.is_none() {
+    let (sched_at, cm_at, created_at, bound_at) = loop {
+        if let (Some(a), Some(b), Some(c), Some(d)) = (sched_at, cm_at, created_at, bound_at) {
+            break (a, b, c, d);
+        }
         assert!(Instant::now() < deadline, "no takeover within 30 s\n{}", s.c.logs());
         if sched_at.is_none() && holder(&s.c, "scheduler").is_some() {
             sched_at = Some(since.elapsed());
@@ -301,9 +304,7 @@ fn killing_the_master_of_the_scheduler_and_controller_manager_hands_both_over_an
             bound_at = Some(since.elapsed());
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-    let (sched_at, cm_at, created_at, bound_at) =
-        (sched_at.unwrap(), cm_at.unwrap(), created_at.unwrap(), bound_at.unwrap());
+    };
     println!(
         "killed master {}: scheduler leading again after {sched_at:?}, controller manager after {cm_at:?}; \
          first new pod created after {created_at:?}, bound after {bound_at:?}",
