@@ -12,6 +12,7 @@ pub mod cross_read;
 pub mod disk;
 pub mod history;
 pub mod lease;
+pub mod plane;
 pub mod proxy;
 pub mod report;
 pub mod runner;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
+use flotilla_chaos::plane::{self, PlaneConfig, PlaneFault};
 use flotilla_chaos::runner::{self, Fault, RunConfig};
 
 /// Fault-injection runs against real `flotilla master` processes in network namespaces.
@@ -17,7 +18,11 @@ struct Cli {
     /// full: every fault (kills of the leader, a random member, a majority, all; pause;
     /// partitions: leader isolated, leader in the minority, random halves, a bridge,
     /// one-way; slow links; clock skew and strobe; remove-wipe-readd; damaged data
-    /// files), once each in a seeded order, per seed (20 seeds).
+    /// files), once each in a seeded order, per seed (20 seeds);
+    /// plane: the whole plane (3 masters, workers on containerd, a Deployment behind a
+    /// Service with clients calling it): without --runs, the smoke run (kill the
+    /// scheduler's master, kill a kubelet, lose a worker, kill a container); with
+    /// --runs N, every plane fault once per run in a seeded order.
     #[arg(value_enum, default_value = "smoke")]
     suite: Suite,
     /// Seed of the first run (the runs of a suite use seed, seed+1, ...).
@@ -39,9 +44,22 @@ struct Cli {
     /// catches it.
     #[arg(long, value_name = "BUG")]
     inject: Option<Injected>,
-    /// Inject only these faults (comma-separated), instead of the suite's.
-    #[arg(long, value_enum, value_delimiter = ',')]
-    faults: Vec<Fault>,
+    /// Inject only these faults (comma-separated), instead of the suite's (the plane
+    /// suite has faults of its own: kill-leader, pause-leader, partition-leader, kill-random, kill-majority, kill-all,
+    /// kill-scheduler, kill-controller-manager, pause-controller-manager, kill-kubelet,
+    /// partition-worker, partition-workers, lose-worker, kill-container).
+    #[arg(long, value_delimiter = ',')]
+    faults: Vec<String>,
+    /// plane: a directory with the flotilla.local/busybox:1 image archive
+    /// (scripts/busybox-image makes it; chaos/run does).
+    #[arg(long, value_name = "DIR")]
+    image_dir: Option<PathBuf>,
+    /// plane: workers.
+    #[arg(long, default_value_t = 3)]
+    workers: usize,
+    /// plane: the masters' --node-monitor-grace-period, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    grace: u64,
     /// Rounds of the fault list per run, instead of the suite's.
     #[arg(long)]
     rounds: Option<usize>,
@@ -68,6 +86,7 @@ enum Injected {
 enum Suite {
     Smoke,
     Full,
+    Plane,
 }
 
 fn main() -> ExitCode {
@@ -80,12 +99,6 @@ fn main() -> ExitCode {
         eprintln!("flotilla-chaos: --masters must be 3 or 5");
         return ExitCode::from(2);
     }
-    let (faults, rounds, default_runs) = match cli.suite {
-        Suite::Smoke => (vec![Fault::KillLeader, Fault::PauseLeader, Fault::PartitionLeader], 1, 1),
-        Suite::Full => (Fault::ALL.to_vec(), 1, 20),
-    };
-    let faults = if cli.faults.is_empty() { faults } else { cli.faults.clone() };
-    let rounds = cli.rounds.unwrap_or(rounds);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -93,6 +106,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if matches!(cli.suite, Suite::Plane) {
+        return plane_runs(&cli, &rt);
+    }
+    let (faults, rounds, default_runs) = match cli.suite {
+        Suite::Smoke | Suite::Plane => (vec![Fault::KillLeader, Fault::PauseLeader, Fault::PartitionLeader], 1, 1),
+        Suite::Full => (Fault::ALL.to_vec(), 1, 20),
+    };
+    let faults = match parse_faults::<Fault>(&cli.faults) {
+        Ok(f) if f.is_empty() => faults,
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("flotilla-chaos: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rounds = cli.rounds.unwrap_or(rounds);
     let mut failed = 0;
     for n in 0..cli.runs.unwrap_or(default_runs) {
         let seed = cli.seed + n;
@@ -116,17 +145,10 @@ fn main() -> ExitCode {
         let _ = std::fs::remove_dir_all(&cfg.dir);
         // Ctrl-C or SIGTERM ends the run: dropping it kills the members and removes the
         // namespaces (its data and logs stay).
-        let interrupted = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => None } } => {}
-            }
-        };
         let outcome = rt.block_on(async {
             tokio::select! {
                 r = runner::run(&cfg) => Some(r),
-                () = interrupted => None,
+                () = interrupted() => None,
             }
         });
         let Some(outcome) = outcome else {
@@ -164,5 +186,105 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
         _ => ExitCode::from(1),
+    }
+}
+
+/// `--faults` of a suite: each a name of `F`.
+fn parse_faults<F: ValueEnum>(names: &[String]) -> Result<Vec<F>, String> {
+    names
+        .iter()
+        .map(|n| {
+            F::from_str(n, false).map_err(|_| {
+                let known: Vec<String> = F::value_variants()
+                    .iter()
+                    .filter_map(|v| v.to_possible_value())
+                    .map(|p| p.get_name().to_string())
+                    .collect();
+                format!("--faults: no fault {n:?} in this suite (known: {})", known.join(", "))
+            })
+        })
+        .collect()
+}
+
+/// Resolves when Ctrl-C or SIGTERM arrives.
+async fn interrupted() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => None } } => {}
+    }
+}
+
+/// The plane suite's runs.
+fn plane_runs(cli: &Cli, rt: &tokio::runtime::Runtime) -> ExitCode {
+    let Some(image_dir) = cli.image_dir.clone() else {
+        eprintln!("flotilla-chaos: the plane suite needs --image-dir (chaos/run gives it)");
+        return ExitCode::from(2);
+    };
+    if cli.workers < 2 {
+        eprintln!("flotilla-chaos: --workers must be at least 2 (a lost worker's pods need somewhere to go)");
+        return ExitCode::from(2);
+    }
+    let chosen = match parse_faults::<PlaneFault>(&cli.faults) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("flotilla-chaos: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (faults, shuffle) = match (chosen.is_empty(), cli.runs) {
+        (false, _) => (chosen, false),
+        (true, None) => (PlaneFault::SMOKE.to_vec(), false),
+        (true, Some(_)) => (PlaneFault::ALL.to_vec(), true),
+    };
+    let runs = cli.runs.unwrap_or(1);
+    let mut failed = 0;
+    for n in 0..runs {
+        let seed = cli.seed + n;
+        let cfg = PlaneConfig {
+            seed,
+            bin: cli.bin.clone(),
+            dir: cli.out.join(format!("plane-seed-{seed}")),
+            image_dir: image_dir.clone(),
+            faults: faults.clone(),
+            shuffle,
+            workers: cli.workers,
+            grace: std::time::Duration::from_secs(cli.grace),
+        };
+        let _ = std::fs::remove_dir_all(&cfg.dir);
+        println!("plane run, seed {seed}: {} workers, faults in order as they come:", cli.workers);
+        let outcome = rt.block_on(async {
+            tokio::select! {
+                r = plane::run(&cfg) => Some(r),
+                () = interrupted() => None,
+            }
+        });
+        match outcome {
+            None => {
+                println!("interrupted; cleaned up; data and logs of seed {seed} are in {}", cfg.dir.display());
+                return ExitCode::from(130);
+            }
+            Some(Ok(r)) => {
+                println!("{}", plane::summary(&r));
+                if r.passed {
+                    for i in 1..=3 {
+                        let _ = std::fs::remove_dir_all(cfg.dir.join(format!("m{i}")));
+                    }
+                } else {
+                    failed += 1;
+                    println!("plane run with seed {seed} FAILED; data and logs kept in {}", cfg.dir.display());
+                }
+            }
+            Some(Err(e)) => {
+                failed += 1;
+                println!("plane run with seed {seed} could not complete: {e}; logs in {}", cfg.dir.display());
+            }
+        }
+    }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        println!("{failed} of {runs} plane runs failed");
+        ExitCode::from(1)
     }
 }

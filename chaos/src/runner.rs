@@ -666,7 +666,7 @@ async fn final_read(
 }
 
 /// The index of the member every reachable member calls leader.
-async fn leader(t: &Topology, within: Duration) -> Result<usize, ChaosError> {
+pub(crate) async fn leader(t: &Topology, within: Duration) -> Result<usize, ChaosError> {
     let deadline = Instant::now() + within;
     loop {
         let mut ids = Vec::new();

@@ -305,6 +305,26 @@ impl Topology {
         Ok(())
     }
 
+    /// Adds `n` more hosts on the members' bridge (namespaces `<prefix>-w1`..., addresses
+    /// `.31`...), for workers: (namespace, address) each. Removed with the rest.
+    pub fn add_hosts(&mut self, n: usize) -> Result<Vec<(String, String)>, ChaosError> {
+        let hub = format!("{}-hub", self.prefix);
+        let mut hosts = Vec::new();
+        for i in 1..=n {
+            let ns = format!("{}-w{i}", self.prefix);
+            let ip = format!("{}.{}", self.subnet, 30 + i);
+            let peer = format!("bw{i}");
+            run(&["ip", "netns", "add", &ns])?;
+            run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+            run(&["ip", "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &peer, "netns", &hub])?;
+            run(&["ip", "-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+            run(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
+            run(&["ip", "-n", &hub, "link", "set", &peer, "master", "br0", "up"])?;
+            hosts.push((ns, ip));
+        }
+        Ok(hosts)
+    }
+
     /// Client URLs of every member.
     pub fn client_urls(&self) -> Vec<String> {
         self.members.iter().map(|m| m.client_url()).collect()

@@ -324,3 +324,89 @@ fn killing_the_master_of_the_scheduler_and_controller_manager_hands_both_over_an
     });
     println!("scale-up complete after {:?}", since.elapsed());
 }
+
+/// Every master's data restored from a snapshot (`flotilla snapshot restore
+/// --bump-revision --mark-compacted`) while the workers run on: they list again and
+/// reconcile with the restored state — a pod created after the snapshot is stopped, the
+/// snapshot's pods keep their containers, and a scale-up afterwards is carried out.
+#[test]
+fn workers_reconcile_against_a_cluster_restored_from_a_snapshot() {
+    let mut s = setup_with(&["--cluster-cidr", "10.244.0.0/16"], &["--cluster-cidr", "10.244.0.0/16"]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let before = deploy(&s, &rt, 2);
+    let file = s.dir.path().join("backup.snap");
+    ctl_ok(&s.c.endpoints(), &["cluster", "snapshot", "save", &file.display().to_string()]);
+
+    // After the snapshot: a pod the restored cluster will not know.
+    let client = s.c.client(&rt);
+    rt.block_on(client.create(pod("late", "w1", &busybox_name(), "exec sleep 1000"))).expect("create");
+    let late = rt.block_on(async {
+        until(&s.c, "the late pod running", || async {
+            let p = client.get::<pb::Pod>("default", "late").await.ok()?;
+            running(&p).then(|| container_id(&p))
+        })
+        .await
+    });
+    drop(client);
+
+    // Every master killed, wiped and restored from the file.
+    for i in 0..3 {
+        s.c.kill(i);
+        std::fs::remove_dir_all(&s.c.members[i].data_dir).expect("wipe");
+    }
+    for i in 0..3 {
+        let out = std::process::Command::new(bin())
+            .args(["snapshot", "restore", &file.display().to_string(), "--name", &s.c.members[i].name])
+            .args(["--initial-cluster", &s.c.initial_cluster])
+            .args(["--data-dir", &s.c.members[i].data_dir.display().to_string()])
+            .args(["--bump-revision", "1000000", "--mark-compacted"])
+            .output()
+            .expect("flotilla snapshot restore");
+        assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    for i in 0..3 {
+        s.c.spawn(i, "new");
+    }
+    s.c.wait_leader(Duration::from_secs(30));
+    let client = s.c.client(&rt);
+
+    // The workers listed again; w1 stopped the pod the restored state does not hold.
+    let w1 = s.workers.iter().find(|w| w.name == "w1").expect("w1");
+    s.c.eventually(Duration::from_secs(30), "the late pod's container stopped on w1", || {
+        !s.ctd.tasks(&w1.ns).iter().any(|(id, _, status)| *id == late && status == "RUNNING")
+    });
+    for w in &s.workers {
+        let lists =
+            w.metrics().lines().find_map(|l| l.strip_prefix("flotilla_kubelet_pod_lists ")?.parse::<u64>().ok());
+        assert!(lists.is_some_and(|n| n >= 2), "{} listed again after the restore: {lists:?}", w.name);
+    }
+    // The snapshot's pods: the same containers, never restarted, ready.
+    let want: std::collections::BTreeMap<String, String> =
+        before.iter().map(|p| (name_of(p), container_id(p))).collect();
+    rt.block_on(async {
+        until(&s.c, "the snapshot's pods ready on their first containers", || async {
+            let pods = live_pods(&client).await?;
+            let have: std::collections::BTreeMap<String, String> = pods
+                .iter()
+                .filter(|p| ready(p) && main_status(p).restart_count == 0)
+                .map(|p| (name_of(p), container_id(p)))
+                .collect();
+            (have == want).then_some(())
+        })
+        .await
+    });
+    assert!(
+        rt.block_on(client.get::<pb::Pod>("default", "late")).is_err(),
+        "the late pod is not in the restored state"
+    );
+
+    // And the restored cluster runs the workers as before.
+    ctl_ok(&s.c.endpoints(), &["scale", "deployment", "web", "--replicas", "3"]);
+    rt.block_on(async {
+        until(&s.c, "the scale-up after the restore done", || async {
+            let pods = live_pods(&client).await?;
+            (pods.len() == 3 && pods.iter().all(|p| running(p) && ready(p))).then_some(())
+        })
+        .await
+    });
+}

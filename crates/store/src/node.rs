@@ -246,6 +246,7 @@ pub fn restore(
     initial_cluster: &[flotilla_core::cluster::InitialMember],
     token: &str,
     snapshot: &[u8],
+    opts: crate::state_machine::RestoreOptions,
 ) -> Result<i64, StoreError> {
     let me = initial_cluster
         .iter()
@@ -267,7 +268,7 @@ pub fn restore(
     std::fs::create_dir_all(data_dir)
         .map_err(|e| StoreError::Storage(format!("cannot create data dir {}: {e}", data_dir.display())))?;
     let db = Db::open(&data_dir.join("db"))?;
-    let revision = crate::state_machine::restore(&db, snapshot)?;
+    let revision = crate::state_machine::restore(&db, snapshot, opts)?;
     let mut b = Batch::new();
     b.put(Cf::RaftMeta, KEY_MEMBER_ID, member_id(token, &me.peer_url).to_be_bytes());
     b.put(Cf::RaftMeta, KEY_CLUSTER_ID, cluster_id(token, initial_cluster).to_be_bytes());

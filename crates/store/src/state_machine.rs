@@ -172,18 +172,44 @@ fn decode_records(data: &[u8], mut put: impl FnMut(Cf, &[u8], &[u8])) -> Result<
     Ok(())
 }
 
+/// How a restore moves the restored revision on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoreOptions {
+    /// Added to the snapshot's revision: the restored cluster's revisions then stay ahead
+    /// of any its clients saw before (writes made after the snapshot was saved).
+    pub bump_revision: i64,
+    /// Marks every revision up to the restored one compacted, so that a watch resumed
+    /// from a revision of the old cluster is refused (compacted) and its client lists
+    /// again, instead of waiting for revisions that will mean other things.
+    pub mark_compacted: bool,
+}
+
 /// Writes the key-value state of a saved snapshot (`flotctl cluster snapshot save`) into
 /// the fresh database of a member of a new cluster: every key, revision and lease, but
 /// not the old cluster's Raft position or membership (the new cluster's log starts from
-/// nothing). Returns the revision the snapshot holds.
-pub fn restore(db: &Db, data: &[u8]) -> Result<i64, StoreError> {
-    let revision = check_snapshot(data)?;
+/// nothing). Returns the revision the restored member starts at (the snapshot's, plus
+/// any bump).
+pub fn restore(db: &Db, data: &[u8], opts: RestoreOptions) -> Result<i64, StoreError> {
+    if opts.bump_revision < 0 {
+        return Err(StoreError::InvalidArgument(format!(
+            "the revision bump must not be negative, not {}",
+            opts.bump_revision
+        )));
+    }
+    let saved = check_snapshot(data)?;
+    let revision = saved
+        .checked_add(opts.bump_revision)
+        .ok_or_else(|| StoreError::InvalidArgument(format!("revision {saved} + {} overflows", opts.bump_revision)))?;
     let mut batch = Batch::new();
     decode_records(data, |cf, k, v| {
         if !(cf == Cf::SmMeta && (k == META_APPLIED || k == META_MEMBERSHIP)) {
             batch.put(cf, k, v);
         }
     })?;
+    batch.put(Cf::SmMeta, crate::mvcc::META_REVISION, revision.to_be_bytes());
+    if opts.mark_compacted {
+        batch.put(Cf::SmMeta, crate::mvcc::META_COMPACT, revision.to_be_bytes());
+    }
     db.write(batch, Sync::Yes)?;
     Ok(revision)
 }
@@ -526,5 +552,49 @@ mod tests {
         let read = shared.mvcc.range(&ep::RangeRequest { key: "k".into(), ..Default::default() }).expect("range");
         assert_eq!(read.kvs[0].value, b"v3");
         assert_eq!(shared.applied().0.map(|l| l.index), Some(3));
+    }
+
+    struct Bytes(Vec<u8>);
+    impl Write for Bytes {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.write(b)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl SnapshotSink for Bytes {
+        fn revision(&mut self, _: i64) {}
+    }
+
+    /// A restore that bumps the revision and marks it compacted: the keys read as saved,
+    /// new writes come after the bumped revision, and a read (or watch) from a revision
+    /// of the old cluster is refused as compacted, so its client lists again.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_restore_bumped_and_marked_compacted_refuses_the_old_clusters_revisions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(&dir.path().join("old")).expect("open");
+        let mut sm = StateMachine::open(db, Arc::new(Metrics::new()), dir.path().join("s1")).expect("sm");
+        sm.apply(vec![put(1, "a", "1"), put(2, "b", "2")]).await.expect("apply");
+        let mut saved = Bytes(Vec::new());
+        sm.shared().export(&mut saved).expect("export");
+        let saved_rev = check_snapshot(&saved.0).expect("snapshot");
+
+        let db = Db::open(&dir.path().join("new")).expect("open");
+        let opts = RestoreOptions { bump_revision: 1000, mark_compacted: true };
+        assert_eq!(restore(&db, &saved.0, opts).expect("restore"), saved_rev + 1000);
+        let sm = StateMachine::open(db, Arc::new(Metrics::new()), dir.path().join("s2")).expect("sm");
+        let mvcc = &sm.shared().mvcc;
+        assert_eq!(mvcc.revision(), saved_rev + 1000);
+        let read = mvcc.range(&ep::RangeRequest { key: "b".into(), ..Default::default() }).expect("range");
+        assert_eq!((read.kvs[0].value.as_slice(), read.kvs[0].mod_revision), (&b"2"[..], saved_rev));
+        assert!(matches!(mvcc.check_revision(saved_rev + 1), Err(StoreError::Compacted { .. })));
+        assert_eq!(mvcc.check_revision(saved_rev + 1000).expect("the restored revision reads"), saved_rev + 1000);
+
+        let db = Db::open(&dir.path().join("plain")).expect("open");
+        assert_eq!(restore(&db, &saved.0, RestoreOptions::default()).expect("restore"), saved_rev);
+        let db = Db::open(&dir.path().join("bad")).expect("open");
+        let bad = RestoreOptions { bump_revision: -1, mark_compacted: false };
+        assert!(matches!(restore(&db, &saved.0, bad), Err(StoreError::InvalidArgument(_))));
     }
 }

@@ -30,7 +30,8 @@ use latest::{LatestCache, Record};
 
 /// Key (in the state machine meta column family) of the current revision.
 pub const META_REVISION: &[u8] = b"revision";
-const META_COMPACT: &[u8] = b"compact_revision";
+/// Key (in the state machine meta column family) of the compact revision.
+pub const META_COMPACT: &[u8] = b"compact_revision";
 
 /// The MVCC store of one member.
 pub struct Mvcc {
