@@ -21,6 +21,8 @@ pub struct Request {
     pub ok: bool,
     /// A failed request's endpoint (pod IP), when connection tracking told.
     pub endpoint: Option<String>,
+    /// How a failed request failed.
+    pub error: Option<String>,
 }
 
 /// What a fault may cost the service's clients.
@@ -61,8 +63,8 @@ pub struct RequestVerdict {
     pub per_fault: Vec<(String, u64, u64, u64)>,
     /// Requests before the first fault: (made, failed).
     pub before: (u64, u64),
-    /// The first few failures beyond an allowance: (fault, client, at, endpoint).
-    pub violations: Vec<(String, usize, f64, Option<String>)>,
+    /// The first few failures beyond an allowance: (fault, client, at, endpoint, error).
+    pub violations: Vec<(String, usize, f64, Option<String>, Option<String>)>,
 }
 
 impl RequestVerdict {
@@ -104,7 +106,7 @@ pub fn requests(reqs: &[Request], windows: &[Window]) -> RequestVerdict {
         if !allowed {
             entry.3 += 1;
             if v.violations.len() < 10 {
-                v.violations.push((w.fault.clone(), r.client, r.at, r.endpoint.clone()));
+                v.violations.push((w.fault.clone(), r.client, r.at, r.endpoint.clone(), r.error.clone()));
             }
         }
     }
@@ -122,6 +124,8 @@ pub struct PodEvent {
     pub name: String,
     /// The node it is bound to ("" while unbound).
     pub node: String,
+    /// Its IP ("" until it has one).
+    pub ip: String,
     /// Counted as one of its ReplicaSet's replicas: not being deleted, not finished.
     pub active: bool,
     /// The event deleted it.
@@ -219,11 +223,11 @@ mod tests {
     use super::*;
 
     fn req(client: usize, at: f64, ok: bool) -> Request {
-        Request { client, at, ok, endpoint: None }
+        Request { client, at, ok, endpoint: None, error: None }
     }
 
     fn failed_to(client: usize, at: f64, endpoint: &str) -> Request {
-        Request { client, at, ok: false, endpoint: Some(endpoint.into()) }
+        Request { client, at, ok: false, endpoint: Some(endpoint.into()), error: None }
     }
 
     fn window(fault: &str, start: f64, allowance: Allowance) -> Window {
@@ -243,7 +247,7 @@ mod tests {
         let v = requests(&[req(0, 1.0, true), req(1, 6.0, false)], &w);
         assert!(!v.valid());
         assert_eq!(v.per_fault[0], ("kill-scheduler".into(), 1, 1, 1));
-        assert_eq!(v.violations, vec![("kill-scheduler".into(), 1, 6.0, None)]);
+        assert_eq!(v.violations, vec![("kill-scheduler".into(), 1, 6.0, None, None)]);
     }
 
     #[test]
@@ -273,7 +277,7 @@ mod tests {
     }
 
     fn ev(at: f64, uid: &str, node: &str, active: bool) -> PodEvent {
-        PodEvent { at, uid: uid.into(), name: uid.into(), node: node.into(), active, deleted: false }
+        PodEvent { at, uid: uid.into(), name: uid.into(), node: node.into(), ip: String::new(), active, deleted: false }
     }
 
     #[test]

@@ -180,6 +180,9 @@ pub struct PlaneReport {
     pub on_two_nodes: Vec<(f64, String, Vec<usize>)>,
     /// Containerd samples taken.
     pub samples: usize,
+    /// Every failed request (after the warm-up), with the pod that held its endpoint's
+    /// address then, if any: for reading a failure.
+    pub failed_requests: Vec<(check::Request, Option<String>)>,
     /// Evictions seen, and those from nodes that kept renewing.
     pub evictions: usize,
     /// The unjust ones.
@@ -611,6 +614,23 @@ pub async fn run(cfg: &PlaneConfig) -> Result<PlaneReport, ChaosError> {
     }
     {
         let s = lock(&seen);
+        // Who held a failed request's endpoint address at the time: the last pod seen
+        // with that IP before the request.
+        for r in requests.iter().filter(|r| !r.ok) {
+            let holder = r.endpoint.as_ref().and_then(|ip| {
+                s.pods.iter().filter(|e| e.at <= r.at && e.ip == *ip).last().map(|e| {
+                    let state = if e.deleted {
+                        "deleted"
+                    } else if e.active {
+                        "active"
+                    } else {
+                        "terminating"
+                    };
+                    format!("{} on {} ({state} at {:.2}s)", e.name, e.node, e.at)
+                })
+            });
+            report.failed_requests.push((r.clone(), holder));
+        }
         report.pods = check::pods(&s.pods, REPLICAS + MAX_SURGE);
         report.on_two_nodes = check::on_two_nodes(&s.samples);
         report.samples = s.samples.len();
@@ -794,7 +814,8 @@ async fn observe(
                 if !node.is_empty() {
                     s.nodes.insert(m.uid.clone(), node.clone());
                 }
-                s.pods.push(PodEvent { at: now(), uid: m.uid, name: m.name, node, active: active(p), deleted });
+                let ip = p.status.as_ref().map(|s| s.pod_ip.clone()).unwrap_or_default();
+                s.pods.push(PodEvent { at: now(), uid: m.uid, name: m.name, node, ip, active: active(p), deleted });
             }
         }));
     }
@@ -948,7 +969,22 @@ pub fn summary(r: &PlaneReport) -> String {
         if v.valid() {
             "every failure within its fault's allowance".to_string()
         } else {
-            format!("FAILED beyond their allowance: {:?} (before any fault: {:?})", v.violations, v.before)
+            let mut lines = format!("FAILED beyond their allowance (before any fault: {:?} made, failed):", v.before);
+            for (fault, client, at, endpoint, error) in &v.violations {
+                let holder = r
+                    .failed_requests
+                    .iter()
+                    .find(|(q, _)| q.client == *client && q.at == *at)
+                    .and_then(|(_, h)| h.clone())
+                    .unwrap_or_else(|| "no pod known".into());
+                lines.push_str(&format!(
+                    "\n    {at:.2}s during {fault}: from w{} to {} ({holder}): {}",
+                    client + 1,
+                    endpoint.as_deref().unwrap_or("an unknown endpoint"),
+                    error.as_deref().unwrap_or("?")
+                ));
+            }
+            lines
         }
     ));
     s.push_str(&format!(

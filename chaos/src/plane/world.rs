@@ -317,9 +317,11 @@ impl Clients {
                 }
                 while !stop.load(Ordering::Relaxed) {
                     let at = start.elapsed().as_secs_f64();
-                    let (ok, port) = get(addr);
+                    let (error, port) = get(addr, &translations);
+                    let ok = error.is_none();
                     let endpoint = if ok { None } else { port.and_then(|p| endpoint_of(&translations, p)) };
-                    requests.lock().unwrap_or_else(|p| p.into_inner()).push(Request { client: i, at, ok, endpoint });
+                    let r = Request { client: i, at, ok, endpoint, error };
+                    requests.lock().unwrap_or_else(|p| p.into_inner()).push(r);
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }));
@@ -351,33 +353,43 @@ impl Drop for Clients {
     }
 }
 
-/// One HTTP/1.0 GET of `/`: whether it was answered with 200 and a body, and the local
-/// port it was made from.
-fn get(addr: SocketAddr) -> (bool, Option<u16>) {
-    let Ok(sock) = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
-    else {
-        return (false, None);
+/// One HTTP/1.0 GET of `/`: how it failed (None: answered with 200 and a body), and the
+/// local port it was made from.
+fn get(addr: SocketAddr, translations: &Translations) -> (Option<String>, Option<u16>) {
+    let sock = match socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, Some(socket2::Protocol::TCP)) {
+        Ok(s) => s,
+        Err(e) => return (Some(format!("socket: {e}")), None),
     };
     // Bound first, so that the local port is known even when the connect fails.
     let any: SocketAddr = ([0, 0, 0, 0], 0).into();
-    if sock.bind(&any.into()).is_err() {
-        return (false, None);
+    if let Err(e) = sock.bind(&any.into()) {
+        return (Some(format!("bind: {e}")), None);
     }
     let port = sock.local_addr().ok().and_then(|a| a.as_socket()).map(|a| a.port());
-    let answered = (|| {
-        sock.connect_timeout(&addr.into(), Duration::from_secs(1)).ok()?;
+    // An earlier connection from the same port must not name this one's endpoint.
+    if let Some(p) = port {
+        translations.lock().unwrap_or_else(|p| p.into_inner()).remove(&p);
+    }
+    let sent = Instant::now();
+    let failed = (|| {
+        sock.connect_timeout(&addr.into(), Duration::from_secs(1)).map_err(|e| format!("connect: {e}"))?;
         let mut s: TcpStream = sock.into();
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        s.set_write_timeout(Some(Duration::from_secs(1))).ok()?;
-        s.write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n").ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+        s.set_write_timeout(Some(Duration::from_secs(1))).map_err(|e| e.to_string())?;
+        s.write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n").map_err(|e| format!("send: {e}"))?;
         let mut buf = Vec::new();
-        s.read_to_end(&mut buf).ok()?;
+        s.read_to_end(&mut buf).map_err(|e| format!("answer: {e}"))?;
         let text = String::from_utf8_lossy(&buf);
-        let ok_status = text.lines().next().is_some_and(|l| l.split_whitespace().nth(1) == Some("200"));
-        (ok_status && text.split_once("\r\n\r\n").is_some_and(|(_, body)| !body.trim().is_empty())).then_some(())
+        let status = text.lines().next().unwrap_or("").to_string();
+        let ok_status = status.split_whitespace().nth(1) == Some("200");
+        match text.split_once("\r\n\r\n") {
+            Some((_, body)) if ok_status && !body.trim().is_empty() => Ok(()),
+            _ => Err(format!("answered {status:?} ({} bytes)", buf.len())),
+        }
     })()
-    .is_some();
-    (answered, port)
+    .err()
+    .map(|e| format!("{e} after {} ms", sent.elapsed().as_millis()));
+    (failed, port)
 }
 
 /// The endpoint the connection from local `port` was sent to, once `conntrack -E` has

@@ -330,10 +330,16 @@ pub async fn sync_routes(want: &BTreeMap<String, String>) -> Result<(), KubeletE
 /// until `stop` completes.
 pub async fn keep_routes(client: flotilla_client::Client, me: String, stop: impl std::future::Future<Output = ()>) {
     let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
-    let nodes = flotilla_client::Reflector::<pb::Node>::start_notifying(client, Default::default(), Some(tx));
+    let mut nodes = flotilla_client::Reflector::<pb::Node>::start_notifying(client, Default::default(), Some(tx));
     let mut applied: Option<BTreeMap<String, String>> = None;
     let mut retry = tokio::time::interval(std::time::Duration::from_secs(10));
     tokio::pin!(stop);
+    // Nothing is changed before the nodes are known: routes from an empty cache would
+    // remove every route a restarted worker's pods are using, until the first list.
+    tokio::select! {
+        () = &mut stop => return,
+        () = nodes.wait_synced() => {}
+    }
     loop {
         tokio::select! {
             () = &mut stop => return,

@@ -2,7 +2,8 @@
 //! replaces whatever table an earlier run left (the kernel kept forwarding with it in the
 //! meantime); after that every change of Services or Endpoints becomes the smallest
 //! transaction that takes the kernel to the new ruleset. A refused transaction is
-//! followed by a full one. UDP flows to removed endpoints are flushed from conntrack.
+//! followed by a full one. UDP flows, and unanswered TCP connections, to removed endpoints
+//! are flushed from conntrack.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -27,7 +28,7 @@ use crate::AbortOnDrop;
 pub struct ProxyConfig {
     /// The table, and what its fixed part depends on.
     pub table: TableConfig,
-    /// The command prefix for `conntrack` (UDP flows to removed endpoints are deleted);
+    /// The command prefix for `conntrack` (stale flows to removed endpoints are deleted);
     /// empty: leave conntrack alone.
     pub conntrack: Vec<String>,
     /// Set the kernel up for service traffic (IP forwarding; bridged traffic through
@@ -224,12 +225,21 @@ async fn spawn_checked(
     Ok(AbortOnDrop(handle))
 }
 
-/// The `conntrack -D -p udp` filters that forget UDP flows made stale by going from `was`
-/// to `now`: flows DNATed to an endpoint that left (by cluster IP, load-balancer address
+/// The `conntrack -D` arguments that forget flows made stale by going from `was` to
+/// `now`. UDP: flows DNATed to an endpoint that left (by cluster IP, load-balancer address
 /// or node port), and flows to a service that had no endpoints (rejected) and now has.
-pub fn udp_flushes(was: &BTreeMap<String, ServicePort>, now: &BTreeMap<String, ServicePort>) -> Vec<Vec<String>> {
+/// TCP: connections DNATed to an endpoint that left that never got an answer (SYN_SENT):
+/// such an entry lives on for two minutes, and a new connection that happens to reuse its
+/// source port would match it and be sent to the dead endpoint again. Answered TCP
+/// connections are left alone (a terminating pod finishes what it serves).
+pub fn stale_flows(was: &BTreeMap<String, ServicePort>, now: &BTreeMap<String, ServicePort>) -> Vec<Vec<String>> {
     let mut deletions: Vec<Vec<String>> = Vec::new();
-    for (key, old) in was.iter().filter(|(_, p)| p.protocol == Protocol::Udp) {
+    for (key, old) in was {
+        let proto: &[&str] = match old.protocol {
+            Protocol::Udp => &["-p", "udp"],
+            Protocol::Tcp => &["-p", "tcp", "--state", "SYN_SENT"],
+        };
+        let with = |rest: Vec<String>| proto.iter().map(|s| s.to_string()).chain(rest).collect::<Vec<String>>();
         let is = now.get(key);
         for ep in &old.endpoints {
             if is.is_some_and(|p| p.endpoints.contains(ep)) {
@@ -238,16 +248,21 @@ pub fn udp_flushes(was: &BTreeMap<String, ServicePort>, now: &BTreeMap<String, S
             let mut dsts: Vec<String> = vec![old.cluster_ip.to_string()];
             dsts.extend(old.load_balancer_ips.iter().map(Ipv4Addr::to_string));
             for d in dsts {
-                deletions.push(vec!["--orig-dst".into(), d, "--dst-nat".into(), ep.0.to_string()]);
+                deletions.push(with(vec!["--orig-dst".into(), d, "--dst-nat".into(), ep.0.to_string()]));
             }
             if let Some(np) = old.node_port {
-                deletions.push(vec!["--orig-port-dst".into(), np.to_string(), "--dst-nat".into(), ep.0.to_string()]);
+                deletions.push(with(vec![
+                    "--orig-port-dst".into(),
+                    np.to_string(),
+                    "--dst-nat".into(),
+                    ep.0.to_string(),
+                ]));
             }
         }
     }
     for (key, is) in now.iter().filter(|(_, p)| p.protocol == Protocol::Udp && !p.endpoints.is_empty()) {
         if was.get(key).is_none_or(|p| p.endpoints.is_empty()) {
-            deletions.push(vec!["--orig-dst".into(), is.cluster_ip.to_string()]);
+            deletions.push(["-p", "udp", "--orig-dst", &is.cluster_ip.to_string()].map(String::from).to_vec());
         }
     }
     deletions
@@ -287,7 +302,7 @@ impl<A: Apply> Syncer<A> {
                 // Not after the first sync of a (re)started proxy: it knows nothing of what
                 // was programmed before, and live flows are fine.
                 if self.synced_once {
-                    self.flush_udp(&now).await;
+                    self.flush_stale_flows(&now).await;
                 }
                 self.synced_once = true;
                 self.ports = now;
@@ -303,14 +318,14 @@ impl<A: Apply> Syncer<A> {
         }
     }
 
-    /// Deletes conntrack entries of UDP flows that would stick to endpoints no longer
-    /// there, or to a service's rejection before it had endpoints.
-    async fn flush_udp(&self, now: &BTreeMap<String, ServicePort>) {
+    /// Deletes the conntrack entries of flows that would stick to endpoints no longer
+    /// there, or to a service's rejection before it had endpoints ([`stale_flows`]).
+    async fn flush_stale_flows(&self, now: &BTreeMap<String, ServicePort>) {
         let Some((prog, pre)) = self.cfg.conntrack.split_first() else { return };
-        for args in udp_flushes(&self.ports, now) {
+        for args in stale_flows(&self.ports, now) {
             let out = tokio::process::Command::new(prog)
                 .args(pre)
-                .args(["-D", "-p", "udp"])
+                .arg("-D")
                 .args(&args)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::piped())
@@ -399,21 +414,32 @@ mod tests {
     }
 
     #[test]
-    fn udp_flows_to_a_removed_endpoint_or_to_a_formerly_empty_service_are_flushed() {
+    fn flows_to_a_removed_endpoint_or_to_a_formerly_empty_service_are_flushed() {
         let was = BTreeMap::from([port(Protocol::Udp, &[(3, 53), (4, 53)])]);
         let now = BTreeMap::from([port(Protocol::Udp, &[(3, 53)])]);
-        let d = udp_flushes(&was, &now);
+        let d = stale_flows(&was, &now);
         assert_eq!(
             d,
             vec![
-                vec!["--orig-dst", "10.96.0.10", "--dst-nat", "10.244.1.4"],
-                vec!["--orig-port-dst", "30053", "--dst-nat", "10.244.1.4"],
+                vec!["-p", "udp", "--orig-dst", "10.96.0.10", "--dst-nat", "10.244.1.4"],
+                vec!["-p", "udp", "--orig-port-dst", "30053", "--dst-nat", "10.244.1.4"],
             ]
         );
         let empty = BTreeMap::from([port(Protocol::Udp, &[])]);
-        assert_eq!(udp_flushes(&empty, &now), vec![vec!["--orig-dst", "10.96.0.10"]], "rejected flows forgotten");
-        assert!(udp_flushes(&now, &now).is_empty());
+        let forgotten = vec![vec!["-p", "udp", "--orig-dst", "10.96.0.10"]];
+        assert_eq!(stale_flows(&empty, &now), forgotten, "rejected flows forgotten");
+        assert!(stale_flows(&now, &now).is_empty());
+        // TCP: only the unanswered connections to the endpoint that left.
         let tcp_was = BTreeMap::from([port(Protocol::Tcp, &[(3, 53), (4, 53)])]);
-        assert!(udp_flushes(&tcp_was, &BTreeMap::new()).is_empty(), "TCP flows end by themselves");
+        let tcp_now = BTreeMap::from([port(Protocol::Tcp, &[(3, 53)])]);
+        assert_eq!(
+            stale_flows(&tcp_was, &tcp_now),
+            vec![
+                vec!["-p", "tcp", "--state", "SYN_SENT", "--orig-dst", "10.96.0.10", "--dst-nat", "10.244.1.4"],
+                vec!["-p", "tcp", "--state", "SYN_SENT", "--orig-port-dst", "30053", "--dst-nat", "10.244.1.4"],
+            ]
+        );
+        let tcp_empty = BTreeMap::from([port(Protocol::Tcp, &[])]);
+        assert!(stale_flows(&tcp_empty, &tcp_now).is_empty(), "a rejected TCP connect is answered with a reset");
     }
 }
