@@ -470,3 +470,83 @@ fn the_table_outlives_its_proxy_is_replaced_at_start_removed_by_cleanup_and_keep
         .expect("flotilla proxy --cleanup");
     assert!(out.status.success(), "a second cleanup finds nothing to do: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `conntrack ARGS` in a host's namespace: the entries listed.
+fn conntrack_list(host_ns: &str, args: &[&str]) -> Vec<String> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{host_ns}"))
+        .args(["conntrack", "-L"])
+        .args(args)
+        .output()
+        .expect("conntrack");
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// A GET of `/` from a host's namespace to `vip:80` from local port `port` (busybox nc).
+fn get_from_port(host_ns: &str, vip: &str, port: u16) -> String {
+    use std::io::Write;
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{host_ns}"))
+        .args(["timeout", "3", "/bin/busybox", "nc", "-w", "1", "-p", &port.to_string(), vip, "80"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nc");
+    let _ = child.stdin.take().expect("stdin").write_all(b"GET / HTTP/1.0\r\n\r\n");
+    String::from_utf8_lossy(&child.wait_with_output().expect("nc").stdout).into_owned()
+}
+
+/// An endpoint that stops answering (its worker drops what is sent to it) leaves
+/// unanswered connections in a client node's connection tracking, which would catch any
+/// new connection reusing one of their source ports and send it to the dead endpoint
+/// again, for two minutes. When the endpoint leaves the Service, the proxy forgets them:
+/// a connection from such a port is balanced afresh and answered.
+#[test]
+fn unanswered_connections_to_an_endpoint_that_left_are_forgotten() {
+    let s = setup_with(&[], &[]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = s.c.client(&rt);
+    let flags = s.dir.path().join("flags");
+    let (w1, w2) = (s.hosts.hosts[0].0.clone(), s.hosts.hosts[1].0.clone());
+    rt.block_on(async {
+        client.create(web_pod("web-1", "w1", &flags)).await.expect("create pod");
+        client.create(web_pod("web-2", "w2", &flags)).await.expect("create pod");
+        client.create(service("web", "ClusterIP", "web")).await.expect("create service");
+    });
+    let pods = rt.block_on(ready_pods(&s.c, &client, &["web-1", "web-2"]));
+    let dead = pods["web-2"].1.clone();
+    let svc: pb::Service = rt.block_on(client.get("default", "web")).expect("service");
+    let vip = cluster_ip(&svc);
+    rt.block_on(async {
+        until(&s.c, "both endpoints in w1's rules", || async {
+            (ruleset(&w1).matches("dnat to").count() == 2).then_some(())
+        })
+        .await
+    });
+    // w2 drops everything sent to web-2; connections from w1 go on being balanced to it.
+    sh(&["ip", "netns", "exec", &w2, "iptables", "-A", "FORWARD", "-d", &dead, "-j", "DROP"]);
+    let mut stale_ports = Vec::new();
+    for port in 41000..41040u16 {
+        if !get_from_port(&w1, &vip, port).contains("web-1") {
+            stale_ports.push(port);
+        }
+    }
+    let stale = conntrack_list(&w1, &["-p", "tcp", "--state", "SYN_SENT", "--dst-nat", &dead]);
+    assert!(!stale_ports.is_empty() && !stale.is_empty(), "some connections went to the dead endpoint: {stale:?}");
+    assert!(
+        get_from_port(&w1, &vip, stale_ports[0]).is_empty(),
+        "while it is an endpoint, a connection from such a port goes to the dead one again"
+    );
+
+    // It leaves the Service: its unanswered connections are forgotten.
+    rt.block_on(client.delete::<pb::Pod>("default", "web-2", &Default::default())).expect("delete");
+    s.c.eventually(Duration::from_secs(10), "w1's unanswered connections to the endpoint that left forgotten", || {
+        conntrack_list(&w1, &["-p", "tcp", "--state", "SYN_SENT", "--dst-nat", &dead]).is_empty()
+    });
+    assert_eq!(ruleset(&w1).matches("dnat to").count(), 1, "one endpoint left");
+    for &port in stale_ports.iter().take(5) {
+        assert!(get_from_port(&w1, &vip, port).contains("web-1"), "a connection from port {port} answered");
+    }
+    sh(&["ip", "netns", "exec", &w2, "iptables", "-F"]);
+}
