@@ -55,6 +55,9 @@ pub struct Window {
     pub allowance: Allowance,
 }
 
+/// A failure beyond its fault's allowance: (fault, client, at, endpoint, error).
+pub type Violation = (String, usize, f64, Option<String>, Option<String>);
+
 /// Per fault: the requests made and failed while it was the latest, and those that
 /// failed beyond its allowance.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -64,7 +67,7 @@ pub struct RequestVerdict {
     /// Requests before the first fault: (made, failed).
     pub before: (u64, u64),
     /// The first few failures beyond an allowance: (fault, client, at, endpoint, error).
-    pub violations: Vec<(String, usize, f64, Option<String>, Option<String>)>,
+    pub violations: Vec<Violation>,
 }
 
 impl RequestVerdict {

@@ -618,7 +618,7 @@ pub async fn run(cfg: &PlaneConfig) -> Result<PlaneReport, ChaosError> {
         // with that IP before the request.
         for r in requests.iter().filter(|r| !r.ok) {
             let holder = r.endpoint.as_ref().and_then(|ip| {
-                s.pods.iter().filter(|e| e.at <= r.at && e.ip == *ip).last().map(|e| {
+                s.pods.iter().rev().find(|e| e.at <= r.at && e.ip == *ip).map(|e| {
                     let state = if e.deleted {
                         "deleted"
                     } else if e.active {
