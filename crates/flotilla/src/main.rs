@@ -2,6 +2,7 @@
 //! library crate of the chosen component. No logic lives here.
 
 mod bench;
+mod certs;
 mod config_file;
 mod controller_manager;
 mod master;
@@ -49,6 +50,8 @@ enum Command {
     ProcessShim(worker::ShimArgs),
     /// Restore a saved snapshot into the data dirs of a new cluster.
     Snapshot(Box<snapshot::SnapshotArgs>),
+    /// Make the cluster CA and issue certificates for masters, nodes, components and users.
+    Certs(Box<certs::CertsArgs>),
     /// Load-test an etcd v3 endpoint (Flotilla or etcd), or compare the two.
     Bench(Box<bench::BenchArgs>),
     /// Manage objects and masters (the same as the `flotctl` binary).
@@ -103,6 +106,7 @@ fn main() -> std::process::ExitCode {
         Command::Proxy(args) => proxy::run(*args),
         Command::Bench(args) => bench::run(*args),
         Command::Snapshot(args) => snapshot::run(*args),
+        Command::Certs(args) => certs::run(*args),
         Command::Ctl(_) | Command::ProcessShim(_) => Ok(()),
     };
     match result {
