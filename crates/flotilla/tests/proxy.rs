@@ -498,10 +498,10 @@ fn get_from_port(host_ns: &str, vip: &str, port: u16) -> String {
 }
 
 /// An endpoint that stops answering (its worker drops what is sent to it) leaves
-/// unanswered connections in a client node's connection tracking, which would catch any
-/// new connection reusing one of their source ports and send it to the dead endpoint
-/// again, for two minutes. When the endpoint leaves the Service, the proxy forgets them:
-/// a connection from such a port is balanced afresh and answered.
+/// unanswered connections in a client node's connection tracking for two minutes, which
+/// can catch a new connection reusing one of their source ports and send it to the dead
+/// endpoint again. When the endpoint leaves the Service, the proxy forgets them (without
+/// that this test fails), and connections from those ports are answered.
 #[test]
 fn unanswered_connections_to_an_endpoint_that_left_are_forgotten() {
     let s = setup_with(&[], &[]);
@@ -526,18 +526,20 @@ fn unanswered_connections_to_an_endpoint_that_left_are_forgotten() {
     });
     // w2 drops everything sent to web-2; connections from w1 go on being balanced to it.
     sh(&["ip", "netns", "exec", &w2, "iptables", "-A", "FORWARD", "-d", &dead, "-j", "DROP"]);
-    let mut stale_ports = Vec::new();
     for port in 41000..41040u16 {
-        if !get_from_port(&w1, &vip, port).contains("web-1") {
-            stale_ports.push(port);
-        }
+        get_from_port(&w1, &vip, port);
     }
+    // The ports whose connections went to the dead endpoint, as conntrack holds them.
     let stale = conntrack_list(&w1, &["-p", "tcp", "--state", "SYN_SENT", "--dst-nat", &dead]);
-    assert!(!stale_ports.is_empty() && !stale.is_empty(), "some connections went to the dead endpoint: {stale:?}");
-    assert!(
-        get_from_port(&w1, &vip, stale_ports[0]).is_empty(),
-        "while it is an endpoint, a connection from such a port goes to the dead one again"
-    );
+    let stale_ports: Vec<u16> = stale
+        .iter()
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("sport="))?.parse().ok())
+        .collect();
+    assert!(!stale_ports.is_empty(), "some connections went to the dead endpoint: {stale:?}");
+    // (While they are there, a new connection from one of these ports may match one —
+    // the kernel takes some such SYNs for retransmissions — and go to the dead endpoint:
+    // what chaos/run plane saw. Whether it does depends on the kernel, so it is not
+    // asserted here; that the entries go is.)
 
     // It leaves the Service: its unanswered connections are forgotten.
     rt.block_on(client.delete::<pb::Pod>("default", "web-2", &Default::default())).expect("delete");
