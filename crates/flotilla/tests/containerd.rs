@@ -472,9 +472,11 @@ fn the_web_example_runs_on_two_workers_and_answers() {
         ]);
         assert_eq!(out, "flotilla busybox\n", "{ip} on {node}");
     }
-    let eps_obj = ctl_ok(&eps, &["get", "endpoints", "-n", "shop"]);
-    assert!(
-        pods.iter().all(|p| eps_obj.contains(&p.status.as_ref().map(|s| s.pod_ip.clone()).unwrap_or_default())),
-        "{eps_obj}"
-    );
+    // The Endpoints controller follows the pods' readiness (a moment after it).
+    let ips: Vec<String> =
+        pods.iter().map(|p| p.status.as_ref().map(|s| s.pod_ip.clone()).unwrap_or_default()).collect();
+    s.c.eventually(Duration::from_secs(10), "both pods in the service's endpoints", || {
+        let eps_obj = ctl_ok(&eps, &["get", "endpoints", "-n", "shop"]);
+        ips.iter().all(|ip| eps_obj.contains(ip.as_str()))
+    });
 }
