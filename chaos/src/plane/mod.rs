@@ -327,8 +327,8 @@ pub async fn run(cfg: &PlaneConfig) -> Result<PlaneReport, ChaosError> {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let mut w = Worker::new(&name, h, &cfg.dir, &ctd_ns, flags);
-        w.start(&cfg.bin)?;
+        let mut w = Worker::new(&cfg.bin, &name, h, &cfg.dir, &ctd_ns, flags);
+        w.start()?;
         workers.push(w);
     }
     let seen: Shared = Arc::new(Mutex::new(Seen { fenced: vec![(0, 0); 3], ..Default::default() }));
@@ -554,7 +554,7 @@ pub async fn run(cfg: &PlaneConfig) -> Result<PlaneReport, ChaosError> {
             }
         }
         if let Some(w) = restart_worker {
-            workers[w].start(&cfg.bin)?;
+            workers[w].start()?;
         }
         // Whole again within 30 s.
         let converge_from = Instant::now();
@@ -569,15 +569,20 @@ pub async fn run(cfg: &PlaneConfig) -> Result<PlaneReport, ChaosError> {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        // A restarted worker: until its node's Lease is renewed again (at most 15 s).
+        // A restarted worker: from its restart to its node's next Lease renewal (it must
+        // come within 15 s).
         if let Some(w) = restart_worker {
             let name = workers[w].name.clone();
             let unix_healed = unix_now() - (now() - healed);
-            let _ = wait_for("the restarted worker's Lease renewed", Duration::from_secs(15), || async {
+            let renewed = wait_for("the restarted worker's Lease renewed", Duration::from_secs(15), || async {
                 let s = lock(&seen);
-                s.renewals.get(&name).and_then(|rs| rs.iter().find(|r| **r > unix_healed)).map(|_| ())
+                s.renewals.get(&name).and_then(|rs| rs.iter().find(|r| **r > unix_healed)).copied()
             })
             .await;
+            match renewed {
+                Ok(r) => fr.kubelet_failover = Some(r - unix_healed),
+                Err(e) => report.problems.push(format!("{} at {at:.1}s: {e}", f.name())),
+            }
         }
         // Failovers, from what the observers saw.
         {
@@ -591,12 +596,6 @@ pub async fn run(cfg: &PlaneConfig) -> Result<PlaneReport, ChaosError> {
                 }
                 let addr = &masters[m];
                 fr.kubelet_failover = kubelets_moved(&s.kubelet_masters, at, addr, workers.len());
-            }
-            if let Some(w) = restart_worker {
-                let name = &workers[w].name;
-                let unix_healed = unix_now() - (now() - healed);
-                fr.kubelet_failover =
-                    s.renewals.get(name).and_then(|rs| rs.iter().find(|r| **r > unix_healed)).map(|r| r - unix_healed);
             }
         }
         windows.push(window);

@@ -157,12 +157,19 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// A worker for host (`netns`, `ip`) with the given flags (not started).
-    pub fn new(name: &str, host: &(String, String), dir: &Path, ctd_ns: &str, flags: Vec<String>) -> Worker {
+    /// A worker (binary `bin`) for host (`netns`, `ip`) with the given flags (not started).
+    pub fn new(
+        bin: &Path,
+        name: &str,
+        host: &(String, String),
+        dir: &Path,
+        ctd_ns: &str,
+        flags: Vec<String>,
+    ) -> Worker {
         let mut args = vec![
             format!("--net=/run/netns/{}", host.0),
             "--".into(),
-            "WORKER-BIN".into(),
+            bin.display().to_string(),
             "worker".into(),
             "--name".into(),
             name.into(),
@@ -190,18 +197,16 @@ impl Worker {
         }
     }
 
-    /// Starts it with binary `bin` (only the network namespace is the host's: the pod
-    /// namespaces it mounts under /run/netns must be seen by containerd and runc).
-    pub fn start(&mut self, bin: &Path) -> Result<(), ChaosError> {
+    /// Starts it (only the network namespace is the host's: the pod namespaces it mounts
+    /// under /run/netns must be seen by containerd and runc).
+    pub fn start(&mut self) -> Result<(), ChaosError> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .map_err(|e| setup("worker log", e))?;
-        let args: Vec<String> =
-            self.args.iter().map(|a| if a == "WORKER-BIN" { bin.display().to_string() } else { a.clone() }).collect();
         let child = Command::new("nsenter")
-            .args(&args)
+            .args(&self.args)
             .env("FLOTILLA_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

@@ -373,6 +373,9 @@ fn workers_reconcile_against_a_cluster_restored_from_a_snapshot() {
     // The workers listed again; w1 stopped the pod the restored state does not hold.
     let w1 = s.workers.iter().find(|w| w.name == "w1").expect("w1");
     s.c.eventually(Duration::from_secs(30), "the late pod's container stopped on w1", || {
+        // Listed successfully (a failed `ctr` must not pass for "stopped").
+        let out = s.ctd.ctr(&["-n", &w1.ns, "tasks", "ls"]);
+        assert!(out.status.success(), "ctr tasks ls: {}", String::from_utf8_lossy(&out.stderr));
         !s.ctd.tasks(&w1.ns).iter().any(|(id, _, status)| *id == late && status == "RUNNING")
     });
     for w in &s.workers {

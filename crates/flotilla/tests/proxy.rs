@@ -479,6 +479,8 @@ fn conntrack_list(host_ns: &str, args: &[&str]) -> Vec<String> {
         .args(args)
         .output()
         .expect("conntrack");
+    // A failed listing must not pass for an empty one.
+    assert!(out.status.success(), "conntrack -L {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
 }
 

@@ -263,8 +263,10 @@ pub fn restore(
             data_dir.display()
         )));
     }
-    // A file that is no snapshot is refused before anything is written.
-    crate::state_machine::check_snapshot(snapshot)?;
+    // A file that is no snapshot, or options that cannot apply to it, are refused before
+    // anything is written.
+    let saved = crate::state_machine::check_snapshot(snapshot)?;
+    opts.bumped(saved)?;
     std::fs::create_dir_all(data_dir)
         .map_err(|e| StoreError::Storage(format!("cannot create data dir {}: {e}", data_dir.display())))?;
     let db = Db::open(&data_dir.join("db"))?;

@@ -184,22 +184,29 @@ pub struct RestoreOptions {
     pub mark_compacted: bool,
 }
 
+impl RestoreOptions {
+    /// The revision a restore of a snapshot saved at `saved` starts at; refuses a
+    /// negative bump or one that overflows.
+    pub fn bumped(&self, saved: i64) -> Result<i64, StoreError> {
+        if self.bump_revision < 0 {
+            return Err(StoreError::InvalidArgument(format!(
+                "the revision bump must not be negative, not {}",
+                self.bump_revision
+            )));
+        }
+        saved
+            .checked_add(self.bump_revision)
+            .ok_or_else(|| StoreError::InvalidArgument(format!("revision {saved} + {} overflows", self.bump_revision)))
+    }
+}
+
 /// Writes the key-value state of a saved snapshot (`flotctl cluster snapshot save`) into
 /// the fresh database of a member of a new cluster: every key, revision and lease, but
 /// not the old cluster's Raft position or membership (the new cluster's log starts from
 /// nothing). Returns the revision the restored member starts at (the snapshot's, plus
 /// any bump).
 pub fn restore(db: &Db, data: &[u8], opts: RestoreOptions) -> Result<i64, StoreError> {
-    if opts.bump_revision < 0 {
-        return Err(StoreError::InvalidArgument(format!(
-            "the revision bump must not be negative, not {}",
-            opts.bump_revision
-        )));
-    }
-    let saved = check_snapshot(data)?;
-    let revision = saved
-        .checked_add(opts.bump_revision)
-        .ok_or_else(|| StoreError::InvalidArgument(format!("revision {saved} + {} overflows", opts.bump_revision)))?;
+    let revision = opts.bumped(check_snapshot(data)?)?;
     let mut batch = Batch::new();
     decode_records(data, |cf, k, v| {
         if !(cf == Cf::SmMeta && (k == META_APPLIED || k == META_MEMBERSHIP)) {
