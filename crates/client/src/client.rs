@@ -141,6 +141,9 @@ impl Client {
     {
         let deadline = Instant::now() + self.pool.opts.retry_budget;
         let mut pause = std::time::Duration::from_millis(20);
+        // A TLS refusal (this client's certificate not accepted) says more than the broken
+        // pipes that may follow it on later attempts: it is what gets reported.
+        let mut refused: Option<String> = None;
         loop {
             let i = self.pool.pick();
             let client = self.api(i);
@@ -158,13 +161,21 @@ impl Client {
                 Err(_) => Status::deadline_exceeded("no answer within the request timeout"),
             };
             let url = &self.pool.masters[i].url;
+            if crate::error::tls_refused(&status) {
+                refused = Some(format!("{url}: {}", crate::error::describe(&status)));
+            } else if let Some(r) = self.pool.masters[i].refusal.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+                refused = Some(format!("{url}: {r}"));
+            }
             // The master is unreachable, or has no leader: use another one.
             self.pool.mark_bad(i);
             if kind == Call::Write && !never_sent(&status) {
-                return Err(ClientError::Indeterminate(format!("{url}: {}", status.message())));
+                return Err(ClientError::Indeterminate(format!("{url}: {}", crate::error::describe(&status))));
             }
             if Instant::now() + pause > deadline {
-                return Err(ClientError::Unavailable(format!("last tried {url}: {}", status.message())));
+                return Err(ClientError::Unavailable(match refused {
+                    Some(r) => format!("TLS refused by {r}"),
+                    None => format!("last tried {url}: {}", crate::error::describe(&status)),
+                }));
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(std::time::Duration::from_millis(200));

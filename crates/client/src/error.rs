@@ -53,7 +53,43 @@ impl ClientError {
 /// Whether a failed call certainly never reached the server (the connection could not
 /// be opened): even a write may then be sent to another master.
 pub fn never_sent(s: &Status) -> bool {
-    s.code() == Code::Unavailable && flotilla_core::limits::is_connect_failure(s.message())
+    (s.code() == Code::Unavailable && flotilla_core::limits::is_connect_failure(s.message())) || tls_refused(s)
+}
+
+/// Whether the failure is a TLS error under the transport (in TLS 1.3 a server refuses a
+/// client's certificate only after the client has finished its side of the handshake,
+/// so the refusal arrives with the first request): the request was not taken.
+pub(crate) fn tls_refused(s: &Status) -> bool {
+    let mut src = std::error::Error::source(s);
+    while let Some(e) = src {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+                return true;
+            }
+        }
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        src = e.source();
+    }
+    false
+}
+
+/// A status's message with the innermost cause of a transport failure appended (tonic
+/// says only "transport error"; the cause says what went wrong, e.g. that the master
+/// refused this client's certificate).
+pub fn describe(s: &Status) -> String {
+    let mut msg = s.message().to_string();
+    let mut cause = None;
+    let mut src = std::error::Error::source(s);
+    while let Some(e) = src {
+        cause = Some(e.to_string());
+        src = e.source();
+    }
+    if let Some(c) = cause.filter(|c| !msg.contains(c.as_str())) {
+        msg = format!("{msg}: {c}");
+    }
+    msg
 }
 
 /// Whether a failure is about reaching the master (try another) rather than an answer.

@@ -24,7 +24,7 @@ pub use client::{Client, DeleteParams, ListParams, ObjectList};
 pub use elector::{Elector, ElectorConfig};
 pub use error::ClientError;
 pub use events::EventRecorder;
-pub use pool::Options;
+pub use pool::{endpoint_url, tls_from_files, Options};
 pub use reflector::{Change, Reflector};
 pub use resource::Resource;
 pub use watch::WatchEvent;

@@ -17,6 +17,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::error::ClientError;
 
+pub use flotilla_tls::ClientTls;
+
 /// Timing of the client; the defaults move to another master within 2 s of losing one.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -28,6 +30,10 @@ pub struct Options {
     pub health_interval: Duration,
     /// Deadline of one health check (and of connecting).
     pub health_timeout: Duration,
+    /// TLS to the masters (their CA, and this client's certificate if it has one); then
+    /// every endpoint must be `https` (a bare `host:port` is taken as one). None: plaintext,
+    /// and `https` endpoints are refused.
+    pub tls: Option<Arc<flotilla_tls::ClientTls>>,
 }
 
 impl Default for Options {
@@ -37,6 +43,7 @@ impl Default for Options {
             retry_budget: Duration::from_secs(10),
             health_interval: Duration::from_millis(500),
             health_timeout: Duration::from_secs(1),
+            tls: None,
         }
     }
 }
@@ -45,6 +52,8 @@ pub(crate) struct Master {
     pub url: String,
     pub channel: Channel,
     healthy: AtomicBool,
+    /// Why the master's TLS refused this client at its last health check, if it did.
+    pub refusal: std::sync::Mutex<Option<String>>,
 }
 
 pub(crate) struct Pool {
@@ -53,14 +62,64 @@ pub(crate) struct Pool {
     pub opts: Options,
 }
 
-/// `host:port` or `http://host:port` → `http://host:port`.
-fn normalize(ep: &str) -> String {
+/// An endpoint as a URL: `host:port` gets `https://` when the client has TLS, else
+/// `http://`; a URL whose scheme disagrees with the client's TLS is refused (an `http`
+/// endpoint would silently skip the certificates given; an `https` one cannot be spoken
+/// without a CA to verify it).
+pub fn endpoint_url(ep: &str, tls: bool) -> Result<String, ClientError> {
     let ep = ep.trim();
-    if ep.contains("://") {
+    let url = if ep.contains("://") {
         ep.to_string()
+    } else if tls {
+        format!("https://{ep}")
     } else {
         format!("http://{ep}")
+    };
+    match (url.starts_with("https://"), tls) {
+        (true, false) => Err(ClientError::Config(format!(
+            "endpoint {ep} is https but no CA certificate was given to verify it (--cacert)"
+        ))),
+        (false, true) if url.starts_with("http://") => Err(ClientError::Config(format!(
+            "endpoint {ep} is plaintext http but TLS certificates were given; use https://"
+        ))),
+        _ => Ok(url),
     }
+}
+
+/// A lazily connecting channel to `endpoint`, in TLS when `tls` is given (check the URL
+/// with [`endpoint_url`] first).
+pub fn channel(endpoint: Endpoint, tls: Option<&Arc<flotilla_tls::ClientTls>>) -> Channel {
+    match tls {
+        Some(tls) => endpoint.connect_with_connector_lazy(flotilla_tls::Connector::new(tls.clone())),
+        None => endpoint.connect_lazy(),
+    }
+}
+
+/// The TLS of a client from its files: the CA that masters' certificates chain to, and
+/// the client's own certificate and key (both or neither). None when no file is given.
+pub fn tls_from_files(
+    cacert: Option<&std::path::Path>,
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> Result<Option<Arc<flotilla_tls::ClientTls>>, ClientError> {
+    let identity = match (cert, key) {
+        (Some(c), Some(k)) => Some((c.to_path_buf(), k.to_path_buf())),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ClientError::Config("--cert needs --key (the certificate's private key)".into()))
+        }
+        (None, Some(_)) => return Err(ClientError::Config("--key needs --cert (the key's certificate)".into())),
+    };
+    let Some(ca) = cacert else {
+        return match identity {
+            None => Ok(None),
+            Some(_) => Err(ClientError::Config(
+                "--cert and --key need --cacert (the CA the masters' certificates chain to)".into(),
+            )),
+        };
+    };
+    let files = flotilla_tls::ClientFiles { ca: ca.to_path_buf(), identity };
+    flotilla_tls::ClientTls::new(files).map(Some).map_err(|e| ClientError::Config(e.to_string()))
 }
 
 impl Pool {
@@ -70,16 +129,16 @@ impl Pool {
         }
         let mut masters = Vec::new();
         for e in endpoints {
-            let url = normalize(e);
-            let channel = Endpoint::from_shared(url.clone())
+            let url = endpoint_url(e, opts.tls.is_some())?;
+            let endpoint = Endpoint::from_shared(url.clone())
                 .map_err(|err| ClientError::Config(format!("endpoint {e:?} is not a URL: {err}")))?
                 .connect_timeout(opts.health_timeout)
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(1))
                 .keep_alive_timeout(Duration::from_secs(1))
-                .keep_alive_while_idle(true)
-                .connect_lazy();
-            masters.push(Master { url, channel, healthy: AtomicBool::new(true) });
+                .keep_alive_while_idle(true);
+            let channel = channel(endpoint, opts.tls.as_ref());
+            masters.push(Master { url, channel, healthy: AtomicBool::new(true), refusal: Default::default() });
         }
         let pool = Arc::new(Pool { masters, current: AtomicUsize::new(0), opts });
         tokio::spawn(health_loop(Arc::downgrade(&pool)));
@@ -120,10 +179,13 @@ impl Pool {
 
 async fn check(m: &Master, timeout: Duration) -> bool {
     let mut c = MaintenanceClient::new(m.channel.clone());
-    matches!(
-        tokio::time::timeout(timeout, c.status(StatusRequest {})).await,
-        Ok(Ok(r)) if r.get_ref().leader != 0
-    )
+    let r = tokio::time::timeout(timeout, c.status(StatusRequest {})).await;
+    let refusal = match &r {
+        Ok(Err(s)) if crate::error::tls_refused(s) => Some(crate::error::describe(s)),
+        _ => None,
+    };
+    *m.refusal.lock().unwrap_or_else(|p| p.into_inner()) = refusal;
+    matches!(r, Ok(Ok(r)) if r.get_ref().leader != 0)
 }
 
 async fn health_loop(pool: Weak<Pool>) {

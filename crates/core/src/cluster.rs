@@ -6,19 +6,24 @@
 
 use crate::CoreError;
 
-/// A validated `http://host:port` URL (no path, query or trailing slash).
+/// A validated `http://host:port` or `https://host:port` URL (no path, query or trailing
+/// slash).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Url {
     host: String,
     port: u16,
+    tls: bool,
 }
 
 impl Url {
-    /// Parses `http://host:port`. `https` is refused until TLS is supported.
+    /// Parses `http://host:port` or `https://host:port`.
     pub fn parse(s: &str) -> Result<Url, CoreError> {
         let bad = |reason: &str| CoreError::InvalidUrl { url: s.to_string(), reason: reason.into() };
-        let rest =
-            s.strip_prefix("http://").ok_or_else(|| bad("must start with http:// (TLS is not supported yet)"))?;
+        let (rest, tls) = match (s.strip_prefix("https://"), s.strip_prefix("http://")) {
+            (Some(rest), _) => (rest, true),
+            (None, Some(rest)) => (rest, false),
+            (None, None) => return Err(bad("must start with http:// or https://")),
+        };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains('/') || rest.contains('?') {
             return Err(bad("must not have a path or query"));
@@ -32,7 +37,12 @@ impl Url {
         if port == 0 {
             return Err(bad("port must be a number from 1 to 65535"));
         }
-        Ok(Url { host: host.to_string(), port })
+        Ok(Url { host: host.to_string(), port, tls })
+    }
+
+    /// Whether the URL is `https`: its listener or connection uses TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// The host part (without brackets for IPv6).
@@ -57,7 +67,7 @@ impl Url {
 
 impl std::fmt::Display for Url {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "http://{}", self.authority())
+        write!(f, "{}://{}", if self.tls { "https" } else { "http" }, self.authority())
     }
 }
 
@@ -127,11 +137,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn url_accepts_host_port_and_refuses_paths_and_https() {
+    fn url_accepts_http_and_https_host_port_and_refuses_paths() {
         let u = Url::parse("http://127.0.0.1:2380").expect("valid");
         assert_eq!(u.authority(), "127.0.0.1:2380");
         assert_eq!(u.to_string(), "http://127.0.0.1:2380");
-        assert!(Url::parse("https://a:1").is_err());
+        assert!(!u.is_tls());
+        let s = Url::parse("https://[::1]:2379/").expect("valid");
+        assert!(s.is_tls());
+        assert_eq!(s.to_string(), "https://[::1]:2379");
+        assert!(Url::parse("ftp://a:1").is_err());
+        assert!(Url::parse("a:1").is_err());
         assert!(Url::parse("http://a:1/x").is_err());
         assert!(Url::parse("http://a").is_err());
         assert!(Url::parse("http://a:0").is_err());

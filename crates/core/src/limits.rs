@@ -16,8 +16,15 @@ pub const MAX_LEASE_TTL_SECS: i64 = 9_000_000_000;
 /// How tonic's connector words a failure to open a connection (an UNAVAILABLE status whose
 /// message starts with one of these): a request that failed so was never sent, and even a
 /// write may be sent elsewhere. Any other failure may have been delivered.
-pub const CONNECT_FAILURE_PREFIXES: [&str; 5] =
-    ["tcp connect error", "tcp open error", "tcp connect timeout", "dns error", "error trying to connect"];
+/// (`tls handshake error` is the TLS connector's, in `flotilla-tls`.)
+pub const CONNECT_FAILURE_PREFIXES: [&str; 6] = [
+    "tcp connect error",
+    "tcp open error",
+    "tcp connect timeout",
+    "dns error",
+    "error trying to connect",
+    "tls handshake error",
+];
 
 /// Whether an UNAVAILABLE status's `message` says the connection never opened.
 pub fn is_connect_failure(message: &str) -> bool {

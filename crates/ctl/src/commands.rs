@@ -20,34 +20,56 @@ use crate::{manifest, ClusterCommand, Command, CtlArgs, CtlError, Output};
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     endpoints: Vec<String>,
+    cacert: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
 }
 
-/// The endpoints to use: flag, then environment, then config file, then the default.
-fn endpoints(args: &CtlArgs) -> Result<Vec<String>, CtlError> {
+/// The masters and how to reach them.
+struct Conn {
+    eps: Vec<String>,
+    tls: Option<std::sync::Arc<flotilla_client::pool::ClientTls>>,
+}
+
+/// The endpoints to use (flag, then environment, then config file, then the default) and
+/// the TLS files (flags or environment, else the config file's; paths in the file are
+/// relative to it).
+fn conn(args: &CtlArgs) -> Result<Conn, CtlError> {
     let split = |s: &str| s.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect::<Vec<_>>();
-    if let Some(e) = &args.endpoints {
-        return Ok(split(e));
-    }
-    if let Ok(e) = std::env::var("FLOTILLA_ENDPOINTS") {
-        if !e.trim().is_empty() {
-            return Ok(split(&e));
-        }
-    }
     let path = match &args.config {
         Some(p) => Some(p.clone()),
         None => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".flotilla/config.yaml")).filter(|p| p.exists()),
     };
-    if let Some(p) = path {
-        let text =
-            std::fs::read_to_string(&p).map_err(|e| CtlError::Io(format!("cannot read {}: {e}", p.display())))?;
-        let cfg: ConfigFile =
-            serde_yaml::from_str(&text).map_err(|e| CtlError::Usage(format!("config file {}: {e}", p.display())))?;
-        if cfg.endpoints.is_empty() {
-            return Err(CtlError::Usage(format!("config file {}: endpoints is empty", p.display())));
+    let file = match &path {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).map_err(|e| CtlError::Io(format!("cannot read {}: {e}", p.display())))?;
+            let cfg: ConfigFile = serde_yaml::from_str(&text)
+                .map_err(|e| CtlError::Usage(format!("config file {}: {e}", p.display())))?;
+            if cfg.endpoints.is_empty() {
+                return Err(CtlError::Usage(format!("config file {}: endpoints is empty", p.display())));
+            }
+            Some(cfg)
         }
-        return Ok(cfg.endpoints);
+        None => None,
+    };
+    let eps = match (&args.endpoints, std::env::var("FLOTILLA_ENDPOINTS")) {
+        (Some(e), _) => split(e),
+        (None, Ok(e)) if !e.trim().is_empty() => split(&e),
+        _ => file.as_ref().map_or_else(|| vec!["127.0.0.1:2379".into()], |f| f.endpoints.clone()),
+    };
+    let mut tls = args.tls.clone();
+    if tls.cacert.is_none() && tls.cert.is_none() && tls.key.is_none() {
+        if let (Some(f), Some(p)) = (file, &path) {
+            let dir = p.parent().unwrap_or(std::path::Path::new("."));
+            tls = crate::TlsArgs {
+                cacert: f.cacert.map(|c| dir.join(c)),
+                cert: f.cert.map(|c| dir.join(c)),
+                key: f.key.map(|c| dir.join(c)),
+            };
+        }
     }
-    Ok(vec!["127.0.0.1:2379".into()])
+    Ok(Conn { eps, tls: tls.client_tls()? })
 }
 
 fn kind(s: &str) -> Result<Kind, CtlError> {
@@ -101,10 +123,11 @@ fn ref_of(o: &O) -> String {
 
 /// Runs the command.
 pub async fn dispatch(args: CtlArgs) -> Result<(), CtlError> {
-    let eps = endpoints(&args)?;
+    let conn = conn(&args)?;
     let ns_flag = args.namespace.clone();
     let ns = ns_flag.clone().unwrap_or_else(|| "default".into());
-    let client = Client::new(&eps)?;
+    let client =
+        Client::with_options(&conn.eps, flotilla_client::Options { tls: conn.tls.clone(), ..Default::default() })?;
     match args.command {
         Command::Get { kind: k, names, all_namespaces, selector, field_selector, output, watch } => {
             // `get deploy,svc`: several kinds, one table each.
@@ -249,7 +272,7 @@ pub async fn dispatch(args: CtlArgs) -> Result<(), CtlError> {
             Ok(())
         }
         Command::Drain(a) => crate::node::drain(&client, a).await,
-        Command::Cluster(c) => cluster(&eps, c).await,
+        Command::Cluster(c) => cluster(&conn, c).await,
     }
 }
 
@@ -537,32 +560,32 @@ async fn describe(client: &Client, k: Kind, ns: &str, name: &str) -> Result<(), 
     Ok(())
 }
 
-async fn channel(ep: &str) -> Result<Channel, CtlError> {
-    let url = if ep.contains("://") { ep.to_string() } else { format!("http://{ep}") };
-    Channel::from_shared(url.clone()).map_err(|e| CtlError::Usage(format!("endpoint {ep:?}: {e}"))).map(|c| {
-        c.connect_timeout(std::time::Duration::from_secs(1))
-            .timeout(std::time::Duration::from_secs(3))
-            .http2_keep_alive_interval(std::time::Duration::from_secs(5))
-            .keep_alive_timeout(std::time::Duration::from_secs(5))
-            .connect_lazy()
-    })
+async fn channel(conn: &Conn, ep: &str) -> Result<Channel, CtlError> {
+    let url = flotilla_client::endpoint_url(ep, conn.tls.is_some())?;
+    let endpoint = Channel::from_shared(url).map_err(|e| CtlError::Usage(format!("endpoint {ep:?}: {e}")))?;
+    let endpoint = endpoint
+        .connect_timeout(std::time::Duration::from_secs(1))
+        .timeout(std::time::Duration::from_secs(3))
+        .http2_keep_alive_interval(std::time::Duration::from_secs(5))
+        .keep_alive_timeout(std::time::Duration::from_secs(5));
+    Ok(flotilla_client::pool::channel(endpoint, conn.tls.as_ref()))
 }
 
 /// Longest pause between two messages of a snapshot stream.
 const SNAPSHOT_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Streams a snapshot from the first endpoint that answers into `file`.
-async fn snapshot_save(eps: &[String], file: &std::path::Path) -> Result<(), CtlError> {
+async fn snapshot_save(conn: &Conn, file: &std::path::Path) -> Result<(), CtlError> {
     use ep::maintenance_client::MaintenanceClient;
     use std::io::Write;
     let part = PathBuf::from(format!("{}.part", file.display()));
     let mut last = String::new();
-    for e in eps {
-        let mut c = MaintenanceClient::new(channel(e).await?);
+    for e in &conn.eps {
+        let mut c = MaintenanceClient::new(channel(conn, e).await?);
         let mut stream = match c.snapshot(ep::SnapshotRequest {}).await {
             Ok(s) => s.into_inner(),
             Err(err) => {
-                last = format!("{e}: {}", err.message());
+                last = format!("{e}: {}", flotilla_client::error::describe(&err));
                 continue;
             }
         };
@@ -592,30 +615,33 @@ async fn snapshot_save(eps: &[String], file: &std::path::Path) -> Result<(), Ctl
     Err(CtlError::Usage(format!("no master could send a snapshot ({last})")))
 }
 
-async fn cluster(eps: &[String], c: ClusterCommand) -> Result<(), CtlError> {
+async fn cluster(conn: &Conn, c: ClusterCommand) -> Result<(), CtlError> {
     use ep::cluster_client::ClusterClient;
     use ep::maintenance_client::MaintenanceClient;
     if let ClusterCommand::Snapshot(crate::SnapshotCommand::Save { file }) = &c {
-        return snapshot_save(eps, file).await;
+        return snapshot_save(conn, file).await;
     }
     // Members from the first endpoint that answers.
     let mut members = None;
     let mut last_err = None;
-    for e in eps {
-        match ClusterClient::new(channel(e).await?).member_list(ep::MemberListRequest { linearizable: false }).await {
+    for e in &conn.eps {
+        match ClusterClient::new(channel(conn, e).await?)
+            .member_list(ep::MemberListRequest { linearizable: false })
+            .await
+        {
             Ok(r) => {
                 members = Some(r.into_inner().members);
                 break;
             }
-            Err(err) => last_err = Some(format!("{e}: {}", err.message())),
+            Err(err) => last_err = Some(format!("{e}: {}", flotilla_client::error::describe(&err))),
         }
     }
     let members =
         members.ok_or_else(|| CtlError::Usage(format!("no master answered ({})", last_err.unwrap_or_default())))?;
     let name_of = |id: u64| members.iter().find(|m| m.id == id).map_or(format!("{id:x}"), |m| m.name.clone());
     let mut statuses = Vec::new();
-    for e in eps {
-        let r = MaintenanceClient::new(channel(e).await?).status(ep::StatusRequest {}).await;
+    for e in &conn.eps {
+        let r = MaintenanceClient::new(channel(conn, e).await?).status(ep::StatusRequest {}).await;
         statuses.push((e.clone(), r.map(|r| r.into_inner())));
     }
     let leader = statuses.iter().find_map(|(_, s)| s.as_ref().ok().map(|s| s.leader).filter(|l| *l != 0));
@@ -650,7 +676,7 @@ async fn cluster(eps: &[String], c: ClusterCommand) -> Result<(), CtlError> {
                         s.raft_applied_index.to_string(),
                         format!("{:.1} MiB", s.db_size as f64 / (1 << 20) as f64),
                     ],
-                    Err(err) => vec![e.clone(), "<unreachable>".into(), err.message().to_string()],
+                    Err(err) => vec![e.clone(), "<unreachable>".into(), flotilla_client::error::describe(err)],
                 })
                 .collect();
             out!(
@@ -680,7 +706,7 @@ async fn cluster(eps: &[String], c: ClusterCommand) -> Result<(), CtlError> {
                 .find(|m| m.id == leader)
                 .and_then(|m| m.client_ur_ls.first().cloned())
                 .ok_or_else(|| CtlError::Usage("the leader has no client URL".into()))?;
-            MaintenanceClient::new(channel(&at).await?)
+            MaintenanceClient::new(channel(conn, &at).await?)
                 .move_leader(ep::MoveLeaderRequest { target_id: target })
                 .await?;
             outln!("leadership moved to {name}");

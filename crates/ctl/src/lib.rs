@@ -46,7 +46,7 @@ pub enum CtlError {
     #[error("{0}")]
     Client(#[from] flotilla_client::ClientError),
     /// The etcd-API side of the cluster (members, status).
-    #[error("{}", .0.message())]
+    #[error("{}", flotilla_client::error::describe(.0))]
     Cluster(#[from] tonic::Status),
     /// Local I/O (reading a manifest, writing a file).
     #[error("{0}")]
@@ -70,8 +70,42 @@ pub struct CtlArgs {
     #[arg(short = 'n', long, global = true)]
     pub namespace: Option<String>,
 
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How a client reaches masters that serve TLS (`https`): the flags etcdctl names so, for
+/// flotctl and every component that talks to the masters.
+#[derive(Args, Debug, Default, Clone)]
+pub struct TlsArgs {
+    /// CA certificate (PEM) the masters' certificates chain to; given, the masters are
+    /// spoken to in TLS (endpoints without a scheme become https://) [env: FLOTILLA_CACERT].
+    #[arg(long, global = true, value_name = "FILE", env = "FLOTILLA_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM) to identify with; needs --key and --cacert [env: FLOTILLA_CERT].
+    #[arg(long, global = true, value_name = "FILE", env = "FLOTILLA_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert [env: FLOTILLA_KEY].
+    #[arg(long, global = true, value_name = "FILE", env = "FLOTILLA_KEY")]
+    pub key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The client TLS the files make (None without --cacert); half a set is refused by name.
+    pub fn client_tls(
+        &self,
+    ) -> Result<Option<std::sync::Arc<flotilla_client::pool::ClientTls>>, flotilla_client::ClientError> {
+        flotilla_client::tls_from_files(self.cacert.as_deref(), self.cert.as_deref(), self.key.as_deref())
+    }
+
+    /// A client of `masters` with these files.
+    pub fn client(&self, masters: &[String]) -> Result<flotilla_client::Client, flotilla_client::ClientError> {
+        let opts = flotilla_client::Options { tls: self.client_tls()?, ..Default::default() };
+        flotilla_client::Client::with_options(masters, opts)
+    }
 }
 
 /// Output formats of `get`.

@@ -100,6 +100,43 @@ pub struct MasterArgs {
     #[arg(long, value_name = "DURATION")]
     compaction_retention: Option<String>,
 
+    /// Certificate (PEM) the client port serves; --listen-client (and --advertise-client)
+    /// must then be https. Reloaded when the file changes, without a restart.
+    #[arg(long, value_name = "FILE")]
+    cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of --cert-file.
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
+
+    /// CA (PEM) that clients' certificates must chain to; with it a client may identify
+    /// itself by certificate. The master's own scheduler and controller manager also
+    /// verify its certificate with it (needed with --cert-file).
+    #[arg(long, value_name = "FILE")]
+    trusted_ca_file: Option<PathBuf>,
+
+    /// Refuse clients that present no certificate from --trusted-ca-file.
+    #[arg(long)]
+    client_cert_auth: bool,
+
+    /// Certificate (PEM) this member serves to and presents to its peers; the peer URLs
+    /// must then be https. Peers are always verified both ways.
+    #[arg(long, value_name = "FILE")]
+    peer_cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of --peer-cert-file.
+    #[arg(long, value_name = "FILE")]
+    peer_key_file: Option<PathBuf>,
+
+    /// CA (PEM) that peers' certificates must chain to (required with --peer-cert-file).
+    #[arg(long, value_name = "FILE")]
+    peer_trusted_ca_file: Option<PathBuf>,
+
+    /// Accepted for etcd's sake: with peer TLS a peer without a certificate from
+    /// --peer-trusted-ca-file is always refused.
+    #[arg(long)]
+    peer_client_cert_auth: bool,
+
     /// Do not run a scheduler candidate in this master (by default every master runs one,
     /// talking to its own apiserver; the elected one places pods). Run `flotilla scheduler`
     /// elsewhere instead.
@@ -149,6 +186,16 @@ struct FileConfig {
     node_cidr_mask_size: Option<u8>,
     load_balancer_pool: Option<String>,
     node_monitor_grace_period: Option<String>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    trusted_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    client_cert_auth: bool,
+    peer_cert_file: Option<PathBuf>,
+    peer_key_file: Option<PathBuf>,
+    peer_trusted_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    peer_client_cert_auth: bool,
 }
 
 /// What `flotilla master` runs: the store member, the apiserver beside it, a scheduler
@@ -162,6 +209,61 @@ pub struct MasterConfig {
     pub scheduler: Option<flotilla_scheduler::SchedulerConfig>,
     /// The controller-manager candidate (None: switched off).
     pub controller_manager: Option<flotilla_controllers::ManagerConfig>,
+    /// How the candidates reach this master's client port: in TLS, with the master's own
+    /// certificate, when it serves TLS.
+    pub candidates_tls: Option<Arc<flotilla_tls::ClientTls>>,
+}
+
+/// The TLS files given for one listener.
+struct TlsFlags {
+    /// `--cert-file` or `--peer-cert-file`, for messages.
+    prefix: &'static str,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+}
+
+impl TlsFlags {
+    /// The server side, or None when no file is given; half a set is refused by name.
+    fn server(&self, auth: flotilla_tls::ClientAuth) -> anyhow::Result<Option<Arc<flotilla_tls::ServerTls>>> {
+        let p = self.prefix;
+        let (cert, key) = match (&self.cert, &self.key) {
+            (None, None) => {
+                if self.ca.is_some() {
+                    bail!(
+                        "--{p}trusted-ca-file needs --{p}cert-file and --{p}key-file (the listener's own certificate)"
+                    );
+                }
+                if auth == flotilla_tls::ClientAuth::Required && p.is_empty() {
+                    bail!("--client-cert-auth needs --cert-file, --key-file and --trusted-ca-file");
+                }
+                return Ok(None);
+            }
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
+            (Some(_), None) => bail!("--{p}cert-file needs --{p}key-file"),
+            (None, Some(_)) => bail!("--{p}key-file needs --{p}cert-file"),
+        };
+        let auth = match (auth, &self.ca) {
+            (flotilla_tls::ClientAuth::Required, None) => bail!(
+                "{} needs --{p}trusted-ca-file (the CA that client certificates chain to)",
+                if p.is_empty() { "--client-cert-auth" } else { "peer TLS" }
+            ),
+            (flotilla_tls::ClientAuth::Required, Some(_)) => flotilla_tls::ClientAuth::Required,
+            (_, Some(_)) => flotilla_tls::ClientAuth::Optional,
+            (_, None) => flotilla_tls::ClientAuth::Off,
+        };
+        let files =
+            flotilla_tls::ServerFiles { cert, key, ca: self.ca.clone(), auth, protocol: flotilla_tls::Protocol::Grpc };
+        Ok(Some(flotilla_tls::ServerTls::new(files)?))
+    }
+
+    /// The client side with the same files: trusting the CA, presenting the certificate.
+    fn client(&self, why: &str) -> anyhow::Result<Arc<flotilla_tls::ClientTls>> {
+        let p = self.prefix;
+        let ca = self.ca.clone().with_context(|| format!("--{p}cert-file needs --{p}trusted-ca-file ({why})"))?;
+        let identity = self.cert.clone().zip(self.key.clone());
+        Ok(flotilla_tls::ClientTls::new(flotilla_tls::ClientFiles { ca, identity })?)
+    }
 }
 
 fn url(flag: &str, v: &str) -> anyhow::Result<Url> {
@@ -241,6 +343,67 @@ pub fn config(args: MasterArgs) -> anyhow::Result<MasterConfig> {
     if !compaction_retention.is_zero() && compaction_retention < Duration::from_secs(1) {
         bail!("--compaction-retention must be at least 1s (or 0 to keep everything)");
     }
+    let client_flags = TlsFlags {
+        prefix: "",
+        cert: args.cert_file.or(file.cert_file),
+        key: args.key_file.or(file.key_file),
+        ca: args.trusted_ca_file.or(file.trusted_ca_file),
+    };
+    let client_auth = if args.client_cert_auth || file.client_cert_auth {
+        flotilla_tls::ClientAuth::Required
+    } else {
+        flotilla_tls::ClientAuth::Optional
+    };
+    let client_tls = client_flags.server(client_auth)?;
+    let candidates_tls = match &client_tls {
+        Some(_) => {
+            Some(client_flags.client("this master's scheduler and controller manager verify its certificate with it")?)
+        }
+        None => None,
+    };
+    let peer_flags = TlsFlags {
+        prefix: "peer-",
+        cert: args.peer_cert_file.or(file.peer_cert_file),
+        key: args.peer_key_file.or(file.peer_key_file),
+        ca: args.peer_trusted_ca_file.or(file.peer_trusted_ca_file),
+    };
+    let _ = args.peer_client_cert_auth || file.peer_client_cert_auth; // always on with peer TLS
+    let peer_tls = match peer_flags.server(flotilla_tls::ClientAuth::Required)? {
+        Some(server) => {
+            Some(flotilla_store::config::PeerTls { server, client: peer_flags.client("peers are verified both ways")? })
+        }
+        None => None,
+    };
+    for (flag, u, tls) in [
+        ("listen-client", &listen_client, client_tls.is_some()),
+        ("advertise-client", &advertise_client, client_tls.is_some()),
+        ("listen-peer", &listen_peer, peer_tls.is_some()),
+        ("advertise-peer", &advertise_peer, peer_tls.is_some()),
+    ] {
+        match (u.is_tls(), tls) {
+            (true, false) => bail!(
+                "--{flag} {u} is https: give the certificates ({})",
+                if flag.ends_with("peer") {
+                    "--peer-cert-file, --peer-key-file, --peer-trusted-ca-file"
+                } else {
+                    "--cert-file, --key-file, --trusted-ca-file"
+                }
+            ),
+            (false, true) => bail!("--{flag} {u} is plaintext http but certificates were given for it: use https"),
+            _ => {}
+        }
+    }
+    if let Some(m) = initial_cluster.iter().find(|m| m.peer_url.is_tls() != peer_tls.is_some()) {
+        bail!(
+            "--initial-cluster gives {} the peer URL {}, but this member's peers talk {}",
+            m.name,
+            m.peer_url,
+            if peer_tls.is_some() { "TLS (https)" } else { "plaintext (http)" }
+        );
+    }
+    if listen_metrics.as_ref().is_some_and(Url::is_tls) && client_tls.is_none() {
+        bail!("an https --listen-metrics serves the client port's certificate: give --cert-file and --key-file");
+    }
     let node = NodeConfig {
         name,
         data_dir,
@@ -260,6 +423,8 @@ pub fn config(args: MasterArgs) -> anyhow::Result<MasterConfig> {
         snapshot_count,
         request_timeout: Duration::from_millis(args.request_timeout.or(file.request_timeout).unwrap_or(5000)),
         compaction_retention,
+        client_tls,
+        peer_tls,
     };
     let scheduler = if args.disable_scheduler || file.disable_scheduler {
         None
@@ -279,7 +444,7 @@ pub fn config(args: MasterArgs) -> anyhow::Result<MasterConfig> {
         flags.node_monitor_grace_period = flags.node_monitor_grace_period.or(file.node_monitor_grace_period);
         Some(flags.config(&format!("{}/{}", node.name, flotilla_client::elector::unique_identity()))?)
     };
-    Ok(MasterConfig { node, api, scheduler, controller_manager })
+    Ok(MasterConfig { node, api, scheduler, controller_manager, candidates_tls })
 }
 
 /// An elected component a master runs beside its store: a scheduler or a controller
@@ -359,6 +524,7 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
         let api = cfg.api;
         let candidates = candidates(cfg.scheduler, cfg.controller_manager);
         let own = cfg.node.advertise_client.to_string();
+        let tls = cfg.candidates_tls;
         flotilla_store::server::run(
             cfg.node,
             move |node, routes| {
@@ -366,11 +532,12 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
                     node.metrics.add_renderer(c.render);
                     let mut stopped = candidates_stopped.clone();
                     let own = own.clone();
+                    let opts = flotilla_client::Options { tls: tls.clone(), ..Default::default() };
                     let handle = tokio::spawn(async move {
                         let stop = Box::pin(async move {
                             let _ = stopped.wait_for(|s| *s).await;
                         });
-                        let client = match flotilla_client::Client::new(&[own]) {
+                        let client = match flotilla_client::Client::with_options(&[own], opts) {
                             Ok(c) => c,
                             Err(e) => return tracing::error!(error = %e, "cannot start the {} candidate", c.what),
                         };

@@ -35,6 +35,8 @@ pub struct WorkerArgs {
     /// itself.
     #[arg(long, value_name = "ENDPOINTS", value_delimiter = ',', required = true, env = "FLOTILLA_ENDPOINTS")]
     masters: Vec<String>,
+    #[command(flatten)]
+    tls: flotilla_ctl::TlsArgs,
     /// The node's address (its InternalIP; with the process runtime also its pods').
     #[arg(long, value_name = "IP")]
     node_ip: std::net::IpAddr,
@@ -268,7 +270,7 @@ async fn serve<R: flotilla_kubelet::Runtime>(
     proxy: Option<flotilla_proxy::ProxyConfig>,
     runtime: R,
 ) -> anyhow::Result<()> {
-    let client = flotilla_client::Client::new(&args.masters).context("--masters")?;
+    let client = args.tls.client(&args.masters).context("--masters")?;
     let metrics = std::sync::Arc::new(flotilla_kubelet::metrics::KubeletMetrics::new());
     let proxy_metrics = std::sync::Arc::new(flotilla_proxy::metrics::ProxyMetrics::new());
     if let Some(addr) = &args.listen_metrics {

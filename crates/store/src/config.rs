@@ -1,6 +1,7 @@
 //! A master's configuration, as the binary hands it to [`crate::node::Node::start`].
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_core::cluster::{InitialMember, Url};
@@ -47,4 +48,19 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// History older than this is compacted away automatically (zero: never).
     pub compaction_retention: Duration,
+    /// TLS of the client listener (and of the metrics listener when its URL is https);
+    /// None: plaintext, which `listen_client` must then say.
+    pub client_tls: Option<Arc<flotilla_tls::ServerTls>>,
+    /// TLS between peers, both ways; None: plaintext.
+    pub peer_tls: Option<PeerTls>,
+}
+
+/// Mutual TLS between peers: the peer listener requires a certificate from the peers' CA,
+/// and this member presents its own when it dials one.
+#[derive(Debug, Clone)]
+pub struct PeerTls {
+    /// The peer listener's side.
+    pub server: Arc<flotilla_tls::ServerTls>,
+    /// The dialling side.
+    pub client: Arc<flotilla_tls::ClientTls>,
 }

@@ -10,6 +10,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
+use tokio_stream::Stream;
 
 use crate::node::Node;
 
@@ -36,13 +37,69 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
 }
 
 /// Serves the endpoints on `listener` until `shutdown` completes.
-pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()> + Send + 'static) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<flotilla_tls::ServerTls>>,
+    node: Arc<Node>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(node);
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+    let served = match tls {
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+        Some(tls) => axum::serve(TlsListener::new(listener, tls), app).with_graceful_shutdown(shutdown).await,
+    };
+    if let Err(e) = served {
         tracing::error!(error = %e, "metrics endpoint failed");
+    }
+}
+
+/// The metrics listener in TLS (an `https` metrics URL), for axum.
+struct TlsListener {
+    addr: std::io::Result<std::net::SocketAddr>,
+    conns: std::pin::Pin<Box<dyn Stream<Item = std::io::Result<TlsStream>> + Send>>,
+}
+
+type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+impl TlsListener {
+    fn new(l: TcpListener, tls: Arc<flotilla_tls::ServerTls>) -> TlsListener {
+        let addr = l.local_addr();
+        let tcp = tokio_stream::wrappers::TcpListenerStream::new(l);
+        TlsListener { addr, conns: Box::pin(flotilla_tls::incoming(tcp, tls)) }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (TlsStream, std::net::SocketAddr) {
+        use tokio_stream::StreamExt;
+        loop {
+            match self.conns.next().await {
+                Some(Ok(s)) => {
+                    let addr = s.get_ref().0.peer_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+                    return (s, addr);
+                }
+                Some(Err(e)) => {
+                    // As axum does for plain TCP: a failed accept (out of file descriptors)
+                    // is retried after a pause rather than ending the listener.
+                    tracing::warn!(error = %e, "metrics endpoint: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        match &self.addr {
+            Ok(a) => Ok(*a),
+            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+        }
     }
 }

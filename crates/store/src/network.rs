@@ -22,6 +22,7 @@ use openraft::SnapshotSegmentId;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::codec;
+use crate::error::StoreError;
 use crate::types::{Member, NodeId, TypeConfig};
 
 /// HTTP/2 flow-control window per stream, for peer and client connections.
@@ -42,9 +43,13 @@ pub const MAX_PEER_MESSAGE: usize = 64 << 20;
 pub const MAX_APPEND_BYTES: usize = 2 << 20;
 
 /// Builds a lazily connecting channel with the timeouts a failover needs: a dead peer is
-/// noticed within seconds by HTTP/2 keepalive, not after a TCP timeout.
-pub fn channel(url: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_string())?
+/// noticed within seconds by HTTP/2 keepalive, not after a TCP timeout. An `https` URL is
+/// dialled with `tls` (this member's peer certificate, the peers' CA); without `tls` it is
+/// refused, as an `http` URL is when `tls` is given: peers never fall back to plaintext.
+pub fn channel(url: &str, tls: Option<&Arc<flotilla_tls::ClientTls>>) -> Result<Channel, StoreError> {
+    let bad = |why: &str| StoreError::InvalidArgument(format!("peer URL {url}: {why}"));
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| bad(&e.to_string()))?
         .connect_timeout(Duration::from_millis(500))
         .http2_keep_alive_interval(Duration::from_secs(1))
         .keep_alive_timeout(Duration::from_secs(2))
@@ -53,13 +58,21 @@ pub fn channel(url: &str) -> Result<Channel, tonic::transport::Error> {
         // Large HTTP/2 windows: a 1.5 MiB entry should cross in one go, not in 64 KiB
         // steps each waiting for a window update.
         .initial_stream_window_size(H2_STREAM_WINDOW)
-        .initial_connection_window_size(H2_CONNECTION_WINDOW)
-        .connect_lazy())
+        .initial_connection_window_size(H2_CONNECTION_WINDOW);
+    match (url.starts_with("https://"), tls) {
+        (true, Some(tls)) => Ok(endpoint.connect_with_connector_lazy(flotilla_tls::Connector::new(tls.clone()))),
+        (false, None) => Ok(endpoint.connect_lazy()),
+        (true, None) => Err(bad("https needs this member's peer certificate (--peer-cert-file and friends)")),
+        (false, Some(_)) => Err(bad("peers talk TLS here; the URL must be https")),
+    }
 }
 
 /// A client to one peer's `RaftPeer` service.
-pub fn peer_client(url: &str) -> Result<RaftPeerClient<Channel>, tonic::transport::Error> {
-    Ok(RaftPeerClient::new(channel(url)?)
+pub fn peer_client(
+    url: &str,
+    tls: Option<&Arc<flotilla_tls::ClientTls>>,
+) -> Result<RaftPeerClient<Channel>, StoreError> {
+    Ok(RaftPeerClient::new(channel(url, tls)?)
         .max_decoding_message_size(MAX_PEER_MESSAGE)
         .max_encoding_message_size(MAX_PEER_MESSAGE))
 }
@@ -76,9 +89,15 @@ pub fn never_sent(status: &tonic::Status) -> bool {
 #[derive(Default)]
 pub struct PeerPool {
     clients: Mutex<HashMap<String, RaftPeerClient<Channel>>>,
+    tls: Option<Arc<flotilla_tls::ClientTls>>,
 }
 
 impl PeerPool {
+    /// A pool dialling peers with `tls` (None: plaintext).
+    pub fn new(tls: Option<Arc<flotilla_tls::ClientTls>>) -> PeerPool {
+        PeerPool { clients: Mutex::default(), tls }
+    }
+
     /// The client for `member`'s first peer URL.
     pub fn get(&self, member: &Member) -> Option<RaftPeerClient<Channel>> {
         let url = member.peer_urls.first()?;
@@ -86,7 +105,13 @@ impl PeerPool {
         if let Some(c) = m.get(url) {
             return Some(c.clone());
         }
-        let c = peer_client(url).ok()?;
+        let c = match peer_client(url, self.tls.as_ref()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach a peer");
+                return None;
+            }
+        };
         m.insert(url.clone(), c.clone());
         Some(c)
     }
@@ -101,6 +126,8 @@ pub struct Network {
     pub cluster: Arc<AtomicU64>,
     /// Told when a peer refuses this member's campaign for holding a longer log.
     pub election: Arc<crate::election::Timer>,
+    /// This member's side of peer TLS (None: plaintext).
+    pub tls: Option<Arc<flotilla_tls::ClientTls>>,
 }
 
 /// A connection to one peer, as openraft uses it.
@@ -121,7 +148,13 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             cluster: self.cluster.clone(),
             election: self.election.clone(),
             target,
-            client: peer_client(&url).ok(),
+            client: match peer_client(&url, self.tls.as_ref()) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reach a peer");
+                    None
+                }
+            },
             url,
         }
     }
@@ -253,7 +286,7 @@ mod tests {
     #[tokio::test]
     async fn call_to_closed_port_is_recognised_as_never_sent() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
-        let mut c = peer_client(&format!("http://127.0.0.1:{port}")).expect("client");
+        let mut c = peer_client(&format!("http://127.0.0.1:{port}"), None).expect("client");
         let err = c.read_index(pb::ReadIndexRequest {}).await.expect_err("nobody listens");
         assert!(never_sent(&err), "{err:?}");
     }

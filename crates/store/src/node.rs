@@ -312,7 +312,8 @@ impl Node {
         let shared = sm.shared();
         let cluster = Arc::new(AtomicU64::new(cluster));
         let election = Arc::new(crate::election::Timer::new(cfg.election_timeout, tokio::time::Instant::now()));
-        let network = Network { cluster: cluster.clone(), election: election.clone() };
+        let peer_tls = cfg.peer_tls.as_ref().map(|t| t.client.clone());
+        let network = Network { cluster: cluster.clone(), election: election.clone(), tls: peer_tls.clone() };
         let raft = Raft::new(id, Arc::new(raft_config(&cfg)?), network, log, sm)
             .await
             .map_err(|e| StoreError::Fatal(e.to_string()))?;
@@ -350,7 +351,7 @@ impl Node {
             sm: shared,
             metrics,
             lessor,
-            peers: PeerPool::default(),
+            peers: PeerPool::new(peer_tls),
             config: cfg,
             me,
             reads,

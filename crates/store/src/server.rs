@@ -37,6 +37,38 @@ fn incoming(l: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<
     })
 }
 
+/// Serves `router` on `l`, in TLS with `tls` when given, until `stop` completes.
+fn serve(
+    router: tonic::transport::server::Router,
+    l: TcpListener,
+    tls: Option<Arc<flotilla_tls::ServerTls>>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
+    match tls {
+        None => tokio::spawn(router.serve_with_incoming_shutdown(incoming(l), stop)),
+        Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(flotilla_tls::incoming(incoming(l), tls), stop)),
+    }
+}
+
+/// The TLS a listener at `url` serves with: `https` URLs need it, `http` ones refuse it
+/// (so that a URL always says what its port speaks).
+fn tls_for(
+    url: &Url,
+    what: &str,
+    tls: Option<&Arc<flotilla_tls::ServerTls>>,
+) -> Result<Option<Arc<flotilla_tls::ServerTls>>, StoreError> {
+    match (url.is_tls(), tls) {
+        (true, Some(t)) => Ok(Some(t.clone())),
+        (false, None) => Ok(None),
+        (true, None) => {
+            Err(StoreError::InvalidArgument(format!("{what} URL {url} is https but no certificate was given")))
+        }
+        (false, Some(_)) => Err(StoreError::InvalidArgument(format!(
+            "{what} URL {url} is plaintext http but certificates were given; use https (or leave the certificates out)"
+        ))),
+    }
+}
+
 async fn bind(url: &Url, what: &str) -> Result<TcpListener, StoreError> {
     TcpListener::bind(url.authority())
         .await
@@ -51,6 +83,20 @@ pub async fn run(
     more: impl FnOnce(Arc<Node>, Routes) -> Routes,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StoreError> {
+    let client_tls = tls_for(&cfg.listen_client, "client", cfg.client_tls.as_ref())?;
+    let peer_tls = tls_for(&cfg.listen_peer, "peer", cfg.peer_tls.as_ref().map(|p| &p.server))?;
+    let metrics_tls = match &cfg.listen_metrics {
+        // The client port's certificates, offering HTTP/1.1 rather than gRPC's HTTP/2.
+        Some(u) if u.is_tls() => {
+            let client = cfg.client_tls.as_ref().ok_or_else(|| {
+                StoreError::InvalidArgument(format!("metrics URL {u} is https but no certificate was given"))
+            })?;
+            let files =
+                flotilla_tls::ServerFiles { protocol: flotilla_tls::Protocol::Http1, ..client.source().clone() };
+            Some(flotilla_tls::ServerTls::new(files).map_err(|e| StoreError::InvalidArgument(e.to_string()))?)
+        }
+        _ => None,
+    };
     // Bind first, so a taken port fails fast with a clear message.
     let client_l = bind(&cfg.listen_client, "clients").await?;
     let peer_l = bind(&cfg.listen_peer, "peers").await?;
@@ -79,8 +125,8 @@ pub async fn run(
             RaftPeerServer::new(PeerService::new(node.clone()))
                 .max_decoding_message_size(MAX_PEER_MESSAGE)
                 .max_encoding_message_size(MAX_PEER_MESSAGE),
-        )
-        .serve_with_incoming_shutdown(incoming(peer_l), stopped(stop_rx.clone()));
+        );
+    let peer_srv = serve(peer_srv, peer_l, peer_tls, stopped(stop_rx.clone()));
     let max = MAX_REQUEST_BYTES + GRPC_OVERHEAD;
     let routes = Routes::new(KvServer::new(etcd::kv::KvService::new(node.clone())).max_decoding_message_size(max))
         .add_service(WatchServer::new(etcd::watch::WatchService::new(node.clone())).max_decoding_message_size(max))
@@ -99,11 +145,11 @@ pub async fn run(
         // Dead clients (and their watches) are noticed within seconds, not at TCP timeout.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming(client_l), stopped(stop_rx.clone()));
-    let peer_task = tokio::spawn(peer_srv);
-    let client_task = tokio::spawn(client_srv);
-    let http_task = http_l.map(|l| tokio::spawn(crate::http::serve(l, node.clone(), stopped(stop_rx.clone()))));
+        .add_routes(routes);
+    let client_task = serve(client_srv, client_l, client_tls, stopped(stop_rx.clone()));
+    let peer_task = peer_srv;
+    let http_task =
+        http_l.map(|l| tokio::spawn(crate::http::serve(l, metrics_tls, node.clone(), stopped(stop_rx.clone()))));
 
     // Fail-stop: a member whose raft core stopped (a storage error), or whose store found
     // damaged data (a checksum mismatch in a table file), exits with the reason instead

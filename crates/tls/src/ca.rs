@@ -271,6 +271,13 @@ impl Ca {
 
     /// Issues a certificate of `kind`, valid for `days`.
     pub fn issue(&self, kind: &Kind, days: u32) -> Result<Issued, TlsError> {
+        let (from, until) = validity(days);
+        self.issue_valid(kind, from, until)
+    }
+
+    /// Issues a certificate of `kind` valid from `from` until `until` (tests use it for
+    /// expired certificates).
+    pub fn issue_valid(&self, kind: &Kind, from: OffsetDateTime, until: OffsetDateTime) -> Result<Issued, TlsError> {
         kind.validate()?;
         let (cn, groups) = kind.subject();
         let key = KeyPair::generate()?;
@@ -288,7 +295,7 @@ impl Ca {
             vec![ExtendedKeyUsagePurpose::ClientAuth]
         };
         p.use_authority_key_identifier_extension = true;
-        (p.not_before, p.not_after) = validity(days);
+        (p.not_before, p.not_after) = (from, until);
         p.serial_number = Some(serial());
         let cert = p.signed_by(&key, &self.issuer)?;
         Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })

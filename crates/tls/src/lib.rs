@@ -4,12 +4,17 @@
 //!
 //! Identities follow Kubernetes: the subject's CN is the user, its O entries the groups.
 //! Keys are ECDSA P-256; private keys are written readable by their owner only (0600).
-//! Nothing here listens or connects: the listeners and clients build their rustls
-//! configurations from the files written here.
+//! `reload` builds rustls configurations from such files and rebuilds them when the files
+//! change; `net` puts them on sockets, for tonic servers and channels.
 
 pub mod ca;
+pub mod net;
+pub mod reload;
 
 pub use ca::{Ca, Issued, Kind};
+pub use net::{incoming, Connector};
+pub use reload::{ClientAuth, ClientFiles, ClientTls, Protocol, Reloading, ServerFiles, ServerTls};
+pub use time::{self, OffsetDateTime};
 
 /// What can go wrong with certificates.
 #[derive(Debug, thiserror::Error)]

@@ -52,18 +52,65 @@ pub struct Member {
     pub env: Vec<(String, String)>,
     /// The address it listens on for clients and peers (loopback unless a test gives one).
     pub host: String,
+    /// The cluster's certificates directory when the member serves TLS (clients and peers).
+    pub pki: Option<PathBuf>,
 }
 
 impl Member {
     pub fn endpoint(&self) -> String {
         format!("{}:{}", self.host, self.client)
     }
+    fn scheme(&self) -> &'static str {
+        if self.pki.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
     pub fn url(&self) -> String {
-        format!("http://{}:{}", self.host, self.client)
+        format!("{}://{}:{}", self.scheme(), self.host, self.client)
     }
     pub fn peer_url(&self) -> String {
-        format!("http://{}:{}", self.host, self.peer)
+        format!("{}://{}:{}", self.scheme(), self.host, self.peer)
     }
+    /// The TLS flags of its `flotilla master` command line (none without TLS).
+    fn tls_flags(&self) -> Vec<String> {
+        let Some(pki) = &self.pki else { return vec![] };
+        let f = |name: &str| pki.join(name).display().to_string();
+        let (crt, key) = (f(&format!("master-{}.crt", self.name)), f(&format!("master-{}.key", self.name)));
+        [
+            ["--cert-file", &crt],
+            ["--key-file", &key],
+            ["--trusted-ca-file", &f("ca.crt")],
+            ["--peer-cert-file", &crt],
+            ["--peer-key-file", &key],
+            ["--peer-trusted-ca-file", &f("ca.crt")],
+        ]
+        .iter()
+        .flatten()
+        .map(|s| s.to_string())
+        .chain(["--client-cert-auth".to_string()])
+        .collect()
+    }
+}
+
+/// Runs `flotilla certs ARGS` (the real command), asserting success.
+pub fn certs(args: &[&str]) {
+    let out = Command::new(bin()).arg("certs").args(args).output().expect("run flotilla certs");
+    assert!(out.status.success(), "flotilla certs {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The client flags (etcdctl's and flotctl's names) of the admin certificate in `pki`.
+pub fn admin_flags(pki: &Path) -> Vec<String> {
+    let f = |name: &str| pki.join(name).display().to_string();
+    vec!["--cacert".into(), f("ca.crt"), "--cert".into(), f("user-admin.crt"), "--key".into(), f("user-admin.key")]
+}
+
+/// A client TLS configuration from `pki`'s CA and the certificate `name` (`user-admin`,
+/// `master-n1`, ...; None: no client certificate).
+pub fn client_tls(pki: &Path, name: Option<&str>) -> std::sync::Arc<flotilla_tls::ClientTls> {
+    let identity = name.map(|n| (pki.join(format!("{n}.crt")), pki.join(format!("{n}.key"))));
+    flotilla_tls::ClientTls::new(flotilla_tls::ClientFiles { ca: pki.join("ca.crt"), identity }).expect("client TLS")
 }
 
 /// Clusters in one test binary run one at a time: on a two-core machine, two clusters
@@ -97,6 +144,7 @@ impl Cluster {
             extra_args: vec![],
             env: vec![],
             host: self.members.first().map_or_else(|| "127.0.0.1".into(), |m| m.host.clone()),
+            pki: self.pki().map(Path::to_path_buf),
         }
     }
 
@@ -125,8 +173,29 @@ impl Cluster {
     /// Like [`Cluster::start_with_env`], the members listening on `host` (an address of
     /// this machine, e.g. of a link to network namespaces a test made).
     pub fn start_at(host: &str, n: usize, extra: &[&str], env: &[(&str, &str)]) -> Cluster {
+        Cluster::start_full(host, n, extra, env, false)
+    }
+
+    /// Like [`Cluster::start_with_scheduler`], every member serving TLS to clients (a
+    /// client certificate required) and to peers, with certificates of a CA made for the
+    /// cluster by `flotilla certs` in `<dir>/pki` (`master-nI` for the members,
+    /// `user-admin` in system:masters for tests' clients).
+    pub fn start_tls(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_full("127.0.0.1", n, extra, &[], true)
+    }
+
+    fn start_full(host: &str, n: usize, extra: &[&str], env: &[(&str, &str)], tls: bool) -> Cluster {
         let turn = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().expect("tempdir");
+        let pki = tls.then(|| dir.path().join("pki"));
+        if let Some(pki) = &pki {
+            let d = pki.display().to_string();
+            certs(&["init", "--dir", &d]);
+            for i in 1..=n {
+                certs(&["issue", "--dir", &d, "master", &format!("n{i}"), "--address", host, "--address", "localhost"]);
+            }
+            certs(&["issue", "--dir", &d, "admin", "admin"]);
+        }
         let mut members = Vec::new();
         for i in 1..=n {
             members.push(Member {
@@ -140,6 +209,7 @@ impl Cluster {
                 extra_args: extra.iter().map(|s| s.to_string()).collect(),
                 env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
                 host: host.into(),
+                pki: pki.clone(),
             });
         }
         let initial_cluster =
@@ -162,6 +232,7 @@ impl Cluster {
             .args(["--listen-client", &m.url(), "--listen-peer", &m.peer_url()])
             .args(["--listen-metrics", &format!("http://127.0.0.1:{}", m.metrics)])
             .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-state", state])
+            .args(m.tls_flags())
             .args(&m.extra_args)
             .envs(m.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("FLOTILLA_LOG", std::env::var("FLOTILLA_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
@@ -186,10 +257,20 @@ impl Cluster {
         self.spawn(i, "new");
     }
 
-    /// A resource-API client over every member (made inside `rt`, which drives it).
+    /// The certificates directory of a TLS cluster.
+    pub fn pki(&self) -> Option<&Path> {
+        self.members.first().and_then(|m| m.pki.as_deref())
+    }
+
+    /// A resource-API client over every member (made inside `rt`, which drives it); an
+    /// admin in a TLS cluster.
     pub fn client(&self, rt: &tokio::runtime::Runtime) -> flotilla_client::Client {
         let endpoints: Vec<String> = self.members.iter().map(|m| m.endpoint()).collect();
-        rt.block_on(async { flotilla_client::Client::new(&endpoints) }).expect("client")
+        let opts = flotilla_client::Options {
+            tls: self.pki().map(|p| client_tls(p, Some("user-admin"))),
+            ..Default::default()
+        };
+        rt.block_on(async { flotilla_client::Client::with_options(&endpoints, opts) }).expect("client")
     }
 
     pub fn endpoints(&self) -> String {
@@ -244,9 +325,11 @@ impl Cluster {
         s
     }
 
-    /// Runs the stock etcdctl against `endpoints`.
+    /// Runs the stock etcdctl against `endpoints` (as the admin in a TLS cluster).
     pub fn etcdctl(&self, endpoints: &str, args: &[&str]) -> Output {
-        etcdctl(endpoints, args)
+        let mut all: Vec<String> = self.pki().map(admin_flags).unwrap_or_default();
+        all.extend(args.iter().map(|s| s.to_string()));
+        etcdctl(endpoints, &all.iter().map(String::as_str).collect::<Vec<_>>())
     }
 }
 
@@ -284,13 +367,12 @@ pub fn etcdctl_ok(endpoints: &str, args: &[&str]) -> String {
 /// One blocking Status call (tests are synchronous; each call gets its own runtime).
 pub fn status(m: &Member) -> Option<ep::StatusResponse> {
     rt().block_on(async {
-        let ch = Channel::from_shared(m.url())
+        let endpoint = Channel::from_shared(m.url())
             .ok()?
             .connect_timeout(Duration::from_millis(300))
-            .timeout(Duration::from_secs(1))
-            .connect()
-            .await
-            .ok()?;
+            .timeout(Duration::from_secs(1));
+        let tls = m.pki.as_deref().map(|p| client_tls(p, Some("user-admin")));
+        let ch = flotilla_client::pool::channel(endpoint, tls.as_ref());
         MaintenanceClient::new(ch).status(ep::StatusRequest {}).await.ok().map(|r| r.into_inner())
     })
 }
