@@ -47,11 +47,18 @@ pub struct ApiConfig {
     pub service_cidr: (Ipv4Addr, u8),
     /// How long Events live (zero: forever).
     pub event_ttl: Duration,
+    /// How kubelets are dialled (for pod logs): in TLS with this (the cluster CA, the
+    /// master's certificate) when given, else plaintext.
+    pub kubelet_tls: Option<std::sync::Arc<flotilla_tls::ClientTls>>,
 }
 
 impl Default for ApiConfig {
     fn default() -> ApiConfig {
-        ApiConfig { service_cidr: (Ipv4Addr::new(10, 96, 0, 0), 12), event_ttl: Duration::from_secs(3600) }
+        ApiConfig {
+            service_cidr: (Ipv4Addr::new(10, 96, 0, 0), 12),
+            event_ttl: Duration::from_secs(3600),
+            kubelet_tls: None,
+        }
     }
 }
 
@@ -260,6 +267,11 @@ pub struct Deleted {
 
 impl Registry {
     /// A registry over `store`.
+    /// The apiserver's settings.
+    pub fn config(&self) -> &ApiConfig {
+        &self.cfg
+    }
+
     pub fn new(store: Arc<dyn Storage>, cfg: ApiConfig) -> Registry {
         Registry { store, cfg, event_lease: tokio::sync::Mutex::new(None) }
     }

@@ -79,7 +79,9 @@ async fn kubelet_of(reg: &Registry, r: &pb::PodLogsRequest) -> Result<(String, p
         tail_lines: r.tail_lines,
         previous: r.previous,
     };
-    Ok((format!("http://{ip}:{port}"), req))
+    let scheme = if reg.config().kubelet_tls.is_some() { "https" } else { "http" };
+    let host = if ip.contains(':') { format!("[{ip}]") } else { ip };
+    Ok((format!("{scheme}://{host}:{port}"), req))
 }
 
 #[tonic::async_trait]
@@ -155,7 +157,13 @@ impl Api for ApiService {
         let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
             .map_err(|e| unreachable(e.to_string()))?
             .connect_timeout(KUBELET_CONNECT_TIMEOUT);
-        let channel = endpoint.connect().await.map_err(|e| unreachable(e.to_string()))?;
+        let channel = match &self.reg.config().kubelet_tls {
+            None => endpoint.connect().await.map_err(|e| unreachable(e.to_string()))?,
+            Some(tls) => endpoint
+                .connect_with_connector(flotilla_tls::Connector::new(tls.clone()))
+                .await
+                .map_err(|e| unreachable(e.to_string()))?,
+        };
         let mut kubelet = pb::kubelet_client::KubeletClient::new(channel);
         let stream = kubelet.container_logs(kreq).await?.into_inner();
         Ok(Response::new(Box::pin(stream)))

@@ -444,6 +444,7 @@ pub fn config(args: MasterArgs) -> anyhow::Result<MasterConfig> {
         flags.node_monitor_grace_period = flags.node_monitor_grace_period.or(file.node_monitor_grace_period);
         Some(flags.config(&format!("{}/{}", node.name, flotilla_client::elector::unique_identity()))?)
     };
+    api.kubelet_tls = candidates_tls.clone();
     Ok(MasterConfig { node, api, scheduler, controller_manager, candidates_tls })
 }
 

@@ -87,6 +87,18 @@ pub struct WorkerArgs {
     /// there).
     #[arg(long, default_value_t = 10250)]
     kubelet_port: u16,
+    /// Certificate (PEM) the kubelet's endpoint serves (the node's, from `flotilla certs
+    /// issue node`); with --tls-private-key-file and --client-ca-file the endpoint speaks
+    /// TLS and answers only masters' certificates. Needed when the masters serve TLS (they
+    /// then dial kubelets in TLS). Reloaded when the file changes.
+    #[arg(long, value_name = "FILE")]
+    tls_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert-file.
+    #[arg(long, value_name = "FILE")]
+    tls_private_key_file: Option<PathBuf>,
+    /// CA (PEM) that the masters' client certificates chain to, for the kubelet's endpoint.
+    #[arg(long, value_name = "FILE")]
+    client_ca_file: Option<PathBuf>,
     /// containerd's socket (--runtime containerd).
     #[arg(long, value_name = "PATH", default_value = "/run/containerd/containerd.sock")]
     containerd_socket: PathBuf,
@@ -173,6 +185,19 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     cfg.taints = taints(&args.register_with_taints)?;
     cfg.max_pods = args.max_pods;
     cfg.kubelet_port = args.kubelet_port;
+    cfg.kubelet_tls = match (&args.tls_cert_file, &args.tls_private_key_file, &args.client_ca_file) {
+        (None, None, None) => None,
+        (Some(cert), Some(key), Some(ca)) => Some(flotilla_tls::ServerTls::new(flotilla_tls::ServerFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: Some(ca.clone()),
+            auth: flotilla_tls::ClientAuth::Required,
+            protocol: flotilla_tls::Protocol::Grpc,
+        })?),
+        _ => bail!(
+            "--tls-cert-file, --tls-private-key-file and --client-ca-file go together (the kubelet's endpoint in TLS)"
+        ),
+    };
     cfg.lease_interval = humantime::parse_duration(&args.lease_interval)
         .with_context(|| format!("--lease-interval {:?} is not a duration like 2s", args.lease_interval))?;
     for kv in args.system_reserved.iter().filter(|s| !s.is_empty()) {

@@ -414,3 +414,100 @@ fn a_tls_cluster_schedules_and_reconciles_through_its_own_tls_port() {
     let out = common::ctl_ok(&eps, &strs(&args));
     assert_eq!(out.lines().filter(|l| l.starts_with("web-")).count(), 3, "{out}");
 }
+
+#[test]
+fn pod_logs_travel_from_a_tls_kubelet_to_a_tls_master_and_the_kubelet_answers_masters_only() {
+    use flotilla_proto::api as pb;
+    let c = Cluster::start_tls(3, &[]);
+    let pki = c.pki().expect("tls").to_path_buf();
+    let pd = pki.display().to_string();
+    certs(&["issue", "--dir", &pd, "node", "w1", "--address", "127.0.0.1"]);
+    certs(&["issue", "--dir", &pd, "node", "w2", "--address", "127.0.0.1"]);
+    let f = |n: &str| pki.join(n).display().to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubelet_port = common::free_port();
+    let log = dir.path().join("w1.log");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    // A worker whose every connection is TLS: to the masters with its node certificate,
+    // and its kubelet endpoint serving the same certificate.
+    let _worker = Kill(
+        Command::new(common::bin())
+            .args(["worker", "--runtime", "process", "--disable-proxy", "--name", "w1", "--node-ip", "127.0.0.1"])
+            .args(["--masters", &c.endpoints(), "--dir"])
+            .arg(dir.path().join("w1"))
+            .args(["--kubelet-port", &kubelet_port.to_string()])
+            .args(["--cacert", &f("ca.crt"), "--cert", &f("node-w1.crt"), "--key", &f("node-w1.key")])
+            .args(["--tls-cert-file", &f("node-w1.crt"), "--tls-private-key-file", &f("node-w1.key")])
+            .args(["--client-ca-file", &f("ca.crt")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start worker"),
+    );
+    let rt = rt();
+    let client = c.client(&rt);
+    let pod = pb::Pod {
+        metadata: Some(pb::ObjectMeta { name: "web".into(), namespace: "default".into(), ..Default::default() }),
+        spec: Some(pb::PodSpec {
+            node_name: "w1".into(),
+            termination_grace_period_seconds: Some(2),
+            containers: vec![pb::Container {
+                name: "main".into(),
+                image: "busybox".into(),
+                command: vec!["sh".into(), "-c".into(), "echo hello; while true; do sleep 0.1; done".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        status: None,
+    };
+    rt.block_on(client.create(pod)).expect("create pod");
+    let eps = c.members.iter().map(|m| m.url()).collect::<Vec<_>>().join(",");
+    let mut args = admin_flags(&pki);
+    args.extend(["logs".into(), "web".into()]);
+    let mut last = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let out = ctl(&eps, &strs(&args));
+        last = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if out.status.success() && last == "hello\n" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        last,
+        "hello\n",
+        "flotctl logs through a TLS master from a TLS kubelet\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    // The kubelet's endpoint itself: another node's certificate from the same CA is
+    // refused by name; no certificate at all is refused at the handshake.
+    let logs_at = |tls: Arc<flotilla_tls::ClientTls>| {
+        rt.block_on(async {
+            let endpoint = tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{kubelet_port}"))
+                .expect("url")
+                .timeout(Duration::from_secs(3));
+            let ch = flotilla_client::pool::channel(endpoint, Some(&tls));
+            let req = pb::ContainerLogsRequest { pod_uid: "x".into(), container: "main".into(), ..Default::default() };
+            pb::kubelet_client::KubeletClient::new(ch).container_logs(req).await.map(|_| ())
+        })
+    };
+    let e = logs_at(client_tls(&pki, Some("node-w2"))).expect_err("another node read logs");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("system:node:w2") && e.message().contains("system:masters"), "{e:?}");
+    assert!(logs_at(client_tls(&pki, None)).is_err(), "a client without a certificate read logs");
+
+    // Gone before the worker stops, so that its container does not outlive the test.
+    rt.block_on(client.delete::<pb::Pod>("default", "web", &Default::default())).expect("delete");
+    rt.block_on(common::until(&c, "web gone", || async {
+        client.get::<pb::Pod>("default", "web").await.err().filter(|e| e.is_not_found()).map(|_| ())
+    }));
+}

@@ -58,6 +58,9 @@ pub struct WorkerConfig {
     pub resync: Duration,
     /// The port of the kubelet's endpoint (logs) on `node_ip`.
     pub kubelet_port: u16,
+    /// TLS of that endpoint (client certificates required; only masters are answered).
+    /// None: plaintext.
+    pub kubelet_tls: Option<Arc<flotilla_tls::ServerTls>>,
     /// Cluster DNS servers written into pods' /etc/resolv.conf (empty: pods keep their
     /// image's).
     pub cluster_dns: Vec<String>,
@@ -86,6 +89,7 @@ impl WorkerConfig {
             lease_interval: Duration::from_secs(2),
             resync: Duration::from_secs(1),
             kubelet_port: 10250,
+            kubelet_tls: None,
             reserved: BTreeMap::new(),
             cluster_dns: Vec::new(),
             cluster_domain: "cluster.local".into(),
@@ -110,6 +114,30 @@ impl WorkerConfig {
     }
 }
 
+/// The kubelet's endpoint in TLS answers masters only (their certificates are in
+/// `system:masters`): a node's or a user's certificate from the cluster CA is refused.
+fn tonic_interceptor<S>(svc: S) -> tonic::service::interceptor::InterceptedService<S, Check> {
+    tonic::service::interceptor::InterceptedService::new(svc, masters_only)
+}
+
+/// A check of every request's caller.
+type Check = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
+
+fn masters_only(req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    match flotilla_tls::peer_identity(&req) {
+        Some(Ok(id)) if id.groups.iter().any(|g| g == MASTERS_GROUP) => Ok(req),
+        Some(Ok(id)) => Err(tonic::Status::permission_denied(format!(
+            "user {:?} may not read container logs from this kubelet (only {MASTERS_GROUP} may)",
+            id.user
+        ))),
+        Some(Err(e)) => Err(tonic::Status::unauthenticated(e.to_string())),
+        None => Err(tonic::Status::unauthenticated("a client certificate is required")),
+    }
+}
+
+/// The group of masters' (and admins') certificates.
+const MASTERS_GROUP: &str = "system:masters";
+
 /// Runs the kubelet until `shutdown` completes: registers the Node, renews its Lease and
 /// syncs its pods. Containers keep running when it stops (a restarted worker adopts them).
 pub async fn run<R: Runtime>(
@@ -130,11 +158,15 @@ pub async fn run<R: Runtime>(
         .await
         .map_err(|e| KubeletError::Io { path: format!("kubelet endpoint {addr}"), source: e })?;
     let logs = pb::kubelet_server::KubeletServer::new(logs::LogService::new(runtime.clone()));
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(logs)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let tcp = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = match cfg.kubelet_tls.clone() {
+        None => tokio::spawn(tonic::transport::Server::builder().add_service(logs).serve_with_incoming(tcp)),
+        Some(tls) => tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(tonic_interceptor(logs))
+                .serve_with_incoming(flotilla_tls::incoming(tcp, tls)),
+        ),
+    };
     tokio::pin!(shutdown);
     // Registration waits for a master to answer; until then nothing can be known.
     let node = loop {

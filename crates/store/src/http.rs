@@ -63,7 +63,7 @@ struct TlsListener {
     conns: std::pin::Pin<Box<dyn Stream<Item = std::io::Result<TlsStream>> + Send>>,
 }
 
-type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+type TlsStream = flotilla_tls::TlsConn;
 
 impl TlsListener {
     fn new(l: TcpListener, tls: Arc<flotilla_tls::ServerTls>) -> TlsListener {
@@ -82,7 +82,7 @@ impl axum::serve::Listener for TlsListener {
         loop {
             match self.conns.next().await {
                 Some(Ok(s)) => {
-                    let addr = s.get_ref().0.peer_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+                    let addr = s.0.get_ref().0.peer_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
                     return (s, addr);
                 }
                 Some(Err(e)) => {

@@ -12,7 +12,7 @@ pub mod net;
 pub mod reload;
 
 pub use ca::{Ca, Issued, Kind};
-pub use net::{incoming, Connector};
+pub use net::{incoming, Connector, PeerInfo, TlsConn};
 pub use reload::{ClientAuth, ClientFiles, ClientTls, Protocol, Reloading, ServerFiles, ServerTls};
 pub use time::{self, OffsetDateTime};
 
@@ -60,4 +60,11 @@ pub fn identity(der: &[u8]) -> Result<Identity, TlsError> {
         .to_string();
     let groups = subject.iter_organization().filter_map(|a| a.as_str().ok()).map(str::to_string).collect();
     Ok(Identity { user, groups })
+}
+
+/// The identity of the client certificate a TLS connection presented (verified by the
+/// handshake), for a request a tonic server took over [`incoming`]; None when the client
+/// presented none, or the connection is not TLS.
+pub fn peer_identity<T>(req: &tonic::Request<T>) -> Option<Result<Identity, TlsError>> {
+    req.extensions().get::<net::PeerInfo>()?.certs.as_ref()?.first().map(|leaf| identity(leaf))
 }

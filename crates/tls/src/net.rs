@@ -32,7 +32,7 @@ const BACKLOG: usize = 128;
 /// logged with the client's address and the connection closed. Accept errors pass through
 /// as they are. The accepting stops (and the listener closes) when the returned stream is
 /// dropped.
-pub fn incoming<S>(tcp: S, tls: Arc<ServerTls>) -> impl Stream<Item = io::Result<server::TlsStream<TcpStream>>>
+pub fn incoming<S>(tcp: S, tls: Arc<ServerTls>) -> impl Stream<Item = io::Result<TlsConn>>
 where
     S: Stream<Item = io::Result<TcpStream>> + Send + 'static,
 {
@@ -60,7 +60,7 @@ where
                 let peer = stream.peer_addr().ok();
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(s)) => {
-                        let _ = tx.send(Ok(s)).await;
+                        let _ = tx.send(Ok(TlsConn(s))).await;
                     }
                     Ok(Err(e)) => tracing::info!(client = ?peer, error = %e, "TLS handshake refused"),
                     Err(_) => tracing::info!(client = ?peer, "TLS handshake not completed in time"),
@@ -69,6 +69,68 @@ where
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// An accepted TLS connection. tonic servers find a [`PeerInfo`] in every request's
+/// extensions (see [`crate::peer_identity`]).
+pub struct TlsConn(pub server::TlsStream<TcpStream>);
+
+/// Who is at the other end of a TLS connection: its address and the certificate chain it
+/// presented (verified by the handshake; leaf first), if it presented one.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// The client's address.
+    pub remote: Option<std::net::SocketAddr>,
+    /// Its certificates.
+    pub certs: Option<Arc<Vec<rustls::pki_types::CertificateDer<'static>>>>,
+}
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        let (tcp, session) = self.0.get_ref();
+        PeerInfo {
+            remote: tcp.peer_addr().ok(),
+            certs: session.peer_certificates().map(|c| Arc::new(c.iter().map(|c| c.clone().into_owned()).collect())),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsConn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
 }
 
 /// What a failed TLS connection attempt reports: the server was never reached at the
