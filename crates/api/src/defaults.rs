@@ -162,7 +162,17 @@ pub fn object(o: &mut O) {
                 e.count = 1;
             }
         }
-        O::Node(_) | O::Lease(_) => {}
+        O::RoleBinding(pb::RoleBinding { subjects, role_ref, .. })
+        | O::ClusterRoleBinding(pb::ClusterRoleBinding { subjects, role_ref, .. }) => {
+            const RBAC: &str = "rbac.authorization.k8s.io";
+            if let Some(r) = role_ref {
+                set_if_empty(&mut r.api_group, RBAC);
+            }
+            for s in subjects {
+                set_if_empty(&mut s.api_group, RBAC);
+            }
+        }
+        O::Node(_) | O::Lease(_) | O::Role(_) | O::ClusterRole(_) => {}
     }
 }
 

@@ -30,11 +30,19 @@ pub enum Kind {
     DaemonSet,
     /// Job.
     Job,
+    /// Role (RBAC).
+    Role,
+    /// ClusterRole (RBAC, cluster-scoped).
+    ClusterRole,
+    /// RoleBinding (RBAC).
+    RoleBinding,
+    /// ClusterRoleBinding (RBAC, cluster-scoped).
+    ClusterRoleBinding,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 15] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -46,6 +54,10 @@ impl Kind {
         Kind::Event,
         Kind::DaemonSet,
         Kind::Job,
+        Kind::Role,
+        Kind::ClusterRole,
+        Kind::RoleBinding,
+        Kind::ClusterRoleBinding,
     ];
 
     /// The name used in manifests and requests (`Pod`).
@@ -62,6 +74,10 @@ impl Kind {
             Kind::Event => "Event",
             Kind::DaemonSet => "DaemonSet",
             Kind::Job => "Job",
+            Kind::Role => "Role",
+            Kind::ClusterRole => "ClusterRole",
+            Kind::RoleBinding => "RoleBinding",
+            Kind::ClusterRoleBinding => "ClusterRoleBinding",
         }
     }
 
@@ -79,6 +95,10 @@ impl Kind {
             Kind::Event => "events",
             Kind::DaemonSet => "daemonsets",
             Kind::Job => "jobs",
+            Kind::Role => "roles",
+            Kind::ClusterRole => "clusterroles",
+            Kind::RoleBinding => "rolebindings",
+            Kind::ClusterRoleBinding => "clusterrolebindings",
         }
     }
 
@@ -88,18 +108,30 @@ impl Kind {
             Kind::ReplicaSet | Kind::Deployment | Kind::DaemonSet => "apps/v1",
             Kind::Job => "batch/v1",
             Kind::Lease => "coordination.k8s.io/v1",
+            Kind::Role | Kind::ClusterRole | Kind::RoleBinding | Kind::ClusterRoleBinding => {
+                "rbac.authorization.k8s.io/v1"
+            }
             _ => "v1",
         }
     }
 
     /// Whether objects of this kind live in a namespace.
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::Namespace | Kind::Node)
+        !matches!(self, Kind::Namespace | Kind::Node | Kind::ClusterRole | Kind::ClusterRoleBinding)
     }
 
     /// Whether the kind has a status (and so a status subresource).
     pub fn has_status(self) -> bool {
-        !matches!(self, Kind::Endpoints | Kind::Lease | Kind::Event)
+        !matches!(
+            self,
+            Kind::Endpoints
+                | Kind::Lease
+                | Kind::Event
+                | Kind::Role
+                | Kind::ClusterRole
+                | Kind::RoleBinding
+                | Kind::ClusterRoleBinding
+        )
     }
 
     /// The kind named exactly `s` (`Pod`), as in requests and manifests.
@@ -147,6 +179,10 @@ impl Kind {
             O::Event(_) => Kind::Event,
             O::DaemonSet(_) => Kind::DaemonSet,
             O::Job(_) => Kind::Job,
+            O::Role(_) => Kind::Role,
+            O::ClusterRole(_) => Kind::ClusterRole,
+            O::RoleBinding(_) => Kind::RoleBinding,
+            O::ClusterRoleBinding(_) => Kind::ClusterRoleBinding,
         }
     }
 
@@ -199,6 +235,10 @@ macro_rules! with_inner {
             __O::Event($x) => $body,
             __O::DaemonSet($x) => $body,
             __O::Job($x) => $body,
+            __O::Role($x) => $body,
+            __O::ClusterRole($x) => $body,
+            __O::RoleBinding($x) => $body,
+            __O::ClusterRoleBinding($x) => $body,
         }
     }};
 }
@@ -236,6 +276,10 @@ pub fn decode(kind: Kind, bytes: &[u8]) -> Result<O, Error> {
         Kind::Event => O::Event(pb::Event::decode(bytes).map_err(bad)?),
         Kind::DaemonSet => O::DaemonSet(pb::DaemonSet::decode(bytes).map_err(bad)?),
         Kind::Job => O::Job(pb::Job::decode(bytes).map_err(bad)?),
+        Kind::Role => O::Role(pb::Role::decode(bytes).map_err(bad)?),
+        Kind::ClusterRole => O::ClusterRole(pb::ClusterRole::decode(bytes).map_err(bad)?),
+        Kind::RoleBinding => O::RoleBinding(pb::RoleBinding::decode(bytes).map_err(bad)?),
+        Kind::ClusterRoleBinding => O::ClusterRoleBinding(pb::ClusterRoleBinding::decode(bytes).map_err(bad)?),
     })
 }
 
@@ -325,6 +369,10 @@ pub fn from_json(kind: Kind, v: serde_json::Value) -> Result<O, Error> {
             v
         })?),
         Kind::Job => O::Job(de(v)?),
+        Kind::Role => O::Role(de(v)?),
+        Kind::ClusterRole => O::ClusterRole(de(v)?),
+        Kind::RoleBinding => O::RoleBinding(de(v)?),
+        Kind::ClusterRoleBinding => O::ClusterRoleBinding(de(v)?),
     })
 }
 
@@ -344,6 +392,10 @@ pub fn spec_bytes(o: &O) -> Vec<u8> {
         O::Event(x) => pb::Event { metadata: None, ..x.clone() }.encode_to_vec(),
         O::DaemonSet(x) => x.spec.as_ref().map(|v| v.encode_to_vec()).unwrap_or_default(),
         O::Job(x) => x.spec.as_ref().map(|v| v.encode_to_vec()).unwrap_or_default(),
+        O::Role(x) => pb::Role { metadata: None, ..x.clone() }.encode_to_vec(),
+        O::ClusterRole(x) => pb::ClusterRole { metadata: None, ..x.clone() }.encode_to_vec(),
+        O::RoleBinding(x) => pb::RoleBinding { metadata: None, ..x.clone() }.encode_to_vec(),
+        O::ClusterRoleBinding(x) => pb::ClusterRoleBinding { metadata: None, ..x.clone() }.encode_to_vec(),
     }
 }
 
@@ -390,6 +442,8 @@ mod tests {
             ("rs", Kind::ReplicaSet),
             ("namespace", Kind::Namespace),
             ("leases", Kind::Lease),
+            ("clusterrolebindings", Kind::ClusterRoleBinding),
+            ("role", Kind::Role),
         ] {
             assert_eq!(Kind::lookup(s), Some(k), "{s}");
         }

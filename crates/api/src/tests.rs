@@ -158,6 +158,20 @@ fn object() -> impl Strategy<Value = O> {
             count,
             ..Default::default()
         })),
+        (meta(), text(), text()).prop_map(|(metadata, verb, resource)| O::ClusterRole(pb::ClusterRole {
+            metadata,
+            rules: vec![pb::PolicyRule {
+                verbs: vec![verb],
+                resources: vec![resource.clone()],
+                resource_names: vec![resource],
+                ..Default::default()
+            }],
+        })),
+        (meta(), text(), text()).prop_map(|(metadata, user, role)| O::RoleBinding(pb::RoleBinding {
+            metadata,
+            subjects: vec![pb::Subject { kind: "User".into(), name: user, ..Default::default() }],
+            role_ref: Some(pb::RoleRef { kind: "Role".into(), name: role, api_group: "rbac.authorization.k8s.io".into() }),
+        })),
     ]
 }
 

@@ -44,6 +44,7 @@ fn labels(field: &str, l: &BTreeMap<String, String>) -> R {
 fn metadata(kind: Kind, m: &pb::ObjectMeta) -> R {
     let name_rule = match kind {
         Kind::Namespace | Kind::Service => names::dns1123_label,
+        Kind::Role | Kind::ClusterRole | Kind::RoleBinding | Kind::ClusterRoleBinding => names::path_segment,
         _ => names::dns1123_subdomain,
     };
     at("metadata.name", name_rule(&m.name))?;
@@ -489,12 +490,63 @@ fn ip(field: &str, v: &str) -> R {
     v.parse::<std::net::IpAddr>().map(|_| ()).map_err(|_| Error::invalid(field, format!("{v:?} is not an IP address")))
 }
 
+/// The verbs an RBAC rule may name.
+pub const VERBS: [&str; 10] =
+    ["get", "list", "watch", "create", "update", "patch", "delete", "bind", "impersonate", "*"];
+
+fn rules(rules: &[pb::PolicyRule]) -> R {
+    for (i, r) in rules.iter().enumerate() {
+        let f = |x: &str| format!("rules[{i}].{x}");
+        if r.verbs.is_empty() {
+            fail(f("verbs"), "must name at least one verb (or \"*\")")?;
+        }
+        for (j, v) in r.verbs.iter().enumerate() {
+            one_of(&format!("rules[{i}].verbs[{j}]"), v, &VERBS)?;
+        }
+        if r.resources.is_empty() {
+            fail(f("resources"), "must name at least one resource (or \"*\")")?;
+        }
+        for (j, res) in r.resources.iter().enumerate() {
+            if res.is_empty() || res.contains(char::is_whitespace) {
+                fail(format!("rules[{i}].resources[{j}]"), "must be a resource like pods or pods/status (or \"*\")")?;
+            }
+        }
+        if r.resource_names.iter().any(String::is_empty) {
+            fail(f("resourceNames"), "must not hold an empty name")?;
+        }
+    }
+    Ok(())
+}
+
+fn binding(cluster: bool, subjects: &[pb::Subject], role_ref: &Option<pb::RoleRef>) -> R {
+    let Some(r) = role_ref else { return fail("roleRef", "is required") };
+    if cluster {
+        one_of("roleRef.kind", &r.kind, &["ClusterRole"])?;
+    } else {
+        one_of("roleRef.kind", &r.kind, &["Role", "ClusterRole"])?;
+    }
+    if r.name.is_empty() {
+        fail("roleRef.name", "is required")?;
+    }
+    for (i, s) in subjects.iter().enumerate() {
+        one_of(&format!("subjects[{i}].kind"), &s.kind, &["User", "Group"])?;
+        if s.name.is_empty() {
+            fail(format!("subjects[{i}].name"), "is required")?;
+        }
+    }
+    Ok(())
+}
+
 /// Checks a whole object (after defaults were applied).
 pub fn object(o: &O) -> R {
     let kind = Kind::of(o);
     metadata(kind, meta(o))?;
     match o {
         O::Namespace(_) => {}
+        O::Role(r) => rules(&r.rules)?,
+        O::ClusterRole(r) => rules(&r.rules)?,
+        O::RoleBinding(b) => binding(false, &b.subjects, &b.role_ref)?,
+        O::ClusterRoleBinding(b) => binding(true, &b.subjects, &b.role_ref)?,
         O::Lease(l) => {
             if let Some(spec) = &l.spec {
                 if spec.lease_transitions < 0 {
@@ -719,6 +771,12 @@ pub fn update(old: &O, new: &O) -> R {
             if let Some(f) = fin(b).iter().find(|f| !fin(a).contains(f)) {
                 fail("spec.finalizers", format!("{f:?} may not be added to a namespace being deleted"))?;
             }
+        }
+        (O::RoleBinding(a), O::RoleBinding(b)) if a.role_ref != b.role_ref => {
+            fail("roleRef", "is immutable (delete the binding and make another)")?;
+        }
+        (O::ClusterRoleBinding(a), O::ClusterRoleBinding(b)) if a.role_ref != b.role_ref => {
+            fail("roleRef", "is immutable (delete the binding and make another)")?;
         }
         (O::Lease(a), O::Lease(b)) => {
             // The term (leaseTransitions) of a lock grows at every change of holder and

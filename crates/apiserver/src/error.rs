@@ -78,6 +78,13 @@ pub enum ApiError {
     /// A node's kubelet could not be reached (pod logs).
     #[error("{0}")]
     KubeletUnreachable(String),
+    /// The caller may not do this (RBAC, the node authorizer, a component without its
+    /// fence); the message names the user, the verb and the resource. Nothing was written.
+    #[error("{0}")]
+    Forbidden(String),
+    /// RBAC's cache has not loaded yet (a master just started): try again.
+    #[error("{0}")]
+    NotReady(String),
     /// Something that should not happen (undecodable stored object, ...).
     #[error("internal error: {0}")]
     Internal(String),
@@ -111,7 +118,8 @@ impl From<ApiError> for Status {
             ApiError::Expired { .. } => Code::OutOfRange,
             ApiError::Exhausted(_) => Code::ResourceExhausted,
             ApiError::Store(s) => return s.clone().into(),
-            ApiError::KubeletUnreachable(_) => Code::Unavailable,
+            ApiError::KubeletUnreachable(_) | ApiError::NotReady(_) => Code::Unavailable,
+            ApiError::Forbidden(_) => Code::PermissionDenied,
             ApiError::Internal(_) => Code::Internal,
         };
         Status::new(code, e.to_string())

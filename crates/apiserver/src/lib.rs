@@ -6,6 +6,7 @@
 //! writers safe; [`storage`] is the trait over the store. This crate does not know about
 //! RocksDB or Raft: it only sees ranges, transactions and watches.
 
+pub mod authz;
 pub mod error;
 pub mod fault;
 pub mod keys;
@@ -24,9 +25,15 @@ pub fn service(
     node: Arc<flotilla_store::node::Node>,
     cfg: ApiConfig,
 ) -> flotilla_proto::api::api_server::ApiServer<service::ApiService> {
-    let reg = Arc::new(Registry::new(Arc::new(storage::LocalStore::new(node)), cfg));
+    let store: Arc<dyn storage::Storage> = Arc::new(storage::LocalStore::new(node));
+    let mode = cfg.authorization;
+    let reg = Arc::new(Registry::new(store.clone(), cfg));
     tokio::spawn(ensure_builtin_namespaces(reg.clone()));
-    flotilla_proto::api::api_server::ApiServer::new(service::ApiService::new(reg))
+    if mode == authz::Mode::Rbac {
+        tokio::spawn(ensure_default_policy(reg.clone()));
+    }
+    let authz = Arc::new(authz::Authorizer::new(mode, store));
+    flotilla_proto::api::api_server::ApiServer::new(service::ApiService::new(reg, authz))
         .max_decoding_message_size(registry::MAX_OBJECT_BYTES * 2)
 }
 
@@ -51,6 +58,27 @@ pub async fn ensure_builtin_namespaces(reg: Arc<Registry>) {
                     Err(e) => tracing::debug!(namespace = name, error = %e, "cannot create yet"),
                 },
                 Err(e) => tracing::debug!(namespace = name, error = %e, "cannot read yet"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_secs(2));
+        }
+    }
+}
+
+/// Creates the default RBAC roles and bindings ([`authz::default_policy`]) that are
+/// missing, retrying until the store has a leader. One an admin changed is left as it is.
+pub async fn ensure_default_policy(reg: Arc<Registry>) {
+    for o in authz::default_policy() {
+        let (kind, name) = (flotilla_api::kinds::Kind::of(&o), flotilla_api::kinds::meta(&o).name.clone());
+        let mut delay = std::time::Duration::from_millis(100);
+        loop {
+            match reg.get(kind, "", &name).await {
+                Ok(_) => break,
+                Err(ApiError::NotFound { .. }) => match reg.create(o.clone(), None).await {
+                    Ok(_) | Err(ApiError::AlreadyExists { .. }) => break,
+                    Err(e) => tracing::debug!(%name, error = %e, "cannot create yet"),
+                },
+                Err(e) => tracing::debug!(%name, error = %e, "cannot read yet"),
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(std::time::Duration::from_secs(2));

@@ -50,6 +50,10 @@ pub struct ApiConfig {
     /// How kubelets are dialled (for pod logs): in TLS with this (the cluster CA, the
     /// master's certificate) when given, else plaintext.
     pub kubelet_tls: Option<std::sync::Arc<flotilla_tls::ClientTls>>,
+    /// How requests are authorized.
+    pub authorization: crate::authz::Mode,
+    /// Where writes and refusals are recorded.
+    pub audit: Option<std::sync::Arc<flotilla_store::audit::AuditLog>>,
 }
 
 impl Default for ApiConfig {
@@ -58,6 +62,8 @@ impl Default for ApiConfig {
             service_cidr: (Ipv4Addr::new(10, 96, 0, 0), 12),
             event_ttl: Duration::from_secs(3600),
             kubelet_tls: None,
+            authorization: crate::authz::Mode::AlwaysAllow,
+            audit: None,
         }
     }
 }
@@ -1175,6 +1181,10 @@ fn kind_template(kind: Kind) -> O {
         Kind::Event => O::Event(Default::default()),
         Kind::DaemonSet => O::DaemonSet(Default::default()),
         Kind::Job => O::Job(Default::default()),
+        Kind::Role => O::Role(Default::default()),
+        Kind::ClusterRole => O::ClusterRole(Default::default()),
+        Kind::RoleBinding => O::RoleBinding(Default::default()),
+        Kind::ClusterRoleBinding => O::ClusterRoleBinding(Default::default()),
     }
 }
 

@@ -6,8 +6,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::pool::Conn;
 use flotilla_proto::api::{self as pb, api_client::ApiClient, object::Kind as O};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::error::{is_transport, never_sent, ClientError};
@@ -125,18 +125,18 @@ impl Client {
     }
 
     /// A raw channel to the master in use (for the etcd API on the same port).
-    pub fn channel(&self) -> Channel {
+    pub fn channel(&self) -> Conn {
         self.pool.masters[self.pool.pick()].channel.clone()
     }
 
     /// The API client for master `i`, accepting answers as large as a list page can be.
-    pub(crate) fn api(&self, i: usize) -> ApiClient<Channel> {
+    pub(crate) fn api(&self, i: usize) -> ApiClient<Conn> {
         ApiClient::new(self.pool.masters[i].channel.clone()).max_decoding_message_size(MAX_ANSWER_BYTES)
     }
 
     async fn call<T, F, Fut>(&self, kind: Call, f: F) -> Result<T, ClientError>
     where
-        F: Fn(ApiClient<Channel>) -> Fut,
+        F: Fn(ApiClient<Conn>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let deadline = Instant::now() + self.pool.opts.retry_budget;
@@ -378,6 +378,28 @@ impl Client {
     }
 
     /// Binds a pod to a node (once).
+    /// Whether this client (or the user it impersonates) may do `verb` on `resource`
+    /// (`pods`, `pods/status`) in `namespace`, named `name` (may be empty).
+    pub async fn access_review(
+        &self,
+        verb: &str,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<pb::AccessReviewResponse, ClientError> {
+        let req = pb::AccessReviewRequest {
+            verb: verb.into(),
+            resource: resource.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        self.call(Call::Read, |mut c| {
+            let r = req.clone();
+            async move { c.access_review(r).await }
+        })
+        .await
+    }
+
     pub async fn bind(&self, namespace: &str, pod: &str, node: &str, uid: &str) -> Result<pb::Pod, ClientError> {
         let req = pb::BindRequest {
             namespace: namespace.into(),

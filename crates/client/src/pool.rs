@@ -34,7 +34,47 @@ pub struct Options {
     /// every endpoint must be `https` (a bare `host:port` is taken as one). None: plaintext,
     /// and `https` endpoints are refused.
     pub tls: Option<Arc<flotilla_tls::ClientTls>>,
+    /// A bearer token sent with every call (from the masters' token file).
+    pub token: Option<String>,
+    /// A user to act as (only masters may): the `impersonate-user` header.
+    pub impersonate: Option<String>,
 }
+
+/// What a client sends with every call to say who it is (besides its certificate).
+#[derive(Clone, Default)]
+pub struct Credentials {
+    token: Option<tonic::metadata::AsciiMetadataValue>,
+    impersonate: Option<tonic::metadata::AsciiMetadataValue>,
+}
+
+impl Credentials {
+    /// The credentials `opts` name; a token or user that cannot be a header is refused.
+    pub fn new(opts: &Options) -> Result<Credentials, ClientError> {
+        let value = |what: &str, v: &str| {
+            v.parse::<tonic::metadata::AsciiMetadataValue>()
+                .map_err(|_| ClientError::Config(format!("{what} must be printable ASCII")))
+        };
+        Ok(Credentials {
+            token: opts.token.as_deref().map(|t| value("the token", &format!("Bearer {t}"))).transpose()?,
+            impersonate: opts.impersonate.as_deref().map(|u| value("the user to impersonate", u)).transpose()?,
+        })
+    }
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.token {
+            req.metadata_mut().insert("authorization", t.clone());
+        }
+        if let Some(u) = &self.impersonate {
+            req.metadata_mut().insert("impersonate-user", u.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A connection to a master with the client's credentials on every call.
+pub type Conn = tonic::service::interceptor::InterceptedService<Channel, Credentials>;
 
 impl Default for Options {
     fn default() -> Options {
@@ -44,13 +84,15 @@ impl Default for Options {
             health_interval: Duration::from_millis(500),
             health_timeout: Duration::from_secs(1),
             tls: None,
+            token: None,
+            impersonate: None,
         }
     }
 }
 
 pub(crate) struct Master {
     pub url: String,
-    pub channel: Channel,
+    pub channel: Conn,
     healthy: AtomicBool,
     /// Why the master's TLS refused this client at its last health check, if it did.
     pub refusal: std::sync::Mutex<Option<String>>,
@@ -128,6 +170,7 @@ impl Pool {
             return Err(ClientError::Config("no endpoints given".into()));
         }
         let mut masters = Vec::new();
+        let creds = Credentials::new(&opts)?;
         for e in endpoints {
             let url = endpoint_url(e, opts.tls.is_some())?;
             let endpoint = Endpoint::from_shared(url.clone())
@@ -137,7 +180,7 @@ impl Pool {
                 .http2_keep_alive_interval(Duration::from_secs(1))
                 .keep_alive_timeout(Duration::from_secs(1))
                 .keep_alive_while_idle(true);
-            let channel = channel(endpoint, opts.tls.as_ref());
+            let channel = Conn::new(channel(endpoint, opts.tls.as_ref()), creds.clone());
             masters.push(Master { url, channel, healthy: AtomicBool::new(true), refusal: Default::default() });
         }
         let pool = Arc::new(Pool { masters, current: AtomicUsize::new(0), opts });

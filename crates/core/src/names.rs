@@ -57,6 +57,18 @@ fn qualified_name_part(s: &str) -> bool {
         && b[b.len() - 1].is_ascii_alphanumeric()
 }
 
+/// A path segment name (Kubernetes' rule for RBAC objects, whose names hold colons, as
+/// `system:node-proxier`): 1-253 characters, none of `/` or `%`, and not `.` or `..`.
+pub fn path_segment(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 253 {
+        return Err(format!("{s:?} must be 1 to 253 characters"));
+    }
+    if s == "." || s == ".." || s.contains('/') || s.contains('%') || s.contains(char::is_control) {
+        return Err(format!("{s:?} may not be . or .. nor hold /, % or control characters"));
+    }
+    Ok(())
+}
+
 /// A label or annotation key: `name` or `prefix/name`, where the prefix is a DNS-1123
 /// subdomain and the name a qualified name.
 pub fn label_key(s: &str) -> Result<(), String> {

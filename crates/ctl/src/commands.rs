@@ -23,12 +23,14 @@ struct ConfigFile {
     cacert: Option<PathBuf>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
+    token: Option<String>,
 }
 
 /// The masters and how to reach them.
 struct Conn {
     eps: Vec<String>,
     tls: Option<std::sync::Arc<flotilla_client::pool::ClientTls>>,
+    token: Option<String>,
 }
 
 /// The endpoints to use (flag, then environment, then config file, then the default) and
@@ -59,17 +61,18 @@ fn conn(args: &CtlArgs) -> Result<Conn, CtlError> {
         _ => file.as_ref().map_or_else(|| vec!["127.0.0.1:2379".into()], |f| f.endpoints.clone()),
     };
     let mut tls = args.tls.clone();
-    if tls.cacert.is_none() && tls.cert.is_none() && tls.key.is_none() {
+    if tls.cacert.is_none() && tls.cert.is_none() && tls.key.is_none() && tls.token.is_none() {
         if let (Some(f), Some(p)) = (file, &path) {
             let dir = p.parent().unwrap_or(std::path::Path::new("."));
             tls = crate::TlsArgs {
                 cacert: f.cacert.map(|c| dir.join(c)),
                 cert: f.cert.map(|c| dir.join(c)),
                 key: f.key.map(|c| dir.join(c)),
+                token: f.token,
             };
         }
     }
-    Ok(Conn { eps, tls: tls.client_tls()? })
+    Ok(Conn { eps, tls: tls.client_tls()?, token: tls.token })
 }
 
 fn kind(s: &str) -> Result<Kind, CtlError> {
@@ -126,8 +129,13 @@ pub async fn dispatch(args: CtlArgs) -> Result<(), CtlError> {
     let conn = conn(&args)?;
     let ns_flag = args.namespace.clone();
     let ns = ns_flag.clone().unwrap_or_else(|| "default".into());
-    let client =
-        Client::with_options(&conn.eps, flotilla_client::Options { tls: conn.tls.clone(), ..Default::default() })?;
+    let opts = flotilla_client::Options {
+        tls: conn.tls.clone(),
+        token: conn.token.clone(),
+        impersonate: args.as_user.clone(),
+        ..Default::default()
+    };
+    let client = Client::with_options(&conn.eps, opts)?;
     match args.command {
         Command::Get { kind: k, names, all_namespaces, selector, field_selector, output, watch } => {
             // `get deploy,svc`: several kinds, one table each.
@@ -273,6 +281,16 @@ pub async fn dispatch(args: CtlArgs) -> Result<(), CtlError> {
         }
         Command::Drain(a) => crate::node::drain(&client, a).await,
         Command::Cluster(c) => cluster(&conn, c).await,
+        Command::Auth(crate::AuthCommand::CanI { verb, resource, name }) => {
+            let r = client.access_review(&verb, &resource, &ns, name.as_deref().unwrap_or_default()).await?;
+            if r.allowed {
+                outln!("yes");
+                Ok(())
+            } else {
+                outln!("no");
+                Err(CtlError::Denied(r.reason))
+            }
+        }
     }
 }
 
@@ -560,7 +578,7 @@ async fn describe(client: &Client, k: Kind, ns: &str, name: &str) -> Result<(), 
     Ok(())
 }
 
-async fn channel(conn: &Conn, ep: &str) -> Result<Channel, CtlError> {
+async fn channel(conn: &Conn, ep: &str) -> Result<flotilla_client::pool::Conn, CtlError> {
     let url = flotilla_client::endpoint_url(ep, conn.tls.is_some())?;
     let endpoint = Channel::from_shared(url).map_err(|e| CtlError::Usage(format!("endpoint {ep:?}: {e}")))?;
     let endpoint = endpoint
@@ -568,7 +586,11 @@ async fn channel(conn: &Conn, ep: &str) -> Result<Channel, CtlError> {
         .timeout(std::time::Duration::from_secs(3))
         .http2_keep_alive_interval(std::time::Duration::from_secs(5))
         .keep_alive_timeout(std::time::Duration::from_secs(5));
-    Ok(flotilla_client::pool::channel(endpoint, conn.tls.as_ref()))
+    let creds = flotilla_client::pool::Credentials::new(&flotilla_client::Options {
+        token: conn.token.clone(),
+        ..Default::default()
+    })?;
+    Ok(flotilla_client::pool::Conn::new(flotilla_client::pool::channel(endpoint, conn.tls.as_ref()), creds))
 }
 
 /// Longest pause between two messages of a snapshot stream.

@@ -51,6 +51,9 @@ pub enum CtlError {
     /// Local I/O (reading a manifest, writing a file).
     #[error("{0}")]
     Io(String),
+    /// `auth can-i` answered no; why.
+    #[error("{0}")]
+    Denied(String),
 }
 
 /// Global flags and the command.
@@ -73,6 +76,10 @@ pub struct CtlArgs {
     #[command(flatten)]
     pub tls: TlsArgs,
 
+    /// Act as this user (only cluster admins may; Kubernetes' impersonation).
+    #[arg(long = "as", global = true, value_name = "USER")]
+    pub as_user: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -91,6 +98,9 @@ pub struct TlsArgs {
     /// Private key (PEM) of --cert [env: FLOTILLA_KEY].
     #[arg(long, global = true, value_name = "FILE", env = "FLOTILLA_KEY")]
     pub key: Option<PathBuf>,
+    /// Bearer token from the masters' --token-auth-file [env: FLOTILLA_TOKEN].
+    #[arg(long, global = true, value_name = "TOKEN", env = "FLOTILLA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 impl TlsArgs {
@@ -103,7 +113,8 @@ impl TlsArgs {
 
     /// A client of `masters` with these files.
     pub fn client(&self, masters: &[String]) -> Result<flotilla_client::Client, flotilla_client::ClientError> {
-        let opts = flotilla_client::Options { tls: self.client_tls()?, ..Default::default() };
+        let opts =
+            flotilla_client::Options { tls: self.client_tls()?, token: self.token.clone(), ..Default::default() };
         flotilla_client::Client::with_options(masters, opts)
     }
 }
@@ -241,6 +252,25 @@ pub enum Command {
     /// The masters: members, status, leader, move-leader, snapshot save.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Questions about access: `auth can-i create pods`, `auth can-i update nodes/status
+    /// --as system:node:w1`.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+/// `flotctl auth`.
+#[derive(Subcommand, Debug)]
+pub enum AuthCommand {
+    /// Whether you (or the user given with --as) may do VERB on RESOURCE: prints yes or
+    /// no (with the reason), and exits 0 for yes, 1 for no.
+    CanI {
+        /// get, list, watch, create, update, patch, delete.
+        verb: String,
+        /// A resource as RBAC names it: pods, pods/status, nodes, deployments, ...
+        resource: String,
+        /// One object's name.
+        name: Option<String>,
+    },
 }
 
 /// Arguments of `label` and `annotate`.

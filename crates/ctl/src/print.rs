@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use flotilla_api::kinds::{meta, Kind};
-use flotilla_proto::api::object::Kind as O;
+use flotilla_proto::api::{self as pb, object::Kind as O};
 
 /// kubectl's short age: `45s`, `3m20s`, `12m`, `5h4m`, `3d`.
 pub fn age(created: &str, now: SystemTime) -> String {
@@ -42,6 +42,8 @@ pub fn headers(kind: Kind, wide: bool) -> Vec<&'static str> {
         Kind::Event => vec!["NAME", "TYPE", "REASON", "OBJECT", "MESSAGE", "AGE"],
         Kind::DaemonSet => vec!["NAME", "DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
         Kind::Job => vec!["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"],
+        Kind::Role | Kind::ClusterRole => vec!["NAME", "RULES", "AGE"],
+        Kind::RoleBinding | Kind::ClusterRoleBinding => vec!["NAME", "ROLE", "SUBJECTS", "AGE"],
     };
     if wide {
         match kind {
@@ -250,6 +252,15 @@ pub fn row(o: &O, wide: bool, now: SystemTime) -> Vec<String> {
         }
         O::Lease(l) => {
             vec![name, or_none(&l.spec.as_ref().map(|s| s.holder_identity.clone()).unwrap_or_default()), age]
+        }
+        O::Role(pb::Role { rules, .. }) | O::ClusterRole(pb::ClusterRole { rules, .. }) => {
+            vec![name, rules.len().to_string(), age]
+        }
+        O::RoleBinding(pb::RoleBinding { subjects, role_ref, .. })
+        | O::ClusterRoleBinding(pb::ClusterRoleBinding { subjects, role_ref, .. }) => {
+            let role = role_ref.as_ref().map(|r| format!("{}/{}", r.kind, r.name)).unwrap_or_default();
+            let who: Vec<String> = subjects.iter().map(|s| format!("{}:{}", s.kind, s.name)).collect();
+            vec![name, role, or_none(&who.join(",")), age]
         }
         O::Event(e) => {
             let io = e.involved_object.clone().unwrap_or_default();

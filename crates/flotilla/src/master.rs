@@ -137,6 +137,35 @@ pub struct MasterArgs {
     #[arg(long)]
     peer_client_cert_auth: bool,
 
+    /// Static token file: `token,user,uid,"group1,group2"` per line (Kubernetes' format);
+    /// a client sending `authorization: Bearer <token>` is that user.
+    #[arg(long, value_name = "FILE")]
+    token_auth_file: Option<PathBuf>,
+
+    /// Let requests with neither a client certificate nor a token in, as
+    /// system:anonymous (group system:unauthenticated; RBAC decides what they may do).
+    #[arg(long)]
+    anonymous_auth: bool,
+
+    /// How the resource API authorizes: `RBAC` (masters may do anything, nodes what the
+    /// node authorizer allows, everyone else what Roles bound to them allow) or
+    /// `AlwaysAllow` [default: RBAC when the client port authenticates (TLS or a token
+    /// file), else AlwaysAllow].
+    #[arg(long, value_name = "RBAC|AlwaysAllow")]
+    authorization_mode: Option<String>,
+
+    /// Append one JSON line per write and per refusal to this file.
+    #[arg(long, value_name = "FILE")]
+    audit_log_path: Option<PathBuf>,
+
+    /// Rotate the audit log past this many megabytes [default: 100].
+    #[arg(long, value_name = "MB")]
+    audit_log_maxsize: Option<u64>,
+
+    /// Rotated audit logs to keep [default: 5].
+    #[arg(long, value_name = "N")]
+    audit_log_maxbackup: Option<usize>,
+
     /// Do not run a scheduler candidate in this master (by default every master runs one,
     /// talking to its own apiserver; the elected one places pods). Run `flotilla scheduler`
     /// elsewhere instead.
@@ -196,6 +225,13 @@ struct FileConfig {
     peer_trusted_ca_file: Option<PathBuf>,
     #[serde(default)]
     peer_client_cert_auth: bool,
+    token_auth_file: Option<PathBuf>,
+    #[serde(default)]
+    anonymous_auth: bool,
+    authorization_mode: Option<String>,
+    audit_log_path: Option<PathBuf>,
+    audit_log_maxsize: Option<u64>,
+    audit_log_maxbackup: Option<usize>,
 }
 
 /// What `flotilla master` runs: the store member, the apiserver beside it, a scheduler
@@ -212,6 +248,9 @@ pub struct MasterConfig {
     /// How the candidates reach this master's client port: in TLS, with the master's own
     /// certificate, when it serves TLS.
     pub candidates_tls: Option<Arc<flotilla_tls::ClientTls>>,
+    /// The token the candidates present (known to this master's gate only; they act as
+    /// the scheduler's and the controller manager's users through it).
+    pub candidates_token: Option<String>,
 }
 
 /// The TLS files given for one listener.
@@ -404,6 +443,58 @@ pub fn config(args: MasterArgs) -> anyhow::Result<MasterConfig> {
     if listen_metrics.as_ref().is_some_and(Url::is_tls) && client_tls.is_none() {
         bail!("an https --listen-metrics serves the client port's certificate: give --cert-file and --key-file");
     }
+    // Authentication: with TLS or a token file the client port asks who is calling; a
+    // plaintext port without tokens is the insecure mode (anyone is admin).
+    let token_file = args.token_auth_file.or(file.token_auth_file);
+    let mut tokens = match &token_file {
+        Some(p) => flotilla_store::auth::load_tokens(p)?,
+        None => Default::default(),
+    };
+    let authenticates = client_tls.is_some() || token_file.is_some();
+    let audit = match args.audit_log_path.or(file.audit_log_path) {
+        Some(p) => {
+            let mb = args.audit_log_maxsize.or(file.audit_log_maxsize).unwrap_or(100);
+            if mb == 0 {
+                bail!("--audit-log-maxsize must be at least 1 (megabytes)");
+            }
+            let keep = args.audit_log_maxbackup.or(file.audit_log_maxbackup).unwrap_or(5);
+            Some(flotilla_store::audit::AuditLog::open(&p, mb << 20, keep)?)
+        }
+        None => None,
+    };
+    api.audit = audit.clone();
+    api.authorization = match args.authorization_mode.or(file.authorization_mode).as_deref() {
+        None if authenticates => flotilla_apiserver::authz::Mode::Rbac,
+        None | Some("AlwaysAllow") => flotilla_apiserver::authz::Mode::AlwaysAllow,
+        Some("RBAC") if authenticates => flotilla_apiserver::authz::Mode::Rbac,
+        Some("RBAC") => bail!(
+            "--authorization-mode RBAC needs authentication: serve TLS (--cert-file ...) or give --token-auth-file"
+        ),
+        Some(other) => bail!("--authorization-mode must be RBAC or AlwaysAllow, not {other:?}"),
+    };
+    let anonymous = args.anonymous_auth || file.anonymous_auth;
+    if anonymous && !authenticates {
+        bail!("--anonymous-auth needs authentication to be on (TLS or --token-auth-file); a plaintext port lets everyone in anyway");
+    }
+    let candidates_token = authenticates.then(|| {
+        use rand::Rng;
+        let t: String = rand::rng().sample_iter(rand::distr::Alphanumeric).take(40).map(char::from).collect();
+        tokens.insert(
+            t.clone(),
+            flotilla_store::auth::User {
+                name: format!("{}{name}", flotilla_store::auth::MASTER_USER_PREFIX),
+                groups: vec![flotilla_store::auth::MASTERS.into(), flotilla_store::auth::AUTHENTICATED.into()],
+                impersonated_by: None,
+            },
+        );
+        t
+    });
+    let client_gate = Arc::new(if authenticates {
+        flotilla_store::auth::Gate::Client(flotilla_store::auth::AuthConfig { tokens, anonymous, audit })
+    } else {
+        tracing::warn!("the client port is plaintext without tokens: whoever reaches it is cluster admin");
+        flotilla_store::auth::Gate::Open
+    });
     let node = NodeConfig {
         name,
         data_dir,
@@ -425,6 +516,7 @@ pub fn config(args: MasterArgs) -> anyhow::Result<MasterConfig> {
         compaction_retention,
         client_tls,
         peer_tls,
+        client_gate,
     };
     let scheduler = if args.disable_scheduler || file.disable_scheduler {
         None
@@ -445,7 +537,7 @@ pub fn config(args: MasterArgs) -> anyhow::Result<MasterConfig> {
         Some(flags.config(&format!("{}/{}", node.name, flotilla_client::elector::unique_identity()))?)
     };
     api.kubelet_tls = candidates_tls.clone();
-    Ok(MasterConfig { node, api, scheduler, controller_manager, candidates_tls })
+    Ok(MasterConfig { node, api, scheduler, controller_manager, candidates_tls, candidates_token })
 }
 
 /// An elected component a master runs beside its store: a scheduler or a controller
@@ -457,6 +549,8 @@ struct Candidate {
     lock: (&'static str, &'static str),
     /// Its identity in the lock.
     identity: String,
+    /// The user it acts as.
+    user: &'static str,
     /// Its `/metrics` text, added to the master's.
     render: Box<dyn Fn() -> String + Send + Sync>,
     /// Runs it until the future given completes; whether it held the lock and released it.
@@ -479,6 +573,7 @@ fn candidates(
         out.push(Candidate {
             what: "scheduler",
             lock: flotilla_scheduler::LOCK,
+            user: flotilla_apiserver::authz::SCHEDULER,
             identity: cfg.elector.identity.clone(),
             render: Box::new(move || m.render()),
             run: Box::new(move |client, stop| {
@@ -492,6 +587,7 @@ fn candidates(
         out.push(Candidate {
             what: "controller manager",
             lock: flotilla_controllers::LOCK,
+            user: flotilla_apiserver::authz::CONTROLLER_MANAGER,
             identity: cfg.elector.identity.clone(),
             render: Box::new(move || m.render()),
             run: Box::new(move |client, stop| {
@@ -526,6 +622,7 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
         let candidates = candidates(cfg.scheduler, cfg.controller_manager);
         let own = cfg.node.advertise_client.to_string();
         let tls = cfg.candidates_tls;
+        let token = cfg.candidates_token;
         flotilla_store::server::run(
             cfg.node,
             move |node, routes| {
@@ -533,7 +630,14 @@ pub fn run(args: MasterArgs) -> anyhow::Result<()> {
                     node.metrics.add_renderer(c.render);
                     let mut stopped = candidates_stopped.clone();
                     let own = own.clone();
-                    let opts = flotilla_client::Options { tls: tls.clone(), ..Default::default() };
+                    // With authentication, the candidate acts as its component's user (its
+                    // role, and its fence required), through this master's own token.
+                    let opts = flotilla_client::Options {
+                        tls: tls.clone(),
+                        token: token.clone(),
+                        impersonate: token.as_ref().map(|_| c.user.to_string()),
+                        ..Default::default()
+                    };
                     let handle = tokio::spawn(async move {
                         let stop = Box::pin(async move {
                             let _ = stopped.wait_for(|s| *s).await;

@@ -154,6 +154,10 @@ fn kind_name(o: &O) -> &'static str {
         O::Event(_) => "Event",
         O::DaemonSet(_) => "DaemonSet",
         O::Job(_) => "Job",
+        O::Role(_) => "Role",
+        O::ClusterRole(_) => "ClusterRole",
+        O::RoleBinding(_) => "RoleBinding",
+        O::ClusterRoleBinding(_) => "ClusterRoleBinding",
     }
 }
 

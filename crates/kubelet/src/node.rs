@@ -174,7 +174,9 @@ fn ready_condition() -> pb::Condition {
 }
 
 /// Registers the Node, or brings an existing one (this worker restarted) up to date: its
-/// status, labels and taints are this worker's; a podCIDR given to it is kept.
+/// status and labels are this worker's. Its spec (podCIDR, taints) is set at
+/// registration only and then belongs to the controllers and admins: the node authorizer
+/// refuses a node's changes to it.
 pub async fn register(client: &Client, cfg: &WorkerConfig, runtime_version: &str) -> Result<pb::Node, KubeletError> {
     let want = node_object(cfg, runtime_version);
     match client.create(want.clone()).await {
@@ -185,21 +187,16 @@ pub async fn register(client: &Client, cfg: &WorkerConfig, runtime_version: &str
     for _ in 0..5 {
         let mut n: pb::Node = client.get("", &cfg.name).await?;
         let m = n.metadata.get_or_insert_with(Default::default);
-        m.labels.extend(want.metadata.clone().unwrap_or_default().labels);
-        let spec = n.spec.get_or_insert_with(Default::default);
-        let wanted = want.spec.clone().unwrap_or_default();
-        for t in wanted.taints {
-            if !spec.taints.iter().any(|x| x.key == t.key && x.effect == t.effect) {
-                spec.taints.push(t);
+        let labels = want.metadata.clone().unwrap_or_default().labels;
+        let n = if labels.iter().all(|(k, v)| m.labels.get(k) == Some(v)) {
+            n
+        } else {
+            m.labels.extend(labels);
+            match client.update(n).await {
+                Ok(n) => n,
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(e.into()),
             }
-        }
-        if spec.pod_cidr.is_empty() {
-            spec.pod_cidr = wanted.pod_cidr;
-        }
-        let n = match client.update(n).await {
-            Ok(n) => n,
-            Err(e) if e.is_conflict() => continue,
-            Err(e) => return Err(e.into()),
         };
         let mut n = n;
         n.status = want.status.clone();

@@ -53,6 +53,8 @@ pub struct NodeConfig {
     pub client_tls: Option<Arc<flotilla_tls::ServerTls>>,
     /// TLS between peers, both ways; None: plaintext.
     pub peer_tls: Option<PeerTls>,
+    /// Who the client port lets in (with TLS: authentication; see `auth`).
+    pub client_gate: Arc<crate::auth::Gate>,
 }
 
 /// Mutual TLS between peers: the peer listener requires a certificate from the peers' CA,

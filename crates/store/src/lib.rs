@@ -9,6 +9,8 @@
 //! [`mvcc`] → [`state_machine`] and [`watch`] → [`node`] (Raft, networking, leases) → the
 //! gRPC services in [`etcd`]. Nothing here depends on the apiserver or anything above it.
 
+pub mod audit;
+pub mod auth;
 pub mod codec;
 pub mod compactor;
 pub mod config;

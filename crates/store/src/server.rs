@@ -37,9 +37,12 @@ fn incoming(l: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<
     })
 }
 
+/// A router behind a gate.
+type Gated = tonic::transport::server::Router<tower_layer::Stack<crate::auth::AuthLayer, tower_layer::Identity>>;
+
 /// Serves `router` on `l`, in TLS with `tls` when given, until `stop` completes.
 fn serve(
-    router: tonic::transport::server::Router,
+    router: Gated,
     l: TcpListener,
     tls: Option<Arc<flotilla_tls::ServerTls>>,
     stop: impl Future<Output = ()> + Send + 'static,
@@ -119,6 +122,7 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
     let peer_srv = tonic::transport::Server::builder()
+        .layer(crate::auth::AuthLayer::new(Arc::new(crate::auth::Gate::Peers)))
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .add_service(
@@ -140,6 +144,7 @@ pub async fn run(
         );
     let routes = more(node.clone(), routes);
     let client_srv = tonic::transport::Server::builder()
+        .layer(crate::auth::AuthLayer::new(cfg.client_gate.clone()))
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
         // Dead clients (and their watches) are noticed within seconds, not at TCP timeout.

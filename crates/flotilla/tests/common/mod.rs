@@ -54,6 +54,8 @@ pub struct Member {
     pub host: String,
     /// The cluster's certificates directory when the member serves TLS (clients and peers).
     pub pki: Option<PathBuf>,
+    /// Whether its client port requires a client certificate (TLS only).
+    pub client_cert_auth: bool,
 }
 
 impl Member {
@@ -89,7 +91,7 @@ impl Member {
         .iter()
         .flatten()
         .map(|s| s.to_string())
-        .chain(["--client-cert-auth".to_string()])
+        .chain(self.client_cert_auth.then(|| "--client-cert-auth".to_string()))
         .collect()
     }
 }
@@ -145,6 +147,7 @@ impl Cluster {
             env: vec![],
             host: self.members.first().map_or_else(|| "127.0.0.1".into(), |m| m.host.clone()),
             pki: self.pki().map(Path::to_path_buf),
+            client_cert_auth: self.members.first().is_none_or(|m| m.client_cert_auth),
         }
     }
 
@@ -173,7 +176,7 @@ impl Cluster {
     /// Like [`Cluster::start_with_env`], the members listening on `host` (an address of
     /// this machine, e.g. of a link to network namespaces a test made).
     pub fn start_at(host: &str, n: usize, extra: &[&str], env: &[(&str, &str)]) -> Cluster {
-        Cluster::start_full(host, n, extra, env, false)
+        Cluster::start_full(host, n, extra, env, None)
     }
 
     /// Like [`Cluster::start_with_scheduler`], every member serving TLS to clients (a
@@ -181,13 +184,19 @@ impl Cluster {
     /// cluster by `flotilla certs` in `<dir>/pki` (`master-nI` for the members,
     /// `user-admin` in system:masters for tests' clients).
     pub fn start_tls(n: usize, extra: &[&str]) -> Cluster {
-        Cluster::start_full("127.0.0.1", n, extra, &[], true)
+        Cluster::start_full("127.0.0.1", n, extra, &[], Some(true))
     }
 
-    fn start_full(host: &str, n: usize, extra: &[&str], env: &[(&str, &str)], tls: bool) -> Cluster {
+    /// Like [`Cluster::start_tls`], a client certificate optional (tokens, anonymous).
+    pub fn start_tls_certs_optional(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_full("127.0.0.1", n, extra, &[], Some(false))
+    }
+
+    /// `tls`: None for plaintext, else whether a client certificate is required.
+    fn start_full(host: &str, n: usize, extra: &[&str], env: &[(&str, &str)], tls: Option<bool>) -> Cluster {
         let turn = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().expect("tempdir");
-        let pki = tls.then(|| dir.path().join("pki"));
+        let pki = tls.map(|_| dir.path().join("pki"));
         if let Some(pki) = &pki {
             let d = pki.display().to_string();
             certs(&["init", "--dir", &d]);
@@ -210,6 +219,7 @@ impl Cluster {
                 env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
                 host: host.into(),
                 pki: pki.clone(),
+                client_cert_auth: tls.unwrap_or(false),
             });
         }
         let initial_cluster =
