@@ -170,7 +170,11 @@ fn object() -> impl Strategy<Value = O> {
         (meta(), text(), text()).prop_map(|(metadata, user, role)| O::RoleBinding(pb::RoleBinding {
             metadata,
             subjects: vec![pb::Subject { kind: "User".into(), name: user, ..Default::default() }],
-            role_ref: Some(pb::RoleRef { kind: "Role".into(), name: role, api_group: "rbac.authorization.k8s.io".into() }),
+            role_ref: Some(pb::RoleRef {
+                kind: "Role".into(),
+                name: role,
+                api_group: "rbac.authorization.k8s.io".into()
+            }),
         })),
     ]
 }
