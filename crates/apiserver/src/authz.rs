@@ -86,6 +86,20 @@ pub struct Authorizer {
     mode: Mode,
     cache: Arc<std::sync::RwLock<Cache>>,
     loaded: tokio::sync::watch::Receiver<bool>,
+    /// The default policy by store key: it holds where the store has no object of that
+    /// name yet (a cluster's first seconds, before the defaults are written), so the
+    /// components are not refused while their roles are on their way.
+    defaults: HashMap<String, O>,
+}
+
+fn default_objects() -> HashMap<String, O> {
+    default_policy()
+        .into_iter()
+        .map(|o| {
+            let (kind, m) = (Kind::of(&o), kinds::meta(&o));
+            (keys::key(kind, &m.namespace, &m.name), o)
+        })
+        .collect()
 }
 
 const RBAC_KINDS: [Kind; 4] = [Kind::Role, Kind::ClusterRole, Kind::RoleBinding, Kind::ClusterRoleBinding];
@@ -104,7 +118,7 @@ impl Authorizer {
                 tokio::spawn(follow(store.clone(), kind, cache.clone(), tx.clone()));
             }
         }
-        Authorizer { mode, cache, loaded }
+        Authorizer { mode, cache, loaded, defaults: default_objects() }
     }
 
     /// The mode.
@@ -167,7 +181,8 @@ impl Authorizer {
                 "ClusterRole" => (Kind::ClusterRole, keys::key(Kind::ClusterRole, "", name)),
                 _ => (Kind::Role, keys::key(Kind::Role, ns, name)),
             };
-            match cache.objects.get(&k).and_then(|m| m.get(&key)) {
+            let stored = cache.objects.get(&k).and_then(|m| m.get(&key));
+            match stored.or_else(|| self.defaults.get(&key)) {
                 Some(O::ClusterRole(r)) => r.rules.clone(),
                 Some(O::Role(r)) => r.rules.clone(),
                 _ => Vec::new(),
@@ -181,8 +196,13 @@ impl Authorizer {
             })
         };
         let matches = |rules: &[pb::PolicyRule]| rules.iter().any(|r| rule_matches(r, req.verb, &resource, req.name));
-        let cluster = cache.objects.get(&Kind::ClusterRoleBinding).into_iter().flat_map(|m| m.values());
-        for b in cluster {
+        let stored = cache.objects.get(&Kind::ClusterRoleBinding);
+        let defaults = self
+            .defaults
+            .iter()
+            .filter(|(k, o)| matches!(o, O::ClusterRoleBinding(_)) && !stored.is_some_and(|m| m.contains_key(*k)))
+            .map(|(_, o)| o);
+        for b in stored.into_iter().flat_map(|m| m.values()).chain(defaults) {
             if let O::ClusterRoleBinding(b) = b {
                 let Some(r) = &b.role_ref else { continue };
                 if applies(&b.subjects) && matches(&rules_of(&r.kind, &r.name, "")) {
@@ -424,7 +444,15 @@ pub fn default_policy() -> Vec<O> {
             ],
         }),
         bind(SCHEDULER, "User", SCHEDULER),
-        O::ClusterRole(pb::ClusterRole { metadata: meta(CONTROLLER_MANAGER), rules: vec![rule(&["*"], &workloads)] }),
+        O::ClusterRole(pb::ClusterRole {
+            metadata: meta(CONTROLLER_MANAGER),
+            // The namespace controller empties a namespace being deleted of every kind,
+            // RBAC's too; it may not make or change roles (no escalation).
+            rules: vec![
+                rule(&["*"], &workloads),
+                rule(&["get", "list", "watch", "delete"], &["roles", "rolebindings"]),
+            ],
+        }),
         bind(CONTROLLER_MANAGER, "User", CONTROLLER_MANAGER),
         O::ClusterRole(pb::ClusterRole {
             metadata: meta("view"),
@@ -479,6 +507,66 @@ mod tests {
         assert!(rule_matches(&r(&["get"], &["pods"], &["web"]), "get", "pods", "web"));
         assert!(!rule_matches(&r(&["get"], &["pods"], &["web"]), "get", "pods", "db"));
         assert!(!rule_matches(&r(&["list"], &["pods"], &["web"]), "list", "pods", ""), "names do not grant lists");
+    }
+
+    fn authorizer_with(objects: Vec<O>) -> Authorizer {
+        let mut cache = Cache::default();
+        for o in objects {
+            let kind = Kind::of(&o);
+            let m = kinds::meta(&o);
+            cache.objects.entry(kind).or_default().insert(keys::key(kind, &m.namespace, &m.name), o);
+        }
+        let (_tx, loaded) = tokio::sync::watch::channel(true);
+        Authorizer {
+            mode: Mode::Rbac,
+            cache: Arc::new(std::sync::RwLock::new(cache)),
+            loaded,
+            defaults: default_objects(),
+        }
+    }
+
+    #[test]
+    fn the_default_policy_lets_each_component_do_its_work_and_no_more() {
+        let a = authorizer_with(default_policy());
+        let user = |name: &str| User { name: name.into(), groups: vec![], impersonated_by: None };
+        let req = |verb: &'static str, kind: Kind, sub: &'static str, ns: &'static str| Request {
+            verb,
+            kind,
+            sub,
+            namespace: ns,
+            name: "",
+            object: None,
+            fenced: true,
+        };
+        let (cm, sched) = (user(CONTROLLER_MANAGER), user(SCHEDULER));
+        assert!(a.rbac_allows(&cm, &req("list", Kind::Role, "", "team")), "the namespace controller lists roles");
+        assert!(a.rbac_allows(&cm, &req("delete", Kind::RoleBinding, "", "team")));
+        assert!(!a.rbac_allows(&cm, &req("create", Kind::RoleBinding, "", "team")), "no escalation");
+        assert!(a.rbac_allows(&cm, &req("update", Kind::Deployment, "status", "default")));
+        assert!(a.rbac_allows(&sched, &req("create", Kind::Pod, "binding", "default")));
+        assert!(a.rbac_allows(&sched, &req("watch", Kind::Node, "", "")));
+        assert!(!a.rbac_allows(&sched, &req("delete", Kind::Pod, "", "default")));
+        assert!(!a.rbac_allows(&user("bob"), &req("get", Kind::Pod, "", "default")));
+    }
+
+    #[test]
+    fn the_default_policy_holds_before_it_is_written_and_a_stored_change_wins() {
+        let user = User { name: SCHEDULER.into(), groups: vec![], impersonated_by: None };
+        let bind = Request {
+            verb: "create",
+            kind: Kind::Pod,
+            sub: "binding",
+            namespace: "default",
+            name: "web",
+            object: None,
+            fenced: true,
+        };
+        assert!(authorizer_with(vec![]).rbac_allows(&user, &bind), "nothing stored yet: the defaults hold");
+        let emptied = O::ClusterRole(pb::ClusterRole {
+            metadata: Some(pb::ObjectMeta { name: SCHEDULER.into(), ..Default::default() }),
+            rules: vec![],
+        });
+        assert!(!authorizer_with(vec![emptied]).rbac_allows(&user, &bind), "an admin's change to the role holds");
     }
 
     #[test]

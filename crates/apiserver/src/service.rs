@@ -78,6 +78,8 @@ fn what<'a>(
     namespace: &'a str,
     name: &'a str,
 ) -> authz::Request<'a> {
+    // A cluster-scoped object has no namespace, whatever the request says.
+    let namespace = if kind.namespaced() { namespace } else { "" };
     authz::Request { verb, kind, sub, namespace, name, object: None, fenced: false }
 }
 

@@ -145,7 +145,8 @@ fn rbac_refuses_every_verb_until_a_role_is_bound_then_allows_just_that_and_the_a
     let rt = rt();
     let admin = c.client(&rt);
     let bob = client_as(&rt, &c, Some("bobtoken"), None);
-    let web = rt.block_on(admin.create(pod("web", ""))).expect("admin creates a pod");
+    // Bound already (to a node that never comes), so that nothing else writes it.
+    let web = rt.block_on(admin.create(pod("web", "nowhere"))).expect("admin creates a pod");
     let rv = web.metadata.as_ref().expect("meta").resource_version.clone();
     let in_default = ListParams { namespace: "default".into(), ..Default::default() };
 
@@ -333,4 +334,28 @@ fn the_scheduler_and_controller_manager_identities_must_carry_their_fence() {
     args.extend(["--as", "system:flotilla-scheduler", "auth", "can-i", "create", "pods/binding"].map(String::from));
     let out = ctl(&eps, &args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes", "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_namespace_holding_roles_is_emptied_and_removed_by_the_controller_manager_under_rbac() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (c, _) = cluster(dir.path());
+    let rt = rt();
+    let admin = c.client(&rt);
+    let ns = pb::Namespace {
+        metadata: Some(pb::ObjectMeta { name: "team".into(), ..Default::default() }),
+        ..Default::default()
+    };
+    rt.block_on(admin.create(ns)).expect("namespace");
+    let role = pb::Role {
+        metadata: Some(pb::ObjectMeta { name: "reader".into(), namespace: "team".into(), ..Default::default() }),
+        rules: vec![pb::PolicyRule { verbs: vec!["get".into()], resources: vec!["pods".into()], ..Default::default() }],
+    };
+    rt.block_on(admin.create_object(pb::object::Kind::Role(role))).expect("role");
+    rt.block_on(admin.delete::<pb::Namespace>("", "team", &Default::default())).expect("delete namespace");
+    // The controller manager, acting as its own user, deletes the Role (its role allows
+    // deleting RBAC objects, not making them), then the namespace goes.
+    rt.block_on(common::until(&c, "namespace team gone", || async {
+        admin.get::<pb::Namespace>("", "team").await.err().filter(|e| e.is_not_found()).map(|_| ())
+    }));
 }

@@ -78,14 +78,42 @@ fn config_file_with_unknown_setting_is_refused() {
 }
 
 /// The annotated master config in deploy/config parses whole (every key is known): a
-/// master started from it gets as far as binding its example address.
+/// master started from it (its certificates' paths given on the command line, which
+/// wins) gets as far as binding its example address.
 #[test]
 fn the_example_master_config_is_accepted_key_by_key() {
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/config/master.yaml");
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
+    let pki = dir.path().join("pki");
+    let pd = pki.display().to_string();
+    common::certs(&["init", "--dir", &pd]);
+    common::certs(&["issue", "--dir", &pd, "master", "n1", "--address", "10.0.0.1"]);
+    let f = |n: &str| pki.join(n).display().to_string();
+    let (crt, key, ca) = (f("master-n1.crt"), f("master-n1.key"), f("ca.crt"));
+    let audit = dir.path().join("audit.log").display().to_string();
     refused(
-        &["master", "--config-file", &example.display().to_string(), "--data-dir", &data.display().to_string()],
-        "cannot listen for clients on http://10.0.0.1:2379",
+        &[
+            "master",
+            "--config-file",
+            &example.display().to_string(),
+            "--data-dir",
+            &data.display().to_string(),
+            "--cert-file",
+            &crt,
+            "--key-file",
+            &key,
+            "--trusted-ca-file",
+            &ca,
+            "--peer-cert-file",
+            &crt,
+            "--peer-key-file",
+            &key,
+            "--peer-trusted-ca-file",
+            &ca,
+            "--audit-log-path",
+            &audit,
+        ],
+        "cannot listen for clients on https://10.0.0.1:2379",
     );
 }
