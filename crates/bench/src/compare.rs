@@ -29,6 +29,9 @@ pub struct CompareConfig {
     pub rounds: usize,
     /// Keep the clusters' data dirs and logs (their path is printed).
     pub keep: bool,
+    /// Both clusters with TLS on every port (client certificates required), the
+    /// benchmark's clients with an admin's certificate: the cost of TLS on both sides.
+    pub tls: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, PartialOrd, Ord)]
@@ -53,6 +56,8 @@ struct Cluster {
     dir: PathBuf,
     base_port: u16,
     children: Vec<Option<Child>>,
+    /// The certificates directory, when the cluster runs TLS.
+    pki: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -72,10 +77,16 @@ impl Cluster {
         self.dir.join(format!("{}.pid", self.endpoint(i)))
     }
 
-    fn start(system: System, bin: &Path, dir: PathBuf, base_port: u16) -> Result<Cluster, BenchError> {
+    fn start(
+        system: System,
+        bin: &Path,
+        dir: PathBuf,
+        base_port: u16,
+        pki: Option<PathBuf>,
+    ) -> Result<Cluster, BenchError> {
         std::fs::create_dir_all(&dir)
             .map_err(|e| BenchError::Setup(format!("cannot create {}: {e}", dir.display())))?;
-        let mut c = Cluster { system, bin: bin.to_path_buf(), dir, base_port, children: vec![None, None, None] };
+        let mut c = Cluster { system, bin: bin.to_path_buf(), dir, base_port, children: vec![None, None, None], pki };
         for i in 0..3 {
             c.spawn(i)?;
         }
@@ -84,13 +95,44 @@ impl Cluster {
 
     fn spawn(&mut self, i: usize) -> Result<(), BenchError> {
         let name = format!("{}{}", &self.system.name()[..1], i + 1);
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
         let cluster: Vec<String> = (0..3)
-            .map(|j| format!("{}{}=http://127.0.0.1:{}", &self.system.name()[..1], j + 1, self.peer_port(j)))
+            .map(|j| format!("{}{}={scheme}://127.0.0.1:{}", &self.system.name()[..1], j + 1, self.peer_port(j)))
             .collect();
         let cluster = cluster.join(",");
         let data = self.dir.join(&name);
-        let client = format!("http://127.0.0.1:{}", self.client_port(i));
-        let peer = format!("http://127.0.0.1:{}", self.peer_port(i));
+        let client = format!("{scheme}://127.0.0.1:{}", self.client_port(i));
+        let peer = format!("{scheme}://127.0.0.1:{}", self.peer_port(i));
+        // The same flag names on both: etcd's (which Flotilla takes too).
+        let tls: Vec<String> = match &self.pki {
+            None => Vec::new(),
+            Some(pki) => {
+                let f = |n: &str| pki.join(n).display().to_string();
+                let (crt, key, ca) = (f("master-bench.crt"), f("master-bench.key"), f("ca.crt"));
+                let mut v: Vec<String> = [
+                    "--cert-file",
+                    &crt,
+                    "--key-file",
+                    &key,
+                    "--trusted-ca-file",
+                    &ca,
+                    "--client-cert-auth",
+                    "--peer-cert-file",
+                    &crt,
+                    "--peer-key-file",
+                    &key,
+                    "--peer-trusted-ca-file",
+                    &ca,
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                if self.system == System::Etcd {
+                    v.push("--peer-client-cert-auth".into());
+                }
+                v
+            }
+        };
         let mut cmd = Command::new(&self.bin);
         match self.system {
             System::Etcd => {
@@ -99,12 +141,14 @@ impl Cluster {
                     .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
                     .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
                     .args(["--initial-cluster", &cluster, "--initial-cluster-state", "new"])
-                    .args(["--initial-cluster-token", "bench", "--logger", "zap", "--log-level", "warn"]);
+                    .args(["--initial-cluster-token", "bench", "--logger", "zap", "--log-level", "warn"])
+                    .args(&tls);
             }
             System::Flotilla => {
                 cmd.args(["master", "--name", &name, "--data-dir"])
                     .arg(&data)
                     .args(["--listen-client", &client, "--listen-peer", &peer, "--initial-cluster", &cluster])
+                    .args(&tls)
                     .env("FLOTILLA_LOG", "warn");
             }
         }
@@ -248,8 +292,9 @@ pub async fn run(cfg: CompareConfig) -> Result<(), BenchError> {
     let failover_tries = if cfg.quick { 2 } else { 5 };
     let memory_keys: u64 = if cfg.quick { 100_000 } else { 1_000_000 };
     eprintln!("compare: data dirs and logs under {}", work.display());
-    let mut etcd = Cluster::start(System::Etcd, &cfg.etcd_bin, work.join("etcd"), 21790)?;
-    let mut flot = Cluster::start(System::Flotilla, &cfg.flotilla_bin, work.join("flotilla"), 22790)?;
+    let pki = if cfg.tls { Some(make_pki(&work.join("pki"))?) } else { None };
+    let mut etcd = Cluster::start(System::Etcd, &cfg.etcd_bin, work.join("etcd"), 21790, pki.clone())?;
+    let mut flot = Cluster::start(System::Flotilla, &cfg.flotilla_bin, work.join("flotilla"), 22790, pki)?;
     etcd.wait_ready(Duration::from_secs(30)).await?;
     flot.wait_ready(Duration::from_secs(30)).await?;
     let mut m = Matrix { figures: Vec::new(), reports: Vec::new() };
@@ -350,6 +395,19 @@ pub async fn run(cfg: CompareConfig) -> Result<(), BenchError> {
         let _ = std::fs::remove_dir_all(&work);
     }
     Ok(())
+}
+
+/// A CA, one certificate every member of both clusters serves and presents (127.0.0.1),
+/// and an admin's for the benchmark's clients, which it then uses.
+fn make_pki(dir: &Path) -> Result<PathBuf, BenchError> {
+    let bad = |e: flotilla_tls::TlsError| BenchError::Setup(format!("certificates in {}: {e}", dir.display()));
+    let ca = flotilla_tls::Ca::init(dir, "flotilla-bench", 2).map_err(bad)?;
+    let master = flotilla_tls::Kind::Master { name: "bench".into(), addresses: vec!["127.0.0.1".into()] };
+    ca.issue_to(dir, &master, 2, false).map_err(bad)?;
+    let (crt, key) = ca.issue_to(dir, &flotilla_tls::Kind::Admin { user: "bench".into() }, 2, false).map_err(bad)?;
+    let files = flotilla_tls::ClientFiles { ca: dir.join("ca.crt"), identity: Some((crt, key)) };
+    workload::use_tls(flotilla_tls::ClientTls::new(files).map_err(bad)?)?;
+    Ok(dir.to_path_buf())
 }
 
 fn render(figures: &[Figure]) -> String {

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use flotilla_client::{Client, ListParams, WatchEvent};
+use flotilla_client::{ListParams, WatchEvent};
 use flotilla_proto::api as pb;
 use serde::Serialize;
 use tokio_stream::StreamExt;
@@ -88,7 +88,7 @@ fn deployment(ns: &str, replicas: usize) -> pb::Deployment {
 
 /// Runs the benchmark.
 pub async fn run(b: &ControllersBench) -> Result<ControllersReport, BenchError> {
-    let client = Client::new(&b.endpoints).map_err(|e| err("--endpoints", e))?;
+    let client = crate::workload::api_client(&b.endpoints).map_err(|e| err("--endpoints", e))?;
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let ns = format!("bench-controllers-{stamp}");
     client

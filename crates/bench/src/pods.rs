@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use flotilla_client::{Client, DeleteParams, ListParams, WatchEvent};
+use flotilla_client::{DeleteParams, ListParams, WatchEvent};
 use flotilla_proto::api as pb;
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -105,7 +105,7 @@ pub async fn run(b: &PodsBench) -> Result<PodsReport, BenchError> {
     if b.pods == 0 || b.rate <= 0.0 {
         return Err(BenchError::Invalid("--pods and --rate must be positive".into()));
     }
-    let client = Client::new(&b.endpoints).map_err(|e| err("--endpoints", e))?;
+    let client = crate::workload::api_client(&b.endpoints).map_err(|e| err("--endpoints", e))?;
     let nodes = client.list::<pb::Node>(&ListParams::default()).await.map_err(|e| err("listing nodes", e))?;
     let mut runtimes: Vec<String> = nodes
         .items

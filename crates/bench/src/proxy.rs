@@ -163,7 +163,7 @@ pub async fn run(b: &ProxyBench) -> Result<ProxyReport, BenchError> {
     if b.services * b.per_service > 65_000 {
         return Err(BenchError::Setup("at most 65,000 endpoints in all (one /16 of addresses)".into()));
     }
-    let client = Client::new(&b.endpoints).map_err(|e| err("--endpoints", e))?;
+    let client = crate::workload::api_client(&b.endpoints).map_err(|e| err("--endpoints", e))?;
     let tag = format!("bench-proxy-{}", std::process::id());
     let netns = Netns::create(&tag)?;
     let say = |m: String| {

@@ -155,7 +155,7 @@ async fn create<T: flotilla_client::Resource>(client: &Client, o: T) -> Result<(
 
 /// Runs the benchmark.
 pub async fn run(b: &SchedulerBench) -> Result<SchedulerReport, BenchError> {
-    let client = Client::new(&b.endpoints).map_err(|e| err("--endpoints", e))?;
+    let client = crate::workload::api_client(&b.endpoints).map_err(|e| err("--endpoints", e))?;
     let suffix = format!("{:x}", std::process::id());
     let ns = format!("bench-sched-{suffix}");
     let say = |s: String| {

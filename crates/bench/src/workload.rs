@@ -90,9 +90,26 @@ impl Workload {
     }
 }
 
+/// TLS for every connection this process makes (set once, before the first).
+static TLS: std::sync::OnceLock<std::sync::Arc<flotilla_tls::ClientTls>> = std::sync::OnceLock::new();
+
+/// Makes every connection of this process TLS with `tls` (the cluster's CA and a client
+/// certificate): endpoints without a scheme become https.
+pub fn use_tls(tls: std::sync::Arc<flotilla_tls::ClientTls>) -> Result<(), BenchError> {
+    TLS.set(tls).map_err(|_| BenchError::Invalid("TLS was set twice".into()))
+}
+
+/// A resource-API client of `endpoints`, in TLS when [`use_tls`] was called.
+pub fn api_client(endpoints: &[String]) -> Result<flotilla_client::Client, flotilla_client::ClientError> {
+    let opts = flotilla_client::Options { tls: TLS.get().cloned(), ..Default::default() };
+    flotilla_client::Client::with_options(endpoints, opts)
+}
+
 fn url(ep: &str) -> String {
-    if ep.starts_with("http://") {
+    if ep.contains("://") {
         ep.to_string()
+    } else if TLS.get().is_some() {
+        format!("https://{ep}")
     } else {
         format!("http://{ep}")
     }
@@ -100,15 +117,17 @@ fn url(ep: &str) -> String {
 
 async fn connect(ep: &str) -> Result<Channel, BenchError> {
     let bad = |reason: String| BenchError::Unreachable { endpoint: ep.to_string(), reason };
-    Endpoint::from_shared(url(ep))
+    let endpoint = Endpoint::from_shared(url(ep))
         .map_err(|e| bad(e.to_string()))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(1))
-        .keep_alive_timeout(Duration::from_secs(2))
-        .connect()
-        .await
-        .map_err(|e| bad(e.to_string()))
+        .keep_alive_timeout(Duration::from_secs(2));
+    match TLS.get() {
+        Some(tls) => endpoint.connect_with_connector(flotilla_tls::Connector::new(tls.clone())).await,
+        None => endpoint.connect().await,
+    }
+    .map_err(|e| bad(e.to_string()))
 }
 
 async fn channels(c: &Common) -> Result<Vec<Channel>, BenchError> {

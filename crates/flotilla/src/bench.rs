@@ -9,9 +9,18 @@ use flotilla_bench::{Common, Consistency, Workload};
 /// Flags shared by every workload, named like etcd's benchmark tool's.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Comma-separated endpoints (host:port or http://host:port).
+    /// Comma-separated endpoints (host:port or http://host:port; https:// with --cacert).
     #[arg(long, default_value = "127.0.0.1:2379", global = true)]
     endpoints: String,
+    /// CA certificate (PEM) of endpoints that serve TLS (etcdctl's flag).
+    #[arg(long, value_name = "FILE", global = true)]
+    cacert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) to present.
+    #[arg(long, value_name = "FILE", global = true)]
+    cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE", global = true)]
+    key: Option<std::path::PathBuf>,
     /// gRPC connections, spread over the endpoints.
     #[arg(long, default_value_t = 1, global = true)]
     conns: usize,
@@ -184,12 +193,24 @@ struct CompareArgs {
     /// Keep the clusters' data dirs and logs.
     #[arg(long)]
     keep: bool,
+    /// Both clusters with TLS on every port and client certificates required (etcd's
+    /// flags on both), the clients with an admin's certificate: the cost of TLS.
+    #[arg(long)]
+    tls: bool,
 }
 
 /// Runs the chosen workload and prints its report.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let rt =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    if let Some(tls) =
+        flotilla_client::tls_from_files(args.cacert.as_deref(), args.cert.as_deref(), args.key.as_deref())?
+    {
+        if matches!(args.workload, WorkloadArgs::Compare(_)) {
+            anyhow::bail!("compare starts its own clusters: give it --tls instead of --cacert/--cert/--key");
+        }
+        flotilla_bench::workload::use_tls(tls)?;
+    }
     if let WorkloadArgs::Compare(c) = args.workload {
         let flotilla_bin = match c.flotilla_bin {
             Some(b) => b,
@@ -202,6 +223,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             quick: c.quick,
             rounds: c.rounds,
             keep: c.keep,
+            tls: c.tls,
         };
         return rt.block_on(flotilla_bench::compare::run(cfg)).map_err(Into::into);
     }

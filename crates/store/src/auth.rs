@@ -131,11 +131,9 @@ fn etcd_write(path: &str) -> bool {
 
 impl AuthConfig {
     fn authenticate(&self, headers: &HeaderMap, ext: &http::Extensions) -> Result<User, Status> {
-        if let Some(info) = ext.get::<flotilla_tls::PeerInfo>() {
-            if let Some(leaf) = info.certs.as_ref().and_then(|c| c.first()) {
-                let id = flotilla_tls::identity(leaf).map_err(|e| Status::unauthenticated(e.to_string()))?;
-                return Ok(User::new(id.user, id.groups));
-            }
+        if let Some(id) = ext.get::<flotilla_tls::PeerInfo>().and_then(|i| i.identity.as_ref()) {
+            let id = id.as_ref().as_ref().map_err(|e| Status::unauthenticated(e.clone()))?;
+            return Ok(User::new(id.user.clone(), id.groups.clone()));
         }
         if let Some(v) = headers.get(http::header::AUTHORIZATION) {
             let token = v.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
@@ -226,11 +224,10 @@ impl Gate {
             Gate::Open => Ok(None),
             Gate::Client(cfg) => cfg.check(path, headers, ext).map(Some),
             Gate::Peers => {
-                let Some(leaf) = ext.get::<flotilla_tls::PeerInfo>().and_then(|i| i.certs.as_ref()?.first().cloned())
-                else {
+                let Some(id) = ext.get::<flotilla_tls::PeerInfo>().and_then(|i| i.identity.clone()) else {
                     return Ok(None);
                 };
-                let id = flotilla_tls::identity(&leaf).map_err(|e| Status::unauthenticated(e.to_string()))?;
+                let id = id.as_ref().as_ref().map_err(|e| Status::unauthenticated(e.clone()))?;
                 if id.user.starts_with(MASTER_USER_PREFIX) && id.groups.iter().any(|g| g == MASTERS) {
                     Ok(None)
                 } else {

@@ -66,5 +66,6 @@ pub fn identity(der: &[u8]) -> Result<Identity, TlsError> {
 /// handshake), for a request a tonic server took over [`incoming`]; None when the client
 /// presented none, or the connection is not TLS.
 pub fn peer_identity<T>(req: &tonic::Request<T>) -> Option<Result<Identity, TlsError>> {
-    req.extensions().get::<net::PeerInfo>()?.certs.as_ref()?.first().map(|leaf| identity(leaf))
+    let id = req.extensions().get::<net::PeerInfo>()?.identity.clone()?;
+    Some(id.as_ref().clone().map_err(TlsError::Bad))
 }
