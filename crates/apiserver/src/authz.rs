@@ -59,7 +59,7 @@ pub struct Request<'a> {
     pub fenced: bool,
 }
 
-impl Request<'_> {
+impl<'a> Request<'a> {
     /// `pods` or `pods/status`, as RBAC rules name it.
     pub fn resource(&self) -> String {
         if self.sub.is_empty() {
@@ -71,6 +71,14 @@ impl Request<'_> {
 
     fn writes(&self) -> bool {
         !matches!(self.verb, "get" | "list" | "watch")
+    }
+
+    /// The object's name: the request's, or for a create the object's own.
+    pub fn object_name(&self) -> &'a str {
+        match (self.name, self.object) {
+            ("", Some(o)) => kinds::meta(o).name.as_str(),
+            (n, _) => n,
+        }
     }
 }
 
@@ -132,10 +140,7 @@ impl Authorizer {
         if self.mode == Mode::AlwaysAllow || user.in_group(MASTERS) {
             return Ok(());
         }
-        let name = match (req.name, req.object) {
-            ("", Some(o)) => kinds::meta(o).name.as_str(),
-            (n, _) => n,
-        };
+        let name = req.object_name();
         let deny = |why: &str| {
             let on = if name.is_empty() { String::new() } else { format!(" {name:?}") };
             let ns =
@@ -176,16 +181,17 @@ impl Authorizer {
     fn rbac_allows(&self, user: &User, req: &Request<'_>) -> bool {
         let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
         let resource = req.resource();
-        let rules_of = |kind: &str, name: &str, ns: &str| -> Vec<pb::PolicyRule> {
+        // The rules a binding's roleRef names (none when the role does not exist).
+        let rules_of = |kind: &str, name: &str, ns: &str| -> &[pb::PolicyRule] {
             let (k, key) = match kind {
                 "ClusterRole" => (Kind::ClusterRole, keys::key(Kind::ClusterRole, "", name)),
                 _ => (Kind::Role, keys::key(Kind::Role, ns, name)),
             };
             let stored = cache.objects.get(&k).and_then(|m| m.get(&key));
             match stored.or_else(|| self.defaults.get(&key)) {
-                Some(O::ClusterRole(r)) => r.rules.clone(),
-                Some(O::Role(r)) => r.rules.clone(),
-                _ => Vec::new(),
+                Some(O::ClusterRole(r)) => &r.rules,
+                Some(O::Role(r)) => &r.rules,
+                _ => &[],
             }
         };
         let applies = |subjects: &[pb::Subject]| {
@@ -205,7 +211,7 @@ impl Authorizer {
         for b in stored.into_iter().flat_map(|m| m.values()).chain(defaults) {
             if let O::ClusterRoleBinding(b) = b {
                 let Some(r) = &b.role_ref else { continue };
-                if applies(&b.subjects) && matches(&rules_of(&r.kind, &r.name, "")) {
+                if applies(&b.subjects) && matches(rules_of(&r.kind, &r.name, "")) {
                     return true;
                 }
             }
@@ -219,7 +225,7 @@ impl Authorizer {
         for (_, b) in local.filter(|(k, _)| k.starts_with(&prefix)) {
             let O::RoleBinding(b) = b else { continue };
             let Some(r) = &b.role_ref else { continue };
-            if applies(&b.subjects) && matches(&rules_of(&r.kind, &r.name, req.namespace)) {
+            if applies(&b.subjects) && matches(rules_of(&r.kind, &r.name, req.namespace)) {
                 return true;
             }
         }
@@ -242,21 +248,12 @@ pub fn rule_matches(r: &pb::PolicyRule, verb: &str, resource: &str, name: &str) 
 /// carry no fence: the fence is what the lock makes.
 fn own_lock(user: &User, req: &Request<'_>) -> bool {
     let lock = if user.name == SCHEDULER { "flotilla-scheduler" } else { "flotilla-controller-manager" };
-    let name = if req.name.is_empty() {
-        req.object.map(|o| kinds::meta(o).name.as_str()).unwrap_or_default()
-    } else {
-        req.name
-    };
-    req.kind == Kind::Lease && req.namespace == "kube-system" && name == lock
+    req.kind == Kind::Lease && req.namespace == "kube-system" && req.object_name() == lock
 }
 
 /// The node authorizer: what node `node` may do. Outer error: the check itself failed.
 async fn node_allows(reg: &Registry, node: &str, req: &Request<'_>) -> Result<Result<(), String>, ApiError> {
-    let name = if req.name.is_empty() {
-        req.object.map(|o| kinds::meta(o).name.clone()).unwrap_or_default()
-    } else {
-        req.name.to_string()
-    };
+    let name = req.object_name();
     let refuse = |why: String| Ok(Err(why));
     match (req.verb, req.kind, req.sub) {
         // What it runs and routes: pods, nodes, services, endpoints, namespaces, leases.
@@ -293,7 +290,7 @@ async fn node_allows(reg: &Registry, node: &str, req: &Request<'_>) -> Result<Re
         }
         // Its pods: their status, and their removal once they have stopped.
         ("update", Kind::Pod, "status") | ("delete", Kind::Pod, "") => {
-            let O::Pod(p) = reg.get(Kind::Pod, req.namespace, &name).await? else {
+            let O::Pod(p) = reg.get(Kind::Pod, req.namespace, name).await? else {
                 return refuse("not a pod".into());
             };
             let on = p.spec.map(|s| s.node_name).unwrap_or_default();

@@ -28,28 +28,33 @@ impl ApiService {
         ApiService { reg, authz }
     }
 
-    /// Authorizes `what` for the request's user; a refusal is audited.
-    async fn admit<T>(&self, req: &Request<T>, what: &authz::Request<'_>) -> Result<Option<User>, Status> {
-        let user = req.extensions().get::<User>().cloned();
-        if let Err(e) = self.authz.authorize(&self.reg, user.as_ref(), what).await {
-            self.audit(user.as_ref(), what, Err(&e));
+    /// Authorizes `what` for `user`; a refusal is audited.
+    async fn admit(&self, user: Option<&User>, what: &authz::Request<'_>) -> Result<(), Status> {
+        if let Err(e) = self.authz.authorize(&self.reg, user, what).await {
+            if let Some(a) = self.audited(what) {
+                self.audit(user, &a, Err(&e));
+            }
             return Err(e.into());
         }
-        Ok(user)
+        Ok(())
+    }
+
+    /// What the audit log will say of `what` (None without an audit log): taken before
+    /// the request's object moves on to the registry.
+    fn audited(&self, what: &authz::Request<'_>) -> Option<Audited> {
+        self.reg.config().audit.as_ref()?;
+        Some(Audited {
+            verb: what.verb,
+            resource: what.resource(),
+            namespace: what.namespace.to_string(),
+            name: what.object_name().to_string(),
+        })
     }
 
     /// Records a write (or a refusal) in the audit log.
-    fn audit(&self, user: Option<&User>, what: &authz::Request<'_>, result: Result<(), &ApiError>) {
+    fn audit(&self, user: Option<&User>, a: &Audited, result: Result<(), &ApiError>) {
         let Some(log) = &self.reg.config().audit else { return };
-        if result.is_ok() && !matches!(what.verb, "create" | "update" | "patch" | "delete") {
-            return;
-        }
-        let resource = what.resource();
-        let name = match (what.name, what.object) {
-            ("", Some(o)) => kinds::meta(o).name.clone(),
-            (n, _) => n.to_string(),
-        };
-        let mut e = Entry::resource(user, what.verb, &resource, what.namespace, &name);
+        let mut e = Entry::resource(user, a.verb, &a.resource, &a.namespace, &a.name);
         let reason = result.err().map(ToString::to_string).unwrap_or_default();
         if let Err(err) = result {
             e.result = if matches!(err, ApiError::Forbidden(_)) { "denied" } else { "failed" };
@@ -62,13 +67,28 @@ impl ApiService {
     async fn write<T>(
         &self,
         user: Option<&User>,
-        what: &authz::Request<'_>,
+        audited: Option<Audited>,
         run: impl std::future::Future<Output = Result<T, ApiError>>,
     ) -> Result<T, Status> {
         let r = run.await;
-        self.audit(user, what, r.as_ref().map(|_| ()));
+        if let Some(a) = &audited {
+            self.audit(user, a, r.as_ref().map(|_| ()));
+        }
         r.map_err(Status::from)
     }
+}
+
+/// A write or refusal as the audit log records it.
+struct Audited {
+    verb: &'static str,
+    resource: String,
+    namespace: String,
+    name: String,
+}
+
+/// The user a request comes from (None: a plaintext port, where nobody is asked).
+fn user_of<T>(req: &Request<T>) -> Option<User> {
+    req.extensions().get::<User>().cloned()
 }
 
 fn what<'a>(
@@ -148,15 +168,18 @@ impl ApiService {
         req: Request<pb::UpdateRequest>,
         status: bool,
     ) -> Result<Response<pb::Object>, Status> {
-        let fence = Fence::from_request(req.get_ref().fence.as_ref()).map_err(ApiError::from)?;
-        let o = kinds::unwrap(req.get_ref().object.clone()).map_err(ApiError::from)?;
+        let user = user_of(&req);
+        let r = req.into_inner();
+        let fence = Fence::from_request(r.fence.as_ref()).map_err(ApiError::from)?;
+        let o = kinds::unwrap(r.object).map_err(ApiError::from)?;
         let kind = Kind::of(&o);
         let ns = kind.namespace_or_default(&kinds::meta(&o).namespace).to_string();
         let name = kinds::meta(&o).name.clone();
         let sub = if status { "status" } else { "" };
         let w = authz::Request { object: Some(&o), fenced: fence.is_some(), ..what("update", kind, sub, &ns, &name) };
-        let user = self.admit(&req, &w).await?;
-        let updated = self.write(user.as_ref(), &w, self.reg.update(o.clone(), status, fence.as_ref())).await?;
+        self.admit(user.as_ref(), &w).await?;
+        let audited = self.audited(&w);
+        let updated = self.write(user.as_ref(), audited, self.reg.update(o, status, fence.as_ref())).await?;
         Ok(Response::new(kinds::wrap(updated)))
     }
 }
@@ -164,13 +187,16 @@ impl ApiService {
 #[tonic::async_trait]
 impl Api for ApiService {
     async fn create(&self, req: Request<pb::CreateRequest>) -> Result<Response<pb::Object>, Status> {
-        let fence = Fence::from_request(req.get_ref().fence.as_ref()).map_err(ApiError::from)?;
-        let o = kinds::unwrap(req.get_ref().object.clone()).map_err(ApiError::from)?;
+        let user = user_of(&req);
+        let r = req.into_inner();
+        let fence = Fence::from_request(r.fence.as_ref()).map_err(ApiError::from)?;
+        let o = kinds::unwrap(r.object).map_err(ApiError::from)?;
         let kind = Kind::of(&o);
         let ns = kind.namespace_or_default(&kinds::meta(&o).namespace).to_string();
         let w = authz::Request { object: Some(&o), fenced: fence.is_some(), ..what("create", kind, "", &ns, "") };
-        let user = self.admit(&req, &w).await?;
-        let created = self.write(user.as_ref(), &w, self.reg.create(o.clone(), fence.as_ref())).await?;
+        self.admit(user.as_ref(), &w).await?;
+        let audited = self.audited(&w);
+        let created = self.write(user.as_ref(), audited, self.reg.create(o, fence.as_ref())).await?;
         Ok(Response::new(kinds::wrap(created)))
     }
 
@@ -178,14 +204,14 @@ impl Api for ApiService {
         let r = req.get_ref();
         let kind = Kind::parse(&r.kind).map_err(ApiError::from)?;
         let ns = kind.namespace_or_default(&r.namespace);
-        self.admit(&req, &what("get", kind, "", ns, &r.name)).await?;
+        self.admit(user_of(&req).as_ref(), &what("get", kind, "", ns, &r.name)).await?;
         Ok(Response::new(kinds::wrap(self.reg.get(kind, ns, &r.name).await?)))
     }
 
     async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
         let r = req.get_ref();
         let kind = Kind::parse(&r.kind).map_err(ApiError::from)?;
-        self.admit(&req, &what("list", kind, "", &r.namespace, "")).await?;
+        self.admit(user_of(&req).as_ref(), &what("list", kind, "", &r.namespace, "")).await?;
         Ok(Response::new(self.reg.list(kind, r).await?))
     }
 
@@ -203,8 +229,9 @@ impl Api for ApiService {
         let ns = kind.namespace_or_default(&r.namespace);
         let sub = if r.status { "status" } else { "" };
         let w = authz::Request { fenced: r.fence.is_some(), ..what("patch", kind, sub, ns, &r.name) };
-        let user = self.admit(&req, &w).await?;
-        Ok(Response::new(kinds::wrap(self.write(user.as_ref(), &w, self.reg.patch(r)).await?)))
+        let user = user_of(&req);
+        self.admit(user.as_ref(), &w).await?;
+        Ok(Response::new(kinds::wrap(self.write(user.as_ref(), self.audited(&w), self.reg.patch(r)).await?)))
     }
 
     async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
@@ -212,8 +239,9 @@ impl Api for ApiService {
         let kind = Kind::parse(&r.kind).map_err(ApiError::from)?;
         let ns = kind.namespace_or_default(&r.namespace);
         let w = authz::Request { fenced: r.fence.is_some(), ..what("delete", kind, "", ns, &r.name) };
-        let user = self.admit(&req, &w).await?;
-        let d = self.write(user.as_ref(), &w, self.reg.delete(r)).await?;
+        let user = user_of(&req);
+        self.admit(user.as_ref(), &w).await?;
+        let d = self.write(user.as_ref(), self.audited(&w), self.reg.delete(r)).await?;
         Ok(Response::new(pb::DeleteResponse { object: Some(kinds::wrap(d.object)), deleted: d.gone }))
     }
 
@@ -221,7 +249,7 @@ impl Api for ApiService {
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
         let kind = Kind::parse(&req.get_ref().kind).map_err(ApiError::from)?;
-        self.admit(&req, &what("watch", kind, "", &req.get_ref().namespace, "")).await?;
+        self.admit(user_of(&req).as_ref(), &what("watch", kind, "", &req.get_ref().namespace, "")).await?;
         let r = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::WatchEvent, ApiError>>(256);
         self.reg.watch(kind, &r, tx)?;
@@ -234,8 +262,9 @@ impl Api for ApiService {
         let r = req.get_ref();
         let ns = Kind::Pod.namespace_or_default(&r.namespace);
         let w = authz::Request { fenced: r.fence.is_some(), ..what("create", Kind::Pod, "binding", ns, &r.name) };
-        let user = self.admit(&req, &w).await?;
-        Ok(Response::new(kinds::wrap(self.write(user.as_ref(), &w, self.reg.bind(r)).await?)))
+        let user = user_of(&req);
+        self.admit(user.as_ref(), &w).await?;
+        Ok(Response::new(kinds::wrap(self.write(user.as_ref(), self.audited(&w), self.reg.bind(r)).await?)))
     }
 
     async fn access_review(
@@ -261,7 +290,7 @@ impl Api for ApiService {
         let ns = kind.namespace_or_default(&r.namespace);
         // The review asks about a write that carries its fence, as the components' do.
         let w = authz::Request { fenced: true, ..what(verb, kind, sub, ns, &r.name) };
-        let user = req.extensions().get::<User>().cloned();
+        let user = user_of(&req);
         let decision = self.authz.authorize(&self.reg, user.as_ref(), &w).await;
         let (allowed, reason) = match decision {
             Ok(()) => (true, String::new()),
@@ -280,7 +309,7 @@ impl Api for ApiService {
 
     async fn pod_logs(&self, req: Request<pb::PodLogsRequest>) -> Result<Response<LogStream>, Status> {
         let ns = Kind::Pod.namespace_or_default(&req.get_ref().namespace).to_string();
-        self.admit(&req, &what("get", Kind::Pod, "log", &ns, &req.get_ref().name)).await?;
+        self.admit(user_of(&req).as_ref(), &what("get", Kind::Pod, "log", &ns, &req.get_ref().name)).await?;
         let r = req.into_inner();
         if r.tail_lines.is_some_and(|n| n < 0) {
             return Err(ApiError::invalid("tailLines", "must not be negative").into());

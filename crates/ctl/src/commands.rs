@@ -60,11 +60,11 @@ fn conn(args: &CtlArgs) -> Result<Conn, CtlError> {
         (None, Ok(e)) if !e.trim().is_empty() => split(&e),
         _ => file.as_ref().map_or_else(|| vec!["127.0.0.1:2379".into()], |f| f.endpoints.clone()),
     };
-    let mut tls = args.tls.clone();
-    if tls.cacert.is_none() && tls.cert.is_none() && tls.key.is_none() && tls.token.is_none() {
+    let mut creds = args.credentials.clone();
+    if creds.cacert.is_none() && creds.cert.is_none() && creds.key.is_none() && creds.token.is_none() {
         if let (Some(f), Some(p)) = (file, &path) {
             let dir = p.parent().unwrap_or(std::path::Path::new("."));
-            tls = crate::TlsArgs {
+            creds = crate::CredentialArgs {
                 cacert: f.cacert.map(|c| dir.join(c)),
                 cert: f.cert.map(|c| dir.join(c)),
                 key: f.key.map(|c| dir.join(c)),
@@ -72,7 +72,7 @@ fn conn(args: &CtlArgs) -> Result<Conn, CtlError> {
             };
         }
     }
-    Ok(Conn { eps, tls: tls.client_tls()?, token: tls.token })
+    Ok(Conn { eps, tls: creds.client_tls()?, token: creds.token })
 }
 
 fn kind(s: &str) -> Result<Kind, CtlError> {

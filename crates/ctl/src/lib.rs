@@ -74,7 +74,7 @@ pub struct CtlArgs {
     pub namespace: Option<String>,
 
     #[command(flatten)]
-    pub tls: TlsArgs,
+    pub credentials: CredentialArgs,
 
     /// Act as this user (only cluster admins may; Kubernetes' impersonation).
     #[arg(long = "as", global = true, value_name = "USER")]
@@ -84,10 +84,10 @@ pub struct CtlArgs {
     pub command: Command,
 }
 
-/// How a client reaches masters that serve TLS (`https`): the flags etcdctl names so, for
-/// flotctl and every component that talks to the masters.
+/// How a client proves who it is to the masters: TLS files under the names etcdctl gives
+/// them, and a bearer token; for flotctl and every component that talks to the masters.
 #[derive(Args, Debug, Default, Clone)]
-pub struct TlsArgs {
+pub struct CredentialArgs {
     /// CA certificate (PEM) the masters' certificates chain to; given, the masters are
     /// spoken to in TLS (endpoints without a scheme become https://) [env: FLOTILLA_CACERT].
     #[arg(long, global = true, value_name = "FILE", env = "FLOTILLA_CACERT")]
@@ -103,7 +103,7 @@ pub struct TlsArgs {
     pub token: Option<String>,
 }
 
-impl TlsArgs {
+impl CredentialArgs {
     /// The client TLS the files make (None without --cacert); half a set is refused by name.
     pub fn client_tls(
         &self,

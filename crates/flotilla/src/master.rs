@@ -132,7 +132,7 @@ pub struct MasterArgs {
     #[arg(long, value_name = "FILE")]
     peer_trusted_ca_file: Option<PathBuf>,
 
-    /// Accepted for etcd's sake: with peer TLS a peer without a certificate from
+    /// Accepted for etcd's sake (with peer TLS only): a peer without a certificate from
     /// --peer-trusted-ca-file is always refused.
     #[arg(long)]
     peer_client_cert_auth: bool,
@@ -406,13 +406,17 @@ pub fn config(args: MasterArgs) -> anyhow::Result<MasterConfig> {
         key: args.peer_key_file.or(file.peer_key_file),
         ca: args.peer_trusted_ca_file.or(file.peer_trusted_ca_file),
     };
-    let _ = args.peer_client_cert_auth || file.peer_client_cert_auth; // always on with peer TLS
     let peer_tls = match peer_flags.server(flotilla_tls::ClientAuth::Required)? {
         Some(server) => {
             Some(flotilla_store::config::PeerTls { server, client: peer_flags.client("peers are verified both ways")? })
         }
         None => None,
     };
+    // Peer TLS always verifies both ways; the flag only says so, and without peer TLS it
+    // would promise what nothing does.
+    if (args.peer_client_cert_auth || file.peer_client_cert_auth) && peer_tls.is_none() {
+        bail!("--peer-client-cert-auth needs --peer-cert-file, --peer-key-file and --peer-trusted-ca-file");
+    }
     for (flag, u, tls) in [
         ("listen-client", &listen_client, client_tls.is_some()),
         ("advertise-client", &advertise_client, client_tls.is_some()),
@@ -481,11 +485,10 @@ pub fn config(args: MasterArgs) -> anyhow::Result<MasterConfig> {
         let t: String = rand::rng().sample_iter(rand::distr::Alphanumeric).take(40).map(char::from).collect();
         tokens.insert(
             t.clone(),
-            flotilla_store::auth::User {
-                name: format!("{}{name}", flotilla_store::auth::MASTER_USER_PREFIX),
-                groups: vec![flotilla_store::auth::MASTERS.into(), flotilla_store::auth::AUTHENTICATED.into()],
-                impersonated_by: None,
-            },
+            flotilla_store::auth::User::new(
+                format!("{}{name}", flotilla_store::auth::MASTER_USER_PREFIX),
+                vec![flotilla_store::auth::MASTERS.into()],
+            ),
         );
         t
     });

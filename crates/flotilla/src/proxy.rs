@@ -116,7 +116,7 @@ pub struct ProxyArgs {
     )]
     masters: Vec<String>,
     #[command(flatten)]
-    tls: flotilla_ctl::TlsArgs,
+    credentials: flotilla_ctl::CredentialArgs,
     /// The node's name (load-balancer addresses are shared out among nodes by name)
     /// [default: the host name].
     #[arg(long)]
@@ -147,7 +147,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         let node_ip = args.node_ip.context("--node-ip is required")?;
         let name = crate::worker::node_name(args.name.as_deref())?;
         let cfg = args.flags.config(&name, node_ip)?;
-        let client = args.tls.client(&args.masters).context("--masters")?;
+        let client = args.credentials.client(&args.masters).context("--masters")?;
         let metrics = Arc::new(ProxyMetrics::new());
         if let Some(addr) = &args.listen_metrics {
             let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--listen-metrics {addr}"))?;

@@ -71,7 +71,7 @@ pub struct SchedulerArgs {
     #[arg(long, value_name = "ENDPOINTS", value_delimiter = ',', required = true, env = "FLOTILLA_ENDPOINTS")]
     masters: Vec<String>,
     #[command(flatten)]
-    tls: flotilla_ctl::TlsArgs,
+    credentials: flotilla_ctl::CredentialArgs,
     /// Address serving /healthz and /metrics, e.g. 127.0.0.1:10259.
     #[arg(long, value_name = "HOST:PORT")]
     listen_metrics: Option<String>,
@@ -101,7 +101,7 @@ pub fn run(args: SchedulerArgs) -> anyhow::Result<()> {
     let rt =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let client = args.tls.client(&args.masters).context("--masters")?;
+        let client = args.credentials.client(&args.masters).context("--masters")?;
         let metrics = Arc::new(SchedulerMetrics::new());
         if let Some(addr) = &args.listen_metrics {
             let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--listen-metrics {addr}"))?;

@@ -36,7 +36,7 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "ENDPOINTS", value_delimiter = ',', required = true, env = "FLOTILLA_ENDPOINTS")]
     masters: Vec<String>,
     #[command(flatten)]
-    tls: flotilla_ctl::TlsArgs,
+    credentials: flotilla_ctl::CredentialArgs,
     /// The node's address (its InternalIP; with the process runtime also its pods').
     #[arg(long, value_name = "IP")]
     node_ip: std::net::IpAddr,
@@ -295,7 +295,7 @@ async fn serve<R: flotilla_kubelet::Runtime>(
     proxy: Option<flotilla_proxy::ProxyConfig>,
     runtime: R,
 ) -> anyhow::Result<()> {
-    let client = args.tls.client(&args.masters).context("--masters")?;
+    let client = args.credentials.client(&args.masters).context("--masters")?;
     let metrics = std::sync::Arc::new(flotilla_kubelet::metrics::KubeletMetrics::new());
     let proxy_metrics = std::sync::Arc::new(flotilla_proxy::metrics::ProxyMetrics::new());
     if let Some(addr) = &args.listen_metrics {

@@ -44,10 +44,6 @@ fn client_as(rt: &tokio::runtime::Runtime, c: &Cluster, token: Option<&str>, cer
     rt.block_on(async { Client::with_options(&eps, opts) }).expect("client")
 }
 
-fn api_code(e: &ClientError) -> Option<tonic::Code> {
-    e.code()
-}
-
 fn pod(name: &str, node: &str) -> pb::Pod {
     pb::Pod {
         metadata: Some(pb::ObjectMeta { name: name.into(), namespace: "default".into(), ..Default::default() }),
@@ -63,7 +59,7 @@ fn pod(name: &str, node: &str) -> pb::Pod {
 fn denied(r: Result<impl std::fmt::Debug, ClientError>, want: &str) {
     match r {
         Err(e) => {
-            assert_eq!(api_code(&e), Some(tonic::Code::PermissionDenied), "{e}");
+            assert_eq!(e.code(), Some(tonic::Code::PermissionDenied), "{e}");
             assert!(e.to_string().contains(want), "{want:?} not in: {e}");
         }
         Ok(v) => panic!("allowed ({want}): {v:?}"),
@@ -87,7 +83,7 @@ fn tokens_name_users_bad_ones_are_refused_and_the_etcd_api_is_for_admins() {
         ("no certificate and no token", &nobody, "anonymous requests are not allowed"),
     ] {
         let e = rt.block_on(client.create(pod("sneaky", ""))).expect_err(who);
-        assert_eq!(api_code(&e), Some(tonic::Code::Unauthenticated), "{who}: {e}");
+        assert_eq!(e.code(), Some(tonic::Code::Unauthenticated), "{who}: {e}");
         assert!(e.to_string().contains(want), "{who}: {e}");
     }
     let admin = c.client(&rt);
@@ -323,7 +319,7 @@ fn the_scheduler_and_controller_manager_identities_must_carry_their_fence() {
     // Reads need no fence; its role's writes without one are refused.
     let p: pb::Pod = rt.block_on(sched.get("default", "web")).expect("the scheduler reads pods");
     let e = rt.block_on(sched.bind("default", "web", "n1", "")).expect_err("an unfenced bind");
-    assert_eq!(api_code(&e), Some(tonic::Code::PermissionDenied), "{e}");
+    assert_eq!(e.code(), Some(tonic::Code::PermissionDenied), "{e}");
     assert!(e.to_string().contains("must carry its fencing token"), "{e}");
     let mut st = p;
     st.status = Some(pb::PodStatus { phase: "Pending".into(), ..Default::default() });

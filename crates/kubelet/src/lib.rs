@@ -116,13 +116,6 @@ impl WorkerConfig {
 
 /// The kubelet's endpoint in TLS answers masters only (their certificates are in
 /// `system:masters`): a node's or a user's certificate from the cluster CA is refused.
-fn tonic_interceptor<S>(svc: S) -> tonic::service::interceptor::InterceptedService<S, Check> {
-    tonic::service::interceptor::InterceptedService::new(svc, masters_only)
-}
-
-/// A check of every request's caller.
-type Check = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
-
 fn masters_only(req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
     match flotilla_tls::peer_identity(&req) {
         Some(Ok(id)) if id.groups.iter().any(|g| g == MASTERS_GROUP) => Ok(req),
@@ -157,13 +150,17 @@ pub async fn run<R: Runtime>(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| KubeletError::Io { path: format!("kubelet endpoint {addr}"), source: e })?;
-    let logs = pb::kubelet_server::KubeletServer::new(logs::LogService::new(runtime.clone()));
+    let logs = logs::LogService::new(runtime.clone());
     let tcp = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let server = match cfg.kubelet_tls.clone() {
-        None => tokio::spawn(tonic::transport::Server::builder().add_service(logs).serve_with_incoming(tcp)),
+        None => tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::kubelet_server::KubeletServer::new(logs))
+                .serve_with_incoming(tcp),
+        ),
         Some(tls) => tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(tonic_interceptor(logs))
+                .add_service(pb::kubelet_server::KubeletServer::with_interceptor(logs, masters_only))
                 .serve_with_incoming(flotilla_tls::incoming(tcp, tls)),
         ),
     };

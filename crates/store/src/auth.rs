@@ -47,7 +47,8 @@ impl User {
         self.groups.iter().any(|g| g == group)
     }
 
-    fn new(name: String, mut groups: Vec<String>) -> User {
+    /// A user named `name` in `groups` (and, unless anonymous, `system:authenticated`).
+    pub fn new(name: String, mut groups: Vec<String>) -> User {
         if name != ANONYMOUS && !groups.iter().any(|g| g == AUTHENTICATED) {
             groups.push(AUTHENTICATED.into());
         }

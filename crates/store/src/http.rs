@@ -50,7 +50,10 @@ pub async fn serve(
         .with_state(node);
     let served = match tls {
         None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
-        Some(tls) => axum::serve(TlsListener::new(listener, tls), app).with_graceful_shutdown(shutdown).await,
+        Some(tls) => match TlsListener::new(listener, tls) {
+            Ok(l) => axum::serve(l, app).with_graceful_shutdown(shutdown).await,
+            Err(e) => Err(e),
+        },
     };
     if let Err(e) = served {
         tracing::error!(error = %e, "metrics endpoint failed");
@@ -59,25 +62,23 @@ pub async fn serve(
 
 /// The metrics listener in TLS (an `https` metrics URL), for axum.
 struct TlsListener {
-    addr: std::io::Result<std::net::SocketAddr>,
-    conns: std::pin::Pin<Box<dyn Stream<Item = std::io::Result<TlsStream>> + Send>>,
+    addr: std::net::SocketAddr,
+    conns: std::pin::Pin<Box<dyn Stream<Item = std::io::Result<flotilla_tls::TlsConn>> + Send>>,
 }
 
-type TlsStream = flotilla_tls::TlsConn;
-
 impl TlsListener {
-    fn new(l: TcpListener, tls: Arc<flotilla_tls::ServerTls>) -> TlsListener {
-        let addr = l.local_addr();
+    fn new(l: TcpListener, tls: Arc<flotilla_tls::ServerTls>) -> std::io::Result<TlsListener> {
+        let addr = l.local_addr()?;
         let tcp = tokio_stream::wrappers::TcpListenerStream::new(l);
-        TlsListener { addr, conns: Box::pin(flotilla_tls::incoming(tcp, tls)) }
+        Ok(TlsListener { addr, conns: Box::pin(flotilla_tls::incoming(tcp, tls)) })
     }
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream;
+    type Io = flotilla_tls::TlsConn;
     type Addr = std::net::SocketAddr;
 
-    async fn accept(&mut self) -> (TlsStream, std::net::SocketAddr) {
+    async fn accept(&mut self) -> (flotilla_tls::TlsConn, std::net::SocketAddr) {
         use tokio_stream::StreamExt;
         loop {
             match self.conns.next().await {
@@ -97,9 +98,6 @@ impl axum::serve::Listener for TlsListener {
     }
 
     fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        match &self.addr {
-            Ok(a) => Ok(*a),
-            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
-        }
+        Ok(self.addr)
     }
 }

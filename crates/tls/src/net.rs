@@ -75,16 +75,14 @@ where
 /// extensions (see [`crate::peer_identity`]).
 pub struct TlsConn(pub server::TlsStream<TcpStream>);
 
-/// Who is at the other end of a TLS connection: its address, the certificate chain it
-/// presented (verified by the handshake; leaf first), if it presented one, and the
-/// identity that names — read once per connection, not per request.
+/// Who is at the other end of a TLS connection: its address and the user and groups its
+/// certificate names (verified by the handshake; read once per connection, not per
+/// request). No identity: it presented no certificate.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
     /// The client's address.
     pub remote: Option<std::net::SocketAddr>,
-    /// Its certificates.
-    pub certs: Option<Arc<Vec<rustls::pki_types::CertificateDer<'static>>>>,
-    /// The leaf's user and groups (an error when the leaf cannot be read).
+    /// The leaf certificate's user and groups (an error when the leaf cannot be read).
     pub identity: Option<Arc<Result<crate::Identity, String>>>,
 }
 
@@ -93,13 +91,11 @@ impl tonic::transport::server::Connected for TlsConn {
 
     fn connect_info(&self) -> PeerInfo {
         let (tcp, session) = self.0.get_ref();
-        let certs: Option<Arc<Vec<_>>> =
-            session.peer_certificates().map(|c| Arc::new(c.iter().map(|c| c.clone().into_owned()).collect()));
-        let identity = certs
-            .as_ref()
+        let identity = session
+            .peer_certificates()
             .and_then(|c| c.first())
             .map(|leaf| Arc::new(crate::identity(leaf).map_err(|e| e.to_string())));
-        PeerInfo { remote: tcp.peer_addr().ok(), certs, identity }
+        PeerInfo { remote: tcp.peer_addr().ok(), identity }
     }
 }
 

@@ -56,6 +56,8 @@ pub struct Member {
     pub pki: Option<PathBuf>,
     /// Whether its client port requires a client certificate (TLS only).
     pub client_cert_auth: bool,
+    /// The admin's client TLS for it (built once from `pki`, not at every status check).
+    pub admin_tls: Option<std::sync::Arc<flotilla_tls::ClientTls>>,
 }
 
 impl Member {
@@ -93,6 +95,16 @@ impl Member {
         .map(|s| s.to_string())
         .chain(self.client_cert_auth.then(|| "--client-cert-auth".to_string()))
         .collect()
+    }
+}
+
+/// A process killed (and reaped) when the test lets go of it, passing or failing.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -147,6 +159,7 @@ impl Cluster {
             env: vec![],
             host: self.members.first().map_or_else(|| "127.0.0.1".into(), |m| m.host.clone()),
             pki: self.pki().map(Path::to_path_buf),
+            admin_tls: self.members.first().and_then(|m| m.admin_tls.clone()),
             client_cert_auth: self.members.first().is_none_or(|m| m.client_cert_auth),
         }
     }
@@ -219,6 +232,7 @@ impl Cluster {
                 env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
                 host: host.into(),
                 pki: pki.clone(),
+                admin_tls: pki.as_deref().map(|p| client_tls(p, Some("user-admin"))),
                 client_cert_auth: tls.unwrap_or(false),
             });
         }
@@ -277,7 +291,7 @@ impl Cluster {
     pub fn client(&self, rt: &tokio::runtime::Runtime) -> flotilla_client::Client {
         let endpoints: Vec<String> = self.members.iter().map(|m| m.endpoint()).collect();
         let opts = flotilla_client::Options {
-            tls: self.pki().map(|p| client_tls(p, Some("user-admin"))),
+            tls: self.members.first().and_then(|m| m.admin_tls.clone()),
             ..Default::default()
         };
         rt.block_on(async { flotilla_client::Client::with_options(&endpoints, opts) }).expect("client")
@@ -381,8 +395,7 @@ pub fn status(m: &Member) -> Option<ep::StatusResponse> {
             .ok()?
             .connect_timeout(Duration::from_millis(300))
             .timeout(Duration::from_secs(1));
-        let tls = m.pki.as_deref().map(|p| client_tls(p, Some("user-admin")));
-        let ch = flotilla_client::pool::channel(endpoint, tls.as_ref());
+        let ch = flotilla_client::pool::channel(endpoint, m.admin_tls.as_ref());
         MaintenanceClient::new(ch).status(ep::StatusRequest {}).await.ok().map(|r| r.into_inner())
     })
 }
