@@ -63,6 +63,11 @@ struct Cli {
     /// Rounds of the fault list per run, instead of the suite's.
     #[arg(long)]
     rounds: Option<usize>,
+    /// Plaintext on every port. By default the masters' client and peer ports and the
+    /// kubelets' are TLS with client certificates required, made for each run by
+    /// `flotilla certs` under its directory's pki/.
+    #[arg(long)]
+    insecure: bool,
     /// Succeed only if every run FAILS (with --inject: the harness must catch the bug).
     #[arg(long)]
     expect_failure: bool,
@@ -141,6 +146,7 @@ fn main() -> ExitCode {
                 Some(Injected::SlowPublish) => vec![("FLOTILLA_FAULT_SLOW_PUBLISH".into(), "1".into())],
                 None => vec![],
             },
+            tls: !cli.insecure,
         };
         let _ = std::fs::remove_dir_all(&cfg.dir);
         // Ctrl-C or SIGTERM ends the run: dropping it kills the members and removes the
@@ -250,6 +256,7 @@ fn plane_runs(cli: &Cli, rt: &tokio::runtime::Runtime) -> ExitCode {
             shuffle,
             workers: cli.workers,
             grace: std::time::Duration::from_secs(cli.grace),
+            tls: !cli.insecure,
         };
         let _ = std::fs::remove_dir_all(&cfg.dir);
         println!("plane run, seed {seed}: {} workers, faults in order as they come:", cli.workers);

@@ -329,6 +329,8 @@ pub struct RunConfig {
     pub keys: usize,
     /// Environment for the members (e.g. a debug build's fault switch).
     pub member_env: Vec<(String, String)>,
+    /// TLS on every port, client certificates required (else plaintext).
+    pub tls: bool,
 }
 
 /// One fault as it happened.
@@ -402,10 +404,12 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
     end
 }
 
+/// A channel to `url`, connected at first use (TLS as the run's admin when it has TLS).
 pub(crate) fn channel(url: &str) -> Channel {
-    Channel::from_shared(url.to_string())
-        .map(|c| c.connect_timeout(Duration::from_millis(500)).timeout(OP_TIMEOUT).connect_lazy())
-        .unwrap_or_else(|_| unreachable!("harness URLs are well formed"))
+    let endpoint = Channel::from_shared(url.to_string())
+        .map(|c| c.connect_timeout(Duration::from_millis(500)).timeout(OP_TIMEOUT))
+        .unwrap_or_else(|_| unreachable!("harness URLs are well formed"));
+    flotilla_client::pool::channel(endpoint, crate::topology::client_tls().as_ref())
 }
 
 /// Whether an error certainly means the request never reached a server.
@@ -440,12 +444,12 @@ fn key_index(key: &str) -> Option<u32> {
 async fn watcher(shared: Arc<Shared>, url: String, start: i64) -> Option<Vec<Seen>> {
     use flotilla_proto::etcdserverpb::watch_client::WatchClient;
     use futures::StreamExt;
-    let ch = Channel::from_shared(url)
+    let endpoint = Channel::from_shared(url)
         .ok()?
         .connect_timeout(Duration::from_millis(500))
         .http2_keep_alive_interval(Duration::from_secs(1))
-        .keep_alive_timeout(Duration::from_secs(1))
-        .connect_lazy();
+        .keep_alive_timeout(Duration::from_secs(1));
+    let ch = flotilla_client::pool::channel(endpoint, crate::topology::client_tls().as_ref());
     let mut seen = Vec::new();
     let mut next = start;
     let deadline_after_stop = Duration::from_secs(30);
@@ -697,7 +701,7 @@ pub(crate) async fn leader(t: &Topology, within: Duration) -> Result<usize, Chao
 /// Runs one seeded chaos run.
 pub async fn run(cfg: &RunConfig) -> Result<Report, ChaosError> {
     std::fs::create_dir_all(&cfg.dir).map_err(|e| ChaosError::Setup(format!("{}: {e}", cfg.dir.display())))?;
-    let mut t = Topology::create(cfg.masters, &cfg.dir, &cfg.bin, cfg.faults.iter().any(|f| f.needs_proxy()))?;
+    let mut t = Topology::create(cfg.masters, &cfg.dir, &cfg.bin, cfg.faults.iter().any(|f| f.needs_proxy()), cfg.tls)?;
     t.env = cfg.member_env.clone();
     t.faketime = cfg.faults.iter().any(|f| f.needs_faketime());
     for i in 0..cfg.masters {

@@ -3,6 +3,10 @@
 //! them through one more veth pair from the host. Needs root. Everything is named after
 //! the harness's pid, so runs do not collide, and removed on drop.
 //!
+//! With TLS (the default), every port is TLS with certificates made for the run by
+//! `flotilla certs` under `<dir>/pki` (client certificates required); the harness's
+//! clients speak as an admin (see [`client_tls`]).
+//!
 //! Faults are applied here too: signals to a member's process, and iptables rules inside
 //! a member's namespace.
 
@@ -34,20 +38,20 @@ pub struct Member {
     pub damaged: bool,
     /// Its wall-clock offset file (libfaketime).
     pub clock: PathBuf,
+    /// `https` with TLS, else `http`.
+    scheme: &'static str,
     child: Option<Child>,
 }
 
 impl Member {
-    /// `http://ip:2380`.
+    /// `https://ip:2380` (`http://` without TLS).
     pub fn peer_url(&self) -> String {
-        format!("http://{}:{PEER_PORT}", self.ip)
+        format!("{}://{}:{PEER_PORT}", self.scheme, self.ip)
     }
-}
 
-impl Member {
-    /// `http://ip:2379`.
+    /// `https://ip:2379` (`http://` without TLS).
     pub fn client_url(&self) -> String {
-        format!("http://{}:{CLIENT_PORT}", self.ip)
+        format!("{}://{}:{CLIENT_PORT}", self.scheme, self.ip)
     }
 
     /// The process id, while running.
@@ -74,6 +78,26 @@ pub struct Topology {
     pub proxies: Option<Proxies>,
     /// A clock strobe under way (stopped at the heal).
     pub strobe: Option<tokio::task::JoinHandle<()>>,
+    /// The run's certificates (`<dir>/pki`) with TLS; None in plaintext.
+    pub pki: Option<PathBuf>,
+}
+
+/// The admin's client TLS of the run under way (None in plaintext): the workloads'
+/// channels are made far from the topology, and one run goes at a time in a process.
+static CLIENT_TLS: std::sync::Mutex<Option<std::sync::Arc<flotilla_tls::ClientTls>>> = std::sync::Mutex::new(None);
+
+/// The client TLS the harness's clients use against the current run's members.
+pub fn client_tls() -> Option<std::sync::Arc<flotilla_tls::ClientTls>> {
+    CLIENT_TLS.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Runs `flotilla certs ARGS` into `pki`.
+fn certs(bin: &Path, pki: &Path, args: &[&str]) -> Result<(), ChaosError> {
+    let mut cmd = vec![bin.to_str().unwrap_or_default(), "certs"];
+    cmd.extend_from_slice(args);
+    let d = pki.display().to_string();
+    cmd.extend_from_slice(&["--dir", &d]);
+    run(&cmd).map(|_| ())
 }
 
 fn run(cmd: &[&str]) -> Result<String, ChaosError> {
@@ -94,8 +118,9 @@ fn run(cmd: &[&str]) -> Result<String, ChaosError> {
 impl Topology {
     /// Creates the namespaces and links for `n` members (data under `dir`), without
     /// starting them; with `proxied`, every peer link goes through a proxy
-    /// ([`crate::proxy`]) that can slow it.
-    pub fn create(n: usize, dir: &Path, bin: &Path, proxied: bool) -> Result<Topology, ChaosError> {
+    /// ([`crate::proxy`]) that can slow it; with `tls`, certificates for them and for
+    /// the harness (an admin) are made under `<dir>/pki`.
+    pub fn create(n: usize, dir: &Path, bin: &Path, proxied: bool, tls: bool) -> Result<Topology, ChaosError> {
         // A free id: another run's namespaces are never touched (a crashed run's are left
         // for `ip netns del`; the names say which run they were).
         let taken = run(&["ip", "netns", "list"])?;
@@ -119,7 +144,27 @@ impl Topology {
             faketime: false,
             proxies: None,
             strobe: None,
+            pki: tls.then(|| dir.join("pki")),
         };
+        if let Some(pki) = &t.pki {
+            let _ = std::fs::remove_dir_all(pki);
+            certs(bin, pki, &["init"])?;
+            certs(bin, pki, &["issue", "admin", "chaos"])?;
+            for i in 1..=n {
+                certs(bin, pki, &["issue", "master", &format!("m{i}"), "--address", &format!("{subnet}.{}", 10 + i)])?;
+            }
+        }
+        let tls = match &t.pki {
+            Some(pki) => Some(
+                flotilla_tls::ClientTls::new(flotilla_tls::ClientFiles {
+                    ca: pki.join("ca.crt"),
+                    identity: Some((pki.join("user-chaos.crt"), pki.join("user-chaos.key"))),
+                })
+                .map_err(|e| ChaosError::Setup(format!("the harness's client TLS: {e}")))?,
+            ),
+            None => None,
+        };
+        *CLIENT_TLS.lock().unwrap_or_else(|p| p.into_inner()) = tls;
         run(&["ip", "netns", "add", &hub])?;
         run(&["ip", "-n", &hub, "link", "add", "br0", "type", "bridge"])?;
         run(&["ip", "-n", &hub, "link", "set", "br0", "up"])?;
@@ -162,11 +207,12 @@ impl Topology {
                 rejoin: false,
                 damaged: false,
                 clock: crate::clock::file_for(&dir.join(format!("m{i}.log"))),
+                scheme: if t.pki.is_some() { "https" } else { "http" },
                 child: None,
             });
         }
         t.initial_cluster =
-            t.members.iter().map(|m| format!("{}=http://{}:{PEER_PORT}", m.name, m.ip)).collect::<Vec<_>>().join(",");
+            t.members.iter().map(|m| format!("{}={}", m.name, m.peer_url())).collect::<Vec<_>>().join(",");
         if !proxied {
             return Ok(t);
         }
@@ -215,6 +261,27 @@ impl Topology {
         let state = if self.members[i].rejoin { "existing" } else { "new" };
         let clock = if self.faketime { crate::clock::env(&self.members[i].clock)? } else { Vec::new() };
         let m = &mut self.members[i];
+        let tls_flags: Vec<String> = match &self.pki {
+            Some(pki) => {
+                let f = |n: &str| pki.join(n).display().to_string();
+                let (crt, key, ca) =
+                    (f(&format!("master-{}.crt", m.name)), f(&format!("master-{}.key", m.name)), f("ca.crt"));
+                [
+                    ["--cert-file", &crt],
+                    ["--key-file", &key],
+                    ["--trusted-ca-file", &ca],
+                    ["--peer-cert-file", &crt],
+                    ["--peer-key-file", &key],
+                    ["--peer-trusted-ca-file", &ca],
+                ]
+                .iter()
+                .flatten()
+                .map(|s| s.to_string())
+                .chain(["--client-cert-auth".to_string()])
+                .collect()
+            }
+            None => Vec::new(),
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -226,9 +293,10 @@ impl Topology {
             .args(["master", "--name", &m.name, "--data-dir"])
             .arg(&m.data_dir)
             .args(["--listen-client", &m.client_url()])
-            .args(["--listen-peer", &format!("http://{}:{PEER_PORT}", m.ip)])
+            .args(["--listen-peer", &m.peer_url()])
             .args(["--listen-metrics", &format!("http://{}:2381", m.ip)])
             .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-state", state])
+            .args(&tls_flags)
             .args(&self.extra_args)
             .env("FLOTILLA_LOG", "info,openraft=warn")
             .envs(clock)
@@ -323,6 +391,27 @@ impl Topology {
             hosts.push((ns, ip));
         }
         Ok(hosts)
+    }
+
+    /// The TLS flags of worker `name` at `ip` (none in plaintext): its node certificate,
+    /// issued now, to the masters and on its kubelet endpoint, which answers masters.
+    pub fn worker_tls_flags(&self, name: &str, ip: &str) -> Result<Vec<String>, ChaosError> {
+        let Some(pki) = &self.pki else { return Ok(Vec::new()) };
+        certs(&self.bin, pki, &["issue", "node", name, "--address", ip, "--force"])?;
+        let f = |n: &str| pki.join(n).display().to_string();
+        let (crt, key, ca) = (f(&format!("node-{name}.crt")), f(&format!("node-{name}.key")), f("ca.crt"));
+        Ok([
+            ["--cacert", &ca],
+            ["--cert", &crt],
+            ["--key", &key],
+            ["--tls-cert-file", &crt],
+            ["--tls-private-key-file", &key],
+            ["--client-ca-file", &ca],
+        ]
+        .iter()
+        .flatten()
+        .map(|s| s.to_string())
+        .collect())
     }
 
     /// Client URLs of every member.

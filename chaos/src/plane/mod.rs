@@ -138,6 +138,8 @@ pub struct PlaneConfig {
     pub workers: usize,
     /// The masters' --node-monitor-grace-period.
     pub grace: Duration,
+    /// TLS on every port, client certificates required (else plaintext).
+    pub tls: bool,
 }
 
 /// What one fault did.
@@ -284,7 +286,7 @@ pub async fn run(cfg: &PlaneConfig) -> Result<PlaneReport, ChaosError> {
     let now = move || start.elapsed().as_secs_f64();
 
     // Masters.
-    let mut t = Topology::create(3, &cfg.dir, &cfg.bin, false)?;
+    let mut t = Topology::create(3, &cfg.dir, &cfg.bin, false, cfg.tls)?;
     let grace = format!("{}s", cfg.grace.as_secs());
     t.extra_args =
         ["--cluster-cidr", "10.244.0.0/16", "--node-cidr-mask-size", "24", "--node-monitor-grace-period", &grace]
@@ -296,9 +298,11 @@ pub async fn run(cfg: &PlaneConfig) -> Result<PlaneReport, ChaosError> {
     }
     crate::runner::leader(&t, Duration::from_secs(30)).await?;
     let urls = t.client_urls();
-    let masters: Vec<String> = urls.iter().map(|u| u.trim_start_matches("http://").to_string()).collect();
+    let masters: Vec<String> =
+        urls.iter().map(|u| u.trim_start_matches("https://").trim_start_matches("http://").to_string()).collect();
     let metrics_addrs: Vec<String> = t.members.iter().map(|m| format!("{}:2381", m.ip)).collect();
-    let client = Client::new(&masters).map_err(|e| ChaosError::Cluster(format!("client: {e}")))?;
+    let opts = flotilla_client::Options { tls: crate::topology::client_tls(), ..Default::default() };
+    let client = Client::with_options(&masters, opts).map_err(|e| ChaosError::Cluster(format!("client: {e}")))?;
 
     // Containerd and the workers.
     let hosts = t.add_hosts(cfg.workers)?;
@@ -312,7 +316,7 @@ pub async fn run(cfg: &PlaneConfig) -> Result<PlaneReport, ChaosError> {
         let name = format!("w{}", i + 1);
         let ctd_ns = format!("flotilla-chaos-{}-{name}", std::process::id());
         ctd.namespaces.push(ctd_ns.clone());
-        let flags: Vec<String> = [
+        let mut flags: Vec<String> = [
             "--runtime",
             "containerd",
             "--masters",
@@ -327,6 +331,7 @@ pub async fn run(cfg: &PlaneConfig) -> Result<PlaneReport, ChaosError> {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        flags.extend(t.worker_tls_flags(&name, &h.1)?);
         let mut w = Worker::new(&cfg.bin, &name, h, &cfg.dir, &ctd_ns, flags);
         w.start()?;
         workers.push(w);

@@ -44,6 +44,7 @@ enum CertsCommand {
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
         /// An address clients reach a master or node by (IP or DNS name); repeat for more.
+        /// For a scheduler or controller-manager: where its https metrics are scraped.
         #[arg(long, value_name = "ADDRESS")]
         address: Vec<String>,
         /// The user's group (kind user).
@@ -85,8 +86,8 @@ pub fn run(args: CertsArgs) -> anyhow::Result<()> {
             if group.is_some() && !matches!(kind, CertKind::User) {
                 anyhow::bail!("--group is for user certificates");
             }
-            if !address.is_empty() && !matches!(kind, CertKind::Master | CertKind::Node) {
-                anyhow::bail!("--address is for master and node certificates");
+            if !address.is_empty() && matches!(kind, CertKind::Admin | CertKind::User) {
+                anyhow::bail!("--address is for master, node, scheduler and controller-manager certificates");
             }
             let kind = match kind {
                 CertKind::Master => Kind::Master { name: named("master")?, addresses: address },
@@ -97,7 +98,7 @@ pub fn run(args: CertsArgs) -> anyhow::Result<()> {
                     }
                     let component =
                         if matches!(kind, CertKind::Scheduler) { "scheduler" } else { "controller-manager" };
-                    Kind::Component { component: component.into() }
+                    Kind::Component { component: component.into(), addresses: address }
                 }
                 CertKind::Admin => Kind::Admin { user: named("admin")? },
                 CertKind::User => Kind::User { user: named("user")?, groups: group.into_iter().collect() },

@@ -113,9 +113,8 @@ pub struct ControllerManagerArgs {
     masters: Vec<String>,
     #[command(flatten)]
     credentials: flotilla_ctl::CredentialArgs,
-    /// Address serving /healthz and /metrics, e.g. 127.0.0.1:10257.
-    #[arg(long, value_name = "HOST:PORT")]
-    listen_metrics: Option<String>,
+    #[command(flatten)]
+    metrics: crate::metrics_endpoint::MetricsArgs,
     /// This candidate's identity in the lock [default: host/pid/random].
     #[arg(long)]
     identity: Option<String>,
@@ -132,11 +131,8 @@ pub fn run(args: ControllerManagerArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         let client = args.credentials.client(&args.masters).context("--masters")?;
         let metrics = Arc::new(ControllerMetrics::new());
-        if let Some(addr) = &args.listen_metrics {
-            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--listen-metrics {addr}"))?;
-            let m = metrics.clone();
-            tokio::spawn(crate::scheduler::serve_metrics(l, move || m.render()));
-        }
+        let m = metrics.clone();
+        args.metrics.start(move || m.render()).await?;
         tracing::info!(%identity, masters = ?args.masters, controllers = ?cfg.controllers, "controller-manager candidate started");
         flotilla_controllers::run(client, cfg, metrics, crate::scheduler::signalled()).await?;
         Ok(())

@@ -6,6 +6,7 @@ mod certs;
 mod config_file;
 mod controller_manager;
 mod master;
+mod metrics_endpoint;
 mod proxy;
 mod scheduler;
 mod snapshot;

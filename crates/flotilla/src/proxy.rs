@@ -127,9 +127,8 @@ pub struct ProxyArgs {
     /// Remove the proxy's nftables table and exit (traffic to services stops on this node).
     #[arg(long)]
     cleanup: bool,
-    /// Address serving /healthz and /metrics, e.g. 127.0.0.1:10249.
-    #[arg(long, value_name = "HOST:PORT")]
-    listen_metrics: Option<String>,
+    #[command(flatten)]
+    metrics: crate::metrics_endpoint::MetricsArgs,
     #[command(flatten)]
     flags: ProxyFlags,
 }
@@ -149,11 +148,8 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         let cfg = args.flags.config(&name, node_ip)?;
         let client = args.credentials.client(&args.masters).context("--masters")?;
         let metrics = Arc::new(ProxyMetrics::new());
-        if let Some(addr) = &args.listen_metrics {
-            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--listen-metrics {addr}"))?;
-            let m = metrics.clone();
-            tokio::spawn(crate::scheduler::serve_metrics(l, move || m.render()));
-        }
+        let m = metrics.clone();
+        args.metrics.start(move || m.render()).await?;
         tracing::info!(masters = ?args.masters, table = %cfg.table.table, "proxy started");
         flotilla_proxy::run(client, cfg, NftCli::default(), metrics, crate::scheduler::signalled()).await?;
         Ok(())

@@ -72,9 +72,8 @@ pub struct SchedulerArgs {
     masters: Vec<String>,
     #[command(flatten)]
     credentials: flotilla_ctl::CredentialArgs,
-    /// Address serving /healthz and /metrics, e.g. 127.0.0.1:10259.
-    #[arg(long, value_name = "HOST:PORT")]
-    listen_metrics: Option<String>,
+    #[command(flatten)]
+    metrics: crate::metrics_endpoint::MetricsArgs,
     /// This candidate's identity in the lock [default: host/pid/random].
     #[arg(long)]
     identity: Option<String>,
@@ -103,33 +102,10 @@ pub fn run(args: SchedulerArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         let client = args.credentials.client(&args.masters).context("--masters")?;
         let metrics = Arc::new(SchedulerMetrics::new());
-        if let Some(addr) = &args.listen_metrics {
-            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--listen-metrics {addr}"))?;
-            let m = metrics.clone();
-            tokio::spawn(serve_metrics(l, move || m.render()));
-        }
+        let m = metrics.clone();
+        args.metrics.start(move || m.render()).await?;
         tracing::info!(%identity, masters = ?args.masters, "scheduler candidate started");
         flotilla_scheduler::run(client, cfg, metrics, signalled()).await?;
         Ok(())
     })
-}
-
-/// Serves `/healthz`, and `/metrics` from `render`.
-pub async fn serve_metrics(l: tokio::net::TcpListener, render: impl Fn() -> String + Clone + Send + Sync + 'static) {
-    use axum::http::header;
-    use axum::routing::get;
-    let app = axum::Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/metrics",
-            get(move || {
-                let body = render();
-                async move {
-                    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
-                }
-            }),
-        );
-    if let Err(e) = axum::serve(l, app).await {
-        tracing::error!(error = %e, "metrics endpoint failed");
-    }
 }

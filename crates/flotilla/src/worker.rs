@@ -127,8 +127,10 @@ pub struct WorkerArgs {
     /// The cgroup containers are put under (cgroup v1 path).
     #[arg(long, value_name = "PATH", default_value = "/flotilla")]
     cgroup_parent: String,
-    /// Address serving /healthz and /metrics, e.g. 127.0.0.1:10248.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// Address serving /healthz and /metrics: HOST:PORT or http://HOST:PORT in plain
+    /// HTTP, e.g. 127.0.0.1:10248; https://HOST:PORT in TLS with --tls-cert-file (and, with
+    /// --client-ca-file, for scrapers presenting a certificate from that CA only).
+    #[arg(long, value_name = "[SCHEME://]HOST:PORT")]
     listen_metrics: Option<String>,
     /// Do not run the service proxy here (run `flotilla proxy` instead, or none).
     #[arg(long)]
@@ -298,12 +300,17 @@ async fn serve<R: flotilla_kubelet::Runtime>(
     let client = args.credentials.client(&args.masters).context("--masters")?;
     let metrics = std::sync::Arc::new(flotilla_kubelet::metrics::KubeletMetrics::new());
     let proxy_metrics = std::sync::Arc::new(flotilla_proxy::metrics::ProxyMetrics::new());
-    if let Some(addr) = &args.listen_metrics {
-        let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--listen-metrics {addr}"))?;
+    if let Some(listen) = &args.listen_metrics {
+        let files = crate::metrics_endpoint::Files {
+            cert: args.tls_cert_file.clone(),
+            key: args.tls_private_key_file.clone(),
+            ca: args.client_ca_file.clone(),
+        };
         let (m, pm) = (metrics.clone(), proxy_metrics.clone());
-        tokio::spawn(crate::scheduler::serve_metrics(l, move || {
+        crate::metrics_endpoint::start(listen, &files, move || {
             flotilla_core::exposition::join([m.render(), pm.render()])
-        }));
+        })
+        .await?;
     }
     tracing::info!(node = %name, masters = ?args.masters, dir = %dir.display(), proxy = proxy.is_some(), "worker started");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

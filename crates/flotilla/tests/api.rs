@@ -14,12 +14,11 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 async fn api(url: &str) -> ApiClient<Channel> {
-    let ch = Channel::from_shared(url.to_string())
+    let endpoint = Channel::from_shared(url.to_string())
         .expect("url")
         .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(10))
-        .connect_lazy();
-    ApiClient::new(ch)
+        .timeout(Duration::from_secs(10));
+    ApiClient::new(flotilla_client::pool::channel(endpoint, common::suite_tls().as_ref()))
 }
 
 fn meta(ns: &str, name: &str, labels: &[(&str, &str)]) -> Option<pb::ObjectMeta> {

@@ -105,7 +105,7 @@ fn watch_below_compact_revision_is_cancelled_with_it() {
     common::rt().block_on(async {
         use flotilla_proto::etcdserverpb::watch_client::WatchClient;
         use tokio_stream::StreamExt;
-        let ch = Channel::from_shared(c.members[0].url()).expect("url").connect().await.expect("connect");
+        let ch = common::channel(&c.members[0].url());
         let create = ep::WatchRequest {
             request_union: Some(ep::watch_request::RequestUnion::CreateRequest(ep::WatchCreateRequest {
                 key: "a".into(),

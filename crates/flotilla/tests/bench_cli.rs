@@ -9,6 +9,7 @@ use common::*;
 fn bench(endpoints: &str, args: &[&str]) -> serde_json::Value {
     let out = Command::new(bin())
         .args(["bench", "--endpoints", endpoints, "--json"])
+        .args(suite_pki().as_deref().map(admin_flags).unwrap_or_default())
         .args(args)
         .output()
         .expect("run flotilla bench");
@@ -48,7 +49,7 @@ fn bench_failover_kills_the_leader_and_measures_recovery() {
     let c = Cluster::start(3, &[]);
     // The harness writes no pid files: find the member by its client URL. The bracket
     // keeps the pattern from matching the shell that runs it.
-    let kill = "pkill -9 -f '[-]-listen-client http://{endpoint} '";
+    let kill = "pkill -9 -f '[-]-listen-client https?://{endpoint} '";
     let r = bench(
         &c.endpoints(),
         &["--clients", "4", "--duration", "4", "failover", "--kill-cmd", kill, "--kill-after", "1", "--rate", "200"],

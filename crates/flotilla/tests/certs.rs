@@ -78,7 +78,7 @@ fn bad_certificate_requests_are_refused_by_name_and_write_nothing() {
         (vec!["issue", "node", "w1", "--address", "no such address!"], "neither an IP address nor a DNS name"),
         (vec!["issue", "scheduler", "s1"], "takes no name"),
         (vec!["issue", "admin", "alice", "--group", "dev"], "--group is for user certificates"),
-        (vec!["issue", "user", "bob", "--address", "10.0.0.1"], "--address is for master and node"),
+        (vec!["issue", "user", "bob", "--address", "10.0.0.1"], "--address is for master, node, scheduler"),
         (vec!["issue", "proxy", "p"], "invalid value 'proxy'"),
         (vec!["issue", "admin", "alice", "--days", "0"], "--days"),
     ] {

@@ -96,7 +96,7 @@ fn client_moves_to_another_master_after_a_kill() {
     let eps = endpoints(&c);
     let rt = rt();
     let resumed = rt.block_on(async {
-        let client = Client::new(&eps).expect("client");
+        let client = common::admin_client(&eps).expect("client");
         let victim = index_of(&c, &client.current_master());
         stream_across_loss(&client, || c.kill(victim)).await
     });
@@ -121,7 +121,7 @@ fn client_moves_away_from_a_frozen_leader() {
     let rt = rt();
     let mut frozen = None;
     let resumed = rt.block_on(async {
-        let client = Client::new(&eps).expect("client");
+        let client = common::admin_client(&eps).expect("client");
         let victim = index_of(&c, &client.current_master());
         let pid = c.members[victim].child.as_ref().expect("running").id();
         frozen = Some(pid);
@@ -148,7 +148,7 @@ fn client_watch_and_reflector_survive_a_master_kill() {
     let eps = endpoints(&c);
     let rt = rt();
     rt.block_on(async {
-        let client = Client::new(&eps).expect("client");
+        let client = common::admin_client(&eps).expect("client");
         let mut reflector = Reflector::<pb::Pod>::start(client.clone(), ListParams::default());
         reflector.wait_synced().await;
         let mut w = client
@@ -162,7 +162,7 @@ fn client_watch_and_reflector_survive_a_master_kill() {
         c.kill(victim);
         // Writes through another client, so the watcher alone has to notice the loss.
         let others: Vec<String> = c.members.iter().filter(|m| m.child.is_some()).map(|m| m.endpoint()).collect();
-        let writer = Client::new(&others).expect("client");
+        let writer = common::admin_client(&others).expect("client");
         for i in 3..8 {
             writer.create(pod(&format!("a{i}"))).await.expect("create");
         }

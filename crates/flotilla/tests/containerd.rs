@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::nodes::*;
@@ -255,8 +255,8 @@ fn pods_run_on_containerd_reach_each_other_across_workers_and_fail_as_kubernetes
             running(&p).then_some(p)
         })
         .await;
-        let mut follow = Command::new(bin())
-            .args(["ctl", "--endpoints", &eps, "logs", "-f", "graceful"])
+        let mut follow = ctl_command(&eps)
+            .args(["logs", "-f", "graceful"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

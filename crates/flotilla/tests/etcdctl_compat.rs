@@ -49,6 +49,7 @@ fn etcdctl_kv_commands_work_against_every_member() {
     let txn = |ep: &str| {
         let mut child = Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
+            .args(suite_pki().as_deref().map(admin_flags).unwrap_or_default())
             .args([&format!("--endpoints={ep}"), "txn"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -139,6 +140,7 @@ fn etcdctl_watch_replays_history_then_follows() {
     etcdctl_ok(&c.endpoints(), &["put", "w", "2"]);
     let mut child = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
+        .args(suite_pki().as_deref().map(admin_flags).unwrap_or_default())
         .args([&format!("--endpoints={}", c.members[2].endpoint()), "watch", "w", "--rev", "1", "--prev-kv"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -65,6 +65,15 @@ impl Candidate {
         if ignore_loss {
             cmd.env("FLOTILLA_FAULT_IGNORE_LEADERSHIP_LOSS", "1");
         }
+        if let Some(pki) = c.pki() {
+            // Its own certificate: the user RBAC knows it as, and whose writes need a fence.
+            if !pki.join(format!("{command}.crt")).exists() {
+                certs(&["issue", "--dir", &pki.display().to_string(), command]);
+            }
+            cmd.arg("--cacert").arg(pki.join("ca.crt"));
+            cmd.arg("--cert").arg(pki.join(format!("{command}.crt")));
+            cmd.arg("--key").arg(pki.join(format!("{command}.key")));
+        }
         Candidate { child: cmd.spawn().unwrap_or_else(|e| panic!("spawn flotilla {command}: {e}")), metrics }
     }
 
@@ -182,7 +191,7 @@ fn a_paused_standalone_scheduler_is_fenced_when_it_wakes() {
     let c = Cluster::start(3, &[]);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let client = rt.block_on(async {
-        let client = Client::new(&c.members.iter().map(|m| m.endpoint()).collect::<Vec<_>>()).expect("client");
+        let client = common::admin_client(&c.members.iter().map(|m| m.endpoint()).collect::<Vec<_>>()).expect("client");
         for n in ["n1", "n2", "n3"] {
             client.create(node(n)).await.expect("node");
         }
@@ -217,7 +226,7 @@ fn a_paused_master_scheduler_is_fenced_when_it_wakes() {
     let c = Cluster::start_with_env(3, &[], &[("FLOTILLA_FAULT_IGNORE_LEADERSHIP_LOSS", "1")]);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let client = rt.block_on(async {
-        let client = Client::new(&c.members.iter().map(|m| m.endpoint()).collect::<Vec<_>>()).expect("client");
+        let client = common::admin_client(&c.members.iter().map(|m| m.endpoint()).collect::<Vec<_>>()).expect("client");
         for n in ["n1", "n2", "n3"] {
             client.create(node(n)).await.expect("node");
         }

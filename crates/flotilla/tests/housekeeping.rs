@@ -48,7 +48,7 @@ fn events_repeat_into_one_and_expire_after_their_ttl() {
     let eps: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
     let rt = rt();
     rt.block_on(async {
-        let client = Client::new(&eps).expect("client");
+        let client = common::admin_client(&eps).expect("client");
         let rec = EventRecorder::new("test", "host");
         let about = pb::ObjectReference {
             kind: "Pod".into(),

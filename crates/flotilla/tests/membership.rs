@@ -84,15 +84,15 @@ fn concurrent_membership_changes_wait_for_each_other() {
     use flotilla_proto::etcdserverpb::{self as ep, cluster_client::ClusterClient};
     let c = Cluster::start(3, &[]);
     let url = c.members[0].url();
+    let scheme = if c.pki().is_some() { "https" } else { "http" };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let results = rt.block_on(async {
         let adds: Vec<_> = (0..4)
             .map(|i| {
                 let url = url.clone();
-                let peer = format!("http://127.0.0.1:{}", free_port() + i);
+                let peer = format!("{scheme}://127.0.0.1:{}", free_port() + i);
                 tokio::spawn(async move {
-                    let ch =
-                        tonic::transport::Channel::from_shared(url).expect("url").connect().await.expect("connect");
+                    let ch = common::channel(&url);
                     let add = ep::MemberAddRequest { peer_ur_ls: vec![peer], is_learner: true };
                     ClusterClient::new(ch).member_add(add).await.map(|_| ())
                 })

@@ -95,7 +95,7 @@ fn a_silent_nodes_pods_run_elsewhere_within_30_seconds() {
     let c = Cluster::start_with_scheduler(3, &[]);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let client = Client::new(&c.members.iter().map(|m| m.endpoint()).collect::<Vec<_>>()).expect("client");
+        let client = common::admin_client(&c.members.iter().map(|m| m.endpoint()).collect::<Vec<_>>()).expect("client");
         let mut nodes: BTreeMap<&str, tokio::sync::oneshot::Sender<()>> = BTreeMap::new();
         for n in ["h1", "h2", "h3"] {
             nodes.insert(n, hollow(&client, n));
@@ -143,7 +143,7 @@ fn no_eviction_when_half_the_nodes_go_silent_at_once() {
     let c = Cluster::start_with_scheduler(3, &[]);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let client = Client::new(&c.members.iter().map(|m| m.endpoint()).collect::<Vec<_>>()).expect("client");
+        let client = common::admin_client(&c.members.iter().map(|m| m.endpoint()).collect::<Vec<_>>()).expect("client");
         let mut nodes: BTreeMap<&str, tokio::sync::oneshot::Sender<()>> = BTreeMap::new();
         for n in ["h1", "h2", "h3", "h4"] {
             nodes.insert(n, hollow(&client, n));

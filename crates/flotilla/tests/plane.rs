@@ -271,7 +271,7 @@ fn killing_the_master_of_the_scheduler_and_controller_manager_hands_both_over_an
     }
     let victim = victim.expect("the scheduler and the controller manager never led on the same master");
     let survivors: Vec<String> = (0..3).filter(|&i| i != victim).map(|i| s.c.members[i].endpoint()).collect();
-    let client = rt.block_on(async { flotilla_client::Client::new(&survivors) }).expect("client");
+    let client = rt.block_on(async { common::admin_client(&survivors) }).expect("client");
     let before: std::collections::BTreeSet<String> =
         rt.block_on(live_pods(&client)).expect("pods").iter().map(name_of).collect();
     let since = Instant::now();

@@ -168,7 +168,7 @@ fn a_cache_behind_its_own_creates_never_makes_extra_pods() {
     let c = Cluster::start(3, &[]);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let client = Client::new(&c.members.iter().map(|m| m.endpoint()).collect::<Vec<_>>()).expect("client");
+        let client = common::admin_client(&c.members.iter().map(|m| m.endpoint()).collect::<Vec<_>>()).expect("client");
         let rs = client.create(replicaset("lag", 3)).await.expect("create replicaset");
         // The ReplicaSet cache is current (refreshed before each round); the pod cache
         // stays empty.
@@ -197,7 +197,7 @@ fn a_bad_replicaset_gets_an_event_and_the_others_go_on() {
     let c = Cluster::start(3, &[]);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let client = Client::new(&c.members.iter().map(|m| m.endpoint()).collect::<Vec<_>>()).expect("client");
+        let client = common::admin_client(&c.members.iter().map(|m| m.endpoint()).collect::<Vec<_>>()).expect("client");
         let good = client.create(replicaset("good", 2)).await.expect("create replicaset");
         let mut bad = client.create(replicaset("bad", 2)).await.expect("create replicaset");
         let sel = bad.spec.as_mut().and_then(|s| s.selector.as_mut()).expect("selector");
@@ -262,7 +262,7 @@ fn replicaset_pods_are_scheduled_reported_ready_and_replaced() {
     let c = Cluster::start_with_scheduler(3, &[]);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let client = Client::new(&c.members.iter().map(|m| m.endpoint()).collect::<Vec<_>>()).expect("client");
+        let client = common::admin_client(&c.members.iter().map(|m| m.endpoint()).collect::<Vec<_>>()).expect("client");
         let (stop_nodes, nodes_stopped) = tokio::sync::oneshot::channel::<()>();
         let nodes = tokio::spawn(flotilla_bench::hollow::run(
             client.clone(),

@@ -110,7 +110,7 @@ fn pods_go_only_where_every_filter_allows_and_the_rest_are_told_why() {
     let c = Cluster::start_with_scheduler(3, &[]);
     let rt = rt();
     rt.block_on(async {
-        let client = Client::new(&endpoints(&c)).expect("client");
+        let client = common::admin_client(&endpoints(&c)).expect("client");
         let dedicated = pb::Taint {
             key: "dedicated".into(),
             value: "db".into(),
@@ -199,12 +199,7 @@ fn pods_go_only_where_every_filter_allows_and_the_rest_are_told_why() {
     });
     // flotctl shows where pods went, and why one is pending.
     let ctl = |args: &[&str]| {
-        let out = std::process::Command::new(bin())
-            .arg("ctl")
-            .args(["--endpoints", &c.endpoints()])
-            .args(args)
-            .output()
-            .expect("flotilla ctl");
+        let out = ctl_command(&c.endpoints()).args(args).output().expect("flotilla ctl");
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
@@ -223,7 +218,7 @@ fn pods_go_only_where_every_filter_allows_and_the_rest_are_told_why() {
 fn an_unschedulable_pod_is_placed_when_a_node_that_fits_appears() {
     let c = Cluster::start_with_scheduler(3, &[]);
     rt().block_on(async {
-        let client = Client::new(&endpoints(&c)).expect("client");
+        let client = common::admin_client(&endpoints(&c)).expect("client");
         client.create(node("n1", "1", &[], vec![])).await.expect("node");
         client.create(pod("wide", "4", |_| {})).await.expect("pod");
         let msg = unschedulable_message(&client, "wide").await;
@@ -243,7 +238,7 @@ fn an_unschedulable_pod_is_placed_when_a_node_that_fits_appears() {
 fn scores_pick_the_best_node() {
     let c = Cluster::start_with_scheduler(3, &[]);
     rt().block_on(async {
-        let client = Client::new(&endpoints(&c)).expect("client");
+        let client = common::admin_client(&endpoints(&c)).expect("client");
         let prefer = pb::Taint { key: "spot".into(), effect: "PreferNoSchedule".into(), ..Default::default() };
         for n in [
             node("a1", "4", &[("topology.kubernetes.io/zone", "a"), ("disk", "ssd")], vec![]),
@@ -325,7 +320,7 @@ fn scores_pick_the_best_node() {
 fn a_lopsided_pod_goes_where_it_balances_the_node() {
     let c = Cluster::start_with_scheduler(3, &[]);
     rt().block_on(async {
-        let client = Client::new(&endpoints(&c)).expect("client");
+        let client = common::admin_client(&endpoints(&c)).expect("client");
         for n in ["x1", "x2"] {
             client.create(node(n, "4", &[], vec![])).await.expect("node");
         }
@@ -344,7 +339,7 @@ fn a_lopsided_pod_goes_where_it_balances_the_node() {
 fn small_pods_go_to_the_least_allocated_node() {
     let c = Cluster::start_with_scheduler(3, &["--scheduler-weights", "NodeResourcesBalancedAllocation=0"]);
     rt().block_on(async {
-        let client = Client::new(&endpoints(&c)).expect("client");
+        let client = common::admin_client(&endpoints(&c)).expect("client");
         for n in ["x1", "x2"] {
             client.create(node(n, "4", &[], vec![])).await.expect("node");
         }
@@ -365,7 +360,7 @@ fn small_pods_go_to_the_least_allocated_node() {
 fn no_pod_is_bound_to_a_node_deleted_while_placing() {
     let c = Cluster::start_with_scheduler(3, &[]);
     rt().block_on(async {
-        let client = Client::new(&endpoints(&c)).expect("client");
+        let client = common::admin_client(&endpoints(&c)).expect("client");
         for n in ["stay", "going"] {
             let mut n = node(n, "64", &[], vec![]);
             let status = n.status.as_mut().expect("status");

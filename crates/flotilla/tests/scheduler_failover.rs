@@ -105,7 +105,7 @@ fn another_masters_scheduler_takes_over_when_the_leading_one_dies_or_stops() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let endpoints: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
     rt.block_on(async {
-        let client = Client::new(&endpoints).expect("client");
+        let client = common::admin_client(&endpoints).expect("client");
         client.create(node("n1")).await.expect("node");
     });
     let (mut kills, mut on_raft_leader, mut terms) = (Vec::new(), Vec::new(), Vec::new());
@@ -145,7 +145,7 @@ fn another_masters_scheduler_takes_over_when_the_leading_one_dies_or_stops() {
         // Measured through the masters that stay up, from a watch opened before the signal.
         let survivors: Vec<String> = (0..3).filter(|&i| i != s).map(|i| c.members[i].endpoint()).collect();
         let (watcher, binds) = rt.block_on(async {
-            let w = Client::new(&survivors).expect("client");
+            let w = common::admin_client(&survivors).expect("client");
             let binds = w.watch::<pb::Pod>(&ListParams::default(), "").await.expect("watch");
             (w, binds)
         });

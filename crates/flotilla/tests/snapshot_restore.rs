@@ -16,7 +16,7 @@ fn in_shop() -> flotilla_client::ListParams {
 }
 
 async fn hash_kv(url: &str, revision: i64) -> (u32, i64) {
-    let ch = tonic::transport::Channel::from_shared(url.to_string()).expect("url").connect().await.expect("connect");
+    let ch = common::channel(url);
     let r = MaintenanceClient::new(ch).hash_kv(ep::HashKvRequest { revision }).await.expect("hash_kv").into_inner();
     (r.hash, r.compact_revision)
 }

@@ -414,7 +414,7 @@ fn pod_logs_travel_from_a_tls_kubelet_to_a_tls_master_and_the_kubelet_answers_ma
     certs(&["issue", "--dir", &pd, "node", "w2", "--address", "127.0.0.1"]);
     let f = |n: &str| pki.join(n).display().to_string();
     let dir = tempfile::tempdir().expect("tempdir");
-    let kubelet_port = common::free_port();
+    let (kubelet_port, metrics_port) = (common::free_port(), common::free_port());
     let log = dir.path().join("w1.log");
     // A worker whose every connection is TLS: to the masters with its node certificate,
     // and its kubelet endpoint serving the same certificate.
@@ -424,6 +424,7 @@ fn pod_logs_travel_from_a_tls_kubelet_to_a_tls_master_and_the_kubelet_answers_ma
             .args(["--masters", &c.endpoints(), "--dir"])
             .arg(dir.path().join("w1"))
             .args(["--kubelet-port", &kubelet_port.to_string()])
+            .args(["--listen-metrics", &format!("https://127.0.0.1:{metrics_port}")])
             .args(["--cacert", &f("ca.crt"), "--cert", &f("node-w1.crt"), "--key", &f("node-w1.key")])
             .args(["--tls-cert-file", &f("node-w1.crt"), "--tls-private-key-file", &f("node-w1.key")])
             .args(["--client-ca-file", &f("ca.crt")])
@@ -489,9 +490,65 @@ fn pod_logs_travel_from_a_tls_kubelet_to_a_tls_master_and_the_kubelet_answers_ma
     assert!(e.message().contains("system:node:w2") && e.message().contains("system:masters"), "{e:?}");
     assert!(logs_at(client_tls(&pki, None)).is_err(), "a client without a certificate read logs");
 
+    // Its metrics in TLS, for scrapers with a certificate from the cluster's CA only.
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let scraped = https_get(&metrics_addr, "/metrics", &client_tls(&pki, Some("user-admin"))).unwrap_or_default();
+    assert!(scraped.starts_with("HTTP/1.1 200") && scraped.contains("flotilla_kubelet_"), "{scraped}");
+    assert!(https_get(&metrics_addr, "/metrics", &client_tls(&pki, None)).is_none_or(|r| !r.contains("200 OK")));
+
     // Gone before the worker stops, so that its container does not outlive the test.
     rt.block_on(client.delete::<pb::Pod>("default", "web", &Default::default())).expect("delete");
     rt.block_on(common::until(&c, "web gone", || async {
         client.get::<pb::Pod>("default", "web").await.err().filter(|e| e.is_not_found()).map(|_| ())
     }));
+}
+
+/// The scheduler's, controller manager's and proxy's /metrics in TLS when asked
+/// (`--listen-metrics https://...` with a serving certificate): a scraper without a
+/// certificate from `--client-ca-file` is refused; plaintext is refused on that port; the
+/// certificate flags without an https address, or an https address without them, are
+/// refused up front.
+#[test]
+fn components_serve_their_metrics_in_tls_when_asked() {
+    let c = Cluster::start_tls(1, &[]);
+    let pki = c.pki().expect("tls").to_path_buf();
+    let pd = pki.display().to_string();
+    // Its certificate with an address: it serves its metrics as well as being a client.
+    certs(&["issue", "--dir", &pd, "scheduler", "--address", "127.0.0.1"]);
+    let f = |n: &str| pki.join(n).display().to_string();
+    let port = common::free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("scheduler.log");
+    let _scheduler = common::Killed(
+        Command::new(common::bin())
+            .args(["scheduler", "--masters", &c.endpoints()])
+            .args(["--cacert", &f("ca.crt"), "--cert", &f("scheduler.crt"), "--key", &f("scheduler.key")])
+            .args(["--listen-metrics", &format!("https://127.0.0.1:{port}")])
+            .args(["--tls-cert-file", &f("scheduler.crt"), "--tls-private-key-file", &f("scheduler.key")])
+            .args(["--client-ca-file", &f("ca.crt")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start scheduler"),
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let admin = client_tls(&pki, Some("user-admin"));
+    common::eventually(Duration::from_secs(20), "the scheduler's https /metrics", || {
+        https_get(&addr, "/metrics", &admin)
+            .is_some_and(|r| r.starts_with("HTTP/1.1 200") && r.contains("flotilla_scheduler_"))
+    });
+    assert!(https_get(&addr, "/metrics", &client_tls(&pki, None)).is_none_or(|r| !r.contains("200 OK")));
+    assert!(common::scrape(port).is_none_or(|r| !r.contains("200 OK")), "plain HTTP answered on the TLS port");
+
+    for (command, extra, want) in [
+        (
+            "scheduler",
+            vec!["--listen-metrics", "https://127.0.0.1:1"],
+            "give --tls-cert-file and --tls-private-key-file",
+        ),
+        ("controller-manager", vec!["--listen-metrics", "127.0.0.1:1", "--tls-cert-file", "x"], "are for an https://"),
+        ("scheduler", vec!["--listen-metrics", "ftp://127.0.0.1:1"], "use http:// or https://"),
+    ] {
+        common::refused(&[&[command, "--masters", "127.0.0.1:1"][..], &extra].concat(), want);
+    }
 }

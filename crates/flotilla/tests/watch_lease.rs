@@ -9,10 +9,9 @@ use flotilla_proto::etcdserverpb as ep;
 use flotilla_proto::etcdserverpb::lease_client::LeaseClient;
 use flotilla_proto::etcdserverpb::watch_client::WatchClient;
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 
 async fn watch_from(url: &str, key: &str, range_end: &str, start: i64) -> tonic::Streaming<ep::WatchResponse> {
-    let ch = Channel::from_shared(url.to_string()).expect("url").connect().await.expect("connect");
+    let ch = common::channel(url);
     let create = ep::WatchRequest {
         request_union: Some(ep::watch_request::RequestUnion::CreateRequest(ep::WatchCreateRequest {
             key: key.into(),
@@ -90,7 +89,7 @@ fn lease_outlives_leader_failover_then_expires_on_time() {
     let other = (leader + 1) % 3;
     let ttl = 4;
     let id = rt.block_on(async {
-        let ch = Channel::from_shared(c.members[other].url()).expect("url").connect().await.expect("connect");
+        let ch = common::channel(&c.members[other].url());
         let g =
             LeaseClient::new(ch).lease_grant(ep::LeaseGrantRequest { ttl, id: 0 }).await.expect("grant").into_inner();
         let mut kvc = kv(&c.members[other].url(), Duration::from_secs(3)).await;

@@ -65,6 +65,7 @@ fn worker_with(c: &Cluster, name: &str, dir: &Path, extra: &[&str]) -> Worker {
         .args(["--masters", &c.endpoints(), "--dir"])
         .arg(dir.join(name))
         .args(["--kubelet-port", &free_port().to_string()])
+        .args(c.pki().map(|pki| common::workers::node_tls_flags(pki, name, "127.0.0.1")).unwrap_or_default())
         .args(extra)
         .env("FLOTILLA_LOG", "info,flotilla_kubelet=debug")
         .stdout(Stdio::null())
@@ -275,6 +276,7 @@ fn a_worker_takes_its_flags_from_a_config_file_and_the_command_line_wins() {
         .args(["--name", "from-flag", "--dir"])
         .arg(dir.path().join("w"))
         .args(["--kubelet-port", &free_port().to_string()])
+        .args(c.pki().map(|pki| common::workers::node_tls_flags(pki, "from-flag", "127.0.0.1")).unwrap_or_default())
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
         .expect("start worker");

@@ -60,14 +60,15 @@ pub async fn serve(
     }
 }
 
-/// The metrics listener in TLS (an `https` metrics URL), for axum.
-struct TlsListener {
+/// A listener in TLS for axum (an `https` metrics URL; the components' metrics too).
+pub struct TlsListener {
     addr: std::net::SocketAddr,
     conns: std::pin::Pin<Box<dyn Stream<Item = std::io::Result<flotilla_tls::TlsConn>> + Send>>,
 }
 
 impl TlsListener {
-    fn new(l: TcpListener, tls: Arc<flotilla_tls::ServerTls>) -> std::io::Result<TlsListener> {
+    /// Accepts TLS connections on `l` (each handshake in a task of its own).
+    pub fn new(l: TcpListener, tls: Arc<flotilla_tls::ServerTls>) -> std::io::Result<TlsListener> {
         let addr = l.local_addr()?;
         let tcp = tokio_stream::wrappers::TcpListenerStream::new(l);
         Ok(TlsListener { addr, conns: Box::pin(flotilla_tls::incoming(tcp, tls)) })

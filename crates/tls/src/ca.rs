@@ -40,10 +40,12 @@ pub enum Kind {
         addresses: Vec<String>,
     },
     /// A component run on its own (`scheduler`, `controller-manager`): CN
-    /// `system:flotilla-<component>`.
+    /// `system:flotilla-<component>`; with addresses, it serves its metrics in TLS too.
     Component {
         /// `scheduler` or `controller-manager`.
         component: String,
+        /// The addresses its metrics endpoint is scraped at (none: a client only).
+        addresses: Vec<String>,
     },
     /// A cluster administrator: O `system:masters`.
     Admin {
@@ -65,7 +67,7 @@ impl Kind {
         match self {
             Kind::Master { name, .. } => (format!("system:master:{name}"), vec!["system:masters".into()]),
             Kind::Node { name, .. } => (format!("system:node:{name}"), vec!["system:nodes".into()]),
-            Kind::Component { component } => (format!("system:flotilla-{component}"), vec![]),
+            Kind::Component { component, .. } => (format!("system:flotilla-{component}"), vec![]),
             Kind::Admin { user } => (user.clone(), vec!["system:masters".into()]),
             Kind::User { user, groups } => (user.clone(), groups.clone()),
         }
@@ -76,21 +78,27 @@ impl Kind {
         match self {
             Kind::Master { name, .. } => format!("master-{name}"),
             Kind::Node { name, .. } => format!("node-{name}"),
-            Kind::Component { component } => component.clone(),
+            Kind::Component { component, .. } => component.clone(),
             Kind::Admin { user } | Kind::User { user, .. } => format!("user-{user}"),
         }
     }
 
     fn addresses(&self) -> &[String] {
         match self {
-            Kind::Master { addresses, .. } | Kind::Node { addresses, .. } => addresses,
+            Kind::Master { addresses, .. } | Kind::Node { addresses, .. } | Kind::Component { addresses, .. } => {
+                addresses
+            }
             _ => &[],
         }
     }
 
     /// Serves TLS as well as being a client.
     fn serves(&self) -> bool {
-        matches!(self, Kind::Master { .. } | Kind::Node { .. })
+        match self {
+            Kind::Master { .. } | Kind::Node { .. } => true,
+            Kind::Component { addresses, .. } => !addresses.is_empty(),
+            _ => false,
+        }
     }
 
     /// Checks the names it would put in a certificate.
@@ -114,12 +122,12 @@ impl Kind {
                 groups.len()
             )));
         }
-        if let Kind::Component { component } = self {
+        if let Kind::Component { component, .. } = self {
             if !["scheduler", "controller-manager"].contains(&component.as_str()) {
                 return Err(TlsError::Invalid(format!("no component {component:?} (scheduler or controller-manager)")));
             }
         }
-        if self.serves() && self.addresses().is_empty() {
+        if matches!(self, Kind::Master { .. } | Kind::Node { .. }) && self.addresses().is_empty() {
             return Err(TlsError::Invalid(
                 "a master's or node's certificate needs its addresses (--address, IPs or DNS names clients use)".into(),
             ));
@@ -449,7 +457,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = Ca::init(dir.path(), "ca", 365).expect("ca");
         let cases = [
-            (Kind::Component { component: "scheduler".into() }, "system:flotilla-scheduler", vec![]),
+            (Kind::Component { component: "scheduler".into(), addresses: vec![] }, "system:flotilla-scheduler", vec![]),
             (Kind::Admin { user: "alice".into() }, "alice", vec!["system:masters"]),
             (Kind::User { user: "bob".into(), groups: vec!["dev".into()] }, "bob", vec!["dev"]),
             (Kind::User { user: "carol".into(), groups: vec![] }, "carol", vec![]),
@@ -469,7 +477,7 @@ mod tests {
         let bad = [
             (master("n1", &[]), "needs its addresses"),
             (master("n1", &["not an address!"]), "neither an IP address nor a DNS name"),
-            (Kind::Component { component: "proxy".into() }, "no component"),
+            (Kind::Component { component: "proxy".into(), addresses: vec![] }, "no component"),
             (Kind::User { user: String::new(), groups: vec![] }, "1 to 64 printable"),
             (Kind::User { user: "eve".into(), groups: vec!["a\nb".into()] }, "1 to 64 printable"),
             (Kind::User { user: "eve".into(), groups: vec!["a".into(), "b".into()] }, "one group"),

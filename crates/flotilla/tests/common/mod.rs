@@ -1,6 +1,11 @@
 //! Test harness: real `flotilla master` processes on loopback, driven with the stock
 //! `etcdctl` and with gRPC clients generated from our etcd protos.
 //!
+//! `FLOTILLA_TEST_TLS=1` runs the suite with TLS and RBAC on: every cluster a test does not
+//! make plaintext or TLS on purpose serves TLS (client certificates required), and the
+//! harness's clients — flotctl, etcdctl, gRPC clients, workers, candidates, bench — carry
+//! the admin's or their own certificates (`.ci/run` runs the integration tests both ways).
+//!
 //! For debugging: `FLOTILLA_TEST_LOG` sets the members' log filter (default
 //! `info,openraft=warn`), and `FLOTILLA_TEST_KEEP=1` keeps each cluster's data dirs and
 //! logs (the path is printed) instead of deleting them.
@@ -127,6 +132,40 @@ pub fn client_tls(pki: &Path, name: Option<&str>) -> std::sync::Arc<flotilla_tls
     flotilla_tls::ClientTls::new(flotilla_tls::ClientFiles { ca: pki.join("ca.crt"), identity }).expect("client TLS")
 }
 
+/// Whether this run's clusters serve TLS unless a test says otherwise (`FLOTILLA_TEST_TLS=1`).
+pub fn tls_suite() -> bool {
+    std::env::var("FLOTILLA_TEST_TLS").is_ok_and(|v| v == "1")
+}
+
+/// The running cluster's certificates and admin client TLS when it serves TLS because of
+/// [`tls_suite`] (a test's own TLS cluster is not here: its tests name their credentials,
+/// and check what happens without them). One cluster runs at a time in a test binary.
+static SUITE_TLS: std::sync::Mutex<Option<(PathBuf, std::sync::Arc<flotilla_tls::ClientTls>)>> =
+    std::sync::Mutex::new(None);
+
+/// The certificates directory of the cluster that serves TLS because of [`tls_suite`].
+pub fn suite_pki() -> Option<PathBuf> {
+    SUITE_TLS.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(p, _)| p.clone())
+}
+
+/// The admin's client TLS for the cluster that serves TLS because of [`tls_suite`].
+pub fn suite_tls() -> Option<std::sync::Arc<flotilla_tls::ClientTls>> {
+    SUITE_TLS.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(_, t)| t.clone())
+}
+
+/// A gRPC channel to `url` (connected at first use), the admin's TLS under [`tls_suite`].
+pub fn channel(url: &str) -> Channel {
+    let endpoint = Channel::from_shared(url.to_string()).expect("url").connect_timeout(Duration::from_secs(1));
+    flotilla_client::pool::channel(endpoint, suite_tls().as_ref())
+}
+
+/// A resource-API client over `endpoints` (made inside a runtime, which drives it); the
+/// admin's under [`tls_suite`].
+pub fn admin_client(endpoints: &[String]) -> Result<flotilla_client::Client, flotilla_client::ClientError> {
+    let opts = flotilla_client::Options { tls: suite_tls(), ..Default::default() };
+    flotilla_client::Client::with_options(endpoints, opts)
+}
+
 /// Clusters in one test binary run one at a time: on a two-core machine, two clusters
 /// under load would turn timing assertions (failover, lease expiry) into noise.
 static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -147,6 +186,11 @@ impl Cluster {
     /// A new member `name` with fresh ports and a data dir under the cluster's temp dir
     /// (not started, not yet in `members`).
     pub fn new_member(&self, name: &str) -> Member {
+        let host = self.members.first().map_or_else(|| "127.0.0.1".into(), |m| m.host.clone());
+        if let Some(pki) = self.pki().filter(|p| !p.join(format!("master-{name}.crt")).exists()) {
+            let d = pki.display().to_string();
+            certs(&["issue", "--dir", &d, "master", name, "--address", &host, "--address", "localhost"]);
+        }
         Member {
             name: name.into(),
             client: free_port(),
@@ -157,7 +201,7 @@ impl Cluster {
             child: None,
             extra_args: vec![],
             env: vec![],
-            host: self.members.first().map_or_else(|| "127.0.0.1".into(), |m| m.host.clone()),
+            host,
             pki: self.pki().map(Path::to_path_buf),
             admin_tls: self.members.first().and_then(|m| m.admin_tls.clone()),
             client_cert_auth: self.members.first().is_none_or(|m| m.client_cert_auth),
@@ -197,17 +241,29 @@ impl Cluster {
     /// cluster by `flotilla certs` in `<dir>/pki` (`master-nI` for the members,
     /// `user-admin` in system:masters for tests' clients).
     pub fn start_tls(n: usize, extra: &[&str]) -> Cluster {
-        Cluster::start_full("127.0.0.1", n, extra, &[], Some(true))
+        Cluster::start_full("127.0.0.1", n, extra, &[], Some(Some(true)))
     }
 
     /// Like [`Cluster::start_tls`], a client certificate optional (tokens, anonymous).
     pub fn start_tls_certs_optional(n: usize, extra: &[&str]) -> Cluster {
-        Cluster::start_full("127.0.0.1", n, extra, &[], Some(false))
+        Cluster::start_full("127.0.0.1", n, extra, &[], Some(Some(false)))
     }
 
-    /// `tls`: None for plaintext, else whether a client certificate is required.
-    fn start_full(host: &str, n: usize, extra: &[&str], env: &[(&str, &str)], tls: Option<bool>) -> Cluster {
+    /// Like [`Cluster::start`], plaintext even under [`tls_suite`] (a test of the
+    /// insecure mode itself).
+    pub fn start_plaintext(n: usize, extra: &[&str]) -> Cluster {
+        let mut flags = vec!["--disable-scheduler", "--disable-controller-manager"];
+        flags.extend_from_slice(extra);
+        Cluster::start_full("127.0.0.1", n, &flags, &[], Some(None))
+    }
+
+    /// `tls`: None for the suite's default (plaintext, TLS under [`tls_suite`]); Some(None)
+    /// for plaintext; Some(Some(required)) for TLS, `required` saying whether a client
+    /// certificate is.
+    fn start_full(host: &str, n: usize, extra: &[&str], env: &[(&str, &str)], tls: Option<Option<bool>>) -> Cluster {
         let turn = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let by_suite = tls.is_none() && tls_suite();
+        let tls = if by_suite { Some(true) } else { tls.flatten() };
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = tls.map(|_| dir.path().join("pki"));
         if let Some(pki) = &pki {
@@ -218,6 +274,8 @@ impl Cluster {
             }
             certs(&["issue", "--dir", &d, "admin", "admin"]);
         }
+        *SUITE_TLS.lock().unwrap_or_else(|p| p.into_inner()) =
+            pki.as_ref().filter(|_| by_suite).map(|p| (p.clone(), client_tls(p, Some("user-admin"))));
         let mut members = Vec::new();
         for i in 1..=n {
             members.push(Member {
@@ -351,7 +409,8 @@ impl Cluster {
 
     /// Runs the stock etcdctl against `endpoints` (as the admin in a TLS cluster).
     pub fn etcdctl(&self, endpoints: &str, args: &[&str]) -> Output {
-        let mut all: Vec<String> = self.pki().map(admin_flags).unwrap_or_default();
+        let own = self.pki().filter(|_| suite_pki().is_none());
+        let mut all: Vec<String> = own.map(admin_flags).unwrap_or_default();
         all.extend(args.iter().map(|s| s.to_string()));
         etcdctl(endpoints, &all.iter().map(String::as_str).collect::<Vec<_>>())
     }
@@ -362,6 +421,7 @@ impl Drop for Cluster {
         for i in 0..self.members.len() {
             self.kill(i);
         }
+        *SUITE_TLS.lock().unwrap_or_else(|p| p.into_inner()) = None;
         if std::env::var_os("FLOTILLA_TEST_KEEP").is_some() {
             let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir")).keep();
             eprintln!("FLOTILLA_TEST_KEEP: the cluster's data and logs are in {}", kept.display());
@@ -369,12 +429,14 @@ impl Drop for Cluster {
     }
 }
 
-/// Runs the stock etcdctl (v3 API) with a short dial timeout.
+/// Runs the stock etcdctl (v3 API) with a short dial timeout (as the admin under
+/// [`tls_suite`]).
 pub fn etcdctl(endpoints: &str, args: &[&str]) -> Output {
     Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoints}"))
         .args(["--dial-timeout=2s", "--command-timeout=10s"])
+        .args(suite_pki().as_deref().map(admin_flags).unwrap_or_default())
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -405,14 +467,13 @@ pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
 }
 
-/// A KV client to `url` with a request timeout.
+/// A KV client to `url` with a request timeout (the admin's under [`tls_suite`]).
 pub async fn kv(url: &str, timeout: Duration) -> KvClient<Channel> {
-    let ch = Channel::from_shared(url.to_string())
+    let endpoint = Channel::from_shared(url.to_string())
         .expect("url")
         .connect_timeout(Duration::from_millis(300))
-        .timeout(timeout)
-        .connect_lazy();
-    KvClient::new(ch)
+        .timeout(timeout);
+    KvClient::new(flotilla_client::pool::channel(endpoint, suite_tls().as_ref()))
 }
 
 /// Waits (polling, bounded) until `f` holds.
@@ -511,9 +572,23 @@ pub fn replicaset(name: &str, replicas: i32) -> flotilla_proto::api::ReplicaSet 
     }
 }
 
-/// Runs `flotilla ctl --endpoints <endpoints> <args>`.
+/// Runs `flotilla ctl --endpoints <endpoints> <args>` (as the admin under [`tls_suite`]).
 pub fn ctl(endpoints: &str, args: &[&str]) -> Output {
-    Command::new(bin()).arg("ctl").args(["--endpoints", endpoints]).args(args).output().expect("run flotilla ctl")
+    ctl_command(endpoints).args(args).output().expect("run flotilla ctl")
+}
+
+/// `flotilla ctl --endpoints <endpoints>` to add to and run (the admin's certificate in
+/// its environment under [`tls_suite`]).
+pub fn ctl_command(endpoints: &str) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.arg("ctl").args(["--endpoints", endpoints]);
+    if let Some(pki) = suite_pki() {
+        let f = |name: &str| pki.join(name);
+        cmd.env("FLOTILLA_CACERT", f("ca.crt"))
+            .env("FLOTILLA_CERT", f("user-admin.crt"))
+            .env("FLOTILLA_KEY", f("user-admin.key"));
+    }
+    cmd
 }
 
 /// Runs flotctl, which must succeed; its stdout.

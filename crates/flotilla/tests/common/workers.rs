@@ -58,6 +58,9 @@ impl Worker {
         .collect();
         args.extend(["--containerd-socket".to_string(), ctd.socket.display().to_string()]);
         args.extend(["--dir".to_string(), dir.join(name).display().to_string()]);
+        if let Some(pki) = c.pki() {
+            args.extend(node_tls_flags(pki, name, &host.1));
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut w = Worker {
             name: name.into(),
@@ -113,6 +116,30 @@ impl Drop for Worker {
             eprintln!("--- worker {} log ---\n{}", self.name, std::fs::read_to_string(&self.log).unwrap_or_default());
         }
     }
+}
+
+/// The TLS flags of worker `name` at `ip` in a TLS cluster: its node certificate (issued
+/// now, from `pki`'s CA) to the masters and on its kubelet endpoint, which answers masters
+/// whose certificates chain to the same CA.
+pub fn node_tls_flags(pki: &Path, name: &str, ip: &str) -> Vec<String> {
+    let (crt, key) = (pki.join(format!("node-{name}.crt")), pki.join(format!("node-{name}.key")));
+    if !crt.exists() {
+        certs(&["issue", "--dir", &pki.display().to_string(), "node", name, "--address", ip]);
+    }
+    let (ca, crt, key) =
+        (pki.join("ca.crt").display().to_string(), crt.display().to_string(), key.display().to_string());
+    [
+        ["--cacert", &ca],
+        ["--cert", &crt],
+        ["--key", &key],
+        ["--tls-cert-file", &crt],
+        ["--tls-private-key-file", &key],
+        ["--client-ca-file", &ca],
+    ]
+    .iter()
+    .flatten()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 pub fn pod(name: &str, node: &str, image: &str, script: &str) -> pb::Pod {
