@@ -552,3 +552,33 @@ fn components_serve_their_metrics_in_tls_when_asked() {
         common::refused(&[&[command, "--masters", "127.0.0.1:1"][..], &extra].concat(), want);
     }
 }
+
+/// A linearizable read confirms the leader's leadership with a quorum over the peer
+/// connections it already holds: 300 reads, one at a time (each its own read-index
+/// round), open next to no new connection to the followers — a connection per round
+/// would be a TLS handshake per round, and halved linearizable reads with TLS on.
+#[test]
+fn linearizable_reads_reuse_the_leaders_peer_connections() {
+    let c = Cluster::start_tls(3, &[]);
+    let l = c.wait_leader(Duration::from_secs(20));
+    let accepted = || -> f64 {
+        (0..3)
+            .filter(|i| *i != l)
+            .map(|i| common::metric(&c.members[i], "flotilla_peer_connections_accepted_total").expect("metric"))
+            .sum()
+    };
+    let leader = &c.members[l];
+    rt().block_on(async {
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(leader.url()).expect("url").timeout(Duration::from_secs(5));
+        let mut kv = ep::kv_client::KvClient::new(flotilla_client::pool::channel(endpoint, leader.admin_tls.as_ref()));
+        kv.put(ep::PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() }).await.expect("put");
+        let before = accepted();
+        for _ in 0..300 {
+            let r = kv.range(ep::RangeRequest { key: b"k".to_vec(), ..Default::default() }).await.expect("read");
+            assert_eq!(r.into_inner().kvs.len(), 1);
+        }
+        let opened = accepted() - before;
+        assert!(opened <= 4.0, "300 linearizable reads opened {opened} peer connections to the followers");
+    });
+}

@@ -42,6 +42,11 @@ pub struct Metrics {
     pub purged_index: Gauge<i64, std::sync::atomic::AtomicI64>,
     /// Snapshots received from a leader and installed.
     pub snapshots_installed: Counter,
+    /// TCP connections accepted on the client port.
+    pub client_connections: Counter,
+    /// TCP connections accepted on the peer port (peers keep theirs open: a rising count
+    /// is churn, a handshake each on TLS links).
+    pub peer_connections: Counter,
 }
 
 impl Default for Metrics {
@@ -71,6 +76,8 @@ impl Metrics {
             snapshot_index: Gauge::default(),
             purged_index: Gauge::default(),
             snapshots_installed: Counter::default(),
+            client_connections: Counter::default(),
+            peer_connections: Counter::default(),
         };
         registry.register("raft_term", "Current Raft term", m.raft_term.clone());
         registry.register("has_leader", "1 when this member knows a leader", m.has_leader.clone());
@@ -89,6 +96,16 @@ impl Metrics {
             "snapshots_installed",
             "Snapshots received from a leader and installed",
             m.snapshots_installed.clone(),
+        );
+        registry.register(
+            "client_connections_accepted",
+            "TCP connections accepted on the client port",
+            m.client_connections.clone(),
+        );
+        registry.register(
+            "peer_connections_accepted",
+            "TCP connections accepted on the peer port",
+            m.peer_connections.clone(),
         );
         m.registry = registry;
         m

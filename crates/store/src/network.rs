@@ -126,8 +126,11 @@ pub struct Network {
     pub cluster: Arc<AtomicU64>,
     /// Told when a peer refuses this member's campaign for holding a longer log.
     pub election: Arc<crate::election::Timer>,
-    /// This member's side of peer TLS (None: plaintext).
-    pub tls: Option<Arc<flotilla_tls::ClientTls>>,
+    /// One connection per peer, shared by every client openraft asks for. openraft 0.9
+    /// asks for a new client for every read-index round and every campaign: a connection
+    /// each time (a TLS handshake on TLS peer links) cost more than the round itself —
+    /// linearizable reads at half speed with TLS on.
+    pub peers: PeerPool,
 }
 
 /// A connection to one peer, as openraft uses it.
@@ -143,19 +146,12 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConn;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerConn {
-        let url = node.peer_urls.first().cloned().unwrap_or_default();
         PeerConn {
             cluster: self.cluster.clone(),
             election: self.election.clone(),
             target,
-            client: match peer_client(&url, self.tls.as_ref()) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot reach a peer");
-                    None
-                }
-            },
-            url,
+            client: self.peers.get(node),
+            url: node.peer_urls.first().cloned().unwrap_or_default(),
         }
     }
 }

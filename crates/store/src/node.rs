@@ -313,7 +313,8 @@ impl Node {
         let cluster = Arc::new(AtomicU64::new(cluster));
         let election = Arc::new(crate::election::Timer::new(cfg.election_timeout, tokio::time::Instant::now()));
         let peer_tls = cfg.peer_tls.as_ref().map(|t| t.client.clone());
-        let network = Network { cluster: cluster.clone(), election: election.clone(), tls: peer_tls.clone() };
+        let network =
+            Network { cluster: cluster.clone(), election: election.clone(), peers: PeerPool::new(peer_tls.clone()) };
         let raft = Raft::new(id, Arc::new(raft_config(&cfg)?), network, log, sm)
             .await
             .map_err(|e| StoreError::Fatal(e.to_string()))?;

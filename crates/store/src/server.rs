@@ -26,12 +26,17 @@ use crate::peer::PeerService;
 /// gRPC framing overhead allowed on top of the request size limit (as etcd does).
 const GRPC_OVERHEAD: usize = 512 * 1024;
 
-/// Accepted connections with Nagle's algorithm off: gRPC writes headers and bodies
-/// separately, and Nagle plus delayed ACKs would add ~40 ms to small responses.
-fn incoming(l: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+/// Accepted connections with Nagle's algorithm off (gRPC writes headers and bodies
+/// separately, and Nagle plus delayed ACKs would add ~40 ms to small responses), each
+/// counted in `accepted`.
+fn incoming(
+    l: TcpListener,
+    accepted: prometheus_client::metrics::counter::Counter,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     use tokio_stream::StreamExt;
-    TcpListenerStream::new(l).map(|s| {
+    TcpListenerStream::new(l).map(move |s| {
         let s = s?;
+        accepted.inc();
         s.set_nodelay(true)?;
         Ok(s)
     })
@@ -40,16 +45,18 @@ fn incoming(l: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<
 /// A router behind a gate.
 type Gated = tonic::transport::server::Router<tower_layer::Stack<crate::auth::AuthLayer, tower_layer::Identity>>;
 
-/// Serves `router` on `l`, in TLS with `tls` when given, until `stop` completes.
+/// Serves `router` on `l`, in TLS with `tls` when given, until `stop` completes; counts
+/// accepted connections in `accepted`.
 fn serve(
     router: Gated,
-    l: TcpListener,
+    (l, accepted): (TcpListener, prometheus_client::metrics::counter::Counter),
     tls: Option<Arc<flotilla_tls::ServerTls>>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
+    let conns = incoming(l, accepted);
     match tls {
-        None => tokio::spawn(router.serve_with_incoming_shutdown(incoming(l), stop)),
-        Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(flotilla_tls::incoming(incoming(l), tls), stop)),
+        None => tokio::spawn(router.serve_with_incoming_shutdown(conns, stop)),
+        Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(flotilla_tls::incoming(conns, tls), stop)),
     }
 }
 
@@ -130,7 +137,7 @@ pub async fn run(
                 .max_decoding_message_size(MAX_PEER_MESSAGE)
                 .max_encoding_message_size(MAX_PEER_MESSAGE),
         );
-    let peer_srv = serve(peer_srv, peer_l, peer_tls, stopped(stop_rx.clone()));
+    let peer_srv = serve(peer_srv, (peer_l, node.metrics.peer_connections.clone()), peer_tls, stopped(stop_rx.clone()));
     let max = MAX_REQUEST_BYTES + GRPC_OVERHEAD;
     let routes = Routes::new(KvServer::new(etcd::kv::KvService::new(node.clone())).max_decoding_message_size(max))
         .add_service(WatchServer::new(etcd::watch::WatchService::new(node.clone())).max_decoding_message_size(max))
@@ -151,7 +158,8 @@ pub async fn run(
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
         .add_routes(routes);
-    let client_task = serve(client_srv, client_l, client_tls, stopped(stop_rx.clone()));
+    let client_task =
+        serve(client_srv, (client_l, node.metrics.client_connections.clone()), client_tls, stopped(stop_rx.clone()));
     let peer_task = peer_srv;
     let http_task =
         http_l.map(|l| tokio::spawn(crate::http::serve(l, metrics_tls, node.clone(), stopped(stop_rx.clone()))));
