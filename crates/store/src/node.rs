@@ -305,6 +305,11 @@ impl Node {
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| StoreError::Storage(format!("cannot create data dir {}: {e}", cfg.data_dir.display())))?;
         let db = Db::open(&cfg.data_dir.join("db"))?;
+        // What a crashed process wrote without an fsync may still be in the page cache and
+        // is read back now; openraft takes the log it finds for durable (a restarted
+        // leader counts its own tail toward the quorum). Make it so before Raft starts.
+        // (RocksDB's recovery flush usually has already; this does not depend on it.)
+        db.sync_wal()?;
         let (id, cluster) = check_identity(&db, &cfg)?;
         let metrics = Arc::new(Metrics::new());
         let log = LogStore::new(db.clone(), metrics.clone());
