@@ -105,19 +105,12 @@ pub fn api_client(endpoints: &[String]) -> Result<flotilla_client::Client, floti
     flotilla_client::Client::with_options(endpoints, opts)
 }
 
-fn url(ep: &str) -> String {
-    if ep.contains("://") {
-        ep.to_string()
-    } else if TLS.get().is_some() {
-        format!("https://{ep}")
-    } else {
-        format!("http://{ep}")
-    }
-}
-
 async fn connect(ep: &str) -> Result<Channel, BenchError> {
     let bad = |reason: String| BenchError::Unreachable { endpoint: ep.to_string(), reason };
-    let endpoint = Endpoint::from_shared(url(ep))
+    // The client's own reading of an endpoint: no scheme means https with TLS, and a
+    // scheme that contradicts the TLS given is refused.
+    let url = flotilla_client::pool::endpoint_url(ep, TLS.get().is_some()).map_err(|e| bad(e.to_string()))?;
+    let endpoint = Endpoint::from_shared(url)
         .map_err(|e| bad(e.to_string()))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
