@@ -63,11 +63,17 @@ pub struct MasterArgs {
     #[arg(long, value_name = "TOKEN")]
     initial_cluster_token: Option<String>,
 
-    /// Leader heartbeat interval in milliseconds [default: 100]. It is also the time a
-    /// replication request has to complete: keep it above the worst round trip between
-    /// masters, or writes stall while the links are that slow.
+    /// Leader heartbeat interval in milliseconds [default: 100]. Keep it above the usual
+    /// round trip between masters.
     #[arg(long, value_name = "MS")]
     heartbeat_interval: Option<u64>,
+
+    /// How long the leader waits for a follower to answer a replication request carrying
+    /// log entries, in milliseconds, before it sends again [default: 5000]. A slow link
+    /// or a slow disk on a follower delays replication by its own slowness, not by
+    /// repeated retries, as long as this is above the worst round trip plus fsync.
+    #[arg(long, value_name = "MS")]
+    replication_timeout: Option<u64>,
 
     /// Election timeout in milliseconds (followers wait between this and twice this before
     /// campaigning) [default: 300].
@@ -200,6 +206,7 @@ struct FileConfig {
     initial_cluster_state: Option<String>,
     initial_cluster_token: Option<String>,
     heartbeat_interval: Option<u64>,
+    replication_timeout: Option<u64>,
     election_timeout: Option<u64>,
     snapshot_count: Option<u64>,
     request_timeout: Option<u64>,
@@ -353,6 +360,12 @@ pub fn config(args: MasterArgs) -> anyhow::Result<MasterConfig> {
     let election = args.election_timeout.or(file.election_timeout).unwrap_or(300);
     if heartbeat == 0 || election <= heartbeat * 2 {
         bail!("--election-timeout ({election} ms) must be more than twice --heartbeat-interval ({heartbeat} ms)");
+    }
+    let replication_timeout = args.replication_timeout.or(file.replication_timeout).unwrap_or(5000);
+    if replication_timeout <= heartbeat {
+        bail!(
+            "--replication-timeout ({replication_timeout} ms) must be more than --heartbeat-interval ({heartbeat} ms)"
+        );
     }
     let snapshot_count = args.snapshot_count.or(file.snapshot_count).unwrap_or(10_000);
     if snapshot_count == 0 {
@@ -514,6 +527,7 @@ pub fn config(args: MasterArgs) -> anyhow::Result<MasterConfig> {
             .unwrap_or_else(|| "flotilla-cluster".into()),
         heartbeat_interval: Duration::from_millis(heartbeat),
         election_timeout: Duration::from_millis(election),
+        replication_timeout: Duration::from_millis(replication_timeout),
         snapshot_count,
         request_timeout: Duration::from_millis(args.request_timeout.or(file.request_timeout).unwrap_or(5000)),
         compaction_retention,

@@ -7,11 +7,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use flotilla_proto::raft as pb;
-use openraft::{CommittedLeaderId, EntryPayload};
+use openraft::EntryPayload;
 use prost::Message;
 
 use crate::error::StoreError;
-use crate::types::{Entry, LogId, Member, Membership, SnapshotMeta, StoredMembership, Vote};
+use crate::types::{CommittedLeaderId, Entry, LogId, Member, Membership, SnapshotMeta, StoredMembership, Vote};
 
 fn missing(field: &str) -> StoreError {
     StoreError::Corrupt(format!("missing field {field}"))
@@ -24,7 +24,7 @@ pub fn log_id_to_pb(l: &LogId) -> pb::LogId {
 
 /// Decodes a log id.
 pub fn log_id_from_pb(l: &pb::LogId) -> LogId {
-    LogId { leader_id: CommittedLeaderId::new(l.term, l.node_id), index: l.index }
+    LogId { leader_id: CommittedLeaderId { term: l.term, node_id: l.node_id }, index: l.index }
 }
 
 /// Encodes an optional log id.
@@ -69,11 +69,12 @@ pub fn membership_to_pb(m: &Membership) -> pb::Membership {
     }
 }
 
-/// Decodes a membership config.
-pub fn membership_from_pb(m: &pb::Membership) -> Membership {
+/// Decodes a membership config. A config naming a voter it has no member info for is
+/// corrupt (openraft refuses to build one).
+pub fn membership_from_pb(m: &pb::Membership) -> Result<Membership, StoreError> {
     let configs: Vec<BTreeSet<u64>> = m.configs.iter().map(|s| s.ids.iter().copied().collect()).collect();
     let nodes: BTreeMap<u64, Member> = m.nodes.iter().map(|(id, n)| (*id, member_from_pb(n))).collect();
-    Membership::new(configs, nodes)
+    Membership::new(configs, nodes).map_err(|e| StoreError::Corrupt(format!("invalid membership: {e}")))
 }
 
 /// Encodes a stored membership.
@@ -85,9 +86,9 @@ pub fn stored_membership_to_pb(m: &StoredMembership) -> pb::StoredMembership {
 }
 
 /// Decodes a stored membership.
-pub fn stored_membership_from_pb(m: &pb::StoredMembership) -> StoredMembership {
-    let membership = m.membership.as_ref().map(membership_from_pb).unwrap_or_else(|| Membership::new(vec![], ()));
-    StoredMembership::new(opt_log_id_from_pb(m.log_id.as_ref()), membership)
+pub fn stored_membership_from_pb(m: &pb::StoredMembership) -> Result<StoredMembership, StoreError> {
+    let membership = m.membership.as_ref().map(membership_from_pb).transpose()?.unwrap_or_default();
+    Ok(StoredMembership::new(opt_log_id_from_pb(m.log_id.as_ref()), membership))
 }
 
 /// Encodes a log entry.
@@ -106,7 +107,7 @@ pub fn entry_from_pb(e: pb::Entry) -> Result<Entry, StoreError> {
     let payload = match e.payload.ok_or_else(|| missing("Entry.payload"))? {
         pb::entry::Payload::Blank(_) => EntryPayload::Blank,
         pb::entry::Payload::Command(c) => EntryPayload::Normal(c),
-        pb::entry::Payload::Membership(m) => EntryPayload::Membership(membership_from_pb(&m)),
+        pb::entry::Payload::Membership(m) => EntryPayload::Membership(membership_from_pb(&m)?),
     };
     Ok(Entry { log_id, payload })
 }
@@ -117,26 +118,22 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, StoreError> {
     entry_from_pb(e)
 }
 
-/// Encodes snapshot metadata.
-pub fn snapshot_meta_to_pb(m: &SnapshotMeta) -> pb::SnapshotMeta {
+/// Encodes snapshot metadata. `transfer` names one sending of a snapshot (the receiver
+/// refuses a chunk of another sending than the one it is assembling).
+pub fn snapshot_meta_to_pb(m: &SnapshotMeta, transfer: &str) -> pb::SnapshotMeta {
     pb::SnapshotMeta {
         last_log_id: opt_log_id_to_pb(m.last_log_id.as_ref()),
         last_membership: Some(stored_membership_to_pb(&m.last_membership)),
-        snapshot_id: m.snapshot_id.clone(),
+        snapshot_id: transfer.to_string(),
     }
 }
 
-/// Decodes snapshot metadata.
-pub fn snapshot_meta_from_pb(m: &pb::SnapshotMeta) -> SnapshotMeta {
-    SnapshotMeta {
+/// Decodes snapshot metadata (the transfer id is `m.snapshot_id`).
+pub fn snapshot_meta_from_pb(m: &pb::SnapshotMeta) -> Result<SnapshotMeta, StoreError> {
+    Ok(SnapshotMeta {
         last_log_id: opt_log_id_from_pb(m.last_log_id.as_ref()),
-        last_membership: m
-            .last_membership
-            .as_ref()
-            .map(stored_membership_from_pb)
-            .unwrap_or_else(|| StoredMembership::new(None, Membership::new(vec![], ()))),
-        snapshot_id: m.snapshot_id.clone(),
-    }
+        last_membership: m.last_membership.as_ref().map(stored_membership_from_pb).transpose()?.unwrap_or_default(),
+    })
 }
 
 /// Decodes any protobuf message read from disk, naming what it was on failure.
@@ -154,8 +151,8 @@ mod tests {
         nodes.insert(1, Member { name: "a".into(), peer_urls: vec!["http://a:1".into()], client_urls: vec![] });
         nodes.insert(2, Member::default());
         nodes.insert(3, Member::default());
-        let m = Membership::new(vec![BTreeSet::from([1, 2])], nodes);
-        let back = membership_from_pb(&membership_to_pb(&m));
+        let m = Membership::new(vec![BTreeSet::from([1, 2])], nodes).expect("valid");
+        let back = membership_from_pb(&membership_to_pb(&m)).expect("decodes");
         assert_eq!(m, back);
         assert_eq!(back.learner_ids().collect::<Vec<_>>(), vec![3]);
     }
@@ -163,7 +160,7 @@ mod tests {
     #[test]
     fn entry_round_trips_through_bytes() {
         let e = Entry {
-            log_id: LogId { leader_id: CommittedLeaderId::new(3, 7), index: 42 },
+            log_id: LogId { leader_id: CommittedLeaderId { term: 3, node_id: 7 }, index: 42 },
             payload: EntryPayload::Normal(pb::Command {
                 kind: Some(pb::command::Kind::LeaseRevoke(flotilla_proto::etcdserverpb::LeaseRevokeRequest { id: 5 })),
             }),
@@ -172,6 +169,13 @@ mod tests {
         let back = decode_entry(&bytes).expect("decodes");
         assert_eq!(back.log_id, e.log_id);
         assert!(matches!(back.payload, EntryPayload::Normal(_)));
+    }
+
+    #[test]
+    fn membership_naming_a_voter_without_member_info_is_corrupt() {
+        let pb = pb::Membership { configs: vec![pb::VoterSet { ids: vec![1, 2] }], nodes: Default::default() };
+        let err = membership_from_pb(&pb).expect_err("voters 1 and 2 have no member info");
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
     }
 
     #[test]

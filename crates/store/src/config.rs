@@ -42,6 +42,9 @@ pub struct NodeConfig {
     pub heartbeat_interval: Duration,
     /// Election timeout (the minimum; the maximum is twice it).
     pub election_timeout: Duration,
+    /// How long the leader waits for a follower to answer an AppendEntries carrying
+    /// entries before it sends again.
+    pub replication_timeout: Duration,
     /// Applied entries between snapshots; the log before a snapshot is purged.
     pub snapshot_count: u64,
     /// How long a client request may wait for the cluster before failing.

@@ -1,4 +1,4 @@
-//! When this member campaigns. openraft 0.9's own election timer is switched off
+//! When this member campaigns. openraft's own election timer is switched off
 //! (`enable_elect: false`) and this module decides instead, with Raft's rules:
 //!
 //! * a follower of a live leader waits out the leader lease (the voters refuse any vote
@@ -6,9 +6,16 @@
 //!   then a random part (a quarter to all) of one more election timeout;
 //! * a candidate, or a member that granted its vote to one, campaigns again after one
 //!   election timeout and a random part of another, counted from its last change of vote;
-//! * a sole voter campaigns at once, once per vote;
-//! * the random part is drawn afresh every time (openraft 0.9 draws one per process and
-//!   keeps it for life, so two members whose draws are close collide round after round);
+//! * every campaign starts with a pre-vote round (Raft thesis §9.6): the member asks
+//!   whether it would be elected, without raising its term, and campaigns for real only
+//!   if a quorum says yes. A member cut off from the others (a partition, a long pause)
+//!   therefore comes back at the term it left, and does not depose a healthy leader;
+//! * a member whose pre-vote failed keeps following its old leader's vote, but tries
+//!   again with a candidate's cadence (one election timeout and a random part of
+//!   another), not a follower's;
+//! * a sole voter campaigns at once, once per vote, without a pre-vote;
+//! * the random part is drawn afresh every time (openraft 0.9 drew one per process and
+//!   kept it for life, so two members whose draws are close collided round after round);
 //! * a member whose campaign learned that a peer holds a longer log (it cannot win while
 //!   that peer votes) waits two more election timeouts before it campaigns again, so the
 //!   member with the longer log campaigns in a term above it and wins.
@@ -22,6 +29,7 @@
 //! The rules are in [`Timer`], a plain clock with no I/O, unit-tested below; [`run`] is the
 //! task that follows Raft's metrics and triggers the campaigns.
 
+use openraft::async_runtime::WatchReceiver;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -50,8 +58,11 @@ struct State {
     /// The random fraction of an election timeout drawn for `drawn_for` (a base time).
     drawn_for: Option<Instant>,
     fraction: f64,
-    /// A term in which this member's campaign was refused by a peer with a longer log.
+    /// A term in which this member's campaign (or pre-vote for that term) was refused by
+    /// a peer with a longer log.
     outlogged_in: Option<u64>,
+    /// This member campaigned (a pre-vote round, at least) and has heard no leader since.
+    retrying: bool,
 }
 
 impl Timer {
@@ -66,6 +77,7 @@ impl Timer {
                 drawn_for: None,
                 fraction: 0.0,
                 outlogged_in: None,
+                retrying: false,
             }),
         }
     }
@@ -77,10 +89,13 @@ impl Timer {
     /// A leader was heard from (an AppendEntries or snapshot chunk it sent was accepted),
     /// or this member leads or does not vote: the countdown starts again.
     pub fn heard(&self, now: Instant) {
-        self.lock().last_heard = now;
+        let mut s = self.lock();
+        s.last_heard = now;
+        s.retrying = false;
     }
 
-    /// A peer refused this member's campaign in `term` because its log is longer.
+    /// A peer refused this member's campaign (or pre-vote) for `term` because its log is
+    /// longer.
     pub fn outlogged(&self, term: u64) {
         let mut s = self.lock();
         s.outlogged_in = Some(s.outlogged_in.map_or(term, |t| t.max(term)));
@@ -95,13 +110,14 @@ impl Timer {
             s.vote = Some(*vote);
             s.vote_since = now;
             s.drawn_for = None;
+            s.retrying = false;
         }
         let base = s.last_heard.max(s.vote_since);
         if s.drawn_for != Some(base) {
             s.drawn_for = Some(base);
             s.fraction = draw().clamp(0.0, 1.0);
         }
-        let mut at = if vote.is_committed() {
+        let mut at = if vote.is_committed() && !s.retrying {
             // Following a leader: the voters' lease on it must run out first. At least a
             // quarter timeout more, so that a move-leader target, told to campaign every
             // 20 ms once the lease is out, goes first.
@@ -109,7 +125,10 @@ impl Timer {
         } else {
             base + et + et.mul_f64(s.fraction)
         };
-        if !vote.is_committed() && s.outlogged_in == Some(vote.leader_id().term) {
+        // A pre-vote asks for the term after a committed vote; a campaign for real is in
+        // the candidate's own term.
+        let campaign_term = if vote.is_committed() { vote.leader_id().term + 1 } else { vote.leader_id().term };
+        if (s.retrying || !vote.is_committed()) && s.outlogged_in == Some(campaign_term) {
             at += et * 2;
         }
         at
@@ -120,6 +139,7 @@ impl Timer {
         let mut s = self.lock();
         s.vote_since = now;
         s.drawn_for = None;
+        s.retrying = true;
     }
 }
 
@@ -150,7 +170,9 @@ pub async fn run(node: Weak<Node>, timer: Arc<Timer>) {
                 let Some(n) = node.upgrade() else { return };
                 tracing::debug!(term = vote.leader_id().term, "no leader heard in time; campaigning");
                 timer.campaigned(now);
-                if n.raft.trigger().elect().await.is_err() {
+                // A sole voter needs nobody's word (and openraft skips a pre-vote it is
+                // asked for while its own lease holds, silently).
+                if n.raft.trigger().elect(!alone).await.is_err() {
                     return;
                 }
                 continue;
@@ -232,5 +254,35 @@ mod tests {
         assert_eq!(ms(t.deadline(t0, &candidate, || 0.5) - plain), 600);
         let next_term = Vote::new(3, 1);
         assert_eq!(t.deadline(t0, &next_term, || 0.5), t0 + ET + ET / 2, "a later term is not penalised");
+    }
+
+    /// A pre-vote that failed leaves the vote as it was (committed, for the old leader):
+    /// the member tries again at a candidate's cadence, not after another leader lease;
+    /// hearing from a leader puts it back to a follower's.
+    #[test]
+    fn a_member_whose_pre_vote_failed_tries_again_at_a_candidates_cadence() {
+        let t0 = Instant::now();
+        let t = Timer::new(ET, t0);
+        let at = t0 + Duration::from_millis(700);
+        t.deadline(t0, &following(3), || 0.0);
+        assert!(t.deadline(at, &following(3), || 0.0) <= at, "the lease ran out: campaign");
+        t.campaigned(at);
+        assert_eq!(ms(t.deadline(at, &following(3), || 0.5) - at), 300 + 150, "retry: a timeout and a part");
+        let heard = at + Duration::from_millis(100);
+        t.heard(heard);
+        assert_eq!(ms(t.deadline(heard, &following(3), || 0.0) - heard), 600 + 75, "following again");
+    }
+
+    /// A pre-vote for the term after a committed vote, refused for a shorter log, holds
+    /// this member back as a refused campaign does.
+    #[test]
+    fn a_member_outlogged_in_its_pre_vote_lets_the_longer_log_go_first() {
+        let t0 = Instant::now();
+        let t = Timer::new(ET, t0);
+        t.deadline(t0, &following(3), || 0.5);
+        t.campaigned(t0);
+        let plain = t.deadline(t0, &following(3), || 0.5);
+        t.outlogged(4);
+        assert_eq!(ms(t.deadline(t0, &following(3), || 0.5) - plain), 600);
     }
 }

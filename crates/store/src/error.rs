@@ -144,9 +144,14 @@ impl From<StoreError> for tonic::Status {
     }
 }
 
-impl From<StoreError> for openraft::StorageError<u64> {
+/// openraft's storage traits fail with an `io::Error`: damaged or corrupt data is
+/// `InvalidData`, anything else `Other`, the text ours.
+impl From<StoreError> for std::io::Error {
     fn from(e: StoreError) -> Self {
-        openraft::StorageIOError::<u64>::write(openraft::AnyError::error(e.to_string())).into()
+        match e {
+            StoreError::Corrupt(_) | StoreError::Damaged(_) => std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            _ => std::io::Error::other(e),
+        }
     }
 }
 

@@ -13,9 +13,10 @@
 //!   "applied" and "published" (issue 10) serves stale reads under it; a correct one only
 //!   gets slower.
 //! * `FLOTILLA_FAULT_SLOW_APPEND=1`: not a bug but an overloaded follower: the member takes
-//!   0–250 ms (at random) over each AppendEntries it is sent, so most answers come after
-//!   the leader stopped waiting (one heartbeat interval); the work is done all the same. A follower must not campaign against a leader it keeps
-//!   hearing from, and a leader must not back off from a follower that is merely slow.
+//!   0–250 ms (at random) over each AppendEntries it is sent, so most heartbeat answers
+//!   come after the leader stopped waiting for them (one heartbeat interval); the work is
+//!   done all the same. A follower must not campaign against a leader it keeps hearing
+//!   from, and a leader must not back off from a follower that is merely slow.
 
 use std::sync::OnceLock;
 

@@ -1,6 +1,7 @@
 //! The HTTP endpoint of a master: `/healthz` (the process serves), `/readyz` (it knows a
 //! leader and has applied what it has committed), `/metrics` (Prometheus text).
 
+use openraft::async_runtime::WatchReceiver;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -15,14 +16,14 @@ use tokio_stream::Stream;
 use crate::node::Node;
 
 async fn healthz(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    match &node.raft.metrics().borrow().running_state {
+    match &node.raft.metrics().borrow_watched().running_state {
         Ok(()) => (StatusCode::OK, "ok\n".to_string()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("raft stopped: {e}\n")),
     }
 }
 
 async fn readyz(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    let m = node.raft.metrics().borrow().clone();
+    let m = node.raft.metrics().borrow_watched().clone();
     if m.running_state.is_err() {
         return (StatusCode::SERVICE_UNAVAILABLE, "raft stopped\n".to_string());
     }

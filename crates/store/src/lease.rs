@@ -7,6 +7,7 @@
 //! every lease its full TTL again, so a failover can only lengthen a lease, never expire a
 //! live one early.
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,29 +1,36 @@
-//! Raft peer networking, client side: openraft's `RaftNetwork` over tonic gRPC
+//! Raft peer networking, client side: openraft's `RaftNetworkV2` over tonic gRPC
 //! (`flotilla.raft.v1.RaftPeer`), plus a pool of peer clients used to forward requests to
 //! the leader.
+//!
+//! openraft 0.10 sets no deadline on replication: each call here sets its own, by what it
+//! carries. Heartbeats, votes and pre-votes get the deadline openraft gives them (a
+//! heartbeat interval, an election timeout); AppendEntries carrying entries get
+//! `--replication-timeout` (seconds, not a heartbeat interval: a slow link or a slow fsync
+//! on the follower delays replication, it does not restart it from scratch); a snapshot
+//! chunk gets openraft's snapshot timeout. Large AppendEntries are split here into
+//! requests of at most [`MAX_APPEND_BYTES`], and snapshots are sent in chunks.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
+
 use flotilla_proto::raft as pb;
 use flotilla_proto::raft::raft_peer_client::RaftPeerClient;
-use openraft::error::{
-    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, SnapshotMismatch,
-    Unreachable,
-};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
+use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderError, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use openraft::SnapshotSegmentId;
+use openraft::OptionalSend;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::codec;
 use crate::error::StoreError;
-use crate::types::{Member, NodeId, TypeConfig};
+use crate::types::{LogId, Member, NodeId, Snapshot, TypeConfig, Vote};
 
 /// HTTP/2 flow-control window per stream, for peer and client connections.
 pub const H2_STREAM_WINDOW: u32 = 8 << 20;
@@ -36,11 +43,13 @@ pub const SNAPSHOT_MISMATCH: &str = "snapshot mismatch";
 /// Largest peer message (snapshot chunks and append batches stay well below it).
 pub const MAX_PEER_MESSAGE: usize = 64 << 20;
 
-/// Largest AppendEntries batch, in bytes, unless it is a single entry. openraft 0.9 gives an
-/// AppendEntries one heartbeat interval to complete (transfer and the follower's fsync);
-/// a bigger batch would time out again and again and a lagging follower would never catch
-/// up, so larger batches are refused with PayloadTooLarge and openraft sends fewer entries.
+/// Largest AppendEntries request, in bytes, unless it is a single entry: a batch openraft
+/// hands over that is larger goes in several requests, one after another, so no request
+/// comes near the message limit and each finishes well within the replication deadline.
 pub const MAX_APPEND_BYTES: usize = 2 << 20;
+
+/// Default deadline of an AppendEntries carrying entries (`--replication-timeout`).
+pub const DEFAULT_REPLICATION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Builds a lazily connecting channel with the timeouts a failover needs: a dead peer is
 /// noticed within seconds by HTTP/2 keepalive, not after a TCP timeout. An `https` URL is
@@ -122,101 +131,120 @@ pub const CLUSTER_HEADER: &str = "x-flotilla-cluster-id";
 
 /// openraft's network factory.
 pub struct Network {
+    /// This member's id (named in timeout errors).
+    pub id: NodeId,
     /// This member's cluster id, sent with every Raft RPC.
     pub cluster: Arc<AtomicU64>,
     /// Told when a peer refuses this member's campaign for holding a longer log.
     pub election: Arc<crate::election::Timer>,
-    /// One connection per peer, shared by every client openraft asks for. openraft 0.9
-    /// asks for a new client for every read-index round and every campaign: a connection
-    /// each time (a TLS handshake on TLS peer links) cost more than the round itself —
-    /// linearizable reads at half speed with TLS on.
+    /// One connection per peer, shared by every client openraft asks for (a replication
+    /// stream, a heartbeat worker and a snapshot sender per peer, and votes). A connection
+    /// per client would cost a TCP and TLS handshake each time openraft asks for one.
     pub peers: PeerPool,
+    /// Deadline of an AppendEntries carrying entries (`--replication-timeout`).
+    pub replication_timeout: Duration,
+}
+
+/// What openraft uses a client for, which decides its AppendEntries deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Log replication (and votes, transfers).
+    Replication,
+    /// Heartbeats (empty AppendEntries), from their own worker.
+    Heartbeat,
+    /// Snapshot transfer.
+    Snapshot,
 }
 
 /// A connection to one peer, as openraft uses it.
 pub struct PeerConn {
+    id: NodeId,
     cluster: Arc<AtomicU64>,
     election: Arc<crate::election::Timer>,
     target: NodeId,
     client: Option<RaftPeerClient<Channel>>,
     url: String,
+    role: Role,
+    replication_timeout: Duration,
+}
+
+impl Network {
+    fn conn(&self, target: NodeId, node: &Member, role: Role) -> PeerConn {
+        PeerConn {
+            id: self.id,
+            cluster: self.cluster.clone(),
+            election: self.election.clone(),
+            target,
+            client: self.peers.get(node),
+            url: node.peer_urls.first().cloned().unwrap_or_default(),
+            role,
+            replication_timeout: self.replication_timeout,
+        }
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConn;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerConn {
-        PeerConn {
-            cluster: self.cluster.clone(),
-            election: self.election.clone(),
-            target,
-            client: self.peers.get(node),
-            url: node.peer_urls.first().cloned().unwrap_or_default(),
-        }
+        self.conn(target, node, Role::Replication)
+    }
+
+    async fn new_heartbeat_client(&mut self, target: NodeId, node: &Member) -> PeerConn {
+        self.conn(target, node, Role::Heartbeat)
+    }
+
+    async fn new_snapshot_client(&mut self, target: NodeId, node: &Member) -> PeerConn {
+        self.conn(target, node, Role::Snapshot)
     }
 }
 
-type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, Member, RaftError<NodeId, E>>;
-
-fn transport_err<E: std::error::Error>(status: tonic::Status) -> RPCError<NodeId, Member, RaftError<NodeId, E>> {
-    match status.code() {
-        // The peer could not be reached: openraft backs off (500 ms) before trying again.
-        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
-        // The peer was reached but did not answer within the RPC's deadline (one heartbeat
-        // interval for AppendEntries): it is busy, not gone. Backing off from it would
-        // starve it of heartbeats until it campaigned against a healthy leader; openraft
-        // sends again at once instead.
-        _ => RPCError::Network(NetworkError::new(&status)),
-    }
-}
+type RpcErr = RPCError<TypeConfig>;
 
 impl PeerConn {
+    /// openraft's view of a failed call. A peer that cannot be reached is `Unreachable`
+    /// (openraft backs off before trying again); a deadline that passed is a `Timeout`
+    /// (the peer is slow, not gone: openraft retries at once); anything else `Network`.
+    fn transport_err(&self, status: tonic::Status, action: RPCTypes, timeout: Duration) -> RpcErr {
+        match status.code() {
+            tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                RPCError::Timeout(Timeout { action, id: self.id, target: self.target, timeout })
+            }
+            _ => RPCError::Network(NetworkError::new(&status)),
+        }
+    }
+
     // openraft's RPC error type is large by design; it is built only on failures.
     #[allow(clippy::result_large_err)]
-    fn client<E: std::error::Error>(
-        &self,
-    ) -> Result<RaftPeerClient<Channel>, RPCError<NodeId, Member, RaftError<NodeId, E>>> {
+    fn client(&self) -> Result<RaftPeerClient<Channel>, RpcErr> {
         self.client.clone().ok_or_else(|| {
             let e = std::io::Error::other(format!("member {} has no usable peer URL {:?}", self.target, self.url));
             RPCError::Unreachable(Unreachable::new(&e))
         })
     }
-}
 
-impl PeerConn {
-    fn request<T>(&self, msg: T, option: &RPCOption) -> tonic::Request<T> {
+    fn request<T>(&self, msg: T, deadline: Duration) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
-        r.set_timeout(option.hard_ttl());
+        r.set_timeout(deadline);
         if let Ok(v) = self.cluster.load(Ordering::Acquire).to_string().parse() {
             r.metadata_mut().insert(CLUSTER_HEADER, v);
         }
         r
     }
-}
 
-fn bad_reply<E: std::error::Error>(what: &str) -> RPCError<NodeId, Member, RaftError<NodeId, E>> {
-    RPCError::Network(NetworkError::new(&std::io::Error::other(format!("malformed {what} reply: missing field"))))
-}
-
-impl RaftNetwork<TypeConfig> for PeerConn {
-    async fn append_entries(
-        &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        let req = pb::AppendEntriesRequest {
-            vote: Some(codec::vote_to_pb(&rpc.vote)),
-            prev_log_id: codec::opt_log_id_to_pb(rpc.prev_log_id.as_ref()),
-            entries: rpc.entries.iter().map(codec::entry_to_pb).collect(),
-            leader_commit: codec::opt_log_id_to_pb(rpc.leader_commit.as_ref()),
-        };
-        let size = prost::Message::encoded_len(&req);
-        if size > MAX_APPEND_BYTES && req.entries.len() > 1 {
-            // openraft retries with at most this many entries.
-            let fit = (req.entries.len() * MAX_APPEND_BYTES / size).clamp(1, req.entries.len() - 1);
-            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit as u64)));
-        }
-        let resp = self.client()?.append_entries(self.request(req, &option)).await.map_err(transport_err)?.into_inner();
+    /// One AppendEntries request as it goes on the wire.
+    async fn send_append(
+        &self,
+        req: pb::AppendEntriesRequest,
+        deadline: Duration,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RpcErr> {
+        let resp = self
+            .client()?
+            .append_entries(self.request(req, deadline))
+            .await
+            .map_err(|s| self.transport_err(s, RPCTypes::AppendEntries, deadline))?
+            .into_inner();
         use pb::append_entries_response::Result as R;
         Ok(match resp.result.ok_or_else(|| bad_reply("append-entries"))? {
             R::Success(_) => AppendEntriesResponse::Success,
@@ -228,39 +256,24 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         })
     }
 
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
+    /// A vote or pre-vote round trip; a refusal for a longer log is told to the election
+    /// clock.
+    async fn send_vote(
+        &self,
+        rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
-        let req = pb::InstallSnapshotRequest {
-            vote: Some(codec::vote_to_pb(&rpc.vote)),
-            meta: Some(codec::snapshot_meta_to_pb(&rpc.meta)),
-            offset: rpc.offset,
-            data: rpc.data,
-            done: rpc.done,
-        };
-        let resp = match self.client()?.install_snapshot(self.request(req, &option)).await {
-            Ok(r) => r.into_inner(),
-            Err(s) if s.code() == tonic::Code::FailedPrecondition && s.message().starts_with(SNAPSHOT_MISMATCH) => {
-                let seg = |offset| SnapshotSegmentId { id: String::new(), offset };
-                let err =
-                    InstallSnapshotError::SnapshotMismatch(SnapshotMismatch { expect: seg(0), got: seg(rpc.offset) });
-                return Err(RPCError::RemoteError(RemoteError::new(self.target, RaftError::APIError(err))));
-            }
-            Err(s) => return Err(transport_err(s)),
-        };
-        Ok(InstallSnapshotResponse {
-            vote: codec::vote_from_pb(&resp.vote.ok_or_else(|| bad_reply("install-snapshot"))?),
-        })
-    }
-
-    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcErr> {
+        pre: bool,
+    ) -> Result<VoteResponse<TypeConfig>, RpcErr> {
         let req = pb::VoteRequest {
             vote: Some(codec::vote_to_pb(&rpc.vote)),
             last_log_id: codec::opt_log_id_to_pb(rpc.last_log_id.as_ref()),
+            leadership_transfer: rpc.leadership_transfer,
         };
-        let resp = self.client()?.vote(self.request(req, &option)).await.map_err(transport_err)?.into_inner();
+        let deadline = option.soft_ttl();
+        let mut client = self.client()?;
+        let req = self.request(req, deadline);
+        let resp = if pre { client.pre_vote(req).await } else { client.vote(req).await };
+        let resp = resp.map_err(|s| self.transport_err(s, RPCTypes::Vote, deadline))?.into_inner();
         let resp = VoteResponse {
             vote: codec::vote_from_pb(&resp.vote.ok_or_else(|| bad_reply("vote"))?),
             vote_granted: resp.vote_granted,
@@ -273,9 +286,218 @@ impl RaftNetwork<TypeConfig> for PeerConn {
     }
 }
 
+fn bad_reply(what: &str) -> RpcErr {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(format!("malformed {what} reply: missing field"))))
+}
+
+/// Splits encoded entries into runs of at most [`MAX_APPEND_BYTES`] (a larger entry goes
+/// alone), as (end index in `sizes`) of each run.
+fn append_runs(sizes: &[usize]) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut run = 0;
+    for (i, len) in sizes.iter().enumerate() {
+        if run > 0 && run + len > MAX_APPEND_BYTES {
+            ends.push(i);
+            run = 0;
+        }
+        run += len;
+    }
+    ends.push(sizes.len());
+    ends
+}
+
+/// A fresh name for one sending of a snapshot.
+fn transfer_id(meta: &crate::types::SnapshotMeta) -> String {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{}-{}-{n}", meta.last_log_id.map_or(0, |l| l.index), std::process::id())
+}
+
+/// How many times a snapshot is sent again from the start when the receiver lost track
+/// of it (restarted, or began another), before giving up to openraft's retry.
+const SNAPSHOT_RESTARTS: u32 = 3;
+
+impl RaftNetworkV2<TypeConfig> for PeerConn {
+    type SnapshotData = tokio::fs::File;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RpcErr> {
+        let deadline = match (self.role, rpc.entries.is_empty()) {
+            (Role::Heartbeat, _) | (_, true) => option.soft_ttl(),
+            _ => self.replication_timeout,
+        };
+        let vote = Some(codec::vote_to_pb(&rpc.vote));
+        let leader_commit = codec::opt_log_id_to_pb(rpc.leader_commit.as_ref());
+        let encoded: Vec<pb::Entry> = rpc.entries.iter().map(codec::entry_to_pb).collect();
+        let sizes: Vec<usize> = encoded.iter().map(prost::Message::encoded_len).collect();
+        let mut encoded = encoded.into_iter();
+        let mut prev: Option<LogId> = rpc.prev_log_id;
+        let mut start = 0;
+        for (n, end) in append_runs(&sizes).into_iter().enumerate() {
+            let req = pb::AppendEntriesRequest {
+                vote,
+                prev_log_id: codec::opt_log_id_to_pb(prev.as_ref()),
+                entries: encoded.by_ref().take(end - start).collect(),
+                leader_commit,
+            };
+            let res = self.send_append(req, deadline).await;
+            if n == 0 {
+                // The first request answers for the whole call, whatever it says.
+                if !matches!(res, Ok(AppendEntriesResponse::Success)) {
+                    return res;
+                }
+            } else {
+                match res {
+                    Ok(AppendEntriesResponse::Success) => {}
+                    Ok(AppendEntriesResponse::HigherVote(v)) => return Ok(AppendEntriesResponse::HigherVote(v)),
+                    // What the earlier requests placed stands; openraft goes on from there.
+                    _ => return Ok(AppendEntriesResponse::PartialSuccess(prev)),
+                }
+            }
+            prev = rpc.entries.get(end.wrapping_sub(1)).map(|e| e.log_id).or(prev);
+            start = end;
+        }
+        Ok(AppendEntriesResponse::Success)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RpcErr> {
+        self.send_vote(rpc, option, false).await
+    }
+
+    /// Never a grant the peer did not give: a peer that cannot be asked does not count.
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RpcErr> {
+        self.send_vote(rpc, option, true).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let storage = |e: std::io::Error| -> StreamingError<TypeConfig> {
+            let source = <openraft::impls::BoxedErrorSource as openraft::errors::ErrorSource>::from_error(&e);
+            StreamingError::StorageError(openraft::StorageError::read_snapshot(None, source))
+        };
+        let chunk = option.snapshot_chunk_size().unwrap_or(4 << 20).max(1);
+        let deadline = option.hard_ttl();
+        let Snapshot { meta, snapshot: mut file } = snapshot;
+        let len = file.metadata().await.map_err(storage)?.len();
+        let mut cancel = std::pin::pin!(cancel);
+        let mut restarts = 0;
+        'send: loop {
+            let transfer = transfer_id(&meta);
+            let pb_meta = codec::snapshot_meta_to_pb(&meta, &transfer);
+            file.seek(std::io::SeekFrom::Start(0)).await.map_err(storage)?;
+            let mut offset = 0u64;
+            loop {
+                if let Some(closed) = cancel.as_mut().now_or_never() {
+                    return Err(StreamingError::Closed(closed));
+                }
+                let mut data = Vec::with_capacity(chunk.min((len - offset) as usize));
+                (&mut file).take(chunk as u64).read_to_end(&mut data).await.map_err(storage)?;
+                let done = offset + data.len() as u64 >= len;
+                let n = data.len() as u64;
+                let req = pb::InstallSnapshotRequest {
+                    vote: Some(codec::vote_to_pb(&vote)),
+                    meta: Some(pb_meta.clone()),
+                    offset,
+                    data,
+                    done,
+                };
+                match self.client()?.install_snapshot(self.request(req, deadline)).await {
+                    Ok(r) => {
+                        let theirs = codec::vote_from_pb(
+                            &r.into_inner().vote.ok_or_else(|| StreamingError::from(bad_reply("install-snapshot")))?,
+                        );
+                        // A higher vote ends the transfer: this member is no longer leader.
+                        if done || theirs > vote {
+                            return Ok(SnapshotResponse { vote: theirs });
+                        }
+                        offset += n;
+                    }
+                    Err(s)
+                        if s.code() == tonic::Code::FailedPrecondition
+                            && s.message().starts_with(SNAPSHOT_MISMATCH)
+                            && restarts < SNAPSHOT_RESTARTS =>
+                    {
+                        restarts += 1;
+                        tracing::info!(
+                            target = self.target,
+                            reason = s.message(),
+                            "sending the snapshot again from the start"
+                        );
+                        continue 'send;
+                    }
+                    Err(s) => return Err(self.transport_err(s, RPCTypes::InstallSnapshot, deadline).into()),
+                }
+            }
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RpcErr> {
+        let deadline = option.soft_ttl();
+        let msg = pb::TransferLeaderRequest {
+            from_leader: Some(codec::vote_to_pb(req.from_leader())),
+            to_node_id: *req.to_node_id(),
+            last_log_id: codec::opt_log_id_to_pb(req.last_log_id()),
+        };
+        let resp = self
+            .client()?
+            .transfer_leader(self.request(msg, deadline))
+            .await
+            .map_err(|s| self.transport_err(s, RPCTypes::TransferLeader, deadline))?
+            .into_inner();
+        Ok(match resp.refused.as_str() {
+            "" => Ok(()),
+            TRANSFER_LOG_NOT_FLUSHED => Err(TransferLeaderError::LogNotFlushed {
+                expected: req.last_log_id().copied(),
+                actual: codec::opt_log_id_from_pb(resp.actual_log_id.as_ref()),
+            }),
+            _ => Err(TransferLeaderError::VoteChanged {
+                expected: *req.from_leader(),
+                actual: resp.actual_vote.as_ref().map_or(*req.from_leader(), codec::vote_from_pb),
+            }),
+        })
+    }
+}
+
+/// `TransferLeaderResponse.refused` when the target's vote is not the leader's.
+pub const TRANSFER_VOTE_CHANGED: &str = "vote changed";
+/// `TransferLeaderResponse.refused` when the target's log is not flushed far enough.
+pub const TRANSFER_LOG_NOT_FLUSHED: &str = "log not flushed";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Entries go in runs of at most MAX_APPEND_BYTES; an entry larger than that alone.
+    #[test]
+    fn large_batches_are_split_into_runs_below_the_byte_cap() {
+        let big = MAX_APPEND_BYTES + 1;
+        let third = MAX_APPEND_BYTES / 3;
+        assert_eq!(append_runs(&[]), vec![0]);
+        assert_eq!(append_runs(&[10, 10]), vec![2]);
+        assert_eq!(append_runs(&[third, third, third, third]), vec![3, 4]);
+        assert_eq!(append_runs(&[big]), vec![1]);
+        assert_eq!(append_runs(&[10, big, 10]), vec![1, 2, 3]);
+    }
 
     /// A call to a port nobody listens on is recognised as never sent (so a forwarded write
     /// may safely go to the next leader); this pins the transport's error text.

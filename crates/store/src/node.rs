@@ -11,9 +11,9 @@ use std::time::Duration;
 use flotilla_core::cluster::{cluster_id, member_id};
 use flotilla_proto::etcdserverpb as ep;
 use flotilla_proto::raft as pb;
-use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
-use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
-use tokio::sync::watch;
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ChangeMembershipError, ClientWriteError, LinearizableReadError, RaftError};
+use openraft::{ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
 
 use crate::config::{ClusterState, NodeConfig};
 use crate::error::StoreError;
@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::network::{Network, PeerPool};
 use crate::rocks::{Batch, Cf, Db, Sync};
 use crate::state_machine::{Shared, StateMachine};
-use crate::types::{Member, NodeId, Raft};
+use crate::types::{Member, MetricsRx, NodeId, Raft, TypeConfig};
 
 const KEY_MEMBER_ID: &[u8] = b"member_id";
 const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
@@ -289,11 +289,14 @@ fn raft_config(cfg: &NodeConfig) -> Result<openraft::Config, StoreError> {
         snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_count),
         max_in_snapshot_log_to_keep: 1000.min(cfg.snapshot_count),
         snapshot_max_chunk_size: 4 << 20,
-        // Many small entries per AppendEntries; a batch of large ones that would exceed
-        // the peer message limit is refused with PayloadTooLarge and split by openraft.
+        // Many small entries per AppendEntries; a batch of large ones is split into
+        // requests below the peer message limit by crate::network.
         max_payload_entries: 256,
-        // Campaigns are started by crate::election, with a fresh random delay each time.
+        // Campaigns are started by crate::election, with a fresh random delay each time,
+        // each one after a pre-vote round (which is what this switches on for
+        // openraft's own timer, were it on).
         enable_elect: false,
+        enable_pre_vote: Some(true),
         ..Default::default()
     };
     c.validate().map_err(|e| StoreError::InvalidArgument(format!("invalid raft timing: {e}")))
@@ -318,8 +321,32 @@ impl Node {
         let cluster = Arc::new(AtomicU64::new(cluster));
         let election = Arc::new(crate::election::Timer::new(cfg.election_timeout, tokio::time::Instant::now()));
         let peer_tls = cfg.peer_tls.as_ref().map(|t| t.client.clone());
-        let network =
-            Network { cluster: cluster.clone(), election: election.clone(), peers: PeerPool::new(peer_tls.clone()) };
+        let network = Network {
+            id,
+            cluster: cluster.clone(),
+            election: election.clone(),
+            peers: PeerPool::new(peer_tls.clone()),
+            replication_timeout: cfg.replication_timeout,
+        };
+        if cfg.initial_cluster_state == ClusterState::New {
+            // Every founding member must write the very same initial membership (at log
+            // index 0), so it holds only what all of them know: names and peer URLs. Each
+            // member then publishes its client URLs through the log.
+            let mut nodes = BTreeMap::new();
+            for m in &cfg.initial_cluster {
+                let info =
+                    Member { name: m.name.clone(), peer_urls: vec![m.peer_url.to_string()], client_urls: vec![] };
+                nodes.insert(member_id(&cfg.initial_cluster_token, &m.peer_url), info);
+            }
+            let voters = BTreeSet::from_iter(nodes.keys().copied());
+            let membership = crate::types::Membership::new(vec![voters], nodes)
+                .map_err(|e| StoreError::InvalidArgument(format!("--initial-cluster: {e}")))?;
+            if log.bootstrap(membership)? {
+                tracing::info!(member = format!("{id:x}"), "bootstrapped a new cluster");
+            } else {
+                tracing::info!("raft state exists; resuming");
+            }
+        }
         let raft = Raft::new(id, Arc::new(raft_config(&cfg)?), network, log, sm)
             .await
             .map_err(|e| StoreError::Fatal(e.to_string()))?;
@@ -328,24 +355,6 @@ impl Node {
             peer_urls: vec![cfg.advertise_peer.to_string()],
             client_urls: vec![cfg.advertise_client.to_string()],
         };
-        if cfg.initial_cluster_state == ClusterState::New {
-            // Every founding member must propose the very same initial membership (they may
-            // all write it at log index 0), so it holds only what all of them know: names
-            // and peer URLs. Each member then publishes its client URLs through the log.
-            let mut nodes = BTreeMap::new();
-            for m in &cfg.initial_cluster {
-                let info =
-                    Member { name: m.name.clone(), peer_urls: vec![m.peer_url.to_string()], client_urls: vec![] };
-                nodes.insert(member_id(&cfg.initial_cluster_token, &m.peer_url), info);
-            }
-            match raft.initialize(nodes).await {
-                Ok(()) => tracing::info!(member = format!("{id:x}"), "bootstrapped a new cluster"),
-                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
-                    tracing::info!("raft state exists; resuming")
-                }
-                Err(e) => return Err(StoreError::Fatal(format!("cannot bootstrap: {e}"))),
-            }
-        }
         let lessor = Lessor::new(shared.mvcc.clone());
         let (reads, reads_rx) = tokio::sync::mpsc::unbounded_channel();
         let (proposals, proposals_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -407,17 +416,17 @@ impl Node {
 
     /// The known leader, if any.
     pub fn leader(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow().current_leader
+        self.raft.metrics().borrow_watched().current_leader
     }
 
     /// Whether this member is the leader.
     pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().state == ServerState::Leader
+        self.raft.metrics().borrow_watched().state == ServerState::Leader
     }
 
     /// The member info of `id` from the current membership.
     pub fn member(&self, id: NodeId) -> Option<Member> {
-        self.raft.metrics().borrow().membership_config.membership().get_node(&id).cloned()
+        self.raft.metrics().borrow_watched().membership_config.membership().get_node(&id).cloned()
     }
 
     /// A client to the peer service of member `id` (normally the leader).
@@ -435,7 +444,7 @@ impl Node {
             cluster_id: self.cluster_id(),
             member_id: self.id,
             revision,
-            raft_term: self.raft.metrics().borrow().current_term,
+            raft_term: self.raft.metrics().borrow_watched().current_term,
         })
     }
 
@@ -556,7 +565,13 @@ impl Node {
         match tokio::time::timeout(self.config.request_timeout, fut).await {
             Err(_) => Err(StoreError::Timeout),
             Ok(Ok(resp)) => Ok(resp.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(StoreError::Remote {
+            // Not appended (ForwardToLeader), or appended and then discarded when another
+            // leader's log replaced it (LogEntryDiscarded): either way this member no
+            // longer leads, and the write is not retried here (the discarded one may yet
+            // have been committed elsewhere).
+            Ok(Err(RaftError::APIError(
+                ClientWriteError::ForwardToLeader(_) | ClientWriteError::LogEntryDiscarded(_),
+            ))) => Err(StoreError::Remote {
                 code: tonic::Code::Unavailable as i32,
                 message: "etcdserver: leader changed".into(),
             }),
@@ -571,11 +586,11 @@ impl Node {
         // A leader that cannot confirm itself within two election timeouts has most likely
         // been deposed; the caller retries with whoever leads then.
         let round = (self.config.election_timeout * 4).min(self.config.request_timeout);
-        match tokio::time::timeout(round, self.raft.get_read_log_id()).await {
+        match tokio::time::timeout(round, self.raft.get_read_log_id(ReadPolicy::ReadIndex)).await {
             Err(_) => Err(StoreError::Timeout),
-            Ok(Ok((read, _))) => Ok(read.map_or(0, |l| l.index)),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Err(StoreError::NotLeader),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => Err(StoreError::Timeout),
+            Ok(Ok((read, _))) => Ok(read.index()),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => Err(StoreError::NotLeader),
+            Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_)))) => Err(StoreError::Timeout),
             Ok(Err(RaftError::Fatal(e))) => Err(StoreError::Fatal(e.to_string())),
         }
     }
@@ -670,10 +685,21 @@ impl Node {
         if !self.is_leader() {
             return Err(StoreError::NotLeader);
         }
-        let membership = self.raft.metrics().borrow().membership_config.membership().clone();
-        let map_err = |e: RaftError<NodeId, ClientWriteError<NodeId, Member>>| match e {
+        let membership = self.raft.metrics().borrow_watched().membership_config.membership().clone();
+        let map_err = |e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>| match e {
             RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => StoreError::NotLeader,
+            // Appended, then replaced by another leader's log: whether it was made is not
+            // known here; the caller asks again.
+            RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => StoreError::Remote {
+                code: tonic::Code::Unavailable as i32,
+                message: "etcdserver: leader changed".into(),
+            },
             RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(p))) => {
+                StoreError::MembershipChangeInProgress(p.to_string())
+            }
+            // Another change landed between the two steps of this one: the joint config
+            // stands committed, and the retry (after that change) finishes it.
+            RaftError::APIError(ClientWriteError::PreconditionFailed(p)) => {
                 StoreError::MembershipChangeInProgress(p.to_string())
             }
             RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
@@ -759,7 +785,7 @@ impl Node {
     }
 
     fn learner_in_sync(&self, id: NodeId) -> bool {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.metrics().borrow_watched().clone();
         let last = m.last_log_index.unwrap_or(0);
         let matched = m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map_or(0, |l| l.index);
         // etcd's rule: within 90% of the leader's log.
@@ -783,8 +809,9 @@ impl Node {
     }
 
     /// Hands leadership to `target` (this member must be the leader): waits until the
-    /// target has the whole log, stops heartbeats so followers' leader leases run out, and
-    /// tells the target to campaign until it wins or the request times out.
+    /// target has the whole log, then asks it to campaign with Raft's leadership-transfer
+    /// flag (voters grant it despite their lease on this leader, which steps down on
+    /// seeing the higher term), and waits until it leads or the request times out.
     pub async fn move_leader_local(&self, target: NodeId) -> Result<(), StoreError> {
         if !self.is_leader() {
             return Err(StoreError::NotLeader);
@@ -792,12 +819,10 @@ impl Node {
         if target == self.id {
             return Ok(());
         }
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.metrics().borrow_watched().clone();
         if !m.membership_config.membership().voter_ids().any(|v| v == target) {
             return Err(StoreError::BadLeaderTransferee);
         }
-        let member = self.member(target).ok_or(StoreError::BadLeaderTransferee)?;
-        let mut client = self.peers.get(&member).ok_or(StoreError::BadLeaderTransferee)?;
         let deadline = tokio::time::Instant::now() + self.config.request_timeout;
         let mut rx = self.raft.metrics();
         loop {
@@ -811,40 +836,29 @@ impl Node {
                 return Err(StoreError::Timeout);
             }
         }
-        // Heartbeats come back on however this ends, even if the caller gives up and drops
-        // the future. (A leader does not campaign, so elections need no switching off.)
-        struct Restore<'a>(&'a Raft);
-        impl Drop for Restore<'_> {
-            fn drop(&mut self) {
-                self.0.runtime_config().heartbeat(true);
-            }
-        }
-        self.raft.runtime_config().heartbeat(false);
-        let _restore = Restore(&self.raft);
-        async {
-            // Often, so the target campaigns as soon as the followers' leases run out.
-            let mut interval = tokio::time::interval(std::time::Duration::from_millis(20));
-            loop {
-                tokio::select! {
-                    _ = interval.tick() => {
-                        let term = self.raft.metrics().borrow().current_term;
-                        let _ = client.timeout_now(pb::TimeoutNowRequest { term }).await;
+        // Asked again every election timeout: the target refuses while its log is not yet
+        // flushed as far as the leader's, and a request can be lost.
+        let mut again = tokio::time::interval(self.config.election_timeout);
+        loop {
+            tokio::select! {
+                _ = again.tick() => {
+                    if !self.is_leader() {
+                        // Stepped down; done if the target took over, below.
+                    } else {
+                        self.raft.trigger().transfer_leader(target).await.map_err(|e| StoreError::Fatal(e.to_string()))?;
                     }
-                    changed = rx.changed() => {
-                        if changed.is_err() {
-                            return Err(StoreError::Stopped);
-                        }
-                        // Done when the target leads. (Another member may win a round
-                        // first; the target's later term unseats it.)
-                        if rx.borrow_and_update().current_leader == Some(target) {
-                            return Ok(());
-                        }
-                    }
-                    _ = tokio::time::sleep_until(deadline) => return Err(StoreError::Timeout),
                 }
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return Err(StoreError::Stopped);
+                    }
+                    if rx.borrow_and_update().current_leader == Some(target) {
+                        return Ok(());
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => return Err(StoreError::Timeout),
             }
         }
-        .await
     }
 
     /// Hands leadership to `target`, asking the leader wherever it is.
@@ -865,7 +879,7 @@ impl Node {
     }
 
     /// Subscribes to Raft metrics.
-    pub fn raft_metrics(&self) -> watch::Receiver<openraft::RaftMetrics<NodeId, Member>> {
+    pub fn raft_metrics(&self) -> MetricsRx {
         self.raft.metrics()
     }
 }
@@ -903,7 +917,7 @@ async fn publish_self(node: Arc<Node>) {
         if let Some(m) = known {
             if m == node.me {
                 // Keep watching: a snapshot or a later change could bring an old record back.
-            } else if rx.borrow().current_leader.is_some() {
+            } else if rx.borrow_watched().current_leader.is_some() {
                 let change = pb::member_change_request::Change::Update(pb::UpdateMember {
                     id: node.id,
                     member: Some(crate::codec::member_to_pb(&node.me)),

@@ -1,6 +1,7 @@
 //! Runs a master's store: binds the client, peer and HTTP listeners, starts the node and
 //! serves until asked to stop.
 
+use openraft::async_runtime::WatchReceiver;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -171,7 +172,7 @@ pub async fn run(
         let mut m = node.raft.metrics();
         async move {
             loop {
-                if let Err(f) = &m.borrow().running_state {
+                if let Err(f) = &m.borrow_watched().running_state {
                     return f.to_string();
                 }
                 if m.changed().await.is_err() {

@@ -12,8 +12,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use flotilla_proto::raft as pb;
-use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{EntryPayload, RaftSnapshotBuilder};
+use futures::TryStreamExt;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use prost::Message;
 
 use crate::codec;
@@ -21,7 +22,7 @@ use crate::error::StoreError;
 use crate::metrics::Metrics;
 use crate::mvcc::Mvcc;
 use crate::rocks::{Batch, Cf, Db, Sync};
-use crate::types::{Entry, LogId, Membership, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::watch::WatchHub;
 
 const META_APPLIED: &[u8] = b"last_applied";
@@ -120,7 +121,8 @@ fn load_applied(db: &Db) -> Result<(Option<LogId>, StoredMembership), StoreError
     let applied = read_meta::<pb::LogId>(db, META_APPLIED)?.map(|l| codec::log_id_from_pb(&l));
     let membership = read_meta::<pb::StoredMembership>(db, META_MEMBERSHIP)?
         .map(|m| codec::stored_membership_from_pb(&m))
-        .unwrap_or_else(|| StoredMembership::new(None, Membership::new(vec![], ())));
+        .transpose()?
+        .unwrap_or_default();
     Ok((applied, membership))
 }
 
@@ -333,7 +335,7 @@ impl StateMachine {
         Ok(result)
     }
 
-    fn build(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
+    fn build(&self) -> Result<Snapshot, StoreError> {
         let s = &self.shared;
         let view = s.db.view();
         let applied = view
@@ -352,13 +354,7 @@ impl StateMachine {
         let last_log_id = applied.map(|l| codec::log_id_from_pb(&l));
         let meta = SnapshotMeta {
             last_log_id,
-            last_membership: membership
-                .map(|m| codec::stored_membership_from_pb(&m))
-                .unwrap_or_else(|| StoredMembership::new(None, Membership::new(vec![], ()))),
-            snapshot_id: match last_log_id {
-                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, std::process::id()),
-                None => format!("empty-{}", std::process::id()),
-            },
+            last_membership: membership.map(|m| codec::stored_membership_from_pb(&m)).transpose()?.unwrap_or_default(),
         };
         {
             // A build that started before a snapshot was installed must not replace it.
@@ -379,13 +375,13 @@ impl StateMachine {
     }
 
     /// The current snapshot with its data file opened at the start.
-    fn current(&self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
+    fn current(&self) -> Result<Option<Snapshot>, StoreError> {
         let Some(meta) = self.shared.snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
             return Ok(None);
         };
         let file = std::fs::File::open(self.current_path())
             .map_err(|e| StoreError::Storage(format!("opening the current snapshot: {e}")))?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(file)) }))
+        Ok(Some(Snapshot { meta, snapshot: tokio::fs::File::from_std(file) }))
     }
 
     /// Replaces the state machine with the snapshot in `data`, then keeps `data` as the
@@ -426,8 +422,27 @@ impl StateMachine {
     }
 }
 
+impl Shared {
+    /// A new file under the snapshot directory for a snapshot arriving from the leader in
+    /// chunks; removed once a snapshot is installed.
+    pub fn begin_receiving_snapshot(&self) -> Result<tokio::fs::File, StoreError> {
+        let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let path = self.snap_dir.join(format!("receiving-{n}"));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| StoreError::Storage(format!("cannot create {}: {e}", path.display())))?;
+        self.receiving.lock().unwrap_or_else(|p| p.into_inner()).push(path);
+        Ok(tokio::fs::File::from_std(file))
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+    type SnapshotData = tokio::fs::File;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
         let me = self.clone();
         let snap = tokio::task::spawn_blocking(move || me.build())
             .await
@@ -437,50 +452,37 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = tokio::fs::File;
     type SnapshotBuilder = StateMachine;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), std::io::Error> {
         Ok(self.shared.applied())
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<pb::CommandResult>, StorageError>
+    /// Applies each entry in its own atomic batch, and answers the client that proposed it
+    /// (on the leader) as soon as that entry is applied, not after the whole run.
+    async fn apply<S>(&mut self, mut entries: S) -> Result<(), std::io::Error>
     where
-        I: IntoIterator<Item = Entry> + Send,
-        I::IntoIter: Send,
+        S: futures::Stream<Item = Result<EntryResponder<TypeConfig>, std::io::Error>> + Unpin + OptionalSend,
     {
-        let mut out = Vec::new();
-        for e in entries {
-            out.push(self.apply_one(&e)?);
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let result = self.apply_one(&entry)?;
+            if let Some(r) = responder {
+                r.send(result);
+            }
         }
-        Ok(out)
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let path = self.shared.snap_dir.join(format!("receiving-{n}"));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| StoreError::Storage(format!("cannot create {}: {e}", path.display())))?;
-        self.shared.receiving.lock().unwrap_or_else(|p| p.into_inner()).push(path);
-        Ok(Box::new(tokio::fs::File::from_std(file)))
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<tokio::fs::File>,
-    ) -> Result<(), StorageError> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: tokio::fs::File) -> Result<(), std::io::Error> {
         use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
         // The data may be in a file we created (chunks written to it) or one handed over
         // whole: read it from the start either way.
-        let mut file = *snapshot;
+        let mut file = snapshot;
         let io = |e: std::io::Error| StoreError::Storage(format!("reading a received snapshot: {e}"));
         file.flush().await.map_err(io)?;
         file.seek(std::io::SeekFrom::Start(0)).await.map_err(io)?;
@@ -497,7 +499,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, std::io::Error> {
         Ok(self.current()?)
     }
 }
@@ -508,14 +510,20 @@ mod tests {
 
     use flotilla_proto::etcdserverpb as ep;
     use flotilla_proto::raft as pb;
-    use openraft::{CommittedLeaderId, EntryPayload};
+    use openraft::EntryPayload;
 
     use super::*;
     use crate::metrics::Metrics;
+    use crate::types::CommittedLeaderId;
+
+    /// Entries as openraft hands them to `apply` on a follower: no one waits for a result.
+    fn entries(v: Vec<Entry>) -> impl futures::Stream<Item = Result<EntryResponder<TypeConfig>, std::io::Error>> {
+        futures::stream::iter(v.into_iter().map(|e| Ok((e, None))))
+    }
 
     fn put(index: u64, key: &str, value: &str) -> Entry {
         Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            log_id: LogId::new(CommittedLeaderId { term: 1, node_id: 1 }, index),
             payload: EntryPayload::Normal(pb::Command {
                 kind: Some(pb::command::Kind::Put(ep::PutRequest {
                     key: key.into(),
@@ -539,7 +547,7 @@ mod tests {
         let db = Db::open(&dir.path().join("db")).expect("open");
         let mut sm = StateMachine::open(db, Arc::new(Metrics::new()), dir.path().join("snapshots")).expect("sm");
         let shared = sm.shared();
-        sm.apply(vec![put(1, "k", "v1")]).await.expect("apply 1");
+        sm.apply(entries(vec![put(1, "k", "v1")])).await.expect("apply 1");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (s, record) = (shared.clone(), seen.clone());
         crate::fault::set_before_publish(Some(Box::new(move || {
@@ -548,7 +556,7 @@ mod tests {
             let value = read.kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
             record.lock().expect("lock").push((applied, value));
         })));
-        sm.apply(vec![put(2, "k", "v2"), put(3, "k", "v3")]).await.expect("apply 2, 3");
+        sm.apply(entries(vec![put(2, "k", "v2"), put(3, "k", "v3")])).await.expect("apply 2, 3");
         crate::fault::set_before_publish(None);
         let seen = seen.lock().expect("lock").clone();
         assert_eq!(seen.len(), 2, "the hook ran once per entry: {seen:?}");
@@ -582,7 +590,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Db::open(&dir.path().join("old")).expect("open");
         let mut sm = StateMachine::open(db, Arc::new(Metrics::new()), dir.path().join("s1")).expect("sm");
-        sm.apply(vec![put(1, "a", "1"), put(2, "b", "2")]).await.expect("apply");
+        sm.apply(entries(vec![put(1, "a", "1"), put(2, "b", "2")])).await.expect("apply");
         let mut saved = Bytes(Vec::new());
         sm.shared().export(&mut saved).expect("export");
         let saved_rev = check_snapshot(&saved.0).expect("snapshot");

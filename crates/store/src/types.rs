@@ -24,30 +24,39 @@ impl std::fmt::Display for Member {
 }
 
 openraft::declare_raft_types!(
-    /// Flotilla's Raft types: protobuf `Command`s in, `CommandResult`s out.
+    /// Flotilla's Raft types: protobuf `Command`s in, `CommandResult`s out. Everything else
+    /// is openraft's default: a leader id of (term, node id), the `Entry` and `EntryPayload`
+    /// of openraft, the tokio runtime.
     pub TypeConfig:
         D = pb::Command,
         R = pb::CommandResult,
         NodeId = NodeId,
         Node = Member,
-        Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = tokio::fs::File,
-        AsyncRuntime = openraft::TokioRuntime,
 );
 
+use openraft::type_config::alias;
+
 /// The Raft handle for this configuration.
-pub type Raft = openraft::Raft<TypeConfig>;
+pub type Raft = openraft::Raft<TypeConfig, crate::state_machine::StateMachine>;
 /// A log entry.
-pub type Entry = openraft::Entry<TypeConfig>;
+pub type Entry = alias::EntryOf<TypeConfig>;
 /// A log position.
-pub type LogId = openraft::LogId<NodeId>;
+pub type LogId = alias::LogIdOf<TypeConfig>;
+/// The leader id a log position carries: (term, node id).
+pub type CommittedLeaderId = alias::CommittedLeaderIdOf<TypeConfig>;
 /// A vote.
-pub type Vote = openraft::Vote<NodeId>;
+pub type Vote = alias::VoteOf<TypeConfig>;
 /// A membership config.
 pub type Membership = openraft::Membership<NodeId, Member>;
 /// A membership config with the log id it was set at.
-pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
+pub type StoredMembership = alias::StoredMembershipOf<TypeConfig>;
 /// Snapshot metadata.
-pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Member>;
+pub type SnapshotMeta = alias::SnapshotMetaOf<TypeConfig>;
+/// A snapshot: its metadata and the file holding it.
+pub type Snapshot = alias::SnapshotOf<TypeConfig, tokio::fs::File>;
 /// A storage error as openraft sees it.
-pub type StorageError = openraft::StorageError<NodeId>;
+pub type StorageError = openraft::StorageError<TypeConfig>;
+/// Raft's metrics, as `Raft::metrics` publishes them.
+pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
+/// A subscription to Raft's metrics.
+pub type MetricsRx = alias::WatchReceiverOf<TypeConfig, RaftMetrics>;

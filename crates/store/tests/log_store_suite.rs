@@ -7,7 +7,7 @@ use flotilla_store::metrics::Metrics;
 use flotilla_store::rocks::Db;
 use flotilla_store::state_machine::StateMachine;
 use flotilla_store::types::{StorageError, TypeConfig};
-use openraft::testing::{StoreBuilder, Suite};
+use openraft::testing::log::{StoreBuilder, Suite};
 
 struct RocksBuilder;
 
@@ -23,10 +23,11 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Roc
 }
 
 /// Every case of openraft's storage suite passes on the RocksDB log store and state
-/// machine (vote, log state, append/truncate/purge, apply, snapshot build and install).
-#[test]
+/// machine (vote, log state, append/truncate/purge, readers seeing appends at once,
+/// apply with responders, snapshot build, transfer and install, initial state).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::result_large_err)]
-fn rocksdb_log_store_passes_openraft_suite() -> Result<(), StorageError> {
-    Suite::test_all(RocksBuilder)?;
+async fn rocksdb_log_store_passes_openraft_suite() -> Result<(), StorageError> {
+    Suite::test_all(RocksBuilder).await?;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The etcd Cluster service: member list, add (voter or learner), remove, update, promote.
 
+use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ impl ClusterService {
 
     /// Every member, as this member's Raft membership has it.
     fn members(&self) -> Vec<ep::Member> {
-        let m = self.node.raft.metrics().borrow().membership_config.clone();
+        let m = self.node.raft.metrics().borrow_watched().membership_config.clone();
         let voters: Vec<u64> = m.membership().voter_ids().collect();
         m.membership()
             .nodes()

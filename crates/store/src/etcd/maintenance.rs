@@ -3,6 +3,7 @@
 //! machine in Flotilla's snapshot format (not etcd's bbolt file): `etcdctl snapshot save`
 //! and `flotctl cluster snapshot save` store it; it is not for `etcdctl snapshot restore`.
 
+use openraft::async_runtime::WatchReceiver;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -37,7 +38,7 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn status(&self, _req: Request<ep::StatusRequest>) -> Result<Response<ep::StatusResponse>, Status> {
-        let m = self.node.raft.metrics().borrow().clone();
+        let m = self.node.raft.metrics().borrow_watched().clone();
         let is_learner = !m.membership_config.membership().voter_ids().any(|v| v == self.node.id);
         let size = self.node.sm.db.size_on_disk() as i64;
         Ok(Response::new(ep::StatusResponse {
