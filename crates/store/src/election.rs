@@ -146,7 +146,8 @@ impl Timer {
 /// Triggers this member's campaigns (see the module docs) until the member stops.
 pub async fn run(node: Weak<Node>, timer: Arc<Timer>) {
     use rand::Rng;
-    let Some(mut rx) = node.upgrade().map(|n| n.raft.metrics()) else { return };
+    // Server metrics (vote, state, membership) change on elections, not on every write.
+    let Some(mut rx) = node.upgrade().map(|n| n.raft.server_metrics()) else { return };
     // The vote this member last campaigned from as the sole voter (once per vote:
     // `elect()` only queues a request, and each one is a new term written to disk).
     let mut alone_from = None;
@@ -179,8 +180,8 @@ pub async fn run(node: Weak<Node>, timer: Arc<Timer>) {
             }
             Some(at)
         };
-        // Wake on any change of Raft's state (on a leader that is often: its quorum-ack
-        // time is in the metrics), at the deadline, or now and then.
+        // Wake on any change of vote, state or membership, at the deadline, or now and
+        // then (a leader: every election timeout, to keep its clock from running out).
         let sleep = tokio::time::sleep_until(wake.unwrap_or(now + timer.election_timeout));
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return },

@@ -237,7 +237,7 @@ fn secs(ttl: i64) -> Duration {
 
 /// Follows leadership and lease events, and revokes expired leases while leader.
 pub async fn run(node: Arc<Node>) {
-    let mut metrics = node.raft_metrics();
+    let mut metrics = node.raft.server_metrics();
     let mut events = node.sm.lease_events.subscribe();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

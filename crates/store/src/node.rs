@@ -53,6 +53,8 @@ pub struct Node {
     reads: tokio::sync::mpsc::UnboundedSender<ReadWaiter>,
     /// Writes waiting to be proposed together, see [`propose_batches`].
     proposals: tokio::sync::mpsc::UnboundedSender<(pb::Command, ProposalWaiter)>,
+    /// Writes waiting to be forwarded to the leader together (on a follower).
+    forwards: tokio::sync::mpsc::UnboundedSender<(pb::Command, ProposalWaiter)>,
     /// When to campaign (openraft's own election timer is off), see [`crate::election`].
     election: Arc<crate::election::Timer>,
 }
@@ -63,8 +65,16 @@ type ProposalWaiter = tokio::sync::oneshot::Sender<Result<pb::CommandResult, Sto
 const MAX_BATCH_COMMANDS: usize = 512;
 /// Most encoded bytes of commands in one batch entry (a larger command goes alone).
 const MAX_BATCH_BYTES: usize = 1 << 20;
-/// Batch entries proposed and not yet applied at once.
-const MAX_BATCHES_IN_FLIGHT: usize = 2;
+/// Batches proposed and not yet answered at once, by where they go. On the leader two
+/// entries in flight keep the log busy (openraft 0.10 replicates an entry while the
+/// previous one is still being fsynced); a follower's forwarded batches each wait for a
+/// whole commit round, so more of them overlap.
+const fn max_batches_in_flight(to: BatchTo) -> usize {
+    match to {
+        BatchTo::Log => 2,
+        BatchTo::Leader => 6,
+    }
+}
 
 /// Whether a command may share a log entry with others: writes to keys do; compaction and
 /// lease changes, which read state another command of the batch could change, go alone.
@@ -73,13 +83,25 @@ fn batchable(cmd: &pb::Command) -> bool {
     matches!(cmd.kind, Some(Kind::Put(_) | Kind::DeleteRange(_) | Kind::Txn(_)))
 }
 
-/// Group commit for the leader: openraft 0.9 appends (and fsyncs) one entry per proposal,
-/// one at a time, so proposals that arrive together are put in one batch entry, applied
-/// in order with a revision each. While `MAX_BATCHES_IN_FLIGHT` entries are in flight,
-/// new writes wait and join the next one.
+/// Where a batch goes: appended here (on the leader), or sent to the leader as one
+/// Propose call (on a follower).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BatchTo {
+    Log,
+    Leader,
+}
+
+/// Group commit: writes that arrive together are put in one batch entry, applied in order
+/// with a revision each — one log entry, one fsync on each member and one share of a
+/// replication round trip for all of them. On the leader batches go into the log; on a
+/// follower the writes its clients send are batched the same way and forwarded as one
+/// Propose call (one request for the leader to decode and answer instead of one per
+/// write). While [`max_batches_in_flight`] batches are in flight, new writes wait and
+/// join the next one.
 async fn propose_batches(
     node: std::sync::Weak<Node>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<(pb::Command, ProposalWaiter)>,
+    to: BatchTo,
 ) {
     use prost::Message;
     let mut in_flight = tokio::task::JoinSet::new();
@@ -92,7 +114,7 @@ async fn propose_batches(
                 None => return,
             },
         };
-        while in_flight.len() >= MAX_BATCHES_IN_FLIGHT {
+        while in_flight.len() >= max_batches_in_flight(to) {
             in_flight.join_next().await;
         }
         let mut bytes = first.0.encoded_len();
@@ -109,15 +131,24 @@ async fn propose_batches(
         }
         let Some(node) = node.upgrade() else { return };
         in_flight.spawn(async move {
+            let send = |cmd| {
+                let node = node.clone();
+                async move {
+                    match to {
+                        BatchTo::Log => node.client_write(cmd).await,
+                        BatchTo::Leader => node.propose_routed(cmd).await,
+                    }
+                }
+            };
             if batch.len() == 1 {
                 if let Some((cmd, tx)) = batch.pop() {
-                    let _ = tx.send(node.client_write(cmd).await);
+                    let _ = tx.send(send(cmd).await);
                 }
                 return;
             }
             let (commands, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             let cmd = pb::Command { kind: Some(pb::command::Kind::Batch(pb::CommandBatch { commands })) };
-            match node.client_write(cmd).await {
+            match send(cmd).await {
                 Ok(pb::CommandResult { kind: Some(pb::command_result::Kind::Batch(b)) })
                     if b.results.len() == waiters.len() =>
                 {
@@ -297,6 +328,9 @@ fn raft_config(cfg: &NodeConfig) -> Result<openraft::Config, StoreError> {
         // openraft's own timer, were it on).
         enable_elect: false,
         enable_pre_vote: Some(true),
+        // Replicate an entry as soon as it is written (readable), not at the end of
+        // RaftCore's round of messages.
+        broadcast_submitted_on_append: Some(true),
         ..Default::default()
     };
     c.validate().map_err(|e| StoreError::InvalidArgument(format!("invalid raft timing: {e}")))
@@ -358,6 +392,7 @@ impl Node {
         let lessor = Lessor::new(shared.mvcc.clone());
         let (reads, reads_rx) = tokio::sync::mpsc::unbounded_channel();
         let (proposals, proposals_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (forwards, forwards_rx) = tokio::sync::mpsc::unbounded_channel();
         let node = Arc::new(Node {
             id,
             cluster,
@@ -371,10 +406,12 @@ impl Node {
             me,
             reads,
             proposals,
+            forwards,
             election: election.clone(),
         });
         tokio::spawn(read_index_rounds(Arc::downgrade(&node), reads_rx));
-        tokio::spawn(propose_batches(Arc::downgrade(&node), proposals_rx));
+        tokio::spawn(propose_batches(Arc::downgrade(&node), proposals_rx, BatchTo::Log));
+        tokio::spawn(propose_batches(Arc::downgrade(&node), forwards_rx, BatchTo::Leader));
         tokio::spawn(crate::election::run(Arc::downgrade(&node), election));
         tokio::spawn(watch_raft_metrics(node.clone()));
         tokio::spawn(crate::lease::run(node.clone()));
@@ -457,14 +494,14 @@ impl Node {
     /// Waits until a leader is known and reachable from here: this member, or one whose
     /// peer URL the membership records (or the request timeout passes).
     async fn wait_leader(&self, deadline: tokio::time::Instant) -> Result<Leadership, StoreError> {
-        let mut rx = self.raft.metrics();
+        let mut rx = self.raft.server_metrics();
         loop {
             {
                 let m = rx.borrow_and_update();
                 if let Some(l) = m.current_leader {
                     let known = m.membership_config.membership().get_node(&l).is_some_and(|n| !n.peer_urls.is_empty());
                     if l == self.id || known {
-                        return Ok(Leadership { id: l, term: m.current_term });
+                        return Ok(Leadership { id: l, term: m.vote.leader_id().term });
                     }
                 }
             }
@@ -479,11 +516,11 @@ impl Node {
     /// Waits until this member sees a leadership other than `old`: another leader, or the
     /// same member elected again in a later term.
     async fn wait_leader_change(&self, old: Leadership, deadline: tokio::time::Instant) -> Result<(), StoreError> {
-        let mut rx = self.raft.metrics();
+        let mut rx = self.raft.server_metrics();
         loop {
             {
                 let m = rx.borrow_and_update();
-                if m.current_leader.is_some_and(|l| l != old.id || m.current_term > old.term) {
+                if m.current_leader.is_some_and(|l| l != old.id || m.vote.leader_id().term > old.term) {
                     return Ok(());
                 }
             }
@@ -512,6 +549,21 @@ impl Node {
     }
 
     async fn propose_inner(&self, cmd: pb::Command) -> Result<pb::CommandResult, StoreError> {
+        if batchable(&cmd) && !self.is_leader() {
+            // Forwarded together with the other writes waiting here.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.forwards.send((cmd, tx)).map_err(|_| StoreError::Stopped)?;
+            return match tokio::time::timeout(self.config.request_timeout, rx).await {
+                Err(_) => Err(StoreError::Timeout),
+                Ok(Err(_)) => Err(StoreError::Stopped),
+                Ok(Ok(r)) => r,
+            };
+        }
+        self.propose_routed(cmd).await
+    }
+
+    /// Proposes on the leader, wherever it is (this member, or one a command is sent to).
+    async fn propose_routed(&self, cmd: pb::Command) -> Result<pb::CommandResult, StoreError> {
         let deadline = tokio::time::Instant::now() + self.config.request_timeout;
         loop {
             let leader = self.wait_leader(deadline).await?;
@@ -664,7 +716,7 @@ impl Node {
     /// being committed, this one waits for it, up to the request timeout.
     pub async fn change_member_local(&self, change: pb::member_change_request::Change) -> Result<u64, StoreError> {
         let deadline = tokio::time::Instant::now() + self.config.request_timeout;
-        let mut rx = self.raft.metrics();
+        let mut rx = self.raft.server_metrics();
         loop {
             match self.change_member_once(change.clone()).await {
                 Err(StoreError::MembershipChangeInProgress(what)) => {
@@ -884,26 +936,35 @@ impl Node {
     }
 }
 
-/// Mirrors Raft metrics into Prometheus gauges.
+/// Mirrors Raft metrics into Prometheus gauges: leadership as it changes, the snapshot
+/// and purge points every second (Raft's full metrics change on every write; following
+/// them would wake this task as often).
 async fn watch_raft_metrics(node: Arc<Node>) {
-    let mut rx = node.raft.metrics();
+    let mut rx = node.raft.server_metrics();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_leader = None;
     loop {
         {
             let m = rx.borrow_and_update();
-            node.metrics.raft_term.set(m.current_term as i64);
+            let term = m.vote.leader_id().term;
+            node.metrics.raft_term.set(term as i64);
             node.metrics.has_leader.set(i64::from(m.current_leader.is_some()));
             node.metrics.is_leader.set(i64::from(m.state == ServerState::Leader));
-            node.metrics.snapshot_index.set(m.snapshot.map_or(0, |l| l.index as i64));
-            node.metrics.purged_index.set(m.purged.map_or(0, |l| l.index as i64));
             if m.current_leader.is_some() && m.current_leader != last_leader {
                 node.metrics.leader_changes.inc();
-                tracing::info!(leader = ?m.current_leader.map(|l| format!("{l:x}")), term = m.current_term, "leader changed");
+                tracing::info!(leader = ?m.current_leader.map(|l| format!("{l:x}")), term, "leader changed");
             }
             last_leader = m.current_leader;
         }
-        if rx.changed().await.is_err() {
-            return;
+        {
+            let m = node.raft.metrics();
+            let m = m.borrow_watched();
+            node.metrics.snapshot_index.set(m.snapshot.map_or(0, |l| l.index as i64));
+            node.metrics.purged_index.set(m.purged.map_or(0, |l| l.index as i64));
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = tick.tick() => {}
         }
     }
 }
@@ -911,7 +972,7 @@ async fn watch_raft_metrics(node: Arc<Node>) {
 /// Makes sure the membership records this member's name and client URLs (a member added at
 /// run time is recorded without them, like an unstarted etcd member).
 async fn publish_self(node: Arc<Node>) {
-    let mut rx = node.raft.metrics();
+    let mut rx = node.raft.server_metrics();
     loop {
         let known = rx.borrow_and_update().membership_config.membership().get_node(&node.id).cloned();
         if let Some(m) = known {

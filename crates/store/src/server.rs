@@ -168,15 +168,15 @@ pub async fn run(
     // Fail-stop: a member whose raft core stopped (a storage error), or whose store found
     // damaged data (a checksum mismatch in a table file), exits with the reason instead
     // of lingering or serving around the damage. Its data must be wiped and resynced.
+    // (Polled, not woken by every change of Raft's metrics: those change on every write.)
     let fatal = {
-        let mut m = node.raft.metrics();
+        let m = node.raft.metrics();
         async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
             loop {
+                tick.tick().await;
                 if let Err(f) = &m.borrow_watched().running_state {
                     return f.to_string();
-                }
-                if m.changed().await.is_err() {
-                    return "the raft core stopped".to_string();
                 }
             }
         }

@@ -41,7 +41,7 @@ impl ClusterService {
 
     /// Waits (briefly) until this member's membership reflects a change made on the leader.
     async fn await_local(&self, done: impl Fn(&[ep::Member]) -> bool) {
-        let mut rx = self.node.raft.metrics();
+        let mut rx = self.node.raft.server_metrics();
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             while !done(&self.members()) {
                 if rx.changed().await.is_err() {
