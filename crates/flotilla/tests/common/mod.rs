@@ -301,7 +301,43 @@ impl Cluster {
             c.spawn(i, "new");
         }
         c.wait_leader(Duration::from_secs(20));
+        c.wait_bootstrapped(Duration::from_secs(20));
         c
+    }
+
+    /// Waits until the masters have made what every cluster starts with: the built-in
+    /// namespaces, and with authentication on the default RBAC policy. Each master
+    /// creates what is missing in the background once there is a leader (backing off
+    /// while there is none); a test that counts revisions must not see those writes land
+    /// in its middle.
+    pub fn wait_bootstrapped(&self, within: Duration) {
+        use flotilla_api::kinds::{meta, Kind};
+        use flotilla_apiserver::keys::key;
+        let rbac = self.pki().is_some() || self.members[0].extra_args.iter().any(|a| a == "--token-auth-file");
+        let mut keys: Vec<String> =
+            flotilla_apiserver::BUILTIN_NAMESPACES.iter().map(|n| key(Kind::Namespace, "", n)).collect();
+        if rbac {
+            keys.extend(
+                flotilla_apiserver::authz::default_policy().iter().map(|o| key(Kind::of(o), "", &meta(o).name)),
+            );
+        }
+        let leader = &self.members[self.wait_leader(within)];
+        let rt = rt();
+        self.eventually(within, "the cluster's built-in namespaces and policy exist", || {
+            rt.block_on(async {
+                let Ok(endpoint) = Channel::from_shared(leader.url()) else { return false };
+                let endpoint = endpoint.connect_timeout(Duration::from_millis(300)).timeout(Duration::from_secs(3));
+                let mut kv = KvClient::new(flotilla_client::pool::channel(endpoint, leader.admin_tls.as_ref()));
+                for k in &keys {
+                    let req =
+                        ep::RangeRequest { key: k.clone().into_bytes(), serializable: true, ..Default::default() };
+                    if !kv.range(req).await.is_ok_and(|r| r.get_ref().count == 1) {
+                        return false;
+                    }
+                }
+                true
+            })
+        });
     }
 
     /// Starts member `i`'s process.
