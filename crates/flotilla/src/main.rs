@@ -59,6 +59,12 @@ enum Command {
     Ctl(Box<flotilla_ctl::CtlArgs>),
 }
 
+/// What is logged unless `FLOTILLA_LOG` says otherwise. openraft's heartbeat workers warn
+/// on every failed heartbeat, and every linearizable read on the leader sends one to
+/// each member: with a member unreachable that is hundreds of lines a second, so only
+/// their errors are kept (replication to the member still warns, twice a second).
+const DEFAULT_LOG: &str = "info,openraft=warn,openraft::core::heartbeat=error";
+
 fn main() -> std::process::ExitCode {
     use clap::{CommandFactory, FromArgMatches};
     let known = |sub: &str| -> Vec<String> {
@@ -94,7 +100,7 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -573,7 +573,20 @@ impl Node {
             let mut client = self.peer_client(leader.id)?;
             let mut req = tonic::Request::new(pb::ProposeRequest { command: Some(cmd.clone()) });
             req.set_timeout(deadline.saturating_duration_since(tokio::time::Instant::now()));
-            match client.propose(req).await {
+            let answer = tokio::select! {
+                answer = client.propose(req) => answer,
+                // The leader it went to was deposed meanwhile. Its answer may never come
+                // (a cut-off leader's connection dies only with keepalive, seconds later)
+                // and must not hold up the writes queued behind this one; whether this
+                // one was made is not known.
+                changed = self.wait_leader_change(leader, deadline) => {
+                    return Err(match changed {
+                        Ok(()) | Err(StoreError::NoLeader) => StoreError::Timeout,
+                        Err(e) => e,
+                    });
+                }
+            };
+            match answer {
                 Ok(r) => {
                     return r.into_inner().result.ok_or_else(|| StoreError::Fatal("leader sent an empty result".into()))
                 }
@@ -671,7 +684,14 @@ impl Node {
                 let mut client = self.peer_client(leader.id)?;
                 let mut req = tonic::Request::new(pb::ReadIndexRequest {});
                 req.set_timeout(deadline.saturating_duration_since(tokio::time::Instant::now()));
-                match client.read_index(req).await {
+                let answer = tokio::select! {
+                    answer = client.read_index(req) => answer,
+                    // Deposed meanwhile: ask the new leader (a read is safe to repeat).
+                    _ = self.wait_leader_change(leader, deadline) => {
+                        Err(tonic::Status::failed_precondition("leader changed"))
+                    }
+                };
+                match answer {
                     Ok(r) => Ok(r.into_inner().index),
                     Err(s) if s.code() == tonic::Code::DeadlineExceeded => Err(StoreError::Timeout),
                     // Not the leader any more, or unreachable: reads are safe to retry.

@@ -353,7 +353,11 @@ impl Cluster {
             .args(m.tls_flags())
             .args(&m.extra_args)
             .envs(m.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("FLOTILLA_LOG", std::env::var("FLOTILLA_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+            .env(
+                "FLOTILLA_LOG",
+                std::env::var("FLOTILLA_TEST_LOG")
+                    .unwrap_or_else(|_| "info,openraft=warn,openraft::core::heartbeat=error".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
