@@ -30,6 +30,49 @@ fn killing_a_follower_during_writes_loses_no_acknowledged_write() {
 /// key -> (value, when the write was sent, when it was acknowledged)
 type Acked = BTreeMap<String, (String, Instant, Instant)>;
 
+/// Six writers putting their own keys through every member in turn, recording what was
+/// acknowledged, until stopped.
+struct Writers {
+    acked: Arc<Mutex<Acked>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    fn start(rt: &tokio::runtime::Runtime, urls: &[String]) -> Writers {
+        let acked: Arc<Mutex<Acked>> = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for w in 0..6 {
+            let (urls, acked, stop) = (urls.to_vec(), acked.clone(), stop.clone());
+            tasks.push(rt.spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = format!("/acked/{w}/{n:06}");
+                    let value = format!("v{w}-{n}");
+                    let sent = Instant::now();
+                    if put(&urls[(w + n as usize) % urls.len()], &key, &value).await.is_ok() {
+                        acked.lock().expect("lock").insert(key, (value, sent, Instant::now()));
+                    } else {
+                        // A member that is down refuses at once: do not spin on it.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    n += 1;
+                }
+            }));
+        }
+        Writers { acked, stop, tasks }
+    }
+
+    /// Stops the writers and waits for them.
+    fn finish(self, rt: &tokio::runtime::Runtime) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.tasks {
+            rt.block_on(t).expect("writer");
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Victim {
     Leader,
@@ -39,25 +82,9 @@ enum Victim {
 fn kill_during_writes(victim: Victim) {
     let mut c = Cluster::start(3, &[]);
     let urls: Vec<String> = c.members.iter().map(|m| m.url()).collect();
-    let acked: Arc<Mutex<Acked>> = Arc::default();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let mut writers = Vec::new();
-    for w in 0..6 {
-        let (urls, acked, stop) = (urls.clone(), acked.clone(), stop.clone());
-        writers.push(rt.spawn(async move {
-            let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let key = format!("/acked/{w}/{n:06}");
-                let value = format!("v{w}-{n}");
-                let sent = Instant::now();
-                if put(&urls[(w + n as usize) % urls.len()], &key, &value).await.is_ok() {
-                    acked.lock().expect("lock").insert(key, (value, sent, Instant::now()));
-                }
-                n += 1;
-            }
-        }));
-    }
+    let writers = Writers::start(&rt, &urls);
+    let acked = writers.acked.clone();
     c.eventually(Duration::from_secs(60), "writes are being acknowledged", || acked.lock().expect("lock").len() > 200);
     let leader = c.wait_leader(Duration::from_secs(30));
     let target = if victim == Victim::Leader { leader } else { (leader + 1) % 3 };
@@ -68,10 +95,7 @@ fn kill_during_writes(victim: Victim) {
     c.eventually(Duration::from_secs(60), "writes are acknowledged again after the kill", || {
         acked.lock().expect("lock").values().filter(|(_, sent, _)| *sent > killed_at).count() > 200
     });
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for w in writers {
-        rt.block_on(w).expect("writer");
-    }
+    writers.finish(&rt);
     let first_after = acked
         .lock()
         .expect("lock")
@@ -244,27 +268,9 @@ fn a_follower_slow_to_append_does_not_unseat_the_leader() {
 fn killing_each_new_leader_right_after_its_election_loses_no_acknowledged_write() {
     let mut c = Cluster::start(3, &[]);
     let urls: Vec<String> = c.members.iter().map(|m| m.url()).collect();
-    let acked: Arc<Mutex<Acked>> = Arc::default();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let mut writers = Vec::new();
-    for w in 0..6 {
-        let (urls, acked, stop) = (urls.clone(), acked.clone(), stop.clone());
-        writers.push(rt.spawn(async move {
-            let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let key = format!("/acked/{w}/{n:06}");
-                let value = format!("v{w}-{n}");
-                let sent = Instant::now();
-                if put(&urls[(w + n as usize) % urls.len()], &key, &value).await.is_ok() {
-                    acked.lock().expect("lock").insert(key, (value, sent, Instant::now()));
-                } else {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                n += 1;
-            }
-        }));
-    }
+    let writers = Writers::start(&rt, &urls);
+    let acked = writers.acked.clone();
     let mut kills = 0;
     for round in 0..3 {
         c.eventually(Duration::from_secs(60), "writes are being acknowledged", || {
@@ -295,10 +301,7 @@ fn killing_each_new_leader_right_after_its_election_loses_no_acknowledged_write(
     c.eventually(Duration::from_secs(60), "writes are acknowledged after the last restart", || {
         acked.lock().expect("lock").len() > 450
     });
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for w in writers {
-        rt.block_on(w).expect("writer");
-    }
+    writers.finish(&rt);
     let acked = acked.lock().expect("lock").clone();
     for (i, m) in c.members.iter().enumerate() {
         let url = m.url();

@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::network::{Network, PeerPool};
 use crate::rocks::{Batch, Cf, Db, Sync};
 use crate::state_machine::{Shared, StateMachine};
-use crate::types::{Member, MetricsRx, NodeId, Raft, TypeConfig};
+use crate::types::{Member, NodeId, Raft, TypeConfig};
 
 const KEY_MEMBER_ID: &[u8] = b"member_id";
 const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
@@ -562,15 +562,26 @@ impl Node {
     async fn propose_inner(&self, cmd: pb::Command) -> Result<pb::CommandResult, StoreError> {
         if batchable(&cmd) && !self.is_leader() {
             // Forwarded together with the other writes waiting here.
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            self.forwards.send((cmd, tx)).map_err(|_| StoreError::Stopped)?;
-            return match tokio::time::timeout(self.config.request_timeout, rx).await {
-                Err(_) => Err(StoreError::Timeout),
-                Ok(Err(_)) => Err(StoreError::Stopped),
-                Ok(Ok(r)) => r,
-            };
+            return self.through_queue(&self.forwards, cmd).await;
         }
         self.propose_routed(cmd).await
+    }
+
+    /// Hands `cmd` to a batching queue ([`propose_batches`]) and waits for its result, up to
+    /// the request timeout. A command still queued when its waiter gives up (here, or
+    /// because the caller went away) is dropped unsent.
+    async fn through_queue(
+        &self,
+        queue: &tokio::sync::mpsc::UnboundedSender<(pb::Command, ProposalWaiter)>,
+        cmd: pb::Command,
+    ) -> Result<pb::CommandResult, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        queue.send((cmd, tx)).map_err(|_| StoreError::Stopped)?;
+        match tokio::time::timeout(self.config.request_timeout, rx).await {
+            Err(_) => Err(StoreError::Timeout),
+            Ok(Err(_)) => Err(StoreError::Stopped),
+            Ok(Ok(r)) => r,
+        }
     }
 
     /// Proposes on the leader, wherever it is (this member, or one a command is sent to).
@@ -624,13 +635,7 @@ impl Node {
             return Err(StoreError::NotLeader);
         }
         if batchable(&cmd) {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            self.proposals.send((cmd, tx)).map_err(|_| StoreError::Stopped)?;
-            return match tokio::time::timeout(self.config.request_timeout, rx).await {
-                Err(_) => Err(StoreError::Timeout),
-                Ok(Err(_)) => Err(StoreError::Stopped),
-                Ok(Ok(r)) => r,
-            };
+            return self.through_queue(&self.proposals, cmd).await;
         }
         self.client_write(cmd).await
     }
@@ -959,11 +964,6 @@ impl Node {
             .await
             .map(|_| ())
             .map_err(|s| StoreError::Remote { code: s.code() as i32, message: s.message().to_string() })
-    }
-
-    /// Subscribes to Raft metrics.
-    pub fn raft_metrics(&self) -> MetricsRx {
-        self.raft.metrics()
     }
 }
 

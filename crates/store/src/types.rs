@@ -56,7 +56,3 @@ pub type SnapshotMeta = alias::SnapshotMetaOf<TypeConfig>;
 pub type Snapshot = alias::SnapshotOf<TypeConfig, tokio::fs::File>;
 /// A storage error as openraft sees it.
 pub type StorageError = openraft::StorageError<TypeConfig>;
-/// Raft's metrics, as `Raft::metrics` publishes them.
-pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
-/// A subscription to Raft's metrics.
-pub type MetricsRx = alias::WatchReceiverOf<TypeConfig, RaftMetrics>;
