@@ -10,6 +10,12 @@
 //! then a `Get` of it through another member (it must be found, at the created
 //! resourceVersion or later). Failed or timed-out operations check nothing; only answers
 //! are judged.
+//!
+//! A put whose outcome its client never learnt (timed out, failed) may still take effect
+//! later — after puts that client made since — as with etcd. A read returning such a
+//! value is no stale read when the value's `mod_revision` is above the acknowledged put's
+//! revision: it is the key's newest version, written late. Those are counted apart
+//! (`late_applied`), not as failures; any other answer but the acknowledged value is.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,6 +50,11 @@ pub struct CrossReadReport {
     pub stale: u64,
     /// The first few stale reads, described.
     pub examples: Vec<String>,
+    /// Reads that returned a newer version written by an earlier put of the same client
+    /// whose outcome it never learnt (legal: see the module docs).
+    pub late_applied: u64,
+    /// The first few of those, described.
+    pub late_examples: Vec<String>,
 }
 
 impl CrossReadReport {
@@ -71,14 +82,23 @@ impl CrossRead {
         self.report.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn record(&self, api: bool, stale: Option<String>) {
+    fn record(&self, api: bool, verdict: Verdict) {
         let mut r = self.report.lock().unwrap_or_else(|p| p.into_inner());
         r.checked += 1;
         r.checked_api += u64::from(api);
-        if let Some(what) = stale {
-            r.stale += 1;
-            if r.examples.len() < KEEP {
-                r.examples.push(what);
+        match verdict {
+            Verdict::Fresh => {}
+            Verdict::Stale(what) => {
+                r.stale += 1;
+                if r.examples.len() < KEEP {
+                    r.examples.push(what);
+                }
+            }
+            Verdict::Late(what) => {
+                r.late_applied += 1;
+                if r.late_examples.len() < KEEP {
+                    r.late_examples.push(what);
+                }
             }
         }
     }
@@ -113,23 +133,35 @@ async fn timed<T>(f: impl std::future::Future<Output = Result<tonic::Response<T>
     }
 }
 
+/// How a read after an acknowledged write did.
+enum Verdict {
+    /// It saw the write.
+    Fresh,
+    /// It missed the write (described).
+    Stale(String),
+    /// It saw a newer version written late by a put whose outcome was unknown (described).
+    Late(String),
+}
+
 /// What one write-then-read pair came to.
 enum Pair {
     /// The write failed or timed out: nothing to judge.
     NotWritten,
     /// The write was acknowledged, the read got no answer.
     Unanswered,
-    /// The read answered: `Some` describes how it missed the write.
-    Read(Option<String>),
+    /// The read answered.
+    Read(Verdict),
 }
 
-/// etcd API: put `key` through `a`, range it through `b`.
+/// etcd API: put `key` through `a`, range it through `b`. `unknown` holds the values of
+/// this client's earlier puts of `key` whose outcome it never learnt.
 async fn etcd_pair(
     a: &mut KvClient<Channel>,
     b: &mut KvClient<Channel>,
     names: (usize, usize),
     key: &str,
     value: &str,
+    unknown: &std::collections::HashSet<String>,
 ) -> Pair {
     let put = ep::PutRequest { key: key.into(), value: value.into(), ..Default::default() };
     let Some(w) = timed(a.put(put)).await else { return Pair::NotWritten };
@@ -137,15 +169,26 @@ async fn etcd_pair(
     let Some(r) = timed(b.range(ep::RangeRequest { key: key.into(), ..Default::default() })).await else {
         return Pair::Unanswered;
     };
-    let got = r.kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
-    Pair::Read((got.as_deref() != Some(value)).then(|| {
+    let read_rev = r.header.map_or(0, |h| h.revision);
+    let kv = r.kvs.first();
+    let got = kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+    let mod_rev = kv.map_or(0, |kv| kv.mod_revision);
+    let what = || {
         format!(
-            "etcd: put {key}={value} acknowledged through m{} at revision {rev}; a read through m{} at revision {} returned {got:?}",
-            names.0,
-            names.1,
-            r.header.map_or(0, |h| h.revision)
+            "etcd: put {key}={value} acknowledged through m{} at revision {rev}; a read through m{} at revision \
+             {read_rev} returned {got:?} (mod_revision {mod_rev})",
+            names.0, names.1
         )
-    }))
+    };
+    Pair::Read(if read_rev < rev {
+        Verdict::Stale(what())
+    } else if got.as_deref() == Some(value) {
+        Verdict::Fresh
+    } else if mod_rev > rev && got.as_ref().is_some_and(|g| unknown.contains(g)) {
+        Verdict::Late(what())
+    } else {
+        Verdict::Stale(what())
+    })
 }
 
 /// Resource API: create Lease `name` through `a`, get it through `b`.
@@ -160,12 +203,14 @@ async fn api_pair(a: &mut ApiClient<Channel>, b: &mut ApiClient<Channel>, names:
     match tokio::time::timeout(OP_TIMEOUT, b.get(get)).await {
         Ok(Ok(got)) => {
             let got_rv = resource_version(got.get_ref()).unwrap_or(0);
-            Pair::Read(
-                (got_rv < rv).then(|| format!("{what}; a get through m{} returned resourceVersion {got_rv}", names.1)),
-            )
+            Pair::Read(if got_rv < rv {
+                Verdict::Stale(format!("{what}; a get through m{} returned resourceVersion {got_rv}", names.1))
+            } else {
+                Verdict::Fresh
+            })
         }
         Ok(Err(s)) if s.code() == tonic::Code::NotFound => {
-            Pair::Read(Some(format!("{what}; a get through m{} answered NotFound: {}", names.1, s.message())))
+            Pair::Read(Verdict::Stale(format!("{what}; a get through m{} answered NotFound: {}", names.1, s.message())))
         }
         _ => Pair::Unanswered,
     }
@@ -180,6 +225,7 @@ pub async fn client(state: Arc<CrossRead>, id: u64, urls: Vec<String>, seed: u64
     let mut res: Vec<ApiClient<Channel>> = channels.into_iter().map(ApiClient::new).collect();
     let key = format!("{KEY_PREFIX}{id}");
     let mut n = 0u64;
+    let mut unknown = std::collections::HashSet::new();
     while !state.stop.load(Ordering::Acquire) {
         n += 1;
         let a = rng.random_range(0..urls.len());
@@ -191,7 +237,12 @@ pub async fn client(state: Arc<CrossRead>, id: u64, urls: Vec<String>, seed: u64
             api_pair(ca, cb, names, &format!("xread-{id}-{n}")).await
         } else {
             let (ca, cb) = two(&mut kv, a, b);
-            etcd_pair(ca, cb, names, &key, &format!("{id}-{n}")).await
+            let value = format!("{id}-{n}");
+            let pair = etcd_pair(ca, cb, names, &key, &value, &unknown).await;
+            if matches!(pair, Pair::NotWritten) {
+                unknown.insert(value);
+            }
+            pair
         };
         match pair {
             Pair::NotWritten => {
@@ -199,7 +250,7 @@ pub async fn client(state: Arc<CrossRead>, id: u64, urls: Vec<String>, seed: u64
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Pair::Unanswered => state.unanswered(),
-            Pair::Read(stale) => state.record(over_api, stale),
+            Pair::Read(verdict) => state.record(over_api, verdict),
         }
     }
 }

@@ -37,10 +37,12 @@ pub fn summary(r: &Report) -> String {
     ));
     let x = &r.cross_reads;
     s.push_str(&format!(
-        "  cross-member reads: {} checked ({} over the resource API), {} unanswered; {}\n",
+        "  cross-member reads: {} checked ({} over the resource API), {} unanswered, {} saw a put of unknown outcome land late{}; {}\n",
         x.checked,
         x.checked_api,
         x.unanswered,
+        x.late_applied,
+        if x.late_examples.is_empty() { String::new() } else { format!(" ({})", x.late_examples.join("; ")) },
         if x.stale == 0 {
             "none missed its write".to_string()
         } else {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use flotilla_proto::etcdserverpb as ep;
 
 /// Writers hammer all members; the leader is SIGKILLed mid-run. A new leader takes over
 /// and writes resume, every acknowledged write is present on every member afterwards
@@ -351,5 +352,53 @@ fn a_follower_frozen_past_its_election_timeout_comes_back_without_deposing_the_l
     for i in 0..3 {
         assert_eq!(term(i), Some(start_term), "member {i}'s term moved from {start_term}\n{}", c.logs());
     }
+    assert_eq!(c.wait_leader(Duration::from_secs(5)), leader, "the leader changed\n{}", c.logs());
+}
+
+/// A follower forwards a write to a leader that does not answer (frozen with SIGSTOP, the
+/// election timeout long enough that nobody replaces it), and the client gives up first.
+/// The follower drops the forward at once (`flotilla_proposals_abandoned_total`) instead
+/// of holding it for its own request timeout: held, it would be delivered whenever the
+/// leader answered again — after writes that client made since (chaos seed 610: puts that
+/// timed out on a member cut off from the leader were proposed 4 s later, at the heal, and
+/// a read then returned a value older than the client's last acknowledged put). Writes
+/// through the follower go on once the leader wakes.
+#[test]
+fn a_follower_abandons_a_forwarded_write_once_its_client_has_gone() {
+    let c = Cluster::start(3, &["--election-timeout", "4000"]);
+    let leader = c.wait_leader(Duration::from_secs(30));
+    let follower = (leader + 1) % 3;
+    let url = c.members[follower].url();
+    // Multi-threaded: the client's connection task must go on running (to tell the
+    // follower the request was cancelled) between the calls made here.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (mut patient, mut hasty) =
+        rt.block_on(async { (kv(&url, Duration::from_secs(10)).await, kv(&url, Duration::from_millis(300)).await) });
+    let put_req = |key: &str| ep::PutRequest { key: key.into(), value: b"v".to_vec(), ..Default::default() };
+    rt.block_on(patient.put(put_req("/forward/warm"))).expect("a write through the follower");
+    let local = ep::RangeRequest { key: b"/forward/warm".to_vec(), serializable: true, ..Default::default() };
+    rt.block_on(hasty.range(local)).expect("the hasty client is connected");
+    let abandoned = || metric(&c.members[follower], "flotilla_proposals_abandoned_total").unwrap_or(0.0);
+    let before = abandoned();
+    let pid = c.members[leader].child.as_ref().expect("running").id().to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill").args([sig, &pid]).status().is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let r = rt.block_on(hasty.put(put_req("/forward/gone")));
+    // Polled by hand, not with `eventually`: the leader is woken whatever happens.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut dropped = abandoned() > before;
+    while !dropped && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        dropped = abandoned() > before;
+    }
+    signal("-CONT");
+    assert!(r.is_err(), "a write was acknowledged with the leader frozen: {r:?}");
+    let counts = scrape(c.members[follower].metrics).unwrap_or_default();
+    let counts: Vec<&str> = counts.lines().filter(|l| l.starts_with("flotilla_proposals")).collect();
+    assert!(dropped, "the follower still holds the forward its client gave up on ({counts:?})\n{}", c.logs());
+    rt.block_on(patient.put(put_req("/forward/after"))).expect("writes through the follower go on");
     assert_eq!(c.wait_leader(Duration::from_secs(5)), leader, "the leader changed\n{}", c.logs());
 }

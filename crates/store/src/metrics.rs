@@ -30,6 +30,9 @@ pub struct Metrics {
     pub proposals: Counter<u64, AtomicU64>,
     /// Proposals that failed (no leader, timeout, ...).
     pub proposals_failed: Counter<u64, AtomicU64>,
+    /// Writes dropped unproposed because every client waiting on them had gone (still
+    /// queued here, or forwarded to the leader and not yet answered).
+    pub proposals_abandoned: Counter<u64, AtomicU64>,
     /// WAL fsync latency.
     pub fsync_seconds: Histogram,
     /// Log appends covered by each fsync (group-commit batch size).
@@ -70,6 +73,7 @@ impl Metrics {
             revision: Gauge::default(),
             proposals: Counter::default(),
             proposals_failed: Counter::default(),
+            proposals_abandoned: Counter::default(),
             fsync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             fsync_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             watchers: Gauge::default(),
@@ -87,6 +91,11 @@ impl Metrics {
         registry.register("mvcc_revision", "Current MVCC revision", m.revision.clone());
         registry.register("proposals", "Writes proposed through this member", m.proposals.clone());
         registry.register("proposals_failed", "Proposals that failed", m.proposals_failed.clone());
+        registry.register(
+            "proposals_abandoned",
+            "Writes dropped unproposed because every client waiting on them had gone",
+            m.proposals_abandoned.clone(),
+        );
         registry.register("wal_fsync_duration_seconds", "WAL fsync latency", m.fsync_seconds.clone());
         registry.register("wal_fsync_batch_size", "Log appends made durable by one fsync", m.fsync_batch.clone());
         registry.register("watchers", "Open watches on this member", m.watchers.clone());

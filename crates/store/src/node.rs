@@ -123,13 +123,18 @@ async fn propose_batches(
         // and 606: a put that timed out while queued behind batches sent to a cut-off
         // leader overwrote the ten puts its client made after it).
         if first.1.is_closed() {
+            if let Some(node) = node.upgrade() {
+                node.metrics.proposals_abandoned.inc();
+            }
             continue;
         }
         let mut bytes = first.0.encoded_len();
         let mut batch = vec![first];
+        let mut abandoned = 0;
         while batch.len() < MAX_BATCH_COMMANDS {
             let Ok(next) = rx.try_recv() else { break };
             if next.1.is_closed() {
+                abandoned += 1;
                 continue;
             }
             let len = next.0.encoded_len();
@@ -141,25 +146,40 @@ async fn propose_batches(
             batch.push(next);
         }
         let Some(node) = node.upgrade() else { return };
+        node.metrics.proposals_abandoned.inc_by(abandoned);
         in_flight.spawn(async move {
-            let send = |cmd| {
-                let node = node.clone();
-                async move {
-                    match to {
-                        BatchTo::Log => node.client_write(cmd).await,
-                        BatchTo::Leader => node.propose_routed(cmd).await,
+            let (commands, mut waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let single = commands.len() == 1;
+            let cmd = if single {
+                commands.into_iter().next().unwrap_or_default()
+            } else {
+                pb::Command { kind: Some(pb::command::Kind::Batch(pb::CommandBatch { commands })) }
+            };
+            let answer = match to {
+                BatchTo::Log => node.client_write(cmd).await,
+                BatchTo::Leader => {
+                    // A forward nobody waits for any more is abandoned (the RPC dropped):
+                    // while it is not yet on the wire — the leader unreachable, the
+                    // connection still being made — it never leaves; already sent, the
+                    // leader is told it was cancelled. Otherwise it would land whenever
+                    // the link came back, after writes its clients made since (chaos
+                    // seed 610: puts that timed out on a member cut off from the leader
+                    // were proposed 4 s later, when the partition healed).
+                    tokio::select! {
+                        answer = node.propose_routed(cmd) => answer,
+                        () = all_gone(&mut waiters) => {
+                            node.metrics.proposals_abandoned.inc_by(waiters.len() as u64);
+                            return;
+                        }
                     }
                 }
             };
-            if batch.len() == 1 {
-                if let Some((cmd, tx)) = batch.pop() {
-                    let _ = tx.send(send(cmd).await);
+            match answer {
+                Ok(r) if single => {
+                    if let Some(tx) = waiters.pop() {
+                        let _ = tx.send(Ok(r));
+                    }
                 }
-                return;
-            }
-            let (commands, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            let cmd = pb::Command { kind: Some(pb::command::Kind::Batch(pb::CommandBatch { commands })) };
-            match send(cmd).await {
                 Ok(pb::CommandResult { kind: Some(pb::command_result::Kind::Batch(b)) })
                     if b.results.len() == waiters.len() =>
                 {
@@ -180,6 +200,16 @@ async fn propose_batches(
                 }
             }
         });
+    }
+}
+
+/// Completes once every waiter's receiver has gone (never, for an empty list).
+async fn all_gone(waiters: &mut [ProposalWaiter]) {
+    if waiters.is_empty() {
+        return std::future::pending().await;
+    }
+    for w in waiters.iter_mut() {
+        w.closed().await;
     }
 }
 
