@@ -356,13 +356,14 @@ fn a_follower_frozen_past_its_election_timeout_comes_back_without_deposing_the_l
 }
 
 /// A follower forwards a write to a leader that does not answer (frozen with SIGSTOP, the
-/// election timeout long enough that nobody replaces it), and the client gives up first.
-/// The follower drops the forward at once (`flotilla_proposals_abandoned_total`) instead
-/// of holding it for its own request timeout: held, it would be delivered whenever the
-/// leader answered again — after writes that client made since (chaos seed 610: puts that
-/// timed out on a member cut off from the leader were proposed 4 s later, at the heal, and
-/// a read then returned a value older than the client's last acknowledged put). Writes
-/// through the follower go on once the leader wakes.
+/// election timeout long enough that nobody replaces it), and the client gives up first
+/// (after 1 s). The follower drops the forward at once
+/// (`flotilla_proposals_abandoned_total`) instead of holding it for its own request
+/// timeout: held, it would be delivered whenever the leader answered again — after writes
+/// that client made since (chaos seed 610: puts that timed out on a member cut off from
+/// the leader were proposed 4 s later, at the heal, and a read then returned a value older
+/// than the client's last acknowledged put). Writes through the follower go on once the
+/// leader wakes.
 #[test]
 fn a_follower_abandons_a_forwarded_write_once_its_client_has_gone() {
     let c = Cluster::start(3, &["--election-timeout", "4000"]);
@@ -373,7 +374,7 @@ fn a_follower_abandons_a_forwarded_write_once_its_client_has_gone() {
     // follower the request was cancelled) between the calls made here.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (mut patient, mut hasty) =
-        rt.block_on(async { (kv(&url, Duration::from_secs(10)).await, kv(&url, Duration::from_millis(300)).await) });
+        rt.block_on(async { (kv(&url, Duration::from_secs(10)).await, kv(&url, Duration::from_secs(1)).await) });
     let put_req = |key: &str| ep::PutRequest { key: key.into(), value: b"v".to_vec(), ..Default::default() };
     rt.block_on(patient.put(put_req("/forward/warm"))).expect("a write through the follower");
     let local = ep::RangeRequest { key: b"/forward/warm".to_vec(), serializable: true, ..Default::default() };
@@ -388,7 +389,9 @@ fn a_follower_abandons_a_forwarded_write_once_its_client_has_gone() {
     signal("-STOP");
     let r = rt.block_on(hasty.put(put_req("/forward/gone")));
     // Polled by hand, not with `eventually`: the leader is woken whatever happens.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // Well before the 4 s election timeout runs out (a new leader would end the forward
+    // too, uncounted).
+    let deadline = Instant::now() + Duration::from_secs(2);
     let mut dropped = abandoned() > before;
     while !dropped && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
