@@ -298,7 +298,8 @@ impl Topology {
             .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-state", state])
             .args(&tls_flags)
             .args(&self.extra_args)
-            .env("FLOTILLA_LOG", "info,openraft=warn,openraft::core::heartbeat=error")
+            // The binary's own log filter.
+            .env_remove("FLOTILLA_LOG")
             .envs(clock)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())

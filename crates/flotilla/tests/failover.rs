@@ -329,18 +329,13 @@ fn a_follower_frozen_past_its_election_timeout_comes_back_without_deposing_the_l
     let start_term = term(leader).expect("leader status");
     let rt = common::rt();
     let url = c.members[leader].url();
-    let pid = c.members[frozen].child.as_ref().expect("running").id().to_string();
-    let signal = |sig: &str| {
-        let ok = std::process::Command::new("kill").args([sig, &pid]).status().is_ok_and(|s| s.success());
-        assert!(ok, "kill {sig} {pid}");
-    };
-    signal("-STOP");
+    let stopped = c.freeze(frozen);
     for i in 0..50 {
         rt.block_on(put(&url, &format!("/frozen/{i:03}"), "v")).expect("writes go on without the frozen member");
     }
     // Several election timeouts (300 ms, leases of 600 ms) pass without a word to it.
     std::thread::sleep(Duration::from_secs(3));
-    signal("-CONT");
+    drop(stopped);
     c.eventually(Duration::from_secs(30), "the woken member catches up", || {
         status(&c.members[frozen]).is_some_and(|s| {
             s.raft_applied_index >= status(&c.members[leader]).map_or(u64::MAX, |l| l.raft_applied_index)
@@ -381,27 +376,15 @@ fn a_follower_abandons_a_forwarded_write_once_its_client_has_gone() {
     rt.block_on(hasty.range(local)).expect("the hasty client is connected");
     let abandoned = || metric(&c.members[follower], "flotilla_proposals_abandoned_total").unwrap_or(0.0);
     let before = abandoned();
-    let pid = c.members[leader].child.as_ref().expect("running").id().to_string();
-    let signal = |sig: &str| {
-        let ok = std::process::Command::new("kill").args([sig, &pid]).status().is_ok_and(|s| s.success());
-        assert!(ok, "kill {sig} {pid}");
-    };
-    signal("-STOP");
+    let stopped = c.freeze(leader);
     let r = rt.block_on(hasty.put(put_req("/forward/gone")));
-    // Polled by hand, not with `eventually`: the leader is woken whatever happens.
+    assert!(r.is_err(), "a write was acknowledged with the leader frozen: {r:?}");
     // Well before the 4 s election timeout runs out (a new leader would end the forward
     // too, uncounted).
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let mut dropped = abandoned() > before;
-    while !dropped && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-        dropped = abandoned() > before;
-    }
-    signal("-CONT");
-    assert!(r.is_err(), "a write was acknowledged with the leader frozen: {r:?}");
-    let counts = scrape(c.members[follower].metrics).unwrap_or_default();
-    let counts: Vec<&str> = counts.lines().filter(|l| l.starts_with("flotilla_proposals")).collect();
-    assert!(dropped, "the follower still holds the forward its client gave up on ({counts:?})\n{}", c.logs());
+    c.eventually(Duration::from_secs(2), "the follower drops the forward its client gave up on", || {
+        abandoned() > before
+    });
+    drop(stopped);
     rt.block_on(patient.put(put_req("/forward/after"))).expect("writes through the follower go on");
     assert_eq!(c.wait_leader(Duration::from_secs(5)), leader, "the leader changed\n{}", c.logs());
 }

@@ -122,31 +122,30 @@ async fn propose_batches(
         // after writes its client made since, bringing an old value back (chaos seeds 603
         // and 606: a put that timed out while queued behind batches sent to a cut-off
         // leader overwrote the ten puts its client made after it).
-        if first.1.is_closed() {
-            if let Some(node) = node.upgrade() {
-                node.metrics.proposals_abandoned.inc();
-            }
-            continue;
-        }
-        let mut bytes = first.0.encoded_len();
-        let mut batch = vec![first];
-        let mut abandoned = 0;
-        while batch.len() < MAX_BATCH_COMMANDS {
-            let Ok(next) = rx.try_recv() else { break };
-            if next.1.is_closed() {
+        let (mut batch, mut bytes, mut abandoned) = (Vec::new(), 0, 0);
+        let mut next = Some(first);
+        while let Some(c) = next.take() {
+            if c.1.is_closed() {
                 abandoned += 1;
-                continue;
+            } else {
+                let len = c.0.encoded_len();
+                // A command larger than the limit goes alone.
+                if !batch.is_empty() && bytes + len > MAX_BATCH_BYTES {
+                    carry = Some(c);
+                    break;
+                }
+                bytes += len;
+                batch.push(c);
             }
-            let len = next.0.encoded_len();
-            if bytes + len > MAX_BATCH_BYTES {
-                carry = Some(next);
-                break;
+            if batch.len() < MAX_BATCH_COMMANDS {
+                next = rx.try_recv().ok();
             }
-            bytes += len;
-            batch.push(next);
         }
         let Some(node) = node.upgrade() else { return };
         node.metrics.proposals_abandoned.inc_by(abandoned);
+        if batch.is_empty() {
+            continue;
+        }
         in_flight.spawn(async move {
             let (commands, mut waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             let single = commands.len() == 1;
@@ -203,11 +202,8 @@ async fn propose_batches(
     }
 }
 
-/// Completes once every waiter's receiver has gone (never, for an empty list).
+/// Completes once every waiter's receiver has gone.
 async fn all_gone(waiters: &mut [ProposalWaiter]) {
-    if waiters.is_empty() {
-        return std::future::pending().await;
-    }
     for w in waiters.iter_mut() {
         w.closed().await;
     }
@@ -1001,7 +997,7 @@ impl Node {
 /// and purge points every second (Raft's full metrics change on every write; following
 /// them would wake this task as often).
 async fn watch_raft_metrics(node: Arc<Node>) {
-    let mut rx = node.raft.server_metrics();
+    let (mut rx, full) = (node.raft.server_metrics(), node.raft.metrics());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_leader = None;
     loop {
@@ -1018,8 +1014,7 @@ async fn watch_raft_metrics(node: Arc<Node>) {
             last_leader = m.current_leader;
         }
         {
-            let m = node.raft.metrics();
-            let m = m.borrow_watched();
+            let m = full.borrow_watched();
             node.metrics.snapshot_index.set(m.snapshot.map_or(0, |l| l.index as i64));
             node.metrics.purged_index.set(m.purged.map_or(0, |l| l.index as i64));
         }

@@ -168,15 +168,22 @@ pub async fn run(
     // Fail-stop: a member whose raft core stopped (a storage error), or whose store found
     // damaged data (a checksum mismatch in a table file), exits with the reason instead
     // of lingering or serving around the damage. Its data must be wiped and resynced.
-    // (Polled, not woken by every change of Raft's metrics: those change on every write.)
+    // (Polled, not woken by every change of Raft's full metrics: those change on every
+    // write. The server metrics change only on elections, and end when the core does.)
     let fatal = {
-        let m = node.raft.metrics();
+        let (m, mut server) = (node.raft.metrics(), node.raft.server_metrics());
         async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
             loop {
-                tick.tick().await;
+                let core_gone = tokio::select! {
+                    _ = tick.tick() => false,
+                    changed = server.changed() => changed.is_err(),
+                };
                 if let Err(f) = &m.borrow_watched().running_state {
                     return f.to_string();
+                }
+                if core_gone {
+                    return "the raft core stopped".to_string();
                 }
             }
         }

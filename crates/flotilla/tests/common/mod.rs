@@ -6,8 +6,8 @@
 //! harness's clients — flotctl, etcdctl, gRPC clients, workers, candidates, bench — carry
 //! the admin's or their own certificates (`.ci/run` runs the integration tests both ways).
 //!
-//! For debugging: `FLOTILLA_TEST_LOG` sets the members' log filter (default
-//! `info,openraft=warn`), and `FLOTILLA_TEST_KEEP=1` keeps each cluster's data dirs and
+//! For debugging: `FLOTILLA_TEST_LOG` sets the members' log filter (default: the binary's
+//! own, `FLOTILLA_LOG` unset), and `FLOTILLA_TEST_KEEP=1` keeps each cluster's data dirs and
 //! logs (the path is printed) instead of deleting them.
 
 #![allow(dead_code)]
@@ -100,6 +100,18 @@ impl Member {
         .map(|s| s.to_string())
         .chain(self.client_cert_auth.then(|| "--client-cert-auth".to_string()))
         .collect()
+    }
+}
+
+/// A member stopped by [`Cluster::freeze`], woken when dropped.
+pub struct Frozen(u32);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let ok = Command::new("kill").args(["-CONT", &self.0.to_string()]).status().is_ok_and(|s| s.success());
+        if !ok && !std::thread::panicking() {
+            panic!("kill -CONT {}", self.0);
+        }
     }
 }
 
@@ -344,7 +356,13 @@ impl Cluster {
     pub fn spawn(&mut self, i: usize, state: &str) {
         let m = &mut self.members[i];
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&m.log).expect("log file");
-        let child = Command::new(bin())
+        let mut cmd = Command::new(bin());
+        // The binary's own log filter unless the test run asks for another.
+        match std::env::var("FLOTILLA_TEST_LOG") {
+            Ok(filter) => cmd.env("FLOTILLA_LOG", filter),
+            Err(_) => cmd.env_remove("FLOTILLA_LOG"),
+        };
+        let child = cmd
             .args(["master", "--name", &m.name, "--data-dir"])
             .arg(&m.data_dir)
             .args(["--listen-client", &m.url(), "--listen-peer", &m.peer_url()])
@@ -353,16 +371,20 @@ impl Cluster {
             .args(m.tls_flags())
             .args(&m.extra_args)
             .envs(m.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env(
-                "FLOTILLA_LOG",
-                std::env::var("FLOTILLA_TEST_LOG")
-                    .unwrap_or_else(|_| "info,openraft=warn,openraft::core::heartbeat=error".into()),
-            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn flotilla master");
         m.child = Some(child);
+    }
+
+    /// Freezes member `i` with SIGSTOP until the returned guard is dropped (then SIGCONT):
+    /// a test that fails meanwhile never leaves it stopped.
+    pub fn freeze(&self, i: usize) -> Frozen {
+        let pid = self.members[i].child.as_ref().expect("running").id();
+        let ok = Command::new("kill").args(["-STOP", &pid.to_string()]).status().is_ok_and(|s| s.success());
+        assert!(ok, "kill -STOP {pid}");
+        Frozen(pid)
     }
 
     /// SIGKILLs member `i`.
